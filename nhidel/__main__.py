@@ -1,0 +1,3 @@
+from nhidel.cli import main
+
+raise SystemExit(main())

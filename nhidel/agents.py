@@ -1,0 +1,101 @@
+"""Registering agents and their ceilings, and removing them (which revokes their grants)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .audit import AuditLog, event
+from .config import Config, Paths, update_config, with_agent, without_agent
+from .errors import NotFoundError, PolicyError, UsageError
+from .ledger import Ledger
+from .models import Agent, check_agent_name
+from .scopes import parse_scopes
+from .timefmt import format_duration, parse_duration
+
+DEFAULT_MAX_TTL = "1h"
+DEFAULT_TTL = "15m"
+
+
+def check_audience(aud: str) -> str:
+    if not aud or len(aud) > 256 or any(ch.isspace() or not ch.isprintable() for ch in aud):
+        raise UsageError(f"invalid audience {aud!r}",
+                         "use up to 256 printable characters without spaces, e.g. api.example.com")
+    return aud
+
+
+def add_agent(
+    paths: Paths,
+    name: str,
+    *,
+    allow: Sequence[str],
+    max_ttl: str | None,
+    default_ttl: str | None,
+    audiences: Sequence[str],
+    now: int,
+) -> Agent:
+    """Register `name` with its ceiling; refuse to replace an existing agent silently."""
+    check_agent_name(name)
+    scopes = parse_scopes(allow)
+    if not scopes:
+        raise UsageError("an agent needs at least one --allow scope", "e.g. --allow repo:read:acme/*")
+    maximum = parse_duration(max_ttl or DEFAULT_MAX_TTL, what="--max-ttl")
+    default = parse_duration(default_ttl, what="--default-ttl") if default_ttl else min(
+        parse_duration(DEFAULT_TTL), maximum
+    )
+    if default > maximum:
+        raise UsageError(
+            f"--default-ttl {format_duration(default)} is longer than --max-ttl "
+            f"{format_duration(maximum)}",
+            "make the default TTL no longer than the maximum",
+        )
+    agent = Agent(name, scopes, maximum, default, tuple(check_audience(a) for a in audiences), now)
+
+    def register(config: Config) -> Config:
+        if name in config.agents:
+            raise PolicyError(f"agent {name!r} already exists",
+                              f"remove it first (this revokes its grants): nhidel agent remove {name}")
+        return with_agent(config, agent)
+
+    config = update_config(paths, register)
+    AuditLog(paths).append([event(
+        "agent.added", principal=config.principal, agent=name,
+        scopes=[str(s) for s in scopes], max_ttl=agent.max_ttl, aud=list(agent.audiences),
+    )])
+    return agent
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    agent: str
+    revoked: list[str]
+
+
+def remove_agent(paths: Paths, name: str, *, now: int) -> Removal:
+    """Unregister `name` and revoke every grant of it that could still be used.
+
+    The agent leaves config.toml first: a grant being minted re-reads the config inside its
+    ledger transaction, so it is either refused (agent gone) or committed before the revocation
+    below, which then revokes it. No grant of a removed agent stays active.
+    """
+    check_agent_name(name)
+    existed = []
+
+    def unregister(config: Config) -> Config:
+        if name in config.agents:
+            existed.append(True)
+        return without_agent(config, name)
+
+    principal = update_config(paths, unregister).principal
+    with Ledger(paths) as ledger, ledger.transaction():
+        revoked = ledger.revoke(ledger.live_ids(now=now, agent=name), now=now,
+                                reason="agent removed")
+        if not existed and not revoked:
+            # Nothing to remove and nothing to clean up after an interrupted earlier removal.
+            raise NotFoundError(f"no agent named {name!r}", "see the registered agents: nhidel agent list")
+        AuditLog(paths).append(
+            [event("agent.removed", principal=principal, agent=name, revoked=len(revoked))]
+            + [event("grant.revoked", principal=principal, agent=name, grant=grant_id,
+                     reason="agent removed") for grant_id in revoked]
+        )
+    return Removal(name, revoked)

@@ -1,0 +1,84 @@
+"""`nhidel agent ...`: register agents and their ceilings."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import common
+
+
+def register(app: typer.Typer) -> None:
+    agent_app = typer.Typer(help="Register agents and the ceiling of what they may be granted.",
+                            no_args_is_help=True)
+    agent_app.command("add")(add)
+    agent_app.command("list")(list_agents)
+    agent_app.command("show")(show)
+    agent_app.command("remove")(remove)
+    app.add_typer(agent_app, name="agent")
+
+
+def add(
+    name: Annotated[str, typer.Argument(help="The agent's name, e.g. release-bot.")],
+    allow: Annotated[list[str], typer.Option(
+        "--allow", help="A scope the agent may ever be granted (repeat for more).",
+    )],
+    max_ttl: Annotated[str | None, typer.Option(
+        "--max-ttl", help="Longest grant allowed (default 1h).")] = None,
+    default_ttl: Annotated[str | None, typer.Option(
+        "--default-ttl", help="TTL when grant has no --ttl (default 15m, at most --max-ttl).",
+    )] = None,
+    aud: Annotated[list[str] | None, typer.Option(
+        "--aud", help="An audience the agent's grants may name (repeat for more).")] = None,
+) -> None:
+    """Register an agent and its ceiling."""
+    from ..agents import add_agent
+    from ..render import say
+    from ..timefmt import format_duration
+
+    agent = add_agent(common.paths(), name, allow=allow, max_ttl=max_ttl,
+                      default_ttl=default_ttl, audiences=aud or [], now=common.now())
+    say(f"added agent {agent.name}: {' '.join(str(s) for s in agent.allow)} "
+        f"(ttl {format_duration(agent.default_ttl)}, max {format_duration(agent.max_ttl)})")
+
+
+def list_agents(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+) -> None:
+    """List the registered agents."""
+    from ..config import load_config
+    from ..render import agents_table, print_json, say
+
+    agents = sorted(load_config(common.paths()).agents.values(), key=lambda a: a.name)
+    if as_json:
+        print_json([agent.to_json() for agent in agents])
+    elif not agents_table(agents):
+        say("no agents yet; add one with: nhidel agent add NAME --allow SCOPE")
+
+
+def show(
+    name: Annotated[str, typer.Argument(help="The agent's name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one agent and its ceiling."""
+    from ..config import load_config
+    from ..render import agent_details, print_json
+
+    agent = load_config(common.paths()).agent(name)
+    if as_json:
+        print_json(agent.to_json())
+    else:
+        agent_details(agent)
+
+
+def remove(
+    name: Annotated[str, typer.Argument(help="The agent's name.")],
+) -> None:
+    """Remove an agent, revoking every grant of it that is still live."""
+    from ..agents import remove_agent
+    from ..render import say
+
+    removal = remove_agent(common.paths(), name, now=common.now())
+    count = len(removal.revoked)
+    say(f"removed agent {name}; revoked {count} grant{'s' if count != 1 else ''}")

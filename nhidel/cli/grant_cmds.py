@@ -1,0 +1,150 @@
+"""`nhidel grant`, `list`, `show`, `revoke`: minting and managing grants."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from ..errors import UsageError
+from . import common
+
+
+class TokenFormat(str, Enum):
+    token = "token"
+    json = "json"
+    env = "env"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("grant")(grant)
+    app.command("list")(list_grants)
+    app.command("show")(show)
+    app.command("revoke")(revoke)
+    from . import verify_cmds
+
+    app.command("verify")(verify_cmds.verify)
+
+
+def grant(
+    agent: Annotated[str, typer.Argument(help="The registered agent to grant to.")],
+    scope: Annotated[list[str], typer.Option(
+        "--scope", help="A scope to grant, within the agent's ceiling (repeat for more).")],
+    ttl: Annotated[str | None, typer.Option(
+        "--ttl", help="How long the grant lives, e.g. 15m (default: the agent's).")] = None,
+    aud: Annotated[str | None, typer.Option(
+        "--aud", help="The audience (service) the token is for.")] = None,
+    not_before: Annotated[str | None, typer.Option(
+        "--not-before", help="When it starts: RFC 3339 or +5m (at most 30 days ahead).",
+    )] = None,
+    uses: Annotated[int | None, typer.Option(
+        "--uses", help="How many times verify --consume may count it.")] = None,
+    reason: Annotated[str | None, typer.Option(
+        "--reason", help="Why: recorded in the ledger and the audit log.")] = None,
+    output: Annotated[TokenFormat, typer.Option(
+        "--format", help="token (alone on stdout), json, or env (NHIDEL_TOKEN=...).",
+    )] = TokenFormat.token,
+) -> None:
+    """Mint a grant: the token alone on stdout, a summary on stderr."""
+    from ..grants import GrantRequest, issue
+    from ..render import grant_summary, print_json, say
+
+    where = common.paths()
+    now = common.now()
+    request = GrantRequest(agent=agent, scopes=scope, ttl=ttl, aud=aud, not_before=not_before,
+                           uses=uses, reason=reason)
+    issued, token = issue(where, common.keystore(where), request, now=now)
+    if output is TokenFormat.json:
+        print_json({**issued.to_json(now), "token": token})
+    elif output is TokenFormat.env:
+        sys.stdout.write(f"NHIDEL_TOKEN={token}\n")
+    else:
+        sys.stdout.write(token + "\n")
+    sys.stdout.flush()
+    say(grant_summary(issued, now))
+
+
+def list_grants(
+    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent's grants.")] = None,
+    include_all: Annotated[bool, typer.Option(
+        "--all", help="Also expired, revoked and exhausted grants.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+) -> None:
+    """List active and pending grants (soonest to expire first)."""
+    from ..ledger import Ledger
+    from ..render import grants_table, say
+
+    now = common.now()
+    with Ledger(common.paths()) as ledger:
+        grants = ledger.grants(now=now, agent=agent, include_all=include_all)
+        if as_json:
+            _stream_json_array(g.to_json(now) for g in grants)
+        elif not grants_table(grants, now, show_status=include_all):
+            say("no grants" if include_all else "no active grants (see --all)")
+
+
+def _stream_json_array(items: object) -> None:
+    """Write a JSON array one element at a time, so memory does not grow with the ledger."""
+    import json
+
+    out = sys.stdout
+    first = True
+    out.write("[")
+    for item in items:  # type: ignore[attr-defined]
+        out.write("\n  " if first else ",\n  ")
+        out.write(json.dumps(item, ensure_ascii=False))
+        first = False
+    out.write("]\n" if first else "\n]\n")
+
+
+def show(
+    grant_id: Annotated[str, typer.Argument(metavar="ID", help="A grant id or unique prefix.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one grant."""
+    from ..ledger import Ledger
+    from ..render import grant_details, print_json
+
+    now = common.now()
+    with Ledger(common.paths()) as ledger:
+        (found,) = ledger.resolve([grant_id])
+    if as_json:
+        print_json(found.to_json(now))
+    else:
+        grant_details(found, now)
+
+
+def revoke(
+    grant_ids: Annotated[list[str] | None, typer.Argument(
+        metavar="[ID]...", help="Grant ids or unique prefixes.")] = None,
+    agent: Annotated[str | None, typer.Option(
+        "--agent", help="Revoke every live grant of this agent.")] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Revoke every live grant.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (for --all).")] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why; recorded.")] = None,
+) -> None:
+    """Revoke grants: by id (all resolved first), by agent, or all."""
+    from ..grants import revoke as revoke_grants
+    from ..render import say
+
+    ids = grant_ids or []
+    chosen = sum((bool(ids), agent is not None, everything))
+    if chosen != 1:
+        raise UsageError("give grant ids, or --agent NAME, or --all (exactly one of them)",
+                         "e.g. nhidel revoke g1a2b3c4d5, or nhidel revoke --all --yes")
+    if everything and not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("refusing to revoke every grant without --yes",
+                             "run nhidel revoke --all --yes")
+        typer.confirm("Revoke every live grant?", abort=True, err=True)
+    result = revoke_grants(common.paths(), ids=ids, agent=agent, everything=everything,
+                           reason=reason, now=common.now())
+    count = len(result.revoked)
+    message = f"revoked {count} grant{'s' if count != 1 else ''}"
+    if result.revoked:
+        message += ": " + " ".join(g[:10] for g in result.revoked)
+    if result.already:
+        message += f" ({len(result.already)} already revoked)"
+    say(message)

@@ -1,0 +1,69 @@
+"""`nhidel verify`: the check a gateway runs before an agent's action."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from ..errors import UsageError
+from . import common
+
+
+def verify(
+    token: Annotated[str | None, typer.Argument(
+        help="The token, or - to read it from stdin (default: $NHIDEL_TOKEN). Prefer stdin or "
+        "the variable: an argument is visible to other processes.")] = None,
+    scope: Annotated[list[str] | None, typer.Option(
+        "--scope", help="A scope the action needs (repeat: all must be granted).")] = None,
+    any_scope: Annotated[bool, typer.Option(
+        "--any-scope", help="Accept the grant whatever its scopes.")] = False,
+    aud: Annotated[str | None, typer.Option(
+        "--aud", help="This verifier's audience; required for grants that name one.")] = None,
+    consume: Annotated[bool, typer.Option(
+        "--consume", help="Count one use of the grant (only when allowed).")] = False,
+    leeway: Annotated[str | None, typer.Option(
+        "--leeway", help="Clock skew to tolerate, e.g. 30s (default none).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
+) -> None:
+    """Exit 0 when the token is valid and grants every --scope; else exit 1 and say why."""
+    from ..render import print_json, say
+    from ..timefmt import parse_duration
+    from ..verifier import Verifier
+
+    if not scope and not any_scope:
+        raise UsageError("verify needs the scopes to check",
+                         "pass --scope SCOPE (or --any-scope to accept any granted scope)")
+    if scope and any_scope:
+        raise UsageError("--scope and --any-scope exclude each other", "pass one of them")
+    text = _read_token(token)
+    where = common.paths()
+    skew = parse_duration(leeway, what="--leeway") if leeway else 0
+    with Verifier(where, common.keystore(where), leeway=skew) as verifier:
+        decision = verifier.check(text, scope or [], any_scope=any_scope, aud=aud,
+                                  consume=consume)
+    if as_json:
+        print_json(decision.to_json(common.now()))
+    if decision.allowed:
+        grant = decision.grant
+        if grant is not None and not as_json:
+            say(f"allowed: {grant.short_id} ({grant.agent})")
+        return
+    say(f"denied: {decision.reason}: {decision.detail}")
+    raise typer.Exit(1)
+
+
+def _read_token(argument: str | None) -> str:
+    if argument == "-":
+        text = sys.stdin.read()
+    elif argument is not None:
+        text = argument
+    else:
+        text = os.environ.get("NHIDEL_TOKEN", "")
+    text = text.strip()
+    if not text:
+        raise UsageError("no token to verify",
+                         "pipe it in with 'verify -', or set NHIDEL_TOKEN")
+    return text

@@ -1,0 +1,175 @@
+"""Where nhidel keeps its files, and config.toml: the principal, its public keys, the agents.
+
+config.toml is read with tomllib and written with tomli-w by atomic replace under a lock, so
+concurrent `agent add`s never lose each other. Nothing in it is trusted for verification: the
+keys verify accepts are pinned in the keystore (see keystore.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import IntegrityError, NotFoundError, UsageError
+from .fsutil import atomic_write, exclusive_lock
+from .models import Agent
+from .scopes import parse_scopes
+from .timefmt import format_duration, parse_duration, parse_time, rfc3339
+
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    """Every file nhidel keeps. `$NHIDEL_HOME` puts them all in one directory."""
+
+    config_dir: Path
+    state_dir: Path
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Paths:
+        env = os.environ if env is None else env
+        if env.get("NHIDEL_HOME"):
+            home = Path(env["NHIDEL_HOME"]).expanduser().absolute()
+            return cls(home, home)
+        user_home = Path(env.get("HOME") or Path.home())
+        if sys.platform == "darwin":
+            base = user_home / "Library" / "Application Support" / "nhidel"
+            return cls(base, base)
+        config = Path(env.get("XDG_CONFIG_HOME") or user_home / ".config") / "nhidel"
+        state = Path(env.get("XDG_STATE_HOME") or user_home / ".local" / "state") / "nhidel"
+        return cls(config, state)
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / "config.toml"
+
+    @property
+    def config_lock(self) -> Path:
+        return self.config_dir / "config.lock"
+
+    @property
+    def ledger_file(self) -> Path:
+        return self.state_dir / "ledger.db"
+
+    @property
+    def audit_file(self) -> Path:
+        return self.state_dir / "audit.jsonl"
+
+    @property
+    def audit_lock(self) -> Path:
+        return self.state_dir / "audit.lock"
+
+    @property
+    def keystore_file(self) -> Path:
+        return self.state_dir / "keystore.json"
+
+    @property
+    def keystore_lock(self) -> Path:
+        return self.state_dir / "keystore.lock"
+
+    @property
+    def keyring_service(self) -> str:
+        """The OS keyring service name: one per nhidel home, so homes never share keys."""
+        return f"nhidel:{self.config_dir}"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    principal: str | None = None
+    issuer: str | None = None
+    # kid -> {"x": base64url public key, "created_at": RFC 3339}; informational only.
+    keys: dict[str, dict[str, str]] = field(default_factory=dict)
+    agents: dict[str, Agent] = field(default_factory=dict)
+
+    def agent(self, name: str) -> Agent:
+        try:
+            return self.agents[name]
+        except KeyError:
+            raise NotFoundError(
+                f"no agent named {name!r}",
+                f"register it first: nhidel agent add {name} --allow SERVICE:ACTION[:RESOURCE]",
+            ) from None
+
+
+def load_config(paths: Paths) -> Config:
+    """Read config.toml; a missing file is an empty config, a corrupt one is exit 5."""
+    try:
+        raw = paths.config_file.read_bytes()
+    except FileNotFoundError:
+        return Config()
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+        return _from_toml(data)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError,
+            UsageError) as exc:
+        raise IntegrityError(
+            f"{paths.config_file} is corrupt: {exc}",
+            "fix the file by hand or restore it from a backup",
+        ) from None
+
+
+def save_config(paths: Paths, config: Config) -> None:
+    import tomli_w
+
+    atomic_write(paths.config_file, tomli_w.dumps(_to_toml(config)).encode("utf-8"))
+
+
+def update_config(paths: Paths, change: Callable[[Config], Config]) -> Config:
+    """Read-modify-write config.toml under its lock, so concurrent edits never lose each other."""
+    with exclusive_lock(paths.config_lock):
+        config = change(load_config(paths))
+        save_config(paths, config)
+        return config
+
+
+def with_agent(config: Config, agent: Agent) -> Config:
+    return replace(config, agents={**config.agents, agent.name: agent})
+
+
+def without_agent(config: Config, name: str) -> Config:
+    return replace(config, agents={k: v for k, v in config.agents.items() if k != name})
+
+
+def _from_toml(data: dict[str, Any]) -> Config:
+    agents = {}
+    for name, spec in data.get("agents", {}).items():
+        agents[name] = Agent(
+            name=name,
+            allow=parse_scopes(spec["allow"]),
+            max_ttl=parse_duration(spec["max_ttl"]),
+            default_ttl=parse_duration(spec["default_ttl"]),
+            audiences=tuple(spec.get("aud", ())),
+            created_at=parse_time(spec["created_at"], now=0) if "created_at" in spec else 0,
+        )
+    return Config(
+        principal=data.get("principal"),
+        issuer=data.get("issuer"),
+        keys={kid: dict(info) for kid, info in data.get("keys", {}).items()},
+        agents=agents,
+    )
+
+
+def _to_toml(config: Config) -> dict[str, Any]:
+    doc: dict[str, Any] = {"version": CONFIG_VERSION}
+    if config.principal is not None:
+        doc["principal"] = config.principal
+    if config.issuer is not None:
+        doc["issuer"] = config.issuer
+    doc["keys"] = config.keys
+    doc["agents"] = {
+        agent.name: {
+            "allow": [str(scope) for scope in agent.allow],
+            "max_ttl": format_duration(agent.max_ttl),
+            "default_ttl": format_duration(agent.default_ttl),
+            "aud": list(agent.audiences),
+            "created_at": rfc3339(agent.created_at),
+        }
+        for agent in config.agents.values()
+    }
+    return doc

@@ -1,0 +1,94 @@
+"""Private files written whole or not at all, and advisory locks between nhidel processes."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import StorageError
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create `path` (and parents) as 0700; tighten it if it already exists and is ours."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(DIR_MODE)
+    return path
+
+
+def storage_error(path: Path, exc: OSError) -> StorageError:
+    """Turn an OSError into one line that names the file and what to do."""
+    if exc.errno == errno.ENOSPC:
+        hint = "free some disk space and run the command again"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = f"check the permissions of {path.parent} (nhidel needs to write there)"
+    else:
+        hint = "check the file system and run the command again"
+    return StorageError(f"could not write {path}: {exc.strerror or exc}", hint)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: written to a 0600 temp file, fsynced, renamed, dir fsynced."""
+    ensure_private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise storage_error(path, exc) from exc
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_private_file(path: Path) -> None:
+    """Make sure `path` exists as a 0600 file before a library (SQLite) opens it."""
+    ensure_private_dir(path.parent)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, *, timeout: float = 10.0) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (a lock file that is never replaced) for the block."""
+    ensure_private_dir(path.parent)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    except OSError as exc:
+        raise storage_error(path, exc) from exc
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StorageError(
+                        f"timed out waiting for the lock on {path}",
+                        "another nhidel process holds it; wait for it to finish and retry",
+                    ) from None
+                time.sleep(0.005)
+        yield
+    finally:
+        os.close(fd)

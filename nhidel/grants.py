@@ -1,0 +1,211 @@
+"""Minting grants within an agent's ceiling, and revoking them."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .agents import check_audience
+from .audit import AuditLog, event
+from .config import Config, Paths, load_config
+from .errors import KeystoreError, PolicyError, UsageError
+from .keystore import KeyStore
+from .ledger import Ledger
+from .models import Agent, Grant
+from .principal import NO_KEY_HINT, load_signer
+from .scopes import Scope, not_covered, parse_scopes
+from .timefmt import format_duration, parse_duration, parse_time
+from .tokens import mint, token_sha256
+
+MAX_NOT_BEFORE = 30 * 86400
+MAX_USES = 1_000_000_000
+MAX_REASON = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRequest:
+    """What `nhidel grant` was asked for, as typed (validated by `issue`)."""
+
+    agent: str
+    scopes: Sequence[str]
+    ttl: str | None = None
+    aud: str | None = None
+    not_before: str | None = None
+    uses: int | None = None
+    reason: str | None = None
+
+
+def new_grant_id() -> str:
+    """`g` and 26 lowercase base32 characters: 130 random bits."""
+    return "g" + base64.b32encode(secrets.token_bytes(17)).decode("ascii").lower()[:26]
+
+
+def issue(paths: Paths, keystore: KeyStore, request: GrantRequest, *, now: int) -> tuple[Grant, str]:
+    """Validate, sign, record and audit one grant; return it and its token.
+
+    Nothing is recorded for a refused grant. The ledger row and the fsynced `grant.issued` record
+    are written in one ledger transaction before the token is returned, so a printed token
+    always has both.
+    """
+    config = load_config(paths)
+    if config.principal is None:
+        raise KeystoreError("nhidel has no principal yet", NO_KEY_HINT)
+    agent = config.agent(request.agent)
+    scopes = parse_scopes(request.scopes)
+    if not scopes:
+        raise UsageError("a grant needs at least one --scope", f"e.g. --scope {agent.allow[0]}")
+    _check_ceiling(agent, scopes)
+    ttl = parse_duration(request.ttl, what="--ttl") if request.ttl else agent.default_ttl
+    if ttl > agent.max_ttl:
+        raise PolicyError(
+            f"--ttl {format_duration(ttl)} is over agent {agent.name}'s maximum of "
+            f"{format_duration(agent.max_ttl)}",
+            f"ask for --ttl {format_duration(agent.max_ttl)} or less",
+        )
+    not_before = _not_before(request.not_before, now)
+    aud = _audience(agent, request.aud)
+    if request.uses is not None and not 1 <= request.uses <= MAX_USES:
+        raise UsageError(f"--uses {request.uses} is out of range", "give a count of 1 or more")
+    reason = request.reason
+    if reason is not None and len(reason) > MAX_REASON:
+        raise UsageError(f"--reason is longer than {MAX_REASON} characters", "shorten it")
+
+    with Ledger(paths) as ledger:
+        epoch = ledger.revocation_epoch()
+        signer = load_signer(keystore)
+        grant = Grant(
+            id=new_grant_id(), agent=agent.name, scopes=scopes, aud=aud, issued_at=now,
+            not_before=not_before, expires_at=not_before + ttl, max_uses=request.uses,
+            reason=reason, kid=signer.kid,
+        )
+        token = mint(_claims(grant, signer.principal, signer.issuer), signer.seed, signer.kid)
+        with ledger.transaction():
+            _recheck(paths, agent.name, scopes, ttl)
+            if ledger.revocation_epoch() != epoch:
+                raise PolicyError(
+                    "a revocation ran while this grant was being minted; nothing was issued",
+                    "run the grant command again",
+                )
+            ledger.insert(grant, token_sha256(token))
+            AuditLog(paths).append([event(
+                "grant.issued", principal=signer.principal, agent=grant.agent, grant=grant.id,
+                scopes=[str(s) for s in scopes], expires_at=grant.expires_at,
+                not_before=grant.not_before, aud=aud, max_uses=grant.max_uses, reason=reason,
+                kid=signer.kid,
+            )])
+    return grant, token
+
+
+def _claims(grant: Grant, principal: str, issuer: str) -> dict[str, Any]:
+    claims: dict[str, Any] = {
+        "iss": issuer, "sub": principal, "act": {"sub": grant.agent},
+        "scope": grant.scope_claim, "iat": grant.issued_at, "nbf": grant.not_before,
+        "exp": grant.expires_at, "jti": grant.id,
+    }
+    if grant.aud is not None:
+        claims["aud"] = grant.aud
+    if grant.max_uses is not None:
+        claims["max_uses"] = grant.max_uses
+    return claims
+
+
+def _check_ceiling(agent: Agent, scopes: Sequence[Scope]) -> None:
+    beyond = not_covered(agent.allow, scopes)
+    if beyond:
+        allowed = " ".join(str(s) for s in agent.allow)
+        raise PolicyError(
+            f"scope {beyond[0]} is beyond agent {agent.name}'s ceiling",
+            f"ask only for scopes within: {allowed}",
+        )
+
+
+def _recheck(paths: Paths, name: str, scopes: Sequence[Scope], ttl: int) -> None:
+    """Inside the ledger's write lock: the agent may have been removed or narrowed meanwhile."""
+    current: Config = load_config(paths)
+    if name not in current.agents:
+        raise PolicyError(f"agent {name!r} was removed while this grant was being minted",
+                          "nothing was issued; register the agent again if that was a mistake")
+    agent = current.agents[name]
+    _check_ceiling(agent, scopes)
+    if ttl > agent.max_ttl:
+        raise PolicyError(f"agent {name}'s maximum TTL changed while minting",
+                          "nothing was issued; run the grant command again")
+
+
+def _not_before(text: str | None, now: int) -> int:
+    if text is None:
+        return now
+    when = parse_time(text, now=now, what="--not-before")
+    if when < now:
+        raise UsageError(f"--not-before {text!r} is in the past", "leave it out to start now")
+    if when > now + MAX_NOT_BEFORE:
+        raise UsageError(f"--not-before {text!r} is more than 30 days ahead",
+                         "choose a time within 30 days")
+    return when
+
+
+def _audience(agent: Agent, requested: str | None) -> str | None:
+    if requested is not None:
+        check_audience(requested)
+    if not agent.audiences:
+        return requested
+    if requested is None:
+        if len(agent.audiences) == 1:
+            return agent.audiences[0]
+        raise PolicyError(
+            f"agent {agent.name} may only be granted for audiences: {', '.join(agent.audiences)}",
+            "pick one with --aud",
+        )
+    if requested not in agent.audiences:
+        raise PolicyError(
+            f"audience {requested!r} is beyond agent {agent.name}'s ceiling",
+            f"use one of: {', '.join(agent.audiences)}",
+        )
+    return requested
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    revoked: list[str]  # newly revoked
+    already: list[str]  # were revoked before (not an error)
+
+
+def revoke(
+    paths: Paths,
+    *,
+    ids: Sequence[str] = (),
+    agent: str | None = None,
+    everything: bool = False,
+    reason: str | None,
+    now: int,
+) -> Revocation:
+    """Revoke by ids (all resolved first: one bad id revokes nothing), by agent, or all."""
+    if reason is not None and len(reason) > MAX_REASON:
+        raise UsageError(f"--reason is longer than {MAX_REASON} characters", "shorten it")
+    if not ids and agent is None and not everything:
+        raise UsageError("nothing to revoke", "give grant ids, --agent NAME, or --all --yes")
+    config = load_config(paths)
+    if agent is not None:
+        config.agent(agent)  # an unknown agent is exit 3, not a silent no-op
+    principal = config.principal
+    with Ledger(paths) as ledger:
+        targets = [grant.id for grant in ledger.resolve(ids)] if ids else []
+        with ledger.transaction():
+            if not ids:
+                targets = ledger.live_ids(now=now, agent=agent)
+                # Grants minted while this runs are refused (see `issue`).
+                ledger.bump_revocation_epoch()
+            newly = ledger.revoke(targets, now=now, reason=reason)
+            if newly:
+                grants = [ledger.get(grant_id) for grant_id in newly]
+                AuditLog(paths).append(
+                    event("grant.revoked", principal=principal, agent=g.agent, grant=g.id,
+                          scopes=[str(s) for s in g.scopes], expires_at=g.expires_at,
+                          reason=reason)
+                    for g in grants if g is not None
+                )
+    fresh = set(newly)
+    return Revocation(newly, [t for t in targets if t not in fresh])

@@ -1,0 +1,80 @@
+"""Ed25519 key material: generation, public forms (JWK, PEM) and the RFC 7638 kid."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Strict base64url without padding (RFC 7515): anything else raises ValueError."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def generate_private_key() -> bytes:
+    """32 random bytes: an Ed25519 private key (its seed)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+    )
+
+    return Ed25519PrivateKey.generate().private_bytes(
+        Encoding.Raw, PrivateFormat.Raw, NoEncryption()
+    )
+
+
+def private_key(seed: bytes) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+def public_x(seed: bytes) -> str:
+    """The public key of a private seed, as the JWK `x` member (base64url)."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    raw = private_key(seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return b64url_encode(raw)
+
+
+def public_key(x: str) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    return Ed25519PublicKey.from_public_bytes(b64url_decode(x))
+
+
+def thumbprint(x: str) -> str:
+    """RFC 7638 JWK thumbprint (SHA-256) of an Ed25519 public key: nhidel's kid."""
+    # The required members of an OKP key, in lexicographic order, with no whitespace.
+    canonical = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, separators=(",", ":"))
+    return b64url_encode(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
+def public_jwk(x: str) -> dict[str, Any]:
+    return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": thumbprint(x), "alg": "EdDSA",
+            "use": "sig"}
+
+
+def public_pem(x: str) -> str:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return public_key(x).public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()

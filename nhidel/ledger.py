@@ -1,0 +1,279 @@
+"""The grant ledger: one SQLite database (WAL) of every grant's claims and its life.
+
+It keeps a SHA-256 of each token, never the token. Every write is one short IMMEDIATE
+transaction, so several nhidel processes can share the ledger; readers never block writers.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .config import Paths
+from .errors import IntegrityError, NotFoundError, StorageError, UsageError
+from .fsutil import create_private_file
+from .models import SHORT_ID_LENGTH, Grant
+from .scopes import parse_scopes
+
+SCHEMA_VERSION = 1
+MIN_PREFIX = 4
+BUSY_TIMEOUT_MS = 10_000
+_ID_PREFIX = re.compile(r"g[a-z2-7]{0,26}")
+
+_SCHEMA = """
+CREATE TABLE grants (
+    id            TEXT PRIMARY KEY,
+    agent         TEXT NOT NULL,
+    scope         TEXT NOT NULL,
+    aud           TEXT,
+    issued_at     INTEGER NOT NULL,
+    not_before    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    max_uses      INTEGER,
+    uses          INTEGER NOT NULL DEFAULT 0,
+    reason        TEXT,
+    kid           TEXT NOT NULL,
+    token_sha256  TEXT NOT NULL,
+    revoked_at    INTEGER,
+    revoke_reason TEXT
+);
+CREATE INDEX grants_by_expiry ON grants (expires_at);
+CREATE INDEX grants_by_agent ON grants (agent, expires_at);
+-- Bumped by `revoke --all` and `agent remove`, so a grant minted while they ran is refused.
+CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO meta VALUES ('revocation_epoch', 0);
+"""
+_COLUMNS = (
+    "id, agent, scope, aud, issued_at, not_before, expires_at, max_uses, uses, reason, kid, "
+    "revoked_at, revoke_reason"
+)
+
+
+class Ledger:
+    """A connection to the ledger; use as a context manager so it is always closed."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.path = paths.ledger_file
+        with self._errors():
+            create_private_file(self.path)
+            self.db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+            )
+            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute("PRAGMA synchronous = FULL")
+            if self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                self._create_schema()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _create_schema(self) -> None:
+        with self.transaction():
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise IntegrityError(
+                    f"{self.path} has schema version {version}, this nhidel knows "
+                    f"{SCHEMA_VERSION}",
+                    "upgrade nhidel",
+                )
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if "locked" in text or "busy" in text:
+                raise StorageError(
+                    f"the ledger {self.path} is busy", "another nhidel process holds it; retry"
+                ) from None
+            if "disk is full" in text or "readonly" in text or "unable to open" in text:
+                raise StorageError(
+                    f"could not write the ledger {self.path}: {text}",
+                    "free disk space or fix the directory's permissions, then retry",
+                ) from None
+            raise IntegrityError(f"the ledger {self.path} is unusable: {text}",
+                                 "restore it from a backup") from None
+        except sqlite3.DatabaseError as exc:
+            raise IntegrityError(
+                f"the ledger {self.path} is corrupt: {exc}", "restore it from a backup"
+            ) from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One IMMEDIATE transaction: it takes the write lock up front, so checks stay true."""
+        with self._errors():
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def revocation_epoch(self) -> int:
+        with self._errors():
+            row = self.db.execute("SELECT value FROM meta WHERE name = 'revocation_epoch'")
+            return int(row.fetchone()[0])
+
+    def get(self, grant_id: str) -> Grant | None:
+        with self._errors():
+            row = self.db.execute(f"SELECT {_COLUMNS} FROM grants WHERE id = ?", (grant_id,))
+            found = row.fetchone()
+        return _grant(found) if found else None
+
+    def lookup(self, grant_id: str) -> tuple[Grant, str] | None:
+        """A grant and the SHA-256 of its token, for verify."""
+        with self._errors():
+            row = self.db.execute(
+                f"SELECT {_COLUMNS}, token_sha256 FROM grants WHERE id = ?", (grant_id,)
+            ).fetchone()
+        return (_grant(row[:-1]), row[-1]) if row else None
+
+    def resolve(self, prefixes: Iterable[str]) -> list[Grant]:
+        """Resolve every id prefix, or raise NotFoundError naming each one that fails."""
+        grants: dict[str, Grant] = {}
+        problems = []
+        for prefix in prefixes:
+            try:
+                grant = self._resolve_one(prefix)
+            except NotFoundError as exc:
+                problems.append(exc)
+                continue
+            grants.setdefault(grant.id, grant)
+        if problems:
+            if len(problems) == 1:
+                raise problems[0]
+            raise NotFoundError(
+                "; ".join(p.message for p in problems), problems[0].hint
+            )
+        return list(grants.values())
+
+    def _resolve_one(self, prefix: str) -> Grant:
+        wanted = prefix.strip().lower()
+        if len(wanted) < MIN_PREFIX:
+            raise UsageError(
+                f"grant id {prefix!r} is too short",
+                f"give at least {MIN_PREFIX} characters of the id (see nhidel list)",
+            )
+        if not _ID_PREFIX.fullmatch(wanted):
+            raise NotFoundError(
+                f"no grant {prefix!r}", "grant ids look like gmfrggzdfmz; see nhidel list --all"
+            )
+        with self._errors():
+            rows = self.db.execute(
+                f"SELECT {_COLUMNS} FROM grants WHERE id >= ? AND id < ? ORDER BY id LIMIT 6",
+                (wanted, wanted + "{"),
+            ).fetchall()
+        if not rows:
+            raise NotFoundError(f"no grant {prefix!r}", "see nhidel list --all for grant ids")
+        if len(rows) > 1:
+            shown = ", ".join(f"{row[0][:SHORT_ID_LENGTH + 2]} ({row[1]})" for row in rows[:5])
+            raise NotFoundError(
+                f"grant id {prefix!r} is ambiguous: {shown}{', ...' if len(rows) > 5 else ''}",
+                "give more characters of the id",
+            )
+        return _grant(rows[0])
+
+    def grants(
+        self, *, now: int, agent: str | None = None, include_all: bool = False
+    ) -> Iterator[Grant]:
+        """Grants, soonest to expire first; by default only active and pending ones. Streams."""
+        where, params = [], []
+        if not include_all:
+            where.append("revoked_at IS NULL AND expires_at > ? "
+                         "AND (max_uses IS NULL OR uses < max_uses)")
+            params.append(now)
+        if agent is not None:
+            where.append("agent = ?")
+            params.append(agent)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        order = "expires_at, id" if not include_all else "issued_at, id"
+        with self._errors():
+            cursor = self.db.execute(f"SELECT {_COLUMNS} FROM grants {clause} ORDER BY {order}",
+                                     params)
+            for row in cursor:
+                yield _grant(row)
+
+    # -- writes (call inside `transaction()`) -------------------------------------------
+
+    def insert(self, grant: Grant, token_sha256: str) -> None:
+        with self._errors():
+            self.db.execute(
+                "INSERT INTO grants (id, agent, scope, aud, issued_at, not_before, expires_at, "
+                "max_uses, reason, kid, token_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (grant.id, grant.agent, grant.scope_claim, grant.aud, grant.issued_at,
+                 grant.not_before, grant.expires_at, grant.max_uses, grant.reason, grant.kid,
+                 token_sha256),
+            )
+
+    def revoke(self, grant_ids: Iterable[str], *, now: int, reason: str | None) -> list[str]:
+        """Revoke the given grants; return the ids that were not already revoked."""
+        newly = []
+        with self._errors():
+            for grant_id in grant_ids:
+                cursor = self.db.execute(
+                    "UPDATE grants SET revoked_at = ?, revoke_reason = ? "
+                    "WHERE id = ? AND revoked_at IS NULL",
+                    (now, reason, grant_id),
+                )
+                if cursor.rowcount:
+                    newly.append(grant_id)
+        return newly
+
+    def live_ids(self, *, now: int, agent: str | None = None) -> list[str]:
+        """Ids of grants that could still be used: not revoked, not expired (pending included)."""
+        sql = "SELECT id FROM grants WHERE revoked_at IS NULL AND expires_at > ?"
+        params: list[Any] = [now]
+        if agent is not None:
+            sql += " AND agent = ?"
+            params.append(agent)
+        with self._errors():
+            return [row[0] for row in self.db.execute(sql, params)]
+
+    def bump_revocation_epoch(self) -> None:
+        with self._errors():
+            self.db.execute("UPDATE meta SET value = value + 1 WHERE name = 'revocation_epoch'")
+
+    def consume(self, grant_id: str, *, now: int) -> bool:
+        """Count one use, atomically; False when the grant is revoked, expired or used up."""
+        with self._errors():
+            cursor = self.db.execute(
+                "UPDATE grants SET uses = uses + 1 WHERE id = ? AND revoked_at IS NULL "
+                "AND expires_at > ? AND (max_uses IS NULL OR uses < max_uses)",
+                (grant_id, now),
+            )
+            return cursor.rowcount == 1
+
+
+def _grant(row: tuple[Any, ...]) -> Grant:
+    (grant_id, agent, scope, aud, issued_at, not_before, expires_at, max_uses, uses, reason,
+     kid, revoked_at, revoke_reason) = row
+    try:
+        scopes = parse_scopes([scope])
+    except UsageError:
+        raise IntegrityError(f"the ledger row for {grant_id} holds a malformed scope",
+                             "restore the ledger from a backup") from None
+    return Grant(
+        id=grant_id, agent=agent, scopes=scopes, aud=aud, issued_at=issued_at,
+        not_before=not_before, expires_at=expires_at, max_uses=max_uses, reason=reason, kid=kid,
+        uses=uses, revoked_at=revoked_at, revoke_reason=revoke_reason,
+    )

@@ -1,0 +1,113 @@
+"""The things nhidel keeps: agents and grants, as frozen values."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from .errors import UsageError
+from .scopes import Scope, join_scopes
+from .timefmt import format_duration, rfc3339
+
+AGENT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+GRANT_ID = re.compile(r"g[a-z2-7]{26}")
+SHORT_ID_LENGTH = 10
+
+
+def check_agent_name(name: str) -> str:
+    if not AGENT_NAME.fullmatch(name):
+        raise UsageError(
+            f"invalid agent name {name!r}",
+            "use 1-64 characters: lowercase letters, digits, '_', '.', '-', starting with a "
+            "letter or digit",
+        )
+    return name
+
+
+class GrantStatus(StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    EXHAUSTED = "exhausted"
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """A named non-human identity and its ceiling: what it may ever be granted."""
+
+    name: str
+    allow: tuple[Scope, ...]
+    max_ttl: int
+    default_ttl: int
+    audiences: tuple[str, ...] = ()
+    created_at: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "allow": [str(scope) for scope in self.allow],
+            "max_ttl": format_duration(self.max_ttl),
+            "default_ttl": format_duration(self.default_ttl),
+            "aud": list(self.audiences),
+            "created_at": rfc3339(self.created_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One token's claims and its life in the ledger (never the token itself)."""
+
+    id: str
+    agent: str
+    scopes: tuple[Scope, ...]
+    aud: str | None
+    issued_at: int
+    not_before: int
+    expires_at: int
+    max_uses: int | None
+    reason: str | None
+    kid: str
+    uses: int = 0
+    revoked_at: int | None = None
+    revoke_reason: str | None = None
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:SHORT_ID_LENGTH]
+
+    def status(self, now: int) -> GrantStatus:
+        if self.revoked_at is not None:
+            return GrantStatus.REVOKED
+        if now >= self.expires_at:
+            return GrantStatus.EXPIRED
+        if self.max_uses is not None and self.uses >= self.max_uses:
+            return GrantStatus.EXHAUSTED
+        if now < self.not_before:
+            return GrantStatus.PENDING
+        return GrantStatus.ACTIVE
+
+    def to_json(self, now: int) -> dict[str, Any]:
+        """The stable JSON shape from SPEC.md (keys never change meaning between releases)."""
+        return {
+            "id": self.id,
+            "agent": self.agent,
+            "scopes": [str(scope) for scope in self.scopes],
+            "aud": self.aud,
+            "status": self.status(now).value,
+            "issued_at": rfc3339(self.issued_at),
+            "not_before": rfc3339(self.not_before),
+            "expires_at": rfc3339(self.expires_at),
+            "uses": self.uses,
+            "max_uses": self.max_uses,
+            "reason": self.reason,
+            "kid": self.kid,
+            "revoked_at": rfc3339(self.revoked_at),
+            "revoke_reason": self.revoke_reason,
+        }
+
+    @property
+    def scope_claim(self) -> str:
+        return join_scopes(self.scopes)

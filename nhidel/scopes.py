@@ -1,0 +1,106 @@
+"""The scope grammar: `service:action[:resource]`, and what covers what.
+
+`service` and `action` are lowercase `[a-z0-9][a-z0-9_.-]*`; `action` may be `*`. The resource is
+a non-empty, printable string with no whitespace; it may end in `*`, a prefix match. Nothing else
+is a wildcard, and a `*` anywhere else is refused rather than taken literally, so no scope reads
+as wider or narrower than it is. A scope without a resource is its own thing: it covers only
+requests without a resource.
+
+`covers` treats both sides as patterns, so it is reflexive and transitive and serves both checks:
+a grant against a request (verify) and an agent's ceiling against a grant (attenuation).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+MAX_SCOPE_LENGTH = 512
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+_HINT = (
+    "write service:action[:resource] in lowercase, e.g. repo:read:acme/api; "
+    "action may be *, and a resource may end in *"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    service: str
+    action: str
+    resource: str | None = None
+
+    def __str__(self) -> str:
+        head = f"{self.service}:{self.action}"
+        return head if self.resource is None else f"{head}:{self.resource}"
+
+    @property
+    def resource_prefix(self) -> str | None:
+        """The prefix a wildcard resource matches, or None for an exact (or absent) resource."""
+        if self.resource is not None and self.resource.endswith("*"):
+            return self.resource[:-1]
+        return None
+
+
+def parse_scope(text: str) -> Scope:
+    """Parse one scope, raising UsageError (exit 2) with the grammar as a hint."""
+    if len(text) > MAX_SCOPE_LENGTH:
+        raise UsageError(f"scope is longer than {MAX_SCOPE_LENGTH} characters", _HINT)
+    parts = text.split(":", 2)
+    if len(parts) < 2:
+        raise UsageError(f"invalid scope {text!r}: expected service:action[:resource]", _HINT)
+    service, action = parts[0], parts[1]
+    resource = parts[2] if len(parts) == 3 else None
+    if not _NAME.fullmatch(service):
+        raise UsageError(f"invalid scope {text!r}: bad service {service!r}", _HINT)
+    if action != "*" and not _NAME.fullmatch(action):
+        raise UsageError(f"invalid scope {text!r}: bad action {action!r}", _HINT)
+    if resource is not None:
+        if not resource:
+            raise UsageError(f"invalid scope {text!r}: empty resource", _HINT)
+        if any(ch.isspace() or not ch.isprintable() for ch in resource):
+            raise UsageError(f"invalid scope {text!r}: whitespace or control character", _HINT)
+        if "*" in resource[:-1]:
+            raise UsageError(f"invalid scope {text!r}: '*' may only end a resource", _HINT)
+    return Scope(service, action, resource)
+
+
+def parse_scopes(texts: Iterable[str]) -> tuple[Scope, ...]:
+    """Parse several scopes (each argument may hold several, space-separated), dropping repeats."""
+    seen: dict[Scope, None] = {}
+    for text in texts:
+        for word in text.split():
+            seen.setdefault(parse_scope(word), None)
+    return tuple(seen)
+
+
+def covers(granted: Scope, requested: Scope) -> bool:
+    """True when every concrete scope `requested` matches is also matched by `granted`."""
+    if granted.service != requested.service:
+        return False
+    if granted.action != "*" and granted.action != requested.action:
+        return False
+    if granted.resource is None or requested.resource is None:
+        return granted.resource is None and requested.resource is None
+    prefix = granted.resource_prefix
+    if prefix is None:
+        return granted.resource == requested.resource
+    wanted = requested.resource_prefix
+    return (requested.resource if wanted is None else wanted).startswith(prefix)
+
+
+def covered_by_any(granted: Iterable[Scope], requested: Scope) -> bool:
+    return any(covers(scope, requested) for scope in granted)
+
+
+def not_covered(ceiling: Iterable[Scope], requested: Iterable[Scope]) -> list[Scope]:
+    """The requested scopes that no scope of `ceiling` covers (empty when all are allowed)."""
+    allowed = tuple(ceiling)
+    return [scope for scope in requested if not covered_by_any(allowed, scope)]
+
+
+def join_scopes(scopes: Iterable[Scope]) -> str:
+    """The space-separated form used in the token's `scope` claim (RFC 8693)."""
+    return " ".join(str(scope) for scope in scopes)

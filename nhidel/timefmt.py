@@ -1,0 +1,97 @@
+"""Durations and times as people type them, and as nhidel prints them.
+
+Durations: `90s`, `15m`, `2h`, `1d`, combinations such as `1h30m`, and ISO 8601 (`PT15M`, `P1DT2H`).
+Times: RFC 3339 (`2026-11-23T10:00:00Z`) or an offset from now (`+5m`).
+All times are integer Unix seconds, the resolution of JWT's NumericDate.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from .errors import UsageError
+
+# Nothing nhidel does needs a span longer than this; anything longer is a typo.
+MAX_DURATION = 366 * 86400
+
+_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_SHORT = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_ISO = re.compile(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?")
+_DURATION_HINT = "write a duration such as 90s, 15m, 2h, 1d, 1h30m or PT15M"
+
+
+def parse_duration(text: str, *, what: str = "duration") -> int:
+    """Return the number of seconds in `text`; raise UsageError for anything else."""
+    raw = text.strip()
+    if raw.upper().startswith("P"):
+        # A trailing "T" (`P1DT`) is accepted by the regex but not by ISO 8601.
+        match = None if raw.upper().endswith("T") else _ISO.fullmatch(raw.upper())
+    else:
+        match = _SHORT.fullmatch(raw.lower())
+    if match is None or not any(match.groups()):
+        raise UsageError(f"invalid {what} {text!r}", _DURATION_HINT)
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    total = days * 86400 + hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise UsageError(f"{what} {text!r} must be longer than zero", _DURATION_HINT)
+    if total > MAX_DURATION:
+        raise UsageError(f"{what} {text!r} is longer than a year", "use a shorter duration")
+    return total
+
+
+def format_duration(seconds: int) -> str:
+    """The shortest exact spelling, e.g. 5400 -> '1h30m', 0 -> '0s'."""
+    if seconds <= 0:
+        return "0s"
+    parts = []
+    for unit, size in _UNIT_SECONDS.items():
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
+
+
+def parse_time(text: str, *, now: int, what: str = "time") -> int:
+    """Return Unix seconds for an RFC 3339 time or `+DURATION` from `now`."""
+    raw = text.strip()
+    if raw.startswith("+"):
+        return now + parse_duration(raw[1:], what=what)
+    try:
+        when = datetime.fromisoformat(raw.replace("z", "Z"))
+    except ValueError:
+        when = None
+    if when is None or "T" not in raw.upper() or when.tzinfo is None:
+        raise UsageError(
+            f"invalid {what} {text!r}",
+            "write an RFC 3339 time with a zone, such as 2026-11-23T10:00:00Z, or +5m from now",
+        )
+    return int(when.timestamp())
+
+
+def rfc3339(timestamp: int | None) -> str | None:
+    """UTC RFC 3339 with a `Z`, or None."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def relative(timestamp: int, *, now: int) -> str:
+    """'in 14m', '3h ago', 'now': the largest unit, rounded, as people read it."""
+    delta = timestamp - now
+    span = abs(delta)
+    if span < 1:
+        return "now"
+    for unit, size in _UNIT_SECONDS.items():
+        if span >= size:
+            # Round to the nearest unit: a 15m grant read a second later is still "in 15m".
+            amount = f"{(span + size // 2) // size}{unit}"
+            break
+    return f"in {amount}" if delta > 0 else f"{amount} ago"
+
+
+def local_clock(timestamp: int, *, now: int) -> str:
+    """A local wall-clock time: 'HH:MM' today, else 'YYYY-MM-DD HH:MM'."""
+    when = datetime.fromtimestamp(timestamp).astimezone()
+    today = datetime.fromtimestamp(now).astimezone().date()
+    return when.strftime("%H:%M" if when.date() == today else "%Y-%m-%d %H:%M")

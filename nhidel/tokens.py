@@ -1,0 +1,91 @@
+"""Grant tokens: EdDSA-signed JWTs with `typ: nhidel+jwt`, minted and checked with pinned rules.
+
+Minting uses PyJWT. Checking does not: it is a short, strict path that decides everything before
+any cryptography runs: the algorithm is EdDSA and nothing else, `typ` must be `nhidel+jwt`, the
+`kid` must name a key the caller trusts, and headers that would let a token choose its own key
+(`jwk`, `jku`, `x5u`, `x5c`) or demand extensions (`crit`) are refused. Nothing the token says is
+used to pick how it is verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .keys import b64url_decode, private_key
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+TOKEN_TYPE = "nhidel+jwt"
+ALGORITHM = "EdDSA"
+MAX_TOKEN_LENGTH = 16384
+_KEY_CHOOSING_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c"})
+
+
+class TokenRejected(Exception):  # noqa: N818 - a verdict, not a crash
+    """A token failed a structural or cryptographic check; `reason` is a SPEC.md reason code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def token_sha256(token: str) -> str:
+    """What the ledger keeps instead of the token."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def mint(claims: dict[str, Any], seed: bytes, kid: str) -> str:
+    """Sign `claims` with the private key `seed` (EdDSA), typed and keyed per SPEC.md."""
+    import jwt
+
+    headers = {"typ": TOKEN_TYPE, "kid": kid}
+    return jwt.encode(claims, private_key(seed), algorithm=ALGORITHM, headers=headers)
+
+
+def check(token: str, trusted: Mapping[str, Ed25519PublicKey]) -> dict[str, Any]:
+    """Return the claims of a well-formed token signed by one of `trusted` (kid -> key)."""
+    from cryptography.exceptions import InvalidSignature
+
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+        raise TokenRejected("malformed", "not a token")
+    parts = token.strip().split(".")
+    if len(parts) != 3:
+        raise TokenRejected("malformed", "a token has three dot-separated parts")
+    header = _json_object(parts[0], "header")
+    if header.get("alg") != ALGORITHM:
+        raise TokenRejected("bad_signature", f"algorithm {header.get('alg')!r} is not EdDSA")
+    chosen = _KEY_CHOOSING_HEADERS.intersection(header)
+    if chosen:
+        raise TokenRejected("bad_signature", f"refused header {sorted(chosen)[0]!r}")
+    if "crit" in header:
+        raise TokenRejected("malformed", "refused header 'crit'")
+    if not isinstance(header.get("typ"), str) or header["typ"].lower() != TOKEN_TYPE:
+        raise TokenRejected("wrong_type", f"typ {header.get('typ')!r} is not {TOKEN_TYPE}")
+    kid = header.get("kid")
+    key = trusted.get(kid) if isinstance(kid, str) else None
+    if key is None:
+        raise TokenRejected("unknown_key", "signed by a key this verifier does not trust")
+    try:
+        signature = b64url_decode(parts[2])
+    except ValueError:
+        raise TokenRejected("malformed", "the signature is not base64url") from None
+    try:
+        key.verify(signature, f"{parts[0]}.{parts[1]}".encode("ascii"))
+    except InvalidSignature:
+        raise TokenRejected("bad_signature", "the signature does not match") from None
+    return _json_object(parts[1], "payload")
+
+
+def _json_object(segment: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(b64url_decode(segment))
+    except (ValueError, UnicodeDecodeError):
+        raise TokenRejected("malformed", f"the {what} is not base64url JSON") from None
+    if not isinstance(value, dict):
+        raise TokenRejected("malformed", f"the {what} is not a JSON object")
+    return value
