@@ -6,7 +6,6 @@ import sys
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -32,7 +31,7 @@ class NhidelGroup(TyperGroup):
                 standalone_mode=False, **extra,
             )
             status = result if isinstance(result, int) else 0
-        except (Exception, KeyboardInterrupt, click.exceptions.Abort) as exc:
+        except (Exception, KeyboardInterrupt) as exc:
             status = exit_status_for(exc, debug="--debug" in argv)
         if standalone_mode:
             sys.exit(status)
@@ -81,5 +80,5 @@ def _register() -> None:
 _register()
 
 
-def command() -> click.Command:
+def command() -> Any:
     return typer.main.get_command(app)

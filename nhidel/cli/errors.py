@@ -20,21 +20,16 @@ def report(message: str, hint: str | None) -> None:
 
 def exit_status_for(exc: BaseException, *, debug: bool) -> int:
     """Report `exc` on stderr (a traceback only with --debug) and return its exit status."""
-    import click
+    from typer import Abort
 
     if debug or os.environ.get("NHIDEL_DEBUG"):
         traceback.print_exception(exc)
     if isinstance(exc, NhidelError):
         report(exc.message, exc.hint)
         return int(exc.exit_status)
-    if isinstance(exc, click.UsageError):
-        command = exc.ctx.command_path if exc.ctx is not None else "nhidel"
-        report(exc.format_message(), f"see {command} --help")
-        return int(ExitStatus.USAGE)
-    if isinstance(exc, click.ClickException):
-        report(exc.format_message(), None)
-        return exc.exit_code
-    if isinstance(exc, click.exceptions.Abort | KeyboardInterrupt):
+    if _is_click_error(exc):
+        return _report_click_error(exc)
+    if isinstance(exc, Abort | KeyboardInterrupt):
         sys.stderr.write("aborted\n")
         return 130
     if isinstance(exc, BrokenPipeError):
@@ -42,3 +37,22 @@ def exit_status_for(exc: BaseException, *, debug: bool) -> int:
     report(f"unexpected {type(exc).__name__}: {exc}",
            "this is a bug in nhidel; rerun with --debug and report the traceback")
     return int(ExitStatus.DENIED)
+
+
+def _is_click_error(exc: BaseException) -> bool:
+    """Click's exceptions (vendored inside newer Typer), recognised by shape, not by module."""
+    return callable(getattr(exc, "format_message", None)) and isinstance(
+        getattr(exc, "exit_code", None), int
+    )
+
+
+def _report_click_error(exc: BaseException) -> int:
+    message: str = exc.format_message()  # type: ignore[attr-defined]
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        sys.stderr.write(message + "\n")  # the group's help, as click would show it
+        return int(ExitStatus.USAGE)
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", None) or "nhidel"
+    report(message, f"see {command} --help")
+    code: int = exc.exit_code  # type: ignore[attr-defined]
+    return code
