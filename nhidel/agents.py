@@ -19,8 +19,10 @@ DEFAULT_TTL = "15m"
 
 def check_audience(aud: str) -> str:
     if not aud or len(aud) > 256 or any(ch.isspace() or not ch.isprintable() for ch in aud):
-        raise UsageError(f"invalid audience {aud!r}",
-                         "use up to 256 printable characters without spaces, e.g. api.example.com")
+        raise UsageError(
+            f"invalid audience {aud!r}",
+            "use up to 256 printable characters without spaces, e.g. api.example.com",
+        )
     return aud
 
 
@@ -38,10 +40,14 @@ def add_agent(
     check_agent_name(name)
     scopes = parse_scopes(allow)
     if not scopes:
-        raise UsageError("an agent needs at least one --allow scope", "e.g. --allow repo:read:acme/*")
+        raise UsageError(
+            "an agent needs at least one --allow scope", "e.g. --allow repo:read:acme/*"
+        )
     maximum = parse_duration(max_ttl or DEFAULT_MAX_TTL, what="--max-ttl")
-    default = parse_duration(default_ttl, what="--default-ttl") if default_ttl else min(
-        parse_duration(DEFAULT_TTL), maximum
+    default = (
+        parse_duration(default_ttl, what="--default-ttl")
+        if default_ttl
+        else min(parse_duration(DEFAULT_TTL), maximum)
     )
     if default > maximum:
         raise UsageError(
@@ -53,15 +59,25 @@ def add_agent(
 
     def register(config: Config) -> Config:
         if name in config.agents:
-            raise PolicyError(f"agent {name!r} already exists",
-                              f"remove it first (this revokes its grants): nhidel agent remove {name}")
+            raise PolicyError(
+                f"agent {name!r} already exists",
+                f"remove it first (this revokes its grants): nhidel agent remove {name}",
+            )
         return with_agent(config, agent)
 
     config = update_config(paths, register)
-    AuditLog(paths).append([event(
-        "agent.added", principal=config.principal, agent=name,
-        scopes=[str(s) for s in scopes], max_ttl=agent.max_ttl, aud=list(agent.audiences),
-    )])
+    AuditLog(paths).append(
+        [
+            event(
+                "agent.added",
+                principal=config.principal,
+                agent=name,
+                scopes=[str(s) for s in scopes],
+                max_ttl=agent.max_ttl,
+                aud=list(agent.audiences),
+            )
+        ]
+    )
     return agent
 
 
@@ -88,14 +104,25 @@ def remove_agent(paths: Paths, name: str, *, now: int) -> Removal:
 
     principal = update_config(paths, unregister).principal
     with Ledger(paths) as ledger, ledger.transaction():
-        revoked = ledger.revoke(ledger.live_ids(now=now, agent=name), now=now,
-                                reason="agent removed")
+        revoked = ledger.revoke(
+            ledger.live_ids(now=now, agent=name), now=now, reason="agent removed"
+        )
         if not existed and not revoked:
             # Nothing to remove and nothing to clean up after an interrupted earlier removal.
-            raise NotFoundError(f"no agent named {name!r}", "see the registered agents: nhidel agent list")
+            raise NotFoundError(
+                f"no agent named {name!r}", "see the registered agents: nhidel agent list"
+            )
         AuditLog(paths).append(
             [event("agent.removed", principal=principal, agent=name, revoked=len(revoked))]
-            + [event("grant.revoked", principal=principal, agent=name, grant=grant_id,
-                     reason="agent removed") for grant_id in revoked]
+            + [
+                event(
+                    "grant.revoked",
+                    principal=principal,
+                    agent=name,
+                    grant=grant_id,
+                    reason="agent removed",
+                )
+                for grant_id in revoked
+            ]
         )
     return Removal(name, revoked)

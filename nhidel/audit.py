@@ -28,9 +28,19 @@ GENESIS = "0" * 64
 _TAIL_WINDOW = 64 * 1024
 
 EVENTS = (
-    "key.created", "key.rotated", "agent.added", "agent.removed", "grant.issued",
-    "grant.revoked", "grant.used", "verify.allowed", "verify.denied", "status.published",
-    "log.recovered", "log.rotated", "log.pruned",
+    "key.created",
+    "key.rotated",
+    "agent.added",
+    "agent.removed",
+    "grant.issued",
+    "grant.revoked",
+    "grant.used",
+    "verify.allowed",
+    "verify.denied",
+    "status.published",
+    "log.recovered",
+    "log.rotated",
+    "log.pruned",
 )
 
 
@@ -49,8 +59,13 @@ def event(name: str, **fields: Any) -> dict[str, Any]:
     if name not in EVENTS:
         raise ValueError(f"unknown audit event {name!r}")
     base: dict[str, Any] = {
-        "event": name, "principal": None, "agent": None, "grant": None, "scopes": None,
-        "expires_at": None, "reason": None,
+        "event": name,
+        "principal": None,
+        "agent": None,
+        "grant": None,
+        "scopes": None,
+        "expires_at": None,
+        "reason": None,
     }
     base.update(fields)
     return base
@@ -61,7 +76,9 @@ class AuditLog:
         self.path = paths.audit_file
         self.lock = paths.audit_lock
 
-    def append(self, events: Iterable[dict[str, Any]], *, durable: bool = True) -> list[dict[str, Any]]:
+    def append(
+        self, events: Iterable[dict[str, Any]], *, durable: bool = True
+    ) -> list[dict[str, Any]]:
         """Chain and write `events` as one batch; with `durable`, fsync before returning.
 
         Raises StorageError (and writes nothing) if the log cannot be written, so callers can
@@ -82,16 +99,26 @@ class AuditLog:
                 if fragment is not None:
                     # A crash left a torn last line: end it, and say so in the chain.
                     lines.append(b"\n")
-                    pending.insert(0, event(
-                        "log.recovered", fragment_bytes=len(fragment),
-                        fragment_sha256=hashlib.sha256(fragment).hexdigest(),
-                    ))
+                    pending.insert(
+                        0,
+                        event(
+                            "log.recovered",
+                            fragment_bytes=len(fragment),
+                            fragment_sha256=hashlib.sha256(fragment).hexdigest(),
+                        ),
+                    )
                 written = []
                 now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
                 for content in pending:
                     seq += 1
-                    record = {**content, "v": FORMAT_VERSION, "seq": seq, "time": now,
-                              "nhidel": __version__, "prev": prev}
+                    record = {
+                        **content,
+                        "v": FORMAT_VERSION,
+                        "seq": seq,
+                        "time": now,
+                        "nhidel": __version__,
+                        "prev": prev,
+                    }
                     record["hash"] = prev = record_hash(record)
                     lines.append(canonical(record) + b"\n")
                     written.append(record)

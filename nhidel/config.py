@@ -106,8 +106,14 @@ def load_config(paths: Paths) -> Config:
     try:
         data = tomllib.loads(raw.decode("utf-8"))
         return _from_toml(data)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError,
-            UsageError) as exc:
+    except (
+        tomllib.TOMLDecodeError,
+        UnicodeDecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        UsageError,
+    ) as exc:
         raise IntegrityError(
             f"{paths.config_file} is corrupt: {exc}",
             "fix the file by hand or restore it from a backup",

@@ -18,9 +18,12 @@ DIR_MODE = 0o700
 
 def ensure_private_dir(path: Path) -> Path:
     """Create `path` (and parents) as 0700; tighten it if it already exists and is ours."""
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
-        path.chmod(DIR_MODE)
+    try:
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        if path.stat().st_mode & 0o077:
+            path.chmod(DIR_MODE)
+    except OSError as exc:
+        raise storage_error(path, exc) from exc
     return path
 
 

@@ -43,7 +43,9 @@ def new_grant_id() -> str:
     return "g" + base64.b32encode(secrets.token_bytes(17)).decode("ascii").lower()[:26]
 
 
-def issue(paths: Paths, keystore: KeyStore, request: GrantRequest, *, now: int) -> tuple[Grant, str]:
+def issue(
+    paths: Paths, keystore: KeyStore, request: GrantRequest, *, now: int
+) -> tuple[Grant, str]:
     """Validate, sign, record and audit one grant; return it and its token.
 
     Nothing is recorded for a refused grant. The ledger row and the fsynced `grant.issued` record
@@ -77,9 +79,16 @@ def issue(paths: Paths, keystore: KeyStore, request: GrantRequest, *, now: int) 
         epoch = ledger.revocation_epoch()
         signer = load_signer(keystore)
         grant = Grant(
-            id=new_grant_id(), agent=agent.name, scopes=scopes, aud=aud, issued_at=now,
-            not_before=not_before, expires_at=not_before + ttl, max_uses=request.uses,
-            reason=reason, kid=signer.kid,
+            id=new_grant_id(),
+            agent=agent.name,
+            scopes=scopes,
+            aud=aud,
+            issued_at=now,
+            not_before=not_before,
+            expires_at=not_before + ttl,
+            max_uses=request.uses,
+            reason=reason,
+            kid=signer.kid,
         )
         token = mint(_claims(grant, signer.principal, signer.issuer), signer.seed, signer.kid)
         with ledger.transaction():
@@ -90,20 +99,36 @@ def issue(paths: Paths, keystore: KeyStore, request: GrantRequest, *, now: int) 
                     "run the grant command again",
                 )
             ledger.insert(grant, token_sha256(token))
-            AuditLog(paths).append([event(
-                "grant.issued", principal=signer.principal, agent=grant.agent, grant=grant.id,
-                scopes=[str(s) for s in scopes], expires_at=grant.expires_at,
-                not_before=grant.not_before, aud=aud, max_uses=grant.max_uses, reason=reason,
-                kid=signer.kid,
-            )])
+            AuditLog(paths).append(
+                [
+                    event(
+                        "grant.issued",
+                        principal=signer.principal,
+                        agent=grant.agent,
+                        grant=grant.id,
+                        scopes=[str(s) for s in scopes],
+                        expires_at=grant.expires_at,
+                        not_before=grant.not_before,
+                        aud=aud,
+                        max_uses=grant.max_uses,
+                        reason=reason,
+                        kid=signer.kid,
+                    )
+                ]
+            )
     return grant, token
 
 
 def _claims(grant: Grant, principal: str, issuer: str) -> dict[str, Any]:
     claims: dict[str, Any] = {
-        "iss": issuer, "sub": principal, "act": {"sub": grant.agent},
-        "scope": grant.scope_claim, "iat": grant.issued_at, "nbf": grant.not_before,
-        "exp": grant.expires_at, "jti": grant.id,
+        "iss": issuer,
+        "sub": principal,
+        "act": {"sub": grant.agent},
+        "scope": grant.scope_claim,
+        "iat": grant.issued_at,
+        "nbf": grant.not_before,
+        "exp": grant.expires_at,
+        "jti": grant.id,
     }
     if grant.aud is not None:
         claims["aud"] = grant.aud
@@ -126,13 +151,17 @@ def _recheck(paths: Paths, name: str, scopes: Sequence[Scope], ttl: int) -> None
     """Inside the ledger's write lock: the agent may have been removed or narrowed meanwhile."""
     current: Config = load_config(paths)
     if name not in current.agents:
-        raise PolicyError(f"agent {name!r} was removed while this grant was being minted",
-                          "nothing was issued; register the agent again if that was a mistake")
+        raise PolicyError(
+            f"agent {name!r} was removed while this grant was being minted",
+            "nothing was issued; register the agent again if that was a mistake",
+        )
     agent = current.agents[name]
     _check_ceiling(agent, scopes)
     if ttl > agent.max_ttl:
-        raise PolicyError(f"agent {name}'s maximum TTL changed while minting",
-                          "nothing was issued; run the grant command again")
+        raise PolicyError(
+            f"agent {name}'s maximum TTL changed while minting",
+            "nothing was issued; run the grant command again",
+        )
 
 
 def _not_before(text: str | None, now: int) -> int:
@@ -142,8 +171,9 @@ def _not_before(text: str | None, now: int) -> int:
     if when < now:
         raise UsageError(f"--not-before {text!r} is in the past", "leave it out to start now")
     if when > now + MAX_NOT_BEFORE:
-        raise UsageError(f"--not-before {text!r} is more than 30 days ahead",
-                         "choose a time within 30 days")
+        raise UsageError(
+            f"--not-before {text!r} is more than 30 days ahead", "choose a time within 30 days"
+        )
     return when
 
 
@@ -202,10 +232,17 @@ def revoke(
             if newly:
                 grants = [ledger.get(grant_id) for grant_id in newly]
                 AuditLog(paths).append(
-                    event("grant.revoked", principal=principal, agent=g.agent, grant=g.id,
-                          scopes=[str(s) for s in g.scopes], expires_at=g.expires_at,
-                          reason=reason)
-                    for g in grants if g is not None
+                    event(
+                        "grant.revoked",
+                        principal=principal,
+                        agent=g.agent,
+                        grant=g.id,
+                        scopes=[str(s) for s in g.scopes],
+                        expires_at=g.expires_at,
+                        reason=reason,
+                    )
+                    for g in grants
+                    if g is not None
                 )
     fresh = set(newly)
     return Revocation(newly, [t for t in targets if t not in fresh])

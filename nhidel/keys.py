@@ -70,8 +70,14 @@ def thumbprint(x: str) -> str:
 
 
 def public_jwk(x: str) -> dict[str, Any]:
-    return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": thumbprint(x), "alg": "EdDSA",
-            "use": "sig"}
+    return {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": x,
+        "kid": thumbprint(x),
+        "alg": "EdDSA",
+        "use": "sig",
+    }
 
 
 def public_pem(x: str) -> str:

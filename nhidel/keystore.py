@@ -211,7 +211,9 @@ class EncryptedFileKeyStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise KeystoreError(f"cannot read {self.path}: {exc.strerror}", "check its permissions")
+            raise KeystoreError(
+                f"cannot read {self.path}: {exc.strerror}", "check its permissions"
+            ) from None
         try:
             document: dict[str, Any] = json.loads(raw)
             if document.get("format") != _FILE_FORMAT or _CHECK not in document["entries"]:
@@ -253,7 +255,10 @@ def _seal(key: bytes, entry: str, plaintext: bytes) -> dict[str, str]:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     nonce = os.urandom(12)
-    return {"nonce": _b64(nonce), "ciphertext": _b64(AESGCM(key).encrypt(nonce, plaintext, _aad(entry)))}
+    return {
+        "nonce": _b64(nonce),
+        "ciphertext": _b64(AESGCM(key).encrypt(nonce, plaintext, _aad(entry))),
+    }
 
 
 def _derive(passphrase: bytes, kdf: dict[str, Any]) -> bytes:

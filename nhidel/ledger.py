@@ -88,8 +88,7 @@ class Ledger:
                 self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise IntegrityError(
-                    f"{self.path} has schema version {version}, this nhidel knows "
-                    f"{SCHEMA_VERSION}",
+                    f"{self.path} has schema version {version}, this nhidel knows {SCHEMA_VERSION}",
                     "upgrade nhidel",
                 )
 
@@ -108,8 +107,9 @@ class Ledger:
                     f"could not write the ledger {self.path}: {text}",
                     "free disk space or fix the directory's permissions, then retry",
                 ) from None
-            raise IntegrityError(f"the ledger {self.path} is unusable: {text}",
-                                 "restore it from a backup") from None
+            raise IntegrityError(
+                f"the ledger {self.path} is unusable: {text}", "restore it from a backup"
+            ) from None
         except sqlite3.DatabaseError as exc:
             raise IntegrityError(
                 f"the ledger {self.path} is corrupt: {exc}", "restore it from a backup"
@@ -162,9 +162,7 @@ class Ledger:
         if problems:
             if len(problems) == 1:
                 raise problems[0]
-            raise NotFoundError(
-                "; ".join(p.message for p in problems), problems[0].hint
-            )
+            raise NotFoundError("; ".join(p.message for p in problems), problems[0].hint)
         return list(grants.values())
 
     def _resolve_one(self, prefix: str) -> Grant:
@@ -186,7 +184,7 @@ class Ledger:
         if not rows:
             raise NotFoundError(f"no grant {prefix!r}", "see nhidel list --all for grant ids")
         if len(rows) > 1:
-            shown = ", ".join(f"{row[0][:SHORT_ID_LENGTH + 2]} ({row[1]})" for row in rows[:5])
+            shown = ", ".join(f"{row[0][: SHORT_ID_LENGTH + 2]} ({row[1]})" for row in rows[:5])
             raise NotFoundError(
                 f"grant id {prefix!r} is ambiguous: {shown}{', ...' if len(rows) > 5 else ''}",
                 "give more characters of the id",
@@ -197,10 +195,12 @@ class Ledger:
         self, *, now: int, agent: str | None = None, include_all: bool = False
     ) -> Iterator[Grant]:
         """Grants, soonest to expire first; by default only active and pending ones. Streams."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[object] = []
         if not include_all:
-            where.append("revoked_at IS NULL AND expires_at > ? "
-                         "AND (max_uses IS NULL OR uses < max_uses)")
+            where.append(
+                "revoked_at IS NULL AND expires_at > ? AND (max_uses IS NULL OR uses < max_uses)"
+            )
             params.append(now)
         if agent is not None:
             where.append("agent = ?")
@@ -208,8 +208,9 @@ class Ledger:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         order = "expires_at, id" if not include_all else "issued_at, id"
         with self._errors():
-            cursor = self.db.execute(f"SELECT {_COLUMNS} FROM grants {clause} ORDER BY {order}",
-                                     params)
+            cursor = self.db.execute(
+                f"SELECT {_COLUMNS} FROM grants {clause} ORDER BY {order}", params
+            )
             for row in cursor:
                 yield _grant(row)
 
@@ -220,9 +221,19 @@ class Ledger:
             self.db.execute(
                 "INSERT INTO grants (id, agent, scope, aud, issued_at, not_before, expires_at, "
                 "max_uses, reason, kid, token_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (grant.id, grant.agent, grant.scope_claim, grant.aud, grant.issued_at,
-                 grant.not_before, grant.expires_at, grant.max_uses, grant.reason, grant.kid,
-                 token_sha256),
+                (
+                    grant.id,
+                    grant.agent,
+                    grant.scope_claim,
+                    grant.aud,
+                    grant.issued_at,
+                    grant.not_before,
+                    grant.expires_at,
+                    grant.max_uses,
+                    grant.reason,
+                    grant.kid,
+                    token_sha256,
+                ),
             )
 
     def revoke(self, grant_ids: Iterable[str], *, now: int, reason: str | None) -> list[str]:
@@ -265,15 +276,40 @@ class Ledger:
 
 
 def _grant(row: tuple[Any, ...]) -> Grant:
-    (grant_id, agent, scope, aud, issued_at, not_before, expires_at, max_uses, uses, reason,
-     kid, revoked_at, revoke_reason) = row
+    (
+        grant_id,
+        agent,
+        scope,
+        aud,
+        issued_at,
+        not_before,
+        expires_at,
+        max_uses,
+        uses,
+        reason,
+        kid,
+        revoked_at,
+        revoke_reason,
+    ) = row
     try:
         scopes = parse_scopes([scope])
     except UsageError:
-        raise IntegrityError(f"the ledger row for {grant_id} holds a malformed scope",
-                             "restore the ledger from a backup") from None
+        raise IntegrityError(
+            f"the ledger row for {grant_id} holds a malformed scope",
+            "restore the ledger from a backup",
+        ) from None
     return Grant(
-        id=grant_id, agent=agent, scopes=scopes, aud=aud, issued_at=issued_at,
-        not_before=not_before, expires_at=expires_at, max_uses=max_uses, reason=reason, kid=kid,
-        uses=uses, revoked_at=revoked_at, revoke_reason=revoke_reason,
+        id=grant_id,
+        agent=agent,
+        scopes=scopes,
+        aud=aud,
+        issued_at=issued_at,
+        not_before=not_before,
+        expires_at=expires_at,
+        max_uses=max_uses,
+        reason=reason,
+        kid=kid,
+        uses=uses,
+        revoked_at=revoked_at,
+        revoke_reason=revoke_reason,
     )

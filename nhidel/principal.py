@@ -53,8 +53,10 @@ def init_principal(
 ) -> PublicKeyInfo:
     """Create the signing key and pin its public half; refuse if a key already exists."""
     if not _PRINCIPAL.fullmatch(principal):
-        raise UsageError(f"invalid principal {principal!r}",
-                         "use 1-128 printable characters without spaces, e.g. alice@example.com")
+        raise UsageError(
+            f"invalid principal {principal!r}",
+            "use 1-128 printable characters without spaces, e.g. alice@example.com",
+        )
     issuer = issuer or f"nhidel:{principal}"
     if not _PRINCIPAL.fullmatch(issuer):
         raise UsageError(f"invalid issuer {issuer!r}", "use printable characters without spaces")
@@ -68,10 +70,12 @@ def init_principal(
     kid = thumbprint(x)
     created = rfc3339(now)
     # Pin the public key before the private one exists, so no signed token is ever untrusted.
-    keystore.write(TRUST, {"issuer": issuer, "keys": {kid: {"x": x, "state": "active",
-                                                             "created_at": created}}})
-    keystore.write(SIGNING, {"principal": principal, "issuer": issuer, "kid": kid,
-                             "private_key": _b64(seed)})
+    keystore.write(
+        TRUST, {"issuer": issuer, "keys": {kid: {"x": x, "state": "active", "created_at": created}}}
+    )
+    keystore.write(
+        SIGNING, {"principal": principal, "issuer": issuer, "kid": kid, "private_key": _b64(seed)}
+    )
 
     def record(config: Config) -> Config:
         keys = {**config.keys, kid: {"x": x, "created_at": created or ""}}
@@ -101,8 +105,14 @@ def public_keys(paths: Paths, keystore: KeyStore) -> list[PublicKeyInfo]:
     trust = load_trust(keystore)
     principal = load_config(paths).principal or ""
     infos = [
-        PublicKeyInfo(principal, trust.issuer, kid, info["x"], info.get("state", "active"),
-                      info.get("created_at"))
+        PublicKeyInfo(
+            principal,
+            trust.issuer,
+            kid,
+            info["x"],
+            info.get("state", "active"),
+            info.get("created_at"),
+        )
         for kid, info in trust.keys.items()
     ]
     return sorted(infos, key=lambda info: info.created_at or "", reverse=True)

@@ -50,8 +50,10 @@ def print_json(value: Any) -> None:
 def grant_summary(grant: Grant, now: int) -> str:
     scopes = " ".join(str(s) for s in grant.scopes)
     expires = local_clock(grant.expires_at, now=now)
-    line = (f"granted {grant.short_id} to {grant.agent}: {scopes}; "
-            f"expires {expires} ({relative(grant.expires_at, now=now)})")
+    line = (
+        f"granted {grant.short_id} to {grant.agent}: {scopes}; "
+        f"expires {expires} ({relative(grant.expires_at, now=now)})"
+    )
     if grant.not_before > now:
         line += f", valid from {relative(grant.not_before, now=now)}"
     if grant.max_uses is not None:
@@ -77,9 +79,11 @@ def grants_table(grants: Iterable[Grant], now: int, *, show_status: bool) -> int
         count += 1
         uses = f"{grant.uses}/{grant.max_uses}" if grant.max_uses is not None else str(grant.uses)
         row = [
-            Text(grant.id[:SHORT_ID_LENGTH]), Text(grant.agent),
+            Text(grant.id[:SHORT_ID_LENGTH]),
+            Text(grant.agent),
             Text(safe(" ".join(str(s) for s in grant.scopes))),
-            Text(relative(grant.expires_at, now=now)), Text(uses),
+            Text(relative(grant.expires_at, now=now)),
+            Text(uses),
         ]
         if show_status:
             row.append(Text(grant.status(now).value))
@@ -107,8 +111,10 @@ def agents_table(agents: Iterable[Agent]) -> int:
     for agent in agents:
         count += 1
         table.add_row(
-            Text(agent.name), Text(safe(" ".join(str(s) for s in agent.allow))),
-            Text(format_duration(agent.default_ttl)), Text(format_duration(agent.max_ttl)),
+            Text(agent.name),
+            Text(safe(" ".join(str(s) for s in agent.allow))),
+            Text(format_duration(agent.default_ttl)),
+            Text(format_duration(agent.max_ttl)),
             Text(safe(" ".join(agent.audiences)) or "-"),
         )
     if count:

@@ -19,7 +19,7 @@ from .keys import b64url_decode, private_key
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-TOKEN_TYPE = "nhidel+jwt"
+TOKEN_TYPE = "nhidel+jwt"  # noqa: S105 - a media type, not a secret
 ALGORITHM = "EdDSA"
 MAX_TOKEN_LENGTH = 16384
 _KEY_CHOOSING_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c"})

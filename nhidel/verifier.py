@@ -117,8 +117,10 @@ class Verifier:
             s for s in scopes if isinstance(s, str)
         )
         if not requested and not any_scope:
-            raise UsageError("verify needs the scopes to check",
-                             "pass --scope SCOPE (or --any-scope to accept any granted scope)")
+            raise UsageError(
+                "verify needs the scopes to check",
+                "pass --scope SCOPE (or --any-scope to accept any granted scope)",
+            )
         now = int(self.clock())
         try:
             decision = self._decide(token, requested, any_scope, aud, consume, now)
@@ -127,8 +129,15 @@ class Verifier:
         self._record(decision, requested, aud, consume)
         return decision
 
-    def _decide(self, token: str, requested: Sequence[Scope], any_scope: bool,
-                aud: str | None, consume: bool, now: int) -> Decision:
+    def _decide(
+        self,
+        token: str,
+        requested: Sequence[Scope],
+        any_scope: bool,
+        aud: str | None,
+        consume: bool,
+        now: int,
+    ) -> Decision:
         try:
             claims = check(token, self.keys)
         except TokenRejected as rejected:
@@ -162,28 +171,36 @@ class Verifier:
             if not self.ledger.consume(grant_id, now=now):
                 latest = self.ledger.get(grant_id)
                 revoked = latest is not None and latest.revoked_at is not None
-                raise _Denied(Reason.REVOKED if revoked else Reason.USES_EXHAUSTED,
-                              "the grant was revoked" if revoked else "no uses left", latest)
+                raise _Denied(
+                    Reason.REVOKED if revoked else Reason.USES_EXHAUSTED,
+                    "the grant was revoked" if revoked else "no uses left",
+                    latest,
+                )
             grant = self.ledger.get(grant_id) or grant
         return Decision(True, None, "allowed", grant)
 
-    def _record(self, decision: Decision, requested: Sequence[Scope], aud: str | None,
-                consume: bool) -> None:
+    def _record(
+        self, decision: Decision, requested: Sequence[Scope], aud: str | None, consume: bool
+    ) -> None:
         if self.audit is None:
             return
         grant = decision.grant
         common = {
-            "agent": grant.agent if grant else None, "grant": grant.id if grant else None,
+            "agent": grant.agent if grant else None,
+            "grant": grant.id if grant else None,
             "expires_at": grant.expires_at if grant else None,
         }
-        records = [event(
-            "verify.allowed" if decision.allowed else "verify.denied",
-            requested=[str(s) for s in requested], aud=aud,
-            outcome="allowed" if decision.allowed else decision.reason, **common,
-        )]
+        records = [
+            event(
+                "verify.allowed" if decision.allowed else "verify.denied",
+                requested=[str(s) for s in requested],
+                aud=aud,
+                outcome="allowed" if decision.allowed else decision.reason,
+                **common,
+            )
+        ]
         if consume and decision.allowed and grant is not None:
-            records.append(event("grant.used", uses=grant.uses, max_uses=grant.max_uses,
-                                 **common))
+            records.append(event("grant.used", uses=grant.uses, max_uses=grant.max_uses, **common))
         # A use is a state change and must be on disk; a plain decision may be group-committed.
         self.audit.append(records, durable=consume and decision.allowed)
 

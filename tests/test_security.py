@@ -12,8 +12,9 @@ import pytest
 import tomli_w
 from support import Cli, MemoryKeyring
 
+from nhidel.config import Paths
 from nhidel.keys import b64url_encode, generate_private_key, public_x, thumbprint
-from nhidel.keystore import SIGNING, TRUST
+from nhidel.keystore import SIGNING, TRUST, open_keystore
 from nhidel.tokens import mint, token_sha256
 
 
@@ -38,9 +39,22 @@ def private_key_forms(seed: bytes) -> list[bytes]:
     ]
 
 
-def signing_seed(memory_keyring: MemoryKeyring) -> bytes:
-    (entry,) = [v for (_, name), v in memory_keyring.entries.items() if name == SIGNING]
-    return base64.b64decode(json.loads(entry)["private_key"])
+def signing_seed() -> bytes:
+    """The private key, read back through whichever keystore the environment selects."""
+    entry = open_keystore(Paths.from_env()).read(SIGNING)
+    assert entry is not None
+    return base64.b64decode(entry["private_key"])
+
+
+@pytest.fixture(params=["keyring", "file"])
+def keystore_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+                  tmp_path: Path) -> str:
+    if request.param == "file":
+        passphrase = tmp_path / "passphrase"
+        passphrase.write_text("leak-test passphrase")
+        monkeypatch.setenv("NHIDEL_KEYSTORE", "file")
+        monkeypatch.setenv("NHIDEL_PASSPHRASE_FILE", str(passphrase))
+    return str(request.param)
 
 
 def every_file(home: Path) -> dict[Path, bytes]:
@@ -48,9 +62,12 @@ def every_file(home: Path) -> dict[Path, bytes]:
 
 
 def test_no_private_key_or_token_leaks_into_files_or_output(
-    ready: Cli, nhidel_home: Path, memory_keyring: MemoryKeyring
+    keystore_kind: str, cli: Cli, nhidel_home: Path
 ) -> None:
-    outputs = []
+    ready = cli
+    outputs = [cli.ok("init", "--principal", "alice").stdout]
+    outputs.append(cli.ok("agent", "add", "reviewer", "--allow", "repo:read:acme/*", "--allow",
+                          "ticket:create:queue/*").stderr)
     tokens = []
     for scope in ("repo:read:acme/a", "repo:read:acme/b", "ticket:create:queue/x"):
         result = ready.ok("grant", "reviewer", "--scope", scope, "--reason", "leak test")
@@ -67,7 +84,8 @@ def test_no_private_key_or_token_leaks_into_files_or_output(
     outputs += [ready.ok("show", grant_id).stdout, ready.ok("revoke", grant_id).stderr,
                 ready.ok("revoke", "--all", "--yes").stderr]
 
-    forms = private_key_forms(signing_seed(memory_keyring))
+    forms = private_key_forms(signing_seed())
+    assert len(forms[0]) == 32
     files = every_file(nhidel_home)
     assert files, "nhidel wrote no files?"
     printed = "".join(outputs).encode()

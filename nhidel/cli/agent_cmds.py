@@ -10,8 +10,9 @@ from . import common
 
 
 def register(app: typer.Typer) -> None:
-    agent_app = typer.Typer(help="Register agents and the ceiling of what they may be granted.",
-                            no_args_is_help=True)
+    agent_app = typer.Typer(
+        help="Register agents and the ceiling of what they may be granted.", no_args_is_help=True
+    )
     agent_app.command("add")(add)
     agent_app.command("list")(list_agents)
     agent_app.command("show")(show)
@@ -21,26 +22,46 @@ def register(app: typer.Typer) -> None:
 
 def add(
     name: Annotated[str, typer.Argument(help="The agent's name, e.g. release-bot.")],
-    allow: Annotated[list[str], typer.Option(
-        "--allow", help="A scope the agent may ever be granted (repeat for more).",
-    )],
-    max_ttl: Annotated[str | None, typer.Option(
-        "--max-ttl", help="Longest grant allowed (default 1h).")] = None,
-    default_ttl: Annotated[str | None, typer.Option(
-        "--default-ttl", help="TTL when grant has no --ttl (default 15m, at most --max-ttl).",
-    )] = None,
-    aud: Annotated[list[str] | None, typer.Option(
-        "--aud", help="An audience the agent's grants may name (repeat for more).")] = None,
+    allow: Annotated[
+        list[str],
+        typer.Option(
+            "--allow",
+            help="A scope the agent may ever be granted (repeat for more).",
+        ),
+    ],
+    max_ttl: Annotated[
+        str | None, typer.Option("--max-ttl", help="Longest grant allowed (default 1h).")
+    ] = None,
+    default_ttl: Annotated[
+        str | None,
+        typer.Option(
+            "--default-ttl",
+            help="TTL when grant has no --ttl (default 15m, at most --max-ttl).",
+        ),
+    ] = None,
+    aud: Annotated[
+        list[str] | None,
+        typer.Option("--aud", help="An audience the agent's grants may name (repeat for more)."),
+    ] = None,
 ) -> None:
     """Register an agent and its ceiling."""
     from ..agents import add_agent
     from ..render import say
     from ..timefmt import format_duration
 
-    agent = add_agent(common.paths(), name, allow=allow, max_ttl=max_ttl,
-                      default_ttl=default_ttl, audiences=aud or [], now=common.now())
-    say(f"added agent {agent.name}: {' '.join(str(s) for s in agent.allow)} "
-        f"(ttl {format_duration(agent.default_ttl)}, max {format_duration(agent.max_ttl)})")
+    agent = add_agent(
+        common.paths(),
+        name,
+        allow=allow,
+        max_ttl=max_ttl,
+        default_ttl=default_ttl,
+        audiences=aud or [],
+        now=common.now(),
+    )
+    say(
+        f"added agent {agent.name}: {' '.join(str(s) for s in agent.allow)} "
+        f"(ttl {format_duration(agent.default_ttl)}, max {format_duration(agent.max_ttl)})"
+    )
 
 
 def list_agents(

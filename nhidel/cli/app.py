@@ -27,8 +27,11 @@ class NhidelGroup(TyperGroup):
         argv = list(sys.argv[1:] if args is None else args)
         try:
             result = super().main(
-                args=argv, prog_name=prog_name, complete_var=complete_var,
-                standalone_mode=False, **extra,
+                args=argv,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
             )
             status = result if isinstance(result, int) else 0
         except (Exception, KeyboardInterrupt) as exc:

@@ -34,8 +34,10 @@ def exit_status_for(exc: BaseException, *, debug: bool) -> int:
         return 130
     if isinstance(exc, BrokenPipeError):
         return int(ExitStatus.DENIED)
-    report(f"unexpected {type(exc).__name__}: {exc}",
-           "this is a bug in nhidel; rerun with --debug and report the traceback")
+    report(
+        f"unexpected {type(exc).__name__}: {exc}",
+        "this is a bug in nhidel; rerun with --debug and report the traceback",
+    )
     return int(ExitStatus.DENIED)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -12,8 +12,8 @@ from ..errors import UsageError
 from . import common
 
 
-class TokenFormat(str, Enum):
-    token = "token"
+class TokenFormat(StrEnum):
+    token = "token"  # noqa: S105 - an output format name
     json = "json"
     env = "env"
 
@@ -30,22 +30,39 @@ def register(app: typer.Typer) -> None:
 
 def grant(
     agent: Annotated[str, typer.Argument(help="The registered agent to grant to.")],
-    scope: Annotated[list[str], typer.Option(
-        "--scope", help="A scope to grant, within the agent's ceiling (repeat for more).")],
-    ttl: Annotated[str | None, typer.Option(
-        "--ttl", help="How long the grant lives, e.g. 15m (default: the agent's).")] = None,
-    aud: Annotated[str | None, typer.Option(
-        "--aud", help="The audience (service) the token is for.")] = None,
-    not_before: Annotated[str | None, typer.Option(
-        "--not-before", help="When it starts: RFC 3339 or +5m (at most 30 days ahead).",
-    )] = None,
-    uses: Annotated[int | None, typer.Option(
-        "--uses", help="How many times verify --consume may count it.")] = None,
-    reason: Annotated[str | None, typer.Option(
-        "--reason", help="Why: recorded in the ledger and the audit log.")] = None,
-    output: Annotated[TokenFormat, typer.Option(
-        "--format", help="token (alone on stdout), json, or env (NHIDEL_TOKEN=...).",
-    )] = TokenFormat.token,
+    scope: Annotated[
+        list[str],
+        typer.Option(
+            "--scope", help="A scope to grant, within the agent's ceiling (repeat for more)."
+        ),
+    ],
+    ttl: Annotated[
+        str | None,
+        typer.Option("--ttl", help="How long the grant lives, e.g. 15m (default: the agent's)."),
+    ] = None,
+    aud: Annotated[
+        str | None, typer.Option("--aud", help="The audience (service) the token is for.")
+    ] = None,
+    not_before: Annotated[
+        str | None,
+        typer.Option(
+            "--not-before",
+            help="When it starts: RFC 3339 or +5m (at most 30 days ahead).",
+        ),
+    ] = None,
+    uses: Annotated[
+        int | None, typer.Option("--uses", help="How many times verify --consume may count it.")
+    ] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why: recorded in the ledger and the audit log.")
+    ] = None,
+    output: Annotated[
+        TokenFormat,
+        typer.Option(
+            "--format",
+            help="token (alone on stdout), json, or env (NHIDEL_TOKEN=...).",
+        ),
+    ] = TokenFormat.token,
 ) -> None:
     """Mint a grant: the token alone on stdout, a summary on stderr."""
     from ..grants import GrantRequest, issue
@@ -53,8 +70,9 @@ def grant(
 
     where = common.paths()
     now = common.now()
-    request = GrantRequest(agent=agent, scopes=scope, ttl=ttl, aud=aud, not_before=not_before,
-                           uses=uses, reason=reason)
+    request = GrantRequest(
+        agent=agent, scopes=scope, ttl=ttl, aud=aud, not_before=not_before, uses=uses, reason=reason
+    )
     issued, token = issue(where, common.keystore(where), request, now=now)
     if output is TokenFormat.json:
         print_json({**issued.to_json(now), "token": token})
@@ -68,8 +86,9 @@ def grant(
 
 def list_grants(
     agent: Annotated[str | None, typer.Option("--agent", help="Only this agent's grants.")] = None,
-    include_all: Annotated[bool, typer.Option(
-        "--all", help="Also expired, revoked and exhausted grants.")] = False,
+    include_all: Annotated[
+        bool, typer.Option("--all", help="Also expired, revoked and exhausted grants.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
     """List active and pending grants (soonest to expire first)."""
@@ -117,10 +136,12 @@ def show(
 
 
 def revoke(
-    grant_ids: Annotated[list[str] | None, typer.Argument(
-        metavar="[ID]...", help="Grant ids or unique prefixes.")] = None,
-    agent: Annotated[str | None, typer.Option(
-        "--agent", help="Revoke every live grant of this agent.")] = None,
+    grant_ids: Annotated[
+        list[str] | None, typer.Argument(metavar="[ID]...", help="Grant ids or unique prefixes.")
+    ] = None,
+    agent: Annotated[
+        str | None, typer.Option("--agent", help="Revoke every live grant of this agent.")
+    ] = None,
     everything: Annotated[bool, typer.Option("--all", help="Revoke every live grant.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (for --all).")] = False,
     reason: Annotated[str | None, typer.Option("--reason", help="Why; recorded.")] = None,
@@ -132,15 +153,19 @@ def revoke(
     ids = grant_ids or []
     chosen = sum((bool(ids), agent is not None, everything))
     if chosen != 1:
-        raise UsageError("give grant ids, or --agent NAME, or --all (exactly one of them)",
-                         "e.g. nhidel revoke g1a2b3c4d5, or nhidel revoke --all --yes")
+        raise UsageError(
+            "give grant ids, or --agent NAME, or --all (exactly one of them)",
+            "e.g. nhidel revoke g1a2b3c4d5, or nhidel revoke --all --yes",
+        )
     if everything and not yes:
         if not sys.stdin.isatty():
-            raise UsageError("refusing to revoke every grant without --yes",
-                             "run nhidel revoke --all --yes")
+            raise UsageError(
+                "refusing to revoke every grant without --yes", "run nhidel revoke --all --yes"
+            )
         typer.confirm("Revoke every live grant?", abort=True, err=True)
-    result = revoke_grants(common.paths(), ids=ids, agent=agent, everything=everything,
-                           reason=reason, now=common.now())
+    result = revoke_grants(
+        common.paths(), ids=ids, agent=agent, everything=everything, reason=reason, now=common.now()
+    )
     count = len(result.revoked)
     message = f"revoked {count} grant{'s' if count != 1 else ''}"
     if result.revoked:

@@ -14,20 +14,27 @@ from . import common
 
 def register(app: typer.Typer) -> None:
     app.command("init")(init)
-    key_app = typer.Typer(help="Show and export the principal's public keys.",
-                          no_args_is_help=True)
+    key_app = typer.Typer(help="Show and export the principal's public keys.", no_args_is_help=True)
     key_app.command("show")(show)
     key_app.command("export")(export)
     app.add_typer(key_app, name="key")
 
 
 def init(
-    principal: Annotated[str | None, typer.Option(
-        "--principal", help="Who you are: the accountable human (default: your user name).",
-    )] = None,
-    issuer: Annotated[str | None, typer.Option(
-        "--issuer", help="The tokens' iss (default: nhidel:PRINCIPAL).",
-    )] = None,
+    principal: Annotated[
+        str | None,
+        typer.Option(
+            "--principal",
+            help="Who you are: the accountable human (default: your user name).",
+        ),
+    ] = None,
+    issuer: Annotated[
+        str | None,
+        typer.Option(
+            "--issuer",
+            help="The tokens' iss (default: nhidel:PRINCIPAL).",
+        ),
+    ] = None,
 ) -> None:
     """Create your signing key in the keystore; print its kid and public key."""
     from ..keys import public_pem
@@ -36,8 +43,9 @@ def init(
 
     where = common.paths()
     store = common.keystore(where)
-    info = init_principal(where, store, principal=principal or getpass.getuser(),
-                          issuer=issuer, now=common.now())
+    info = init_principal(
+        where, store, principal=principal or getpass.getuser(), issuer=issuer, now=common.now()
+    )
     say(f"created a signing key for {info.principal} in {store.description}")
     sys.stdout.write(f"kid: {info.kid}\n{public_pem(info.x)}")
 
@@ -52,12 +60,24 @@ def show(
     where = common.paths()
     infos = public_keys(where, common.keystore(where))
     if as_json:
-        print_json([{"kid": i.kid, "state": i.state, "created_at": i.created_at,
-                     "issuer": i.issuer, "principal": i.principal, "x": i.x} for i in infos])
+        print_json(
+            [
+                {
+                    "kid": i.kid,
+                    "state": i.state,
+                    "created_at": i.created_at,
+                    "issuer": i.issuer,
+                    "principal": i.principal,
+                    "x": i.x,
+                }
+                for i in infos
+            ]
+        )
         return
     for info in infos:
-        sys.stdout.write(f"{info.kid}  {info.state}  created {info.created_at}  "
-                         f"issuer {safe(info.issuer)}\n")
+        sys.stdout.write(
+            f"{info.kid}  {info.state}  created {info.created_at}  issuer {safe(info.issuer)}\n"
+        )
 
 
 def export(

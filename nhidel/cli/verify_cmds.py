@@ -13,19 +13,31 @@ from . import common
 
 
 def verify(
-    token: Annotated[str | None, typer.Argument(
-        help="The token, or - to read it from stdin (default: $NHIDEL_TOKEN). Prefer stdin or "
-        "the variable: an argument is visible to other processes.")] = None,
-    scope: Annotated[list[str] | None, typer.Option(
-        "--scope", help="A scope the action needs (repeat: all must be granted).")] = None,
-    any_scope: Annotated[bool, typer.Option(
-        "--any-scope", help="Accept the grant whatever its scopes.")] = False,
-    aud: Annotated[str | None, typer.Option(
-        "--aud", help="This verifier's audience; required for grants that name one.")] = None,
-    consume: Annotated[bool, typer.Option(
-        "--consume", help="Count one use of the grant (only when allowed).")] = False,
-    leeway: Annotated[str | None, typer.Option(
-        "--leeway", help="Clock skew to tolerate, e.g. 30s (default none).")] = None,
+    token: Annotated[
+        str | None,
+        typer.Argument(
+            help="The token, or - to read it from stdin (default: $NHIDEL_TOKEN). Prefer stdin or "
+            "the variable: an argument is visible to other processes."
+        ),
+    ] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option("--scope", help="A scope the action needs (repeat: all must be granted)."),
+    ] = None,
+    any_scope: Annotated[
+        bool, typer.Option("--any-scope", help="Accept the grant whatever its scopes.")
+    ] = False,
+    aud: Annotated[
+        str | None,
+        typer.Option("--aud", help="This verifier's audience; required for grants that name one."),
+    ] = None,
+    consume: Annotated[
+        bool, typer.Option("--consume", help="Count one use of the grant (only when allowed).")
+    ] = False,
+    leeway: Annotated[
+        str | None,
+        typer.Option("--leeway", help="Clock skew to tolerate, e.g. 30s (default none)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
 ) -> None:
     """Exit 0 when the token is valid and grants every --scope; else exit 1 and say why."""
@@ -34,16 +46,17 @@ def verify(
     from ..verifier import Verifier
 
     if not scope and not any_scope:
-        raise UsageError("verify needs the scopes to check",
-                         "pass --scope SCOPE (or --any-scope to accept any granted scope)")
+        raise UsageError(
+            "verify needs the scopes to check",
+            "pass --scope SCOPE (or --any-scope to accept any granted scope)",
+        )
     if scope and any_scope:
         raise UsageError("--scope and --any-scope exclude each other", "pass one of them")
     text = _read_token(token)
     where = common.paths()
     skew = parse_duration(leeway, what="--leeway") if leeway else 0
     with Verifier(where, common.keystore(where), leeway=skew) as verifier:
-        decision = verifier.check(text, scope or [], any_scope=any_scope, aud=aud,
-                                  consume=consume)
+        decision = verifier.check(text, scope or [], any_scope=any_scope, aud=aud, consume=consume)
     if as_json:
         print_json(decision.to_json(common.now()))
     if decision.allowed:
@@ -64,6 +77,5 @@ def _read_token(argument: str | None) -> str:
         text = os.environ.get("NHIDEL_TOKEN", "")
     text = text.strip()
     if not text:
-        raise UsageError("no token to verify",
-                         "pipe it in with 'verify -', or set NHIDEL_TOKEN")
+        raise UsageError("no token to verify", "pipe it in with 'verify -', or set NHIDEL_TOKEN")
     return text

@@ -1,0 +1,74 @@
+"""The process entry point: fast --version, python -m, private files whatever the umask."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HEAVY = ("typer", "rich", "cryptography", "jwt", "keyring", "sqlite3")
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        env={**os.environ, **env}, check=False,
+    )
+
+
+def test_version_imports_no_heavy_module() -> None:
+    probe = (
+        "import sys\n"
+        "from nhidel.cli import main\n"
+        "main(['--version'])\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))\n"
+    )
+    result = run_python(probe)
+    assert result.returncode == 0, result.stderr
+    version_line, modules = result.stdout.splitlines()
+    assert version_line.startswith("nhidel ")
+    assert modules == "[]"
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    result = subprocess.run([sys.executable, "-m", "nhidel", "--version"], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0 and result.stdout.startswith("nhidel ")
+
+
+def test_files_are_private_even_with_a_permissive_umask(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    passphrase = tmp_path / "pass"
+    passphrase.write_text("correct horse\n")
+    code = (
+        "import os, sys\n"
+        "os.umask(0)\n"
+        "from nhidel.cli import main\n"
+        "sys.exit(main(['init', '--principal', 'alice'])\n"
+        "         or main(['agent', 'add', 'bot', '--allow', 'a:b'])\n"
+        "         or main(['grant', 'bot', '--scope', 'a:b']))\n"
+    )
+    result = run_python(code, NHIDEL_HOME=str(home), NHIDEL_KEYSTORE="file",
+                        NHIDEL_PASSPHRASE_FILE=str(passphrase))
+    assert result.returncode == 0, result.stderr
+    assert home.stat().st_mode & 0o777 == 0o700
+    created = [p for p in home.rglob("*")]
+    assert any(p.name == "ledger.db" for p in created)
+    for path in created:
+        expected = 0o700 if path.is_dir() else 0o600
+        assert path.stat().st_mode & 0o777 == expected, path
+
+
+def test_an_unwritable_home_is_one_clear_line_without_a_traceback(tmp_path: Path) -> None:
+    # A home that is a file, not a directory: nothing nhidel can write.
+    blocker = tmp_path / "home"
+    blocker.write_text("not a directory")
+    result = subprocess.run(
+        [sys.executable, "-m", "nhidel", "agent", "add", "bot", "--allow", "a:b"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "NHIDEL_HOME": str(blocker)},
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "bug in nhidel" not in result.stderr
+    assert result.stderr.startswith(f"error: could not write {blocker}")
