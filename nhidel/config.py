@@ -41,8 +41,8 @@ class Paths:
         if sys.platform == "darwin":
             base = user_home / "Library" / "Application Support" / "nhidel"
             return cls(base, base)
-        config = Path(env.get("XDG_CONFIG_HOME") or user_home / ".config") / "nhidel"
-        state = Path(env.get("XDG_STATE_HOME") or user_home / ".local" / "state") / "nhidel"
+        config = _xdg(env, "XDG_CONFIG_HOME", user_home / ".config") / "nhidel"
+        state = _xdg(env, "XDG_STATE_HOME", user_home / ".local" / "state") / "nhidel"
         return cls(config, state)
 
     @property
@@ -74,9 +74,19 @@ class Paths:
         return self.state_dir / "keystore.lock"
 
     @property
+    def init_lock(self) -> Path:
+        return self.state_dir / "init.lock"
+
+    @property
     def keyring_service(self) -> str:
         """The OS keyring service name: one per nhidel home, so homes never share keys."""
         return f"nhidel:{self.config_dir}"
+
+
+def _xdg(env: Mapping[str, str], name: str, default: Path) -> Path:
+    """An XDG base directory; the spec says to ignore relative paths."""
+    value = env.get(name)
+    return Path(value) if value and Path(value).is_absolute() else default
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +116,11 @@ def load_config(paths: Paths) -> Config:
     try:
         data = tomllib.loads(raw.decode("utf-8"))
         return _from_toml(data)
+    # A file of the wrong shape fails in many ways while being read; each means "corrupt".
     except (
         tomllib.TOMLDecodeError,
         UnicodeDecodeError,
+        AttributeError,
         KeyError,
         TypeError,
         ValueError,

@@ -29,6 +29,7 @@ TRUST = "trust"
 _FILE_FORMAT = "nhidel-keystore/1"
 # OWASP's recommendation for scrypt (2^17, 8, 1): about 0.4 s and 128 MiB, once per command.
 _SCRYPT = {"n": 2**17, "r": 8, "p": 1}
+_SCRYPT_N_RANGE = frozenset(2**k for k in range(14, 21))
 _CHECK = "check"
 
 NO_KEYRING_HINT = (
@@ -216,7 +217,12 @@ class EncryptedFileKeyStore:
             ) from None
         try:
             document: dict[str, Any] = json.loads(raw)
-            if document.get("format") != _FILE_FORMAT or _CHECK not in document["entries"]:
+            valid = (
+                document.get("format") == _FILE_FORMAT
+                and isinstance(document.get("kdf"), dict)
+                and _CHECK in document["entries"]
+            )
+            if not valid:
                 raise ValueError("unknown format")
         except (ValueError, KeyError, TypeError, AttributeError):
             raise IntegrityError(
@@ -264,11 +270,23 @@ def _seal(key: bytes, entry: str, plaintext: bytes) -> dict[str, str]:
 def _derive(passphrase: bytes, kdf: dict[str, Any]) -> bytes:
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-    if kdf.get("name") != "scrypt":
-        raise IntegrityError("the keystore names an unknown KDF", "restore it from a backup")
-    return Scrypt(salt=_unb64(kdf["salt"]), length=32, n=kdf["n"], r=kdf["r"], p=kdf["p"]).derive(
-        passphrase
-    )
+    try:
+        n, r, p, salt = kdf["n"], kdf["r"], kdf["p"], _unb64(kdf["salt"])
+        # Bounds keep a tampered file from asking for gigabytes, or for a trivially weak key.
+        valid = (
+            kdf["name"] == "scrypt"
+            and n in _SCRYPT_N_RANGE
+            and r == 8
+            and p in (1, 2, 3, 4)
+            and len(salt) >= 16
+        )
+    except (KeyError, TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise IntegrityError(
+            "the keystore's key-derivation settings are corrupt", "restore it from a backup"
+        )
+    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase)
 
 
 def _aad(entry: str) -> bytes:

@@ -9,6 +9,7 @@ from typing import Any
 from .audit import AuditLog, event
 from .config import Config, Paths, load_config, update_config
 from .errors import KeystoreError, PolicyError, UsageError
+from .fsutil import exclusive_lock
 from .keys import generate_private_key, public_x, thumbprint
 from .keystore import SIGNING, TRUST, KeyStore
 from .timefmt import rfc3339
@@ -60,22 +61,26 @@ def init_principal(
     issuer = issuer or f"nhidel:{principal}"
     if not _PRINCIPAL.fullmatch(issuer):
         raise UsageError(f"invalid issuer {issuer!r}", "use printable characters without spaces")
-    if keystore.read(SIGNING) is not None:
-        raise PolicyError(
-            f"a signing key already exists in {keystore.description}",
-            "nhidel never overwrites a key; see it with: nhidel key show",
+    # One init at a time: the check and both writes must not interleave with another init's.
+    with exclusive_lock(paths.init_lock):
+        if keystore.read(SIGNING) is not None:
+            raise PolicyError(
+                f"a signing key already exists in {keystore.description}",
+                "nhidel never overwrites a key; see it with: nhidel key show",
+            )
+        seed = generate_private_key()
+        x = public_x(seed)
+        kid = thumbprint(x)
+        created = rfc3339(now)
+        # Pin the public key before the private one exists, so no signed token is ever untrusted.
+        keystore.write(
+            TRUST,
+            {"issuer": issuer, "keys": {kid: {"x": x, "state": "active", "created_at": created}}},
         )
-    seed = generate_private_key()
-    x = public_x(seed)
-    kid = thumbprint(x)
-    created = rfc3339(now)
-    # Pin the public key before the private one exists, so no signed token is ever untrusted.
-    keystore.write(
-        TRUST, {"issuer": issuer, "keys": {kid: {"x": x, "state": "active", "created_at": created}}}
-    )
-    keystore.write(
-        SIGNING, {"principal": principal, "issuer": issuer, "kid": kid, "private_key": _b64(seed)}
-    )
+        keystore.write(
+            SIGNING,
+            {"principal": principal, "issuer": issuer, "kid": kid, "private_key": _b64(seed)},
+        )
 
     def record(config: Config) -> Config:
         keys = {**config.keys, kid: {"x": x, "created_at": created or ""}}

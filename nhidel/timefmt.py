@@ -16,8 +16,14 @@ from .errors import UsageError
 MAX_DURATION = 366 * 86400
 
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_SHORT = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
-_ISO = re.compile(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?")
+# ASCII digits only, and few enough that no number can be absurd before it is even parsed.
+_N = r"([0-9]{1,9})"
+_SHORT = re.compile(rf"(?:{_N}d)?(?:{_N}h)?(?:{_N}m)?(?:{_N}s)?")
+_ISO = re.compile(rf"P(?:{_N}D)?(?:T(?:{_N}H)?(?:{_N}M)?(?:{_N}S)?)?")
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 _DURATION_HINT = "write a duration such as 90s, 15m, 2h, 1d, 1h30m or PT15M"
 
 
@@ -57,11 +63,14 @@ def parse_time(text: str, *, now: int, what: str = "time") -> int:
     raw = text.strip()
     if raw.startswith("+"):
         return now + parse_duration(raw[1:], what=what)
-    try:
-        when = datetime.fromisoformat(raw.replace("z", "Z"))
-    except ValueError:
-        when = None
-    if when is None or "T" not in raw.upper() or when.tzinfo is None:
+    when = None
+    if _RFC3339.fullmatch(raw):
+        try:
+            # fromisoformat takes at most 6 fractional digits; RFC 3339 allows more.
+            when = datetime.fromisoformat(re.sub(r"(\.[0-9]{6})[0-9]+", r"\1", raw.upper()))
+        except ValueError:
+            when = None
+    if when is None:
         raise UsageError(
             f"invalid {what} {text!r}",
             "write an RFC 3339 time with a zone, such as 2026-11-23T10:00:00Z, or +5m from now",
@@ -82,10 +91,15 @@ def relative(timestamp: int, *, now: int) -> str:
     span = abs(delta)
     if span < 1:
         return "now"
-    for unit, size in _UNIT_SECONDS.items():
+    units = list(_UNIT_SECONDS.items())
+    for index, (unit, size) in enumerate(units):
         if span >= size:
-            # Round to the nearest unit: a 15m grant read a second later is still "in 15m".
-            amount = f"{(span + size // 2) // size}{unit}"
+            # Round to the nearest unit: a 15m grant read a second later is still "in 15m",
+            # and 59m40s reads "1h", not "60m".
+            count = (span + size // 2) // size
+            if index > 0 and count * size >= units[index - 1][1]:
+                unit, count = units[index - 1][0], 1
+            amount = f"{count}{unit}"
             break
     return f"in {amount}" if delta > 0 else f"{amount} ago"
 

@@ -168,7 +168,7 @@ class Verifier:
                 if not covered_by_any(granted, scope):
                     raise _Denied(Reason.SCOPE_NOT_GRANTED, f"{scope} is not granted", grant)
         if consume:
-            if not self.ledger.consume(grant_id, now=now):
+            if not self.ledger.consume(grant_id, now=now - self.leeway):
                 latest = self.ledger.get(grant_id)
                 revoked = latest is not None and latest.revoked_at is not None
                 raise _Denied(

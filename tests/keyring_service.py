@@ -48,13 +48,27 @@ def _unavailable(reason: str) -> NoReturn:
 
 
 def _daemon_env(root: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DBUS_SESSION_BUS_ADDRESS", "DISPLAY", "WAYLAND_DISPLAY",
-                        "GNOME_KEYRING_CONTROL", "PYTHON_KEYRING_BACKEND")
-           and not k.startswith("NHIDEL_")}
-    for name, sub in (("HOME", "home"), ("XDG_DATA_HOME", "data"), ("XDG_CONFIG_HOME", "config"),
-                      ("XDG_CACHE_HOME", "cache"), ("XDG_STATE_HOME", "state"),
-                      ("XDG_RUNTIME_DIR", "run")):
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "DBUS_SESSION_BUS_ADDRESS",
+            "DISPLAY",
+            "WAYLAND_DISPLAY",
+            "GNOME_KEYRING_CONTROL",
+            "PYTHON_KEYRING_BACKEND",
+        )
+        and not k.startswith("NHIDEL_")
+    }
+    for name, sub in (
+        ("HOME", "home"),
+        ("XDG_DATA_HOME", "data"),
+        ("XDG_CONFIG_HOME", "config"),
+        ("XDG_CACHE_HOME", "cache"),
+        ("XDG_STATE_HOME", "state"),
+        ("XDG_RUNTIME_DIR", "run"),
+    ):
         path = root / sub
         path.mkdir(mode=0o700, exist_ok=True)
         env[name] = str(path)
@@ -86,12 +100,14 @@ def secret_service_pid(address: str) -> int:
     from jeepney import DBusAddress, new_method_call
     from jeepney.io.blocking import open_dbus_connection
 
-    bus = DBusAddress("/org/freedesktop/DBus", bus_name="org.freedesktop.DBus",
-                      interface="org.freedesktop.DBus")
+    bus = DBusAddress(
+        "/org/freedesktop/DBus", bus_name="org.freedesktop.DBus", interface="org.freedesktop.DBus"
+    )
     with closing(open_dbus_connection(bus=address)) as connection:
         reply = connection.send_and_get_reply(
-            new_method_call(bus, "GetConnectionUnixProcessID", "s",
-                            ("org.freedesktop.secrets",)), timeout=5)
+            new_method_call(bus, "GetConnectionUnixProcessID", "s", ("org.freedesktop.secrets",)),
+            timeout=5,
+        )
     return int(reply.body[0])
 
 
@@ -106,9 +122,19 @@ def running_secret_service() -> Iterator[dict[str, str]]:
     pids: list[tuple[int, str]] = []
     try:
         bus = subprocess.run(
-            ["dbus-daemon", "--session", "--fork", f"--address=unix:path={root / 'bus'}",
-             "--print-address=1", "--print-pid=1"],
-            env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10,
+            [
+                "dbus-daemon",
+                "--session",
+                "--fork",
+                f"--address=unix:path={root / 'bus'}",
+                "--print-address=1",
+                "--print-pid=1",
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=10,
             check=False,
         )
         lines = bus.stdout.split()
@@ -120,11 +146,16 @@ def running_secret_service() -> Iterator[dict[str, str]]:
 
         keyring = subprocess.run(
             ["gnome-keyring-daemon", "--unlock", "--components=secrets", "--daemonize"],
-            env=env, input=PASSWORD, capture_output=True, timeout=10, check=False,
+            env=env,
+            input=PASSWORD,
+            capture_output=True,
+            timeout=10,
+            check=False,
         )
         # With --unlock it prints nothing here; older versions print GNOME_KEYRING_PID=...
-        printed = dict(line.split("=", 1) for line in keyring.stdout.decode().splitlines()
-                       if "=" in line)
+        printed = dict(
+            line.split("=", 1) for line in keyring.stdout.decode().splitlines() if "=" in line
+        )
         if "GNOME_KEYRING_PID" in printed:
             pids.append((int(printed["GNOME_KEYRING_PID"]), "gnome-keyring-daemon"))
         if keyring.returncode != 0:
@@ -132,9 +163,15 @@ def running_secret_service() -> Iterator[dict[str, str]]:
 
         deadline = time.monotonic() + START_TIMEOUT
         while True:
-            probe = subprocess.run([sys.executable, "-c", _ROUND_TRIP], env=env,
-                                   stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                   timeout=START_TIMEOUT, check=False)
+            probe = subprocess.run(
+                [sys.executable, "-c", _ROUND_TRIP],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=START_TIMEOUT,
+                check=False,
+            )
             if probe.returncode == 0:
                 break
             if time.monotonic() > deadline:
@@ -185,17 +222,29 @@ def keyring_get(env: dict[str, str], service: str, name: str) -> str | None:
     """Read one password through `keyring` in a child with `env` (so this process stays clean)."""
     import json
 
-    done = subprocess.run([sys.executable, "-c", _KEYRING_CALL, "get", service, name], env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
-                          check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _KEYRING_CALL, "get", service, name],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     value: str | None = json.loads(done.stdout)
     return value
 
 
 def keyring_delete(env: dict[str, str], service: str, name: str) -> None:
-    subprocess.run([sys.executable, "-c", _KEYRING_CALL, "delete", service, name], env=env,
-                   stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-c", _KEYRING_CALL, "delete", service, name],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
 
 
 def lock_default_collection(env: dict[str, str]) -> bool:

@@ -21,19 +21,32 @@ TIMEOUT = 60
 
 # Variables that would let a child reach the real keyring, display or nhidel home.
 _DROPPED = (
-    "DBUS_SESSION_BUS_ADDRESS", "PYTHON_KEYRING_BACKEND", "DISPLAY", "WAYLAND_DISPLAY",
-    "GNOME_KEYRING_CONTROL", "SSH_AUTH_SOCK", "XDG_CONFIG_HOME", "XDG_DATA_HOME",
-    "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR", "PYTHONSTARTUP",
+    "DBUS_SESSION_BUS_ADDRESS",
+    "PYTHON_KEYRING_BACKEND",
+    "DISPLAY",
+    "WAYLAND_DISPLAY",
+    "GNOME_KEYRING_CONTROL",
+    "SSH_AUTH_SOCK",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "XDG_STATE_HOME",
+    "XDG_CACHE_HOME",
+    "XDG_RUNTIME_DIR",
+    "PYTHONSTARTUP",
 )
 
 
 def isolated_env(root: Path, **extra: str) -> dict[str, str]:
     """An environment whose HOME, XDG dirs and NHIDEL_HOME all live under `root`."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("NHIDEL_") and k not in _DROPPED}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NHIDEL_") and k not in _DROPPED}
     user = root / "user"
-    for name, sub in (("HOME", ""), ("XDG_CONFIG_HOME", "config"), ("XDG_DATA_HOME", "data"),
-                      ("XDG_STATE_HOME", "state"), ("XDG_CACHE_HOME", "cache")):
+    for name, sub in (
+        ("HOME", ""),
+        ("XDG_CONFIG_HOME", "config"),
+        ("XDG_DATA_HOME", "data"),
+        ("XDG_STATE_HOME", "state"),
+        ("XDG_CACHE_HOME", "cache"),
+    ):
         path = user / sub if sub else user
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         env[name] = str(path)
@@ -52,21 +65,30 @@ class Run:
     stderr: str
 
     def __str__(self) -> str:
-        return (f"nhidel {' '.join(self.args)} -> exit {self.code}\n"
-                f"--- stdout\n{self.stdout}--- stderr\n{self.stderr}")
+        return (
+            f"nhidel {' '.join(self.args)} -> exit {self.code}\n"
+            f"--- stdout\n{self.stdout}--- stderr\n{self.stderr}"
+        )
 
 
 def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "nhidel", *args]
 
 
-def run(env: dict[str, str], *args: str, input: str | None = None,
-        timeout: float = TIMEOUT) -> Run:
-    """Run nhidel to completion; stdin is /dev/null unless `input` is given."""
+def run(env: dict[str, str], *args: str, input: str | None = None, timeout: float = TIMEOUT) -> Run:
+    """Run nhidel to completion, like a script would: stdin is /dev/null unless `input` is
+    given, and there is no controlling terminal (so not even /dev/tty can prompt)."""
     done = subprocess.run(
-        command(*args), env=env, cwd=env["HOME"], input=input, text=True,
-        stdin=subprocess.DEVNULL if input is None else None, capture_output=True,
-        timeout=timeout, check=False,
+        command(*args),
+        env=env,
+        cwd=env["HOME"],
+        input=input,
+        text=True,
+        stdin=subprocess.DEVNULL if input is None else None,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        start_new_session=True,
     )
     return Run(tuple(args), done.returncode, done.stdout, done.stderr)
 
@@ -80,8 +102,14 @@ def ok(env: dict[str, str], *args: str, input: str | None = None) -> Run:
 def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     """Start nhidel without waiting; collect it with `finish`."""
     return subprocess.Popen(
-        command(*args), env=env, cwd=env["HOME"], text=True, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        command(*args),
+        env=env,
+        cwd=env["HOME"],
+        text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
 
 
@@ -113,7 +141,8 @@ def assert_clean_error(result: Run, code: int) -> str:
 def claims_of(token: str) -> dict[str, Any]:
     """The unverified payload of a compact JWS (tests only read the jti from it)."""
     payload = token.split(".")[1]
-    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    padded = payload + "=" * (-len(payload) % 4)
+    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(padded))
     return decoded
 
 

@@ -85,18 +85,22 @@ def test_init_prints_kid_and_public_key_only(env: dict[str, str]) -> None:
 
 
 def test_init_puts_the_private_key_in_the_secret_service_and_in_no_file(
-        env: dict[str, str]) -> None:
+    env: dict[str, str],
+) -> None:
     printed = ok(env, "init", "--principal", "alice").stdout
     entry = stored_signing_entry(env)
     seed = base64.b64decode(entry["private_key"])
     assert len(seed) == 32
     # The stored secret is the key whose public half init printed.
-    public_pem = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    public_pem = (
+        Ed25519PrivateKey.from_private_bytes(seed)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     assert public_pem in printed
     assert f"kid: {entry['kid']}" in printed
-    forms = [seed, seed.hex().encode(), base64.b64encode(seed).rstrip(b"="),
-             b64url(seed).encode()]
+    forms = [seed, seed.hex().encode(), base64.b64encode(seed).rstrip(b"="), b64url(seed).encode()]
     home = Path(env["NHIDEL_HOME"])
     files = [path for path in home.rglob("*") if path.is_file()]
     assert files, "nhidel wrote no files at all?"
@@ -190,7 +194,9 @@ def test_key_show_and_export_print_public_material_only(ready: dict[str, str]) -
 
 
 def test_locked_keyring_is_exit_4_with_one_line_and_issues_nothing(
-        private_secret_service: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    private_secret_service: dict[str, str],  # noqa: F811 - the imported fixture
+    tmp_path: Path,
+) -> None:
     env = keyring_env(private_secret_service, isolated_env(tmp_path))
     ok(env, "init", "--principal", "alice")
     ok(env, "agent", "add", "reviewer", "--allow", "repo:read:acme/*")
@@ -205,10 +211,14 @@ def test_locked_keyring_is_exit_4_with_one_line_and_issues_nothing(
     assert "locked" in assert_clean_error(run(env, "key", "show"), 4)
 
 
-@pytest.mark.parametrize("bus", [None, "unix:path=/nonexistent/nhidel-test-bus"],
-                         ids=["no-bus-variable", "bus-socket-missing"])
+@pytest.mark.parametrize(
+    "bus",
+    [None, "unix:path=/nonexistent/nhidel-test-bus"],
+    ids=["no-bus-variable", "bus-socket-missing"],
+)
 def test_no_os_keyring_is_exit_4_and_points_to_the_file_keystore(
-        tmp_path: Path, bus: str | None) -> None:
+    tmp_path: Path, bus: str | None
+) -> None:
     env = isolated_env(tmp_path)
     if bus is not None:
         env["DBUS_SESSION_BUS_ADDRESS"] = bus
@@ -223,7 +233,8 @@ def test_grant_on_a_fresh_home_is_exit_4_with_the_init_hint(env: dict[str, str])
 
 
 def test_grant_when_the_key_left_the_keyring_is_exit_4_with_the_init_hint(
-        ready: dict[str, str]) -> None:
+    ready: dict[str, str],
+) -> None:
     keyring_delete(ready, service_name(ready), "signing")
     stderr = assert_clean_error(run(ready, "grant", "reviewer", "--scope", SCOPE), 4)
     assert "no signing key" in stderr
