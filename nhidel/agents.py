@@ -8,22 +8,15 @@ from dataclasses import dataclass
 from .audit import AuditLog, event
 from .config import Config, Paths, update_config, with_agent, without_agent
 from .errors import NotFoundError, PolicyError, UsageError
+from .keystore import KeyStore, open_keystore
 from .ledger import Ledger
-from .models import Agent, check_agent_name
+from .models import Agent, check_agent_name, check_audience
+from .principal import audit_keys
 from .scopes import parse_scopes
 from .timefmt import format_duration, parse_duration
 
 DEFAULT_MAX_TTL = "1h"
 DEFAULT_TTL = "15m"
-
-
-def check_audience(aud: str) -> str:
-    if not aud or len(aud) > 256 or any(ch.isspace() or not ch.isprintable() for ch in aud):
-        raise UsageError(
-            f"invalid audience {aud!r}",
-            "use up to 256 printable characters without spaces, e.g. api.example.com",
-        )
-    return aud
 
 
 def add_agent(
@@ -35,6 +28,7 @@ def add_agent(
     default_ttl: str | None,
     audiences: Sequence[str],
     now: int,
+    keystore: KeyStore | None = None,
 ) -> Agent:
     """Register `name` with its ceiling; refuse to replace an existing agent silently."""
     check_agent_name(name)
@@ -65,19 +59,15 @@ def add_agent(
             )
         return with_agent(config, agent)
 
-    config = update_config(paths, register)
-    AuditLog(paths).append(
-        [
-            event(
-                "agent.added",
-                principal=config.principal,
-                agent=name,
-                scopes=[str(s) for s in scopes],
-                max_ttl=agent.max_ttl,
-                aud=list(agent.audiences),
-            )
-        ]
-    )
+    keys = audit_keys(keystore or open_keystore(paths))  # no keystore, no change
+
+    def record(config: Config) -> None:
+        AuditLog(paths, keys).append([event(
+            "agent.added", principal=config.principal, agent=name,
+            scopes=[str(s) for s in scopes], max_ttl=agent.max_ttl, aud=list(agent.audiences),
+        )])  # fmt: skip
+
+    update_config(paths, register, then=record)
     return agent
 
 
@@ -87,42 +77,38 @@ class Removal:
     revoked: list[str]
 
 
-def remove_agent(paths: Paths, name: str, *, now: int) -> Removal:
+def remove_agent(paths: Paths, name: str, *, now: int, keystore: KeyStore | None = None) -> Removal:
     """Unregister `name` and revoke every grant of it that could still be used.
 
-    The agent leaves config.toml first: a grant being minted re-reads the config inside its
-    ledger transaction, so it is either refused (agent gone) or committed before the revocation
-    below, which then revokes it. No grant of a removed agent stays active.
+    The agent leaves config.toml first, and its grants are revoked while config.toml is still
+    locked: a grant being minted re-reads the config inside its ledger transaction, so it is
+    either refused (agent gone) or committed before the revocation, which then revokes it. If
+    the revocation cannot be recorded, the agent is put back: never half removed. Removing a
+    name that is no longer registered still revokes grants left live by an interrupted removal.
     """
     check_agent_name(name)
-    existed = []
+    keys = audit_keys(keystore or open_keystore(paths))
+    existed: list[bool] = []
+    revoked: list[str] = []
 
     def unregister(config: Config) -> Config:
-        if name in config.agents:
-            existed.append(True)
+        existed.append(name in config.agents)
         return without_agent(config, name)
 
-    principal = update_config(paths, unregister).principal
-    with Ledger(paths) as ledger, ledger.transaction():
-        revoked = ledger.revoke(
-            ledger.live_ids(now=now, agent=name), now=now, reason="agent removed"
-        )
-        if not existed and not revoked:
-            # Nothing to remove and nothing to clean up after an interrupted earlier removal.
-            raise NotFoundError(
-                f"no agent named {name!r}", "see the registered agents: nhidel agent list"
-            )
-        AuditLog(paths).append(
-            [event("agent.removed", principal=principal, agent=name, revoked=len(revoked))]
-            + [
-                event(
-                    "grant.revoked",
-                    principal=principal,
-                    agent=name,
-                    grant=grant_id,
-                    reason="agent removed",
+    def revoke_grants(config: Config) -> None:
+        with Ledger(paths) as ledger, ledger.transaction():
+            live = ledger.live_ids(now=now, agent=name)
+            revoked.extend(ledger.revoke(live, now=now, reason="agent removed"))
+            if not existed[0] and not revoked:
+                raise NotFoundError(
+                    f"no agent named {name!r}", "see the registered agents: nhidel agent list"
                 )
-                for grant_id in revoked
-            ]
-        )
+            principal = config.principal
+            AuditLog(paths, keys).append(
+                [event("agent.removed", principal=principal, agent=name, revoked=len(revoked))]
+                + [event("grant.revoked", principal=principal, agent=name, grant=grant_id,
+                         reason="agent removed") for grant_id in revoked]
+            )  # fmt: skip
+
+    update_config(paths, unregister, then=revoke_grants)
     return Removal(name, revoked)

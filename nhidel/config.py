@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import IntegrityError, NotFoundError, UsageError
 from .fsutil import atomic_write, exclusive_lock
-from .models import Agent
+from .models import Agent, check_agent_name
 from .scopes import parse_scopes
 from .timefmt import format_duration, parse_duration, parse_time, rfc3339
 
@@ -60,6 +60,11 @@ class Paths:
     @property
     def audit_file(self) -> Path:
         return self.state_dir / "audit.jsonl"
+
+    @property
+    def audit_spool(self) -> Path:
+        """Records from writers that cannot open the keystore, waiting to be sealed."""
+        return self.state_dir / "audit.pending.jsonl"
 
     @property
     def audit_lock(self) -> Path:
@@ -138,11 +143,30 @@ def save_config(paths: Paths, config: Config) -> None:
     atomic_write(paths.config_file, tomli_w.dumps(_to_toml(config)).encode("utf-8"))
 
 
-def update_config(paths: Paths, change: Callable[[Config], Config]) -> Config:
-    """Read-modify-write config.toml under its lock, so concurrent edits never lose each other."""
+def update_config(
+    paths: Paths,
+    change: Callable[[Config], Config],
+    then: Callable[[Config], None] | None = None,
+) -> Config:
+    """Read-modify-write config.toml under its lock, so concurrent edits never lose each other.
+
+    `then` runs before the lock is released (to record the change); if it fails, the old
+    config is put back, so a change that could not be recorded is not half made.
+    """
     with exclusive_lock(paths.config_lock):
-        config = change(load_config(paths))
+        before = load_config(paths)
+        config = change(before)
+        if config == before:
+            if then is not None:
+                then(config)
+            return config
         save_config(paths, config)
+        if then is not None:
+            try:
+                then(config)
+            except BaseException:
+                save_config(paths, before)
+                raise
         return config
 
 
@@ -155,10 +179,12 @@ def without_agent(config: Config, name: str) -> Config:
 
 
 def _from_toml(data: dict[str, Any]) -> Config:
+    if data.get("version", CONFIG_VERSION) > CONFIG_VERSION:
+        raise ValueError(f"version {data['version']} is newer than this nhidel understands")
     agents = {}
     for name, spec in data.get("agents", {}).items():
         agents[name] = Agent(
-            name=name,
+            name=check_agent_name(name),
             allow=parse_scopes(spec["allow"]),
             max_ttl=parse_duration(spec["max_ttl"]),
             default_ttl=parse_duration(spec["default_ttl"]),

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,14 @@ def ensure_private_dir(path: Path) -> Path:
     """Create `path` (and parents) as 0700; tighten it if it already exists and is ours."""
     try:
         path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        if path.stat().st_mode & 0o077:
+        info = path.stat()
+        if info.st_mode & 0o077:
+            # Tighten our own directory; never a shared one such as /tmp.
+            if info.st_uid != os.getuid() or info.st_mode & stat.S_ISVTX:
+                raise StorageError(
+                    f"{path} is shared with other users",
+                    "point NHIDEL_HOME at a private directory (mode 700)",
+                )
             path.chmod(DIR_MODE)
     except OSError as exc:
         raise storage_error(path, exc) from exc

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import base64
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .agents import check_audience
-from .audit import AuditLog, event
+from .audit import AuditKeys, AuditLog, event
+from .audit.records import token_fingerprint
 from .config import Config, Paths, load_config
 from .errors import KeystoreError, PolicyError, UsageError
-from .keystore import KeyStore
+from .keystore import KeyStore, open_keystore
 from .ledger import Ledger
-from .models import Agent, Grant
-from .principal import NO_KEY_HINT, load_signer
+from .models import Agent, Grant, check_audience, new_grant_id
+from .principal import NO_KEY_HINT, audit_keys, load_signer
 from .scopes import Scope, not_covered, parse_scopes
 from .timefmt import format_duration, parse_duration, parse_time
-from .tokens import mint, token_sha256
+from .tokens import MAX_TOKEN_LENGTH, mint, token_sha256
 
 MAX_NOT_BEFORE = 30 * 86400
 MAX_USES = 1_000_000_000
@@ -36,11 +34,6 @@ class GrantRequest:
     not_before: str | None = None
     uses: int | None = None
     reason: str | None = None
-
-
-def new_grant_id() -> str:
-    """`g` and 26 lowercase base32 characters: 130 random bits."""
-    return "g" + base64.b32encode(secrets.token_bytes(17)).decode("ascii").lower()[:26]
 
 
 def issue(
@@ -91,6 +84,12 @@ def issue(
             kid=signer.kid,
         )
         token = mint(_claims(grant, signer.principal, signer.issuer), signer.seed, signer.kid)
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise UsageError(
+                f"the token would be {len(token)} characters, over the {MAX_TOKEN_LENGTH} "
+                "verify accepts",
+                "grant fewer or shorter scopes, or a shorter --aud",
+            )
         with ledger.transaction():
             _recheck(paths, agent.name, scopes, ttl)
             if ledger.revocation_epoch() != epoch:
@@ -99,7 +98,7 @@ def issue(
                     "run the grant command again",
                 )
             ledger.insert(grant, token_sha256(token))
-            AuditLog(paths).append(
+            AuditLog(paths, AuditKeys(signer.audit_key, keystore)).append(
                 [
                     event(
                         "grant.issued",
@@ -113,6 +112,7 @@ def issue(
                         max_uses=grant.max_uses,
                         reason=reason,
                         kid=signer.kid,
+                        token_fp=token_fingerprint(signer.audit_key, token),
                     )
                 ]
             )
@@ -211,27 +211,32 @@ def revoke(
     everything: bool = False,
     reason: str | None,
     now: int,
+    keystore: KeyStore | None = None,
 ) -> Revocation:
     """Revoke by ids (all resolved first: one bad id revokes nothing), by agent, or all."""
     if reason is not None and len(reason) > MAX_REASON:
         raise UsageError(f"--reason is longer than {MAX_REASON} characters", "shorten it")
-    if not ids and agent is None and not everything:
-        raise UsageError("nothing to revoke", "give grant ids, --agent NAME, or --all --yes")
+    if sum((bool(ids), agent is not None, everything)) != 1:
+        raise UsageError(
+            "give grant ids, or --agent NAME, or --all (exactly one of them)",
+            "e.g. nhidel revoke g1a2b3c4d5, or nhidel revoke --all --yes",
+        )
     config = load_config(paths)
-    if agent is not None:
-        config.agent(agent)  # an unknown agent is exit 3, not a silent no-op
     principal = config.principal
+    keys = audit_keys(keystore or open_keystore(paths))
     with Ledger(paths) as ledger:
         targets = [grant.id for grant in ledger.resolve(ids)] if ids else []
         with ledger.transaction():
             if not ids:
                 targets = ledger.live_ids(now=now, agent=agent)
+                if agent is not None and agent not in config.agents and not targets:
+                    config.agent(agent)  # unknown, and no grants left by it: exit 3
                 # Grants minted while this runs are refused (see `issue`).
                 ledger.bump_revocation_epoch()
             newly = ledger.revoke(targets, now=now, reason=reason)
             if newly:
                 grants = [ledger.get(grant_id) for grant_id in newly]
-                AuditLog(paths).append(
+                AuditLog(paths, keys).append(
                     event(
                         "grant.revoked",
                         principal=principal,

@@ -28,6 +28,16 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def b64(data: bytes) -> str:
+    """Standard base64, for secrets at rest in the keystore."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str) -> bytes:
+    """Strict standard base64: anything else raises ValueError."""
+    return base64.b64decode(text, validate=True)
+
+
 def generate_private_key() -> bytes:
     """32 random bytes: an Ed25519 private key (its seed)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

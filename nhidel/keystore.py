@@ -12,7 +12,6 @@ There is never a plaintext fallback: with no usable keystore, the error says how
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import sys
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 from .config import Paths
 from .errors import IntegrityError, KeystoreError, UsageError
 from .fsutil import atomic_write, exclusive_lock
+from .keys import b64, unb64
 
 SIGNING = "signing"
 TRUST = "trust"
@@ -118,9 +118,20 @@ class OsKeyring:
 
 
 def _refuse_unsafe_backend(backend: object) -> None:
-    """No silent fallback: keyring's fail/null backends and plaintext stores are not keystores."""
+    """No silent fallback: keyring's fail/null backends and plaintext stores are not keystores.
+
+    A chainer (keyring's "try each backend") is judged by what it chains: nothing, or anything
+    unsafe, is refused.
+    """
     module = type(backend).__module__
     name = type(backend).__name__
+    chained = getattr(backend, "backends", None) if module == "keyring.backends.chainer" else None
+    if chained is not None:
+        if not chained:
+            raise KeystoreError("no usable OS keyring (keyring found none)", NO_KEYRING_HINT)
+        for inner in chained:
+            _refuse_unsafe_backend(inner)
+        return
     if module in ("keyring.backends.fail", "keyring.backends.null") or "plaintext" in name.lower():
         raise KeystoreError(
             f"no usable OS keyring (keyring chose {module}.{name})", NO_KEYRING_HINT
@@ -198,7 +209,7 @@ class EncryptedFileKeyStore:
             atomic_write(self.path, json.dumps(document, indent=1, sort_keys=True).encode())
 
     def _new_document(self) -> dict[str, Any]:
-        kdf = {"name": "scrypt", "salt": _b64(os.urandom(16)), **_SCRYPT}
+        kdf = {"name": "scrypt", "salt": b64(os.urandom(16)), **_SCRYPT}
         self._key = _derive(self.passphrase.get(confirm=True), kdf)
         return {
             "format": _FILE_FORMAT,
@@ -251,7 +262,7 @@ class EncryptedFileKeyStore:
 
         try:
             return AESGCM(key).decrypt(
-                _unb64(sealed["nonce"]), _unb64(sealed["ciphertext"]), _aad(entry)
+                unb64(sealed["nonce"]), unb64(sealed["ciphertext"]), _aad(entry)
             )
         except (InvalidTag, KeyError, TypeError, ValueError) as exc:
             raise ValueError("cannot open entry") from exc
@@ -262,8 +273,8 @@ def _seal(key: bytes, entry: str, plaintext: bytes) -> dict[str, str]:
 
     nonce = os.urandom(12)
     return {
-        "nonce": _b64(nonce),
-        "ciphertext": _b64(AESGCM(key).encrypt(nonce, plaintext, _aad(entry))),
+        "nonce": b64(nonce),
+        "ciphertext": b64(AESGCM(key).encrypt(nonce, plaintext, _aad(entry))),
     }
 
 
@@ -271,7 +282,7 @@ def _derive(passphrase: bytes, kdf: dict[str, Any]) -> bytes:
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
     try:
-        n, r, p, salt = kdf["n"], kdf["r"], kdf["p"], _unb64(kdf["salt"])
+        n, r, p, salt = kdf["n"], kdf["r"], kdf["p"], unb64(kdf["salt"])
         # Bounds keep a tampered file from asking for gigabytes, or for a trivially weak key.
         valid = (
             kdf["name"] == "scrypt"
@@ -291,11 +302,3 @@ def _derive(passphrase: bytes, kdf: dict[str, Any]) -> bytes:
 
 def _aad(entry: str) -> bytes:
     return f"{_FILE_FORMAT}:{entry}".encode()
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text, validate=True)

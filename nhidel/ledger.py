@@ -6,7 +6,6 @@ transaction, so several nhidel processes can share the ledger; readers never blo
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -15,13 +14,12 @@ from typing import Any
 from .config import Paths
 from .errors import IntegrityError, NotFoundError, StorageError, UsageError
 from .fsutil import create_private_file
-from .models import SHORT_ID_LENGTH, Grant
+from .models import GRANT_ID_PREFIX, SHORT_ID_LENGTH, Grant
 from .scopes import parse_scopes
 
 SCHEMA_VERSION = 1
 MIN_PREFIX = 4
 BUSY_TIMEOUT_MS = 10_000
-_ID_PREFIX = re.compile(r"g[a-z2-7]{0,26}")
 
 _SCHEMA = """
 CREATE TABLE grants (
@@ -42,7 +40,7 @@ CREATE TABLE grants (
 );
 CREATE INDEX grants_by_expiry ON grants (expires_at);
 CREATE INDEX grants_by_agent ON grants (agent, expires_at);
--- Bumped by `revoke --all` and `agent remove`, so a grant minted while they ran is refused.
+-- Bumped by `revoke --all` and `revoke --agent`, so a grant minted while they ran is refused.
 CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO meta VALUES ('revocation_epoch', 0);
 """
@@ -172,7 +170,7 @@ class Ledger:
                 f"grant id {prefix!r} is too short",
                 f"give at least {MIN_PREFIX} characters of the id (see nhidel list)",
             )
-        if not _ID_PREFIX.fullmatch(wanted):
+        if not GRANT_ID_PREFIX.fullmatch(wanted):
             raise NotFoundError(
                 f"no grant {prefix!r}", "grant ids look like gmfrggzdfmz; see nhidel list --all"
             )

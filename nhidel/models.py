@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import re
+import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -13,7 +15,27 @@ from .timefmt import format_duration, rfc3339
 
 AGENT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 GRANT_ID = re.compile(r"g[a-z2-7]{26}")
+GRANT_ID_PREFIX = re.compile(r"g[a-z2-7]{0,26}")
 SHORT_ID_LENGTH = 10
+
+
+def new_grant_id() -> str:
+    """`g` and 26 lowercase base32 characters: 130 random bits."""
+    return "g" + base64.b32encode(secrets.token_bytes(17)).decode("ascii").lower()[:26]
+
+
+def is_plain_text(text: str) -> bool:
+    """Printable, with no whitespace: safe in a token claim, a log line and a terminal."""
+    return all(ch.isprintable() and not ch.isspace() for ch in text)
+
+
+def check_audience(aud: str) -> str:
+    if not aud or len(aud) > 256 or not is_plain_text(aud):
+        raise UsageError(
+            f"invalid audience {aud!r}",
+            "use up to 256 printable characters without spaces, e.g. api.example.com",
+        )
+    return aud
 
 
 def check_agent_name(name: str) -> str:

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import re
+import os
 from dataclasses import dataclass
 from typing import Any
 
-from .audit import AuditLog, event
+from .audit import AuditKeys, AuditLog, event
 from .config import Config, Paths, load_config, update_config
 from .errors import KeystoreError, PolicyError, UsageError
 from .fsutil import exclusive_lock
-from .keys import generate_private_key, public_x, thumbprint
-from .keystore import SIGNING, TRUST, KeyStore
+from .keys import b64, generate_private_key, public_x, thumbprint, unb64
+from .keystore import NO_KEYRING_HINT, SIGNING, TRUST, KeyStore
+from .models import is_plain_text
 from .timefmt import rfc3339
 
-_PRINCIPAL = re.compile(r"[^\s\x00-\x1f\x7f]{1,128}")
 NO_KEY_HINT = "create one with: nhidel init"
 
 
@@ -26,6 +26,7 @@ class Signer:
     issuer: str
     kid: str
     seed: bytes
+    audit_key: bytes
 
     def __repr__(self) -> str:  # keep the key out of tracebacks and debug output
         return f"Signer(principal={self.principal!r}, kid={self.kid!r})"
@@ -37,6 +38,10 @@ class Trust:
 
     issuer: str
     keys: dict[str, dict[str, Any]]  # kid -> {"x": ..., "state": ..., "created_at": ...}
+    audit_key: bytes
+
+    def __repr__(self) -> str:  # the audit key is a secret
+        return f"Trust(issuer={self.issuer!r}, keys={sorted(self.keys)!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +58,15 @@ def init_principal(
     paths: Paths, keystore: KeyStore, *, principal: str, issuer: str | None, now: int
 ) -> PublicKeyInfo:
     """Create the signing key and pin its public half; refuse if a key already exists."""
-    if not _PRINCIPAL.fullmatch(principal):
+    if not 0 < len(principal) <= 128 or not is_plain_text(principal):
         raise UsageError(
             f"invalid principal {principal!r}",
             "use 1-128 printable characters without spaces, e.g. alice@example.com",
         )
     issuer = issuer or f"nhidel:{principal}"
-    if not _PRINCIPAL.fullmatch(issuer):
+    if not 0 < len(issuer) <= 128 or not is_plain_text(issuer):
         raise UsageError(f"invalid issuer {issuer!r}", "use printable characters without spaces")
+    load_config(paths)  # a corrupt config stops init before any key is made
     # One init at a time: the check and both writes must not interleave with another init's.
     with exclusive_lock(paths.init_lock):
         if keystore.read(SIGNING) is not None:
@@ -69,25 +75,42 @@ def init_principal(
                 "nhidel never overwrites a key; see it with: nhidel key show",
             )
         seed = generate_private_key()
+        # Seals the audit log. Kept with the public pins (verify seals its decisions) and
+        # with the private key (so grant reads one keystore entry).
+        audit_key = b64(os.urandom(32))
         x = public_x(seed)
         kid = thumbprint(x)
         created = rfc3339(now)
         # Pin the public key before the private one exists, so no signed token is ever untrusted.
         keystore.write(
             TRUST,
-            {"issuer": issuer, "keys": {kid: {"x": x, "state": "active", "created_at": created}}},
+            {
+                "issuer": issuer,
+                "keys": {kid: {"x": x, "state": "active", "created_at": created}},
+                "audit_key": audit_key,
+            },
         )
         keystore.write(
             SIGNING,
-            {"principal": principal, "issuer": issuer, "kid": kid, "private_key": _b64(seed)},
+            {
+                "principal": principal,
+                "issuer": issuer,
+                "kid": kid,
+                "private_key": b64(seed),
+                "audit_key": audit_key,
+            },
         )
+        stored = keystore.read(SIGNING)
+        if stored is None or stored.get("kid") != kid:
+            raise KeystoreError(f"{keystore.description} did not keep the new key", NO_KEYRING_HINT)
 
     def record(config: Config) -> Config:
         keys = {**config.keys, kid: {"x": x, "created_at": created or ""}}
         return Config(principal=principal, issuer=issuer, keys=keys, agents=config.agents)
 
     update_config(paths, record)
-    AuditLog(paths).append([event("key.created", principal=principal, kid=kid)])
+    keys = AuditKeys(unb64(audit_key), keystore)
+    AuditLog(paths, keys).append([event("key.created", principal=principal, kid=kid)])
     return PublicKeyInfo(principal, issuer, kid, x, "active", created)
 
 
@@ -95,14 +118,25 @@ def load_signer(keystore: KeyStore) -> Signer:
     entry = keystore.read(SIGNING)
     if entry is None:
         raise KeystoreError(f"no signing key in {keystore.description}", NO_KEY_HINT)
-    return Signer(entry["principal"], entry["issuer"], entry["kid"], _unb64(entry["private_key"]))
+    return Signer(
+        entry["principal"],
+        entry["issuer"],
+        entry["kid"],
+        unb64(entry["private_key"]),
+        unb64(entry["audit_key"]),
+    )
 
 
 def load_trust(keystore: KeyStore) -> Trust:
     entry = keystore.read(TRUST)
     if entry is None:
         raise KeystoreError(f"no trusted keys in {keystore.description}", NO_KEY_HINT)
-    return Trust(entry["issuer"], dict(entry["keys"]))
+    return Trust(entry["issuer"], dict(entry["keys"]), unb64(entry["audit_key"]))
+
+
+def audit_keys(keystore: KeyStore) -> AuditKeys:
+    """The audit key (from the pinned trust entry) and where the high-water mark goes."""
+    return AuditKeys(load_trust(keystore).audit_key, keystore)
 
 
 def public_keys(paths: Paths, keystore: KeyStore) -> list[PublicKeyInfo]:
@@ -121,15 +155,3 @@ def public_keys(paths: Paths, keystore: KeyStore) -> list[PublicKeyInfo]:
         for kid, info in trust.keys.items()
     ]
     return sorted(infos, key=lambda info: info.created_at or "", reverse=True)
-
-
-def _b64(data: bytes) -> str:
-    import base64
-
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    import base64
-
-    return base64.b64decode(text)

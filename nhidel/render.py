@@ -80,7 +80,7 @@ def grants_table(grants: Iterable[Grant], now: int, *, show_status: bool) -> int
         uses = f"{grant.uses}/{grant.max_uses}" if grant.max_uses is not None else str(grant.uses)
         row = [
             Text(grant.id[:SHORT_ID_LENGTH]),
-            Text(grant.agent),
+            Text(safe(grant.agent)),
             Text(safe(" ".join(str(s) for s in grant.scopes))),
             Text(relative(grant.expires_at, now=now)),
             Text(uses),
@@ -111,7 +111,7 @@ def agents_table(agents: Iterable[Agent]) -> int:
     for agent in agents:
         count += 1
         table.add_row(
-            Text(agent.name),
+            Text(safe(agent.name)),
             Text(safe(" ".join(str(s) for s in agent.allow))),
             Text(format_duration(agent.default_ttl)),
             Text(format_duration(agent.max_ttl)),
@@ -134,3 +134,28 @@ def _key_values(fields: dict[str, Any]) -> None:
     for key, value in fields.items():
         shown = "-" if value is None else safe(value)
         sys.stdout.write(f"{key.ljust(width)}  {shown}\n")
+
+
+def audit_record_line(record: dict[str, Any], now: int) -> str:
+    """One readable line: local time, event, agent, grant, scopes, outcome."""
+    from datetime import datetime
+
+    stamp = str(record.get("time", ""))
+    try:
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone()
+        shown_time = when.strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        shown_time = stamp
+    parts = [shown_time, f"#{record.get('seq')}", str(record.get("event", "?")).ljust(14)]
+    if record.get("agent"):
+        parts.append(str(record["agent"]))
+    if record.get("grant"):
+        parts.append(str(record["grant"])[:SHORT_ID_LENGTH])
+    scopes = record.get("requested") or record.get("scopes")
+    if scopes:
+        parts.append(" ".join(str(s) for s in scopes))
+    if record.get("outcome"):
+        parts.append(f"-> {record['outcome']}")
+    if record.get("reason"):
+        parts.append(f"({record['reason']})")
+    return safe("  ".join(parts))

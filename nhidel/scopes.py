@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from .errors import UsageError
 
 MAX_SCOPE_LENGTH = 512
+MAX_SCOPES = 64  # per grant, ceiling or verify: keeps tokens and audit records small
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 _HINT = (
     "write service:action[:resource] in lowercase, e.g. repo:read:acme/api; "
@@ -73,6 +74,8 @@ def parse_scopes(texts: Iterable[str]) -> tuple[Scope, ...]:
     for text in texts:
         for word in text.split():
             seen.setdefault(parse_scope(word), None)
+            if len(seen) > MAX_SCOPES:
+                raise UsageError(f"more than {MAX_SCOPES} scopes", "ask for fewer, wider scopes")
     return tuple(seen)
 
 

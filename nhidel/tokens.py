@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ TOKEN_TYPE = "nhidel+jwt"  # noqa: S105 - a media type, not a secret
 ALGORITHM = "EdDSA"
 MAX_TOKEN_LENGTH = 16384
 _KEY_CHOOSING_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c"})
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class TokenRejected(Exception):  # noqa: N818 - a verdict, not a crash
@@ -47,15 +49,15 @@ def mint(claims: dict[str, Any], seed: bytes, kid: str) -> str:
     return jwt.encode(claims, private_key(seed), algorithm=ALGORITHM, headers=headers)
 
 
-def check(token: str, trusted: Mapping[str, Ed25519PublicKey]) -> dict[str, Any]:
+def decode_verified(token: str, trusted: Mapping[str, Ed25519PublicKey]) -> dict[str, Any]:
     """Return the claims of a well-formed token signed by one of `trusted` (kid -> key)."""
     from cryptography.exceptions import InvalidSignature
 
     if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
         raise TokenRejected("malformed", "not a token")
     parts = token.strip().split(".")
-    if len(parts) != 3:
-        raise TokenRejected("malformed", "a token has three dot-separated parts")
+    if len(parts) != 3 or not all(_SEGMENT.fullmatch(part) for part in parts):
+        raise TokenRejected("malformed", "a token is three dot-separated base64url parts")
     header = _json_object(parts[0], "header")
     if header.get("alg") != ALGORITHM:
         raise TokenRejected("bad_signature", f"algorithm {header.get('alg')!r} is not EdDSA")
@@ -84,7 +86,7 @@ def check(token: str, trusted: Mapping[str, Ed25519PublicKey]) -> dict[str, Any]
 def _json_object(segment: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(b64url_decode(segment))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         raise TokenRejected("malformed", f"the {what} is not base64url JSON") from None
     if not isinstance(value, dict):
         raise TokenRejected("malformed", f"the {what} is not a JSON object")

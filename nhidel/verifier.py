@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from .audit import AuditLog, event
+from .audit import AuditKeys, AuditLog, event
+from .audit.group_commit import DecisionLog
+from .audit.records import token_fingerprint
 from .config import Paths
 from .errors import UsageError
 from .keys import public_key
@@ -21,12 +23,15 @@ from .ledger import Ledger
 from .models import GRANT_ID, Grant
 from .principal import load_trust
 from .scopes import Scope, covered_by_any, parse_scopes
-from .tokens import TokenRejected, check, token_sha256
+from .tokens import TokenRejected, decode_verified, token_sha256
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from .keystore import KeyStore
+
+
+MAX_LEEWAY = 3600
 
 
 class Reason(StrEnum):
@@ -82,20 +87,30 @@ class Verifier:
         from .keystore import open_keystore
 
         self.paths = paths or Paths.from_env()
-        trust = load_trust(keystore or open_keystore(self.paths))
+        store = keystore or open_keystore(self.paths)
+        trust = load_trust(store)
         self.issuer = trust.issuer
         self.keys: dict[str, Ed25519PublicKey] = {
             kid: public_key(info["x"]) for kid, info in trust.keys.items()
         }
         if leeway < 0:
-            raise UsageError("leeway cannot be negative", "give a duration such as 30s")
+            raise UsageError("--leeway cannot be negative", "give a duration such as 30s")
+        if leeway > MAX_LEEWAY:
+            raise UsageError("--leeway is over an hour", "clocks that far apart need fixing")
         self.leeway = leeway
         self.clock = clock
         self.ledger = Ledger(self.paths)
-        self.audit = AuditLog(self.paths) if audit else None
+        self.audit_key = trust.audit_key
+        keys = AuditKeys(trust.audit_key, store)
+        self.decisions = DecisionLog(AuditLog(self.paths, keys)) if audit else None
 
     def close(self) -> None:
-        self.ledger.close()
+        """Write any buffered decisions, then release the ledger."""
+        try:
+            if self.decisions is not None:
+                self.decisions.close()
+        finally:
+            self.ledger.close()
 
     def __enter__(self) -> Verifier:
         return self
@@ -113,6 +128,8 @@ class Verifier:
         consume: bool = False,
     ) -> Decision:
         """Decide on `token`; `consume` counts one use when (and only when) it is allowed."""
+        if isinstance(scopes, str):
+            scopes = [scopes]
         requested = tuple(s for s in scopes if isinstance(s, Scope)) + parse_scopes(
             s for s in scopes if isinstance(s, str)
         )
@@ -122,11 +139,12 @@ class Verifier:
                 "pass --scope SCOPE (or --any-scope to accept any granted scope)",
             )
         now = int(self.clock())
+        verified: dict[str, Any] = {}  # the claims, once the signature has been checked
         try:
-            decision = self._decide(token, requested, any_scope, aud, consume, now)
+            decision = self._decide(token, requested, any_scope, aud, consume, now, verified)
         except _Denied as denied:
             decision = denied.decision
-        self._record(decision, requested, aud, consume)
+        self._record(decision, token, requested, aud, consume, verified)
         return decision
 
     def _decide(
@@ -137,12 +155,14 @@ class Verifier:
         aud: str | None,
         consume: bool,
         now: int,
+        verified: dict[str, Any],
     ) -> Decision:
         try:
-            claims = check(token, self.keys)
+            claims = decode_verified(token, self.keys)
         except TokenRejected as rejected:
             raise _Denied(Reason(rejected.reason), rejected.detail) from None
         grant_id = _claims_shape(claims)
+        verified.update(claims)
         if claims["iss"] != self.issuer:
             raise _Denied(Reason.WRONG_ISSUER, f"issued by {claims['iss']!r}")
         if now >= claims["exp"] + self.leeway:
@@ -169,26 +189,39 @@ class Verifier:
                     raise _Denied(Reason.SCOPE_NOT_GRANTED, f"{scope} is not granted", grant)
         if consume:
             if not self.ledger.consume(grant_id, now=now - self.leeway):
+                # Another process revoked or used it up, or it expired, since the reads above.
                 latest = self.ledger.get(grant_id)
-                revoked = latest is not None and latest.revoked_at is not None
-                raise _Denied(
-                    Reason.REVOKED if revoked else Reason.USES_EXHAUSTED,
-                    "the grant was revoked" if revoked else "no uses left",
-                    latest,
-                )
+                if latest is not None and latest.revoked_at is not None:
+                    raise _Denied(Reason.REVOKED, "the grant was revoked", latest)
+                if latest is not None and now - self.leeway >= latest.expires_at:
+                    raise _Denied(Reason.EXPIRED, "the grant has expired", latest)
+                raise _Denied(Reason.USES_EXHAUSTED, "the grant has no uses left", latest)
             grant = self.ledger.get(grant_id) or grant
         return Decision(True, None, "allowed", grant)
 
     def _record(
-        self, decision: Decision, requested: Sequence[Scope], aud: str | None, consume: bool
+        self,
+        decision: Decision,
+        token: str,
+        requested: Sequence[Scope],
+        aud: str | None,
+        consume: bool,
+        verified: dict[str, Any],
     ) -> None:
-        if self.audit is None:
+        if self.decisions is None:
             return
         grant = decision.grant
+        # Denials decided before the ledger lookup still name what the signed claims say.
+        act = verified.get("act") or {}
         common = {
-            "agent": grant.agent if grant else None,
-            "grant": grant.id if grant else None,
-            "expires_at": grant.expires_at if grant else None,
+            "principal": verified.get("sub"),
+            "agent": grant.agent if grant else act.get("sub"),
+            "grant": grant.id if grant else verified.get("jti"),
+            "expires_at": grant.expires_at if grant else verified.get("exp"),
+            # Lets `audit find-token` find this decision; the token itself is never logged.
+            "token_fp": token_fingerprint(self.audit_key, token)
+            if isinstance(token, str)
+            else None,
         }
         records = [
             event(
@@ -202,7 +235,7 @@ class Verifier:
         if consume and decision.allowed and grant is not None:
             records.append(event("grant.used", uses=grant.uses, max_uses=grant.max_uses, **common))
         # A use is a state change and must be on disk; a plain decision may be group-committed.
-        self.audit.append(records, durable=consume and decision.allowed)
+        self.decisions.add(records, state_change=consume and decision.allowed)
 
 
 def _claims_shape(claims: dict[str, Any]) -> str:

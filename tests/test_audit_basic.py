@@ -4,23 +4,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import stat
 from typing import Any
 
+import pytest
+from audit_support import GENESIS, assert_chained, audit_lines, line_sha256
 from support import Cli
 
-from nhidel.audit import GENESIS, AuditLog, event
+from nhidel.audit import AuditKeys, AuditLog, event
 from nhidel.config import Paths
+from nhidel.keystore import open_keystore
+from nhidel.principal import load_trust
 
 
 def read_records(paths: Paths) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in paths.audit_file.read_bytes().splitlines()]
+    """The records on disk, without their seals (what append returns)."""
+    records = [json.loads(line) for line in paths.audit_file.read_bytes().splitlines()]
+    for record in records:
+        record.pop("seal")
+    return records
 
 
-def independent_hash(record: dict[str, Any]) -> str:
-    body = {key: value for key, value in record.items() if key != "hash"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+@pytest.fixture
+def log(paths: Paths) -> AuditLog:
+    """A writer with its own audit key and no keystore (so no high-water mark)."""
+    return AuditLog(paths, AuditKeys(os.urandom(32), None))
 
 
 def test_records_chain_each_prev_is_the_previous_hash_and_seq_increments(
@@ -35,18 +44,18 @@ def test_records_chain_each_prev_is_the_previous_hash_and_seq_increments(
     assert {"grant.issued", "verify.allowed", "verify.denied"} <= set(events)
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
     assert records[0]["prev"] == GENESIS
-    for before, after in zip(records, records[1:], strict=False):
-        assert after["prev"] == before["hash"]
-    for record in records:
-        assert record["hash"] == independent_hash(record)
+    # Recomputed with hashlib/hmac: each prev is the SHA-256 of the line before, and each
+    # seal the HMAC of its body under the audit key in the keystore.
+    key = load_trust(open_keystore(paths, env={})).audit_key
+    assert_chained(audit_lines(paths.audit_file), key=key)
 
 
-def test_batched_appends_continue_the_chain(paths: Paths) -> None:
-    log = AuditLog(paths)
+def test_batched_appends_continue_the_chain(paths: Paths, log: AuditLog) -> None:
     first = log.append([event("agent.added", agent="a"), event("agent.added", agent="b")])
     second = log.append([event("agent.removed", agent="a")])
     assert [r["seq"] for r in first + second] == [1, 2, 3]
-    assert second[0]["prev"] == first[1]["hash"]
+    assert second[0]["prev"] == line_sha256(audit_lines(paths.audit_file)[1])
+    assert_chained(audit_lines(paths.audit_file), key=log.keys.seal_key)  # type: ignore[union-attr]
     assert read_records(paths) == first + second
     assert log.append([]) == []
     assert len(read_records(paths)) == 3
@@ -78,9 +87,11 @@ def test_the_log_is_a_0600_file(ready: Cli, paths: Paths) -> None:
     assert stat.S_IMODE(paths.audit_file.stat().st_mode) == 0o600
 
 
-def test_a_torn_last_line_is_reported_by_a_log_recovered_record(paths: Paths) -> None:
-    log = AuditLog(paths)
+def test_a_torn_last_line_is_reported_by_a_log_recovered_record(
+    paths: Paths, log: AuditLog
+) -> None:
     (good,) = log.append([event("agent.added", agent="a")])
+    good_line = paths.audit_file.read_bytes().rstrip(b"\n")
     fragment = b'{"event":"agent.added","agent":"b","se'
     with paths.audit_file.open("ab") as handle:
         handle.write(fragment)
@@ -90,9 +101,9 @@ def test_a_torn_last_line_is_reported_by_a_log_recovered_record(paths: Paths) ->
     assert recovered["event"] == "log.recovered"
     assert recovered["fragment_bytes"] == len(fragment)
     assert recovered["fragment_sha256"] == hashlib.sha256(fragment).hexdigest()
-    assert (recovered["seq"], recovered["prev"]) == (good["seq"] + 1, good["hash"])
-    assert (following["seq"], following["prev"]) == (recovered["seq"] + 1, recovered["hash"])
     lines = paths.audit_file.read_bytes().split(b"\n")
+    assert (recovered["seq"], recovered["prev"]) == (good["seq"] + 1, line_sha256(good_line))
+    assert (following["seq"], following["prev"]) == (recovered["seq"] + 1, line_sha256(lines[2]))
     # The fragment stays where it was, ended by a newline: reported, never silently dropped.
     assert lines[1] == fragment
     assert [json.loads(line)["event"] for line in (lines[0], lines[2], lines[3])] == [
@@ -104,10 +115,10 @@ def test_a_torn_last_line_is_reported_by_a_log_recovered_record(paths: Paths) ->
 
 
 def test_a_log_holding_only_a_torn_line_restarts_from_genesis_and_reports_it(
-    paths: Paths,
+    paths: Paths, log: AuditLog
 ) -> None:
     paths.state_dir.mkdir(parents=True)
     paths.audit_file.write_bytes(b'{"seq":1,"ev')
-    recovered, _ = AuditLog(paths).append([event("agent.added", agent="a")])
+    recovered, _ = log.append([event("agent.added", agent="a")])
     assert recovered["event"] == "log.recovered"
     assert recovered["prev"] == GENESIS

@@ -250,10 +250,15 @@ def test_unknown_agent_for_show_remove_and_revoke(ready: Cli) -> None:
 
 # -- exit 4: keystore ---------------------------------------------------------------------
 
-def test_grant_before_init_says_to_run_init(cli: Cli) -> None:
-    cli.ok("agent", "add", "reviewer", "--allow", "repo:read:acme/*")
-    result = cli("grant", "reviewer", "--scope", "repo:read:acme/api")
-    assert result.exit_code == 4
+@pytest.mark.parametrize("args", [
+    ("agent", "add", "reviewer", "--allow", "repo:read:acme/*"),
+    ("grant", "reviewer", "--scope", "repo:read:acme/api"),
+    ("revoke", "--all", "--yes"),
+    ("audit", "verify"),
+])  # fmt: skip
+def test_commands_before_init_say_to_run_init(cli: Cli, args: tuple[str, ...]) -> None:
+    result = cli(*args)
+    assert result.exit_code == 4, result.stderr
     assert_one_error(result.stderr)
     assert "nhidel init" in result.stderr
 

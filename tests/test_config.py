@@ -22,7 +22,9 @@ from nhidel.config import (
     without_agent,
 )
 from nhidel.errors import ExitStatus, IntegrityError, NotFoundError
+from nhidel.keystore import open_keystore
 from nhidel.models import Agent
+from nhidel.principal import init_principal
 from nhidel.scopes import parse_scopes
 
 T = 1_795_428_000
@@ -80,6 +82,8 @@ def test_agents_round_trip_through_config_toml(paths: Paths) -> None:
 
 
 def test_add_agent_is_visible_to_the_next_load(paths: Paths) -> None:
+    # Adding an agent is a state change: it is audited, which needs the key made by init.
+    init_principal(paths, open_keystore(paths, env={}), principal="alice", issuer=None, now=T)
     added = add_agent(
         paths,
         "reviewer",

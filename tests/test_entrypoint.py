@@ -65,7 +65,7 @@ def test_an_unwritable_home_is_one_clear_line_without_a_traceback(tmp_path: Path
     blocker = tmp_path / "home"
     blocker.write_text("not a directory")
     result = subprocess.run(
-        [sys.executable, "-m", "nhidel", "agent", "add", "bot", "--allow", "a:b"],
+        [sys.executable, "-m", "nhidel", "list"],
         capture_output=True, text=True, timeout=60, check=False,
         env={**os.environ, "NHIDEL_HOME": str(blocker)},
     )

@@ -29,7 +29,8 @@ from nhidel.keystore import KeyStore, open_keystore
 from nhidel.ledger import Ledger
 from nhidel.models import Grant
 from nhidel.principal import Signer, init_principal, load_signer, load_trust
-from nhidel.tokens import TokenRejected, check, mint
+from nhidel.tokens import TokenRejected, mint
+from nhidel.tokens import decode_verified as check
 from nhidel.verifier import Decision, Reason, Verifier
 
 T = 1_795_428_000  # 2026-11-23T10:00:00Z
@@ -154,8 +155,19 @@ def test_a_hand_assembled_token_signed_by_the_real_key_is_not_in_the_ledger(
 
 @pytest.mark.parametrize("alg", ["none", "None", "NONE", ""])
 def test_alg_none_is_refused(world: World, granted: tuple[Grant, str], alg: str) -> None:
-    token = forge(world.header(alg=alg), claims_of(granted[1]))
+    # With some signature bytes, the header's algorithm is what gets it refused.
+    token = forge(world.header(alg=alg), claims_of(granted[1]), lambda _: b"\x00" * 64)
     assert_denied(world.decide(token), Reason.BAD_SIGNATURE)
+
+
+@pytest.mark.parametrize("alg", ["none", "None", "NONE", ""])
+def test_alg_none_with_the_usual_empty_signature_is_refused_as_malformed(
+    world: World, granted: tuple[Grant, str], alg: str
+) -> None:
+    # `header.payload.` (an empty third part) is not three base64url parts.
+    token = forge(world.header(alg=alg), claims_of(granted[1]))
+    assert token.endswith(".")
+    assert_denied(world.decide(token), Reason.MALFORMED)
 
 
 @pytest.mark.parametrize("form", ["raw", "pem", "jwk_x"])

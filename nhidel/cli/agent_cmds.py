@@ -49,9 +49,11 @@ def add(
     from ..render import say
     from ..timefmt import format_duration
 
+    where = common.paths()
     agent = add_agent(
-        common.paths(),
+        where,
         name,
+        keystore=common.keystore(where),
         allow=allow,
         max_ttl=max_ttl,
         default_ttl=default_ttl,
@@ -100,6 +102,7 @@ def remove(
     from ..agents import remove_agent
     from ..render import say
 
-    removal = remove_agent(common.paths(), name, now=common.now())
+    where = common.paths()
+    removal = remove_agent(where, name, now=common.now(), keystore=common.keystore(where))
     count = len(removal.revoked)
     say(f"removed agent {name}; revoked {count} grant{'s' if count != 1 else ''}")

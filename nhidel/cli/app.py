@@ -73,11 +73,13 @@ def root(
 
 
 def _register() -> None:
-    from . import agent_cmds, grant_cmds, key_cmds
+    from . import agent_cmds, audit_cmds, grant_cmds, key_cmds, verify_cmds
 
     key_cmds.register(app)
     agent_cmds.register(app)
     grant_cmds.register(app)
+    app.command("verify")(verify_cmds.verify)
+    audit_cmds.register(app)
 
 
 _register()

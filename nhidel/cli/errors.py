@@ -22,7 +22,7 @@ def exit_status_for(exc: BaseException, *, debug: bool) -> int:
     """Report `exc` on stderr (a traceback only with --debug) and return its exit status."""
     from typer import Abort
 
-    if debug or os.environ.get("NHIDEL_DEBUG"):
+    if debug or os.environ.get("NHIDEL_DEBUG", "") not in ("", "0"):
         traceback.print_exception(exc)
     if isinstance(exc, NhidelError):
         report(exc.message, exc.hint)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
+from ..models import SHORT_ID_LENGTH
 from . import common
 
 
@@ -23,9 +24,6 @@ def register(app: typer.Typer) -> None:
     app.command("list")(list_grants)
     app.command("show")(show)
     app.command("revoke")(revoke)
-    from . import verify_cmds
-
-    app.command("verify")(verify_cmds.verify)
 
 
 def grant(
@@ -151,25 +149,26 @@ def revoke(
     from ..render import say
 
     ids = grant_ids or []
-    chosen = sum((bool(ids), agent is not None, everything))
-    if chosen != 1:
-        raise UsageError(
-            "give grant ids, or --agent NAME, or --all (exactly one of them)",
-            "e.g. nhidel revoke g1a2b3c4d5, or nhidel revoke --all --yes",
-        )
     if everything and not yes:
         if not sys.stdin.isatty():
             raise UsageError(
                 "refusing to revoke every grant without --yes", "run nhidel revoke --all --yes"
             )
         typer.confirm("Revoke every live grant?", abort=True, err=True)
+    where = common.paths()
     result = revoke_grants(
-        common.paths(), ids=ids, agent=agent, everything=everything, reason=reason, now=common.now()
+        where,
+        keystore=common.keystore(where),
+        ids=ids,
+        agent=agent,
+        everything=everything,
+        reason=reason,
+        now=common.now(),
     )
     count = len(result.revoked)
     message = f"revoked {count} grant{'s' if count != 1 else ''}"
     if result.revoked:
-        message += ": " + " ".join(g[:10] for g in result.revoked)
+        message += ": " + " ".join(g[:SHORT_ID_LENGTH] for g in result.revoked)
     if result.already:
         message += f" ({len(result.already)} already revoked)"
     say(message)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
+from ..tokens import MAX_TOKEN_LENGTH
 from . import common
 
 
@@ -54,7 +55,7 @@ def verify(
         raise UsageError("--scope and --any-scope exclude each other", "pass one of them")
     text = _read_token(token)
     where = common.paths()
-    skew = parse_duration(leeway, what="--leeway") if leeway else 0
+    skew = 0 if leeway in (None, "0") else parse_duration(leeway, what="--leeway")
     with Verifier(where, common.keystore(where), leeway=skew) as verifier:
         decision = verifier.check(text, scope or [], any_scope=any_scope, aud=aud, consume=consume)
     if as_json:
@@ -70,7 +71,7 @@ def verify(
 
 def _read_token(argument: str | None) -> str:
     if argument == "-":
-        text = sys.stdin.read()
+        text = sys.stdin.read(MAX_TOKEN_LENGTH + 2)  # a longer one is malformed anyway
     elif argument is not None:
         text = argument
     else:

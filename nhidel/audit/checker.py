@@ -1,0 +1,282 @@
+"""Checking the whole audit log: seals, chain, sequence, high-water mark, and the ledger.
+
+The mark is read before the log, so a record appended while the check runs can only make the
+log longer than the mark, never look truncated. Writers never need to stop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import Paths
+from .reader import lines
+from .records import GENESIS, BadRecord, check_seal, line_hash, open_line, sealed_fields
+from .segments import all_segments
+
+# Events whose content `audit verify` compares with the ledger; only these are parsed in full.
+_NOTEWORTHY = re.compile(rb',"event":"(?:grant\.revoked|grant\.used|log\.pruned)"')
+
+if TYPE_CHECKING:
+    from ..ledger import Ledger
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """The first thing wrong: where, and why in words an incident reviewer uses."""
+
+    segment: str
+    line: int
+    seq: int | None
+    why: str
+
+    def __str__(self) -> str:
+        where = f"{self.segment} line {self.line}"
+        if self.seq is not None:
+            where += f" (seq {self.seq})"
+        return f"{where}: {self.why}"
+
+
+@dataclass(slots=True)
+class Report:
+    records: int = 0
+    head_seq: int = 0
+    head_hash: str = GENESIS
+    warnings: list[str] = field(default_factory=list)
+    problem: Problem | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    def to_json(self) -> dict[str, Any]:
+        problem = self.problem
+        return {
+            "ok": self.ok,
+            "records": self.records,
+            "head": {"seq": self.head_seq, "hash": self.head_hash},
+            "warnings": self.warnings,
+            "error": None if problem is None else {
+                "segment": problem.segment, "line": problem.line, "seq": problem.seq,
+                "why": problem.why,
+            },
+        }  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Facts:
+    """What the log says happened, to compare with the ledger."""
+
+    revoked: set[str] = field(default_factory=set)
+    uses: Counter[str] = field(default_factory=Counter)
+    pruned_through: int | None = None
+    pruned_head: str | None = None
+    hash_at_mark: str | None = None  # the line hash of the record the mark names
+    first_prev: str | None = None  # what the oldest remaining record chains to
+
+
+class _Stop(Exception):  # noqa: N818 - unwinds the scan at the first problem
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+
+
+def check_log(
+    paths: Paths, key: bytes, mark: dict[str, Any] | None, ledger: Ledger | None
+) -> Report:
+    """Check every record; the first problem found ends the check (see `Report.problem`)."""
+    report = Report()
+    facts = _Facts()
+    try:
+        first_seq = _check_fast(paths, key, mark, report, facts)
+        if first_seq is None:
+            report, facts = Report(), _Facts()
+            first_seq = _scan(paths, key, mark, report, facts)
+        _check_start(first_seq, facts)
+        _check_mark(mark, report, facts)
+        if ledger is not None:
+            _check_ledger(ledger, facts)
+    except _Stop as stop:
+        report.problem = stop.problem
+    return report
+
+
+def _check_fast(
+    paths: Paths, key: bytes, mark: dict[str, Any] | None, report: Report, facts: _Facts
+) -> int | None:
+    """A large, clean log checked on every core; None when the sequential scan must run."""
+    from .parallel import MIN_PARALLEL_BYTES, check_in_parallel
+
+    segments = all_segments(paths)
+    if (os.cpu_count() or 1) < 2 or sum(p.stat().st_size for p in segments) < MIN_PARALLEL_BYTES:
+        return None
+    mark_seq = mark.get("seq") if mark else None
+    summaries = check_in_parallel(segments, key, mark_seq, _NOTEWORTHY.pattern)
+    if not summaries:
+        return None
+    first = summaries[0]
+    if first.first_seq == 1 and first.first_prev != GENESIS:
+        return None
+    for before, after in zip(summaries, summaries[1:], strict=False):
+        if after.first_seq != before.last_seq + 1 or after.first_prev != before.last_hash:
+            return None
+    for summary in summaries:
+        for body in summary.noteworthy:
+            _note(json.loads(body), facts)
+        facts.hash_at_mark = facts.hash_at_mark or summary.hash_at_mark
+        report.records += summary.count
+    facts.first_prev = first.first_prev if first.first_seq != 1 else GENESIS
+    report.head_seq, report.head_hash = summaries[-1].last_seq, summaries[-1].last_hash
+    return first.first_seq
+
+
+def _scan(
+    paths: Paths, key: bytes, mark: dict[str, Any] | None, report: Report, facts: _Facts
+) -> int | None:
+    expected_seq: int | None = None
+    prev = GENESIS
+    first_seq = None
+    unexplained: tuple[Path, int, bytes] | None = None  # a garbage line awaiting log.recovered
+    mark_seq = mark.get("seq") if mark else None
+    for segment, number, raw, complete in lines(paths):
+        if not complete:
+            # Only the very end of the log can be an unterminated line: a torn append.
+            report.warnings.append(
+                f"{segment.name} line {number}: a torn, unterminated last line "
+                f"({len(raw)} bytes) from an interrupted write; the next append repairs it"
+            )
+            continue
+        if unexplained is not None:
+            _explain_fragment(unexplained, raw, key)
+            unexplained = None
+        try:
+            body = check_seal(raw, key)
+            seq, record_prev = _seq_and_prev(body)
+        except BadRecord as bad:
+            if bad.why == "not a sealed record":
+                unexplained = (segment, number, raw)  # maybe a crash's fragment: see next line
+                continue
+            raise _Stop(Problem(segment.name, number, None, _forged_or_edited(bad))) from None
+        if expected_seq is None:
+            first_seq, expected_seq = seq, seq
+            prev = record_prev if seq != 1 else GENESIS
+            facts.first_prev = prev
+        if seq != expected_seq:
+            raise _Stop(Problem(segment.name, number, seq, _sequence_problem(seq, expected_seq)))
+        if record_prev != prev:
+            raise _Stop(Problem(segment.name, number, seq,
+                                "the chain is broken: a record before it was inserted, "
+                                "edited or replaced"))  # fmt: skip
+        prev = line_hash(raw)
+        if seq == mark_seq:
+            facts.hash_at_mark = prev
+        if _NOTEWORTHY.search(body):
+            _note(json.loads(body), facts)
+        expected_seq = seq + 1
+        report.records += 1
+        report.head_seq = seq
+    if unexplained is not None:
+        segment, number, _ = unexplained
+        raise _Stop(Problem(segment.name, number, None, "an unsealed line: inserted or edited"))
+    report.head_hash = prev
+    return first_seq
+
+
+def _seq_and_prev(body: bytes) -> tuple[int, str]:
+    found = sealed_fields(body)
+    if found is None:
+        raise BadRecord("sealed but not a record")
+    return int(found[1]), found[0].decode("ascii")
+
+
+def _explain_fragment(unexplained: tuple[Path, int, bytes], following: bytes, key: bytes) -> None:
+    """A garbage line is a crash's fragment only if the next record is a matching recovery."""
+    segment, number, fragment = unexplained
+    try:
+        record = open_line(following, key)
+    except BadRecord:
+        record = {}
+    matches = (
+        record.get("event") == "log.recovered"
+        and record.get("fragment_bytes") == len(fragment)
+        and record.get("fragment_sha256") == hashlib.sha256(fragment).hexdigest()
+    )
+    if not matches:
+        raise _Stop(Problem(segment.name, number, None, "an unsealed line: inserted or edited"))
+
+
+def _forged_or_edited(bad: BadRecord) -> str:
+    if "seal" in bad.why:
+        return "edited or forged: " + bad.why
+    return "edited: " + bad.why
+
+
+def _sequence_problem(seq: int, expected: int) -> str:
+    if seq > expected:
+        missing = f"{expected}" if seq == expected + 1 else f"{expected}..{seq - 1}"
+        return f"deleted: records {missing} are missing"
+    return f"reordered or inserted: seq {seq} where {expected} was expected"
+
+
+def _note(record: dict[str, Any], facts: _Facts) -> None:
+    event = record.get("event")
+    if event == "grant.revoked" and isinstance(record.get("grant"), str):
+        facts.revoked.add(record["grant"])
+    elif event == "grant.used" and isinstance(record.get("grant"), str):
+        facts.uses[record["grant"]] += 1
+    elif event == "log.pruned":
+        facts.pruned_through = record.get("pruned_through")
+        facts.pruned_head = record.get("pruned_head")
+
+
+def _check_start(first_seq: int | None, facts: _Facts) -> None:
+    if first_seq is None or first_seq == 1:
+        return
+    if facts.pruned_through == first_seq - 1 and facts.pruned_head == facts.first_prev:
+        return
+    raise _Stop(Problem("(start)", 1, first_seq,
+                        f"deleted: the log starts at seq {first_seq}, and no log.pruned record "
+                        "accounts for the records before it"))  # fmt: skip
+
+
+def _check_mark(mark: dict[str, Any] | None, report: Report, facts: _Facts) -> None:
+    if mark is None:
+        if report.records:
+            report.warnings.append("no high-water mark in the keystore yet")
+        return
+    seq, digest = mark.get("seq"), mark.get("hash")
+    if not isinstance(seq, int) or seq > report.head_seq:
+        raise _Stop(Problem("(end)", 0, report.head_seq,
+                            f"truncated: the log ends at seq {report.head_seq} but the "
+                            f"high-water mark in the keystore is seq {seq}"))  # fmt: skip
+    if facts.hash_at_mark != digest:
+        raise _Stop(Problem("(mark)", 0, seq,
+                            f"replaced: record {seq} is not the one the high-water mark in the "
+                            "keystore names (an older or another copy of the log)"))  # fmt: skip
+
+
+def _check_ledger(ledger: Ledger, facts: _Facts) -> None:
+    """Revocations and uses the sealed log holds must still be in the ledger."""
+    for grant_id in sorted(facts.revoked):
+        grant = ledger.get(grant_id)
+        if grant is None or grant.revoked_at is None:
+            raise _Stop(Problem("ledger", 0, None,
+                                f"the ledger lost the revocation of grant {grant_id} "
+                                "(rolled back or edited)"))  # fmt: skip
+    for grant_id, count in sorted(facts.uses.items()):
+        grant = ledger.get(grant_id)
+        if grant is None or grant.uses < count:
+            raise _Stop(
+                Problem(
+                    "ledger",
+                    0,
+                    None,
+                    f"the ledger lost uses of grant {grant_id}: the log holds "
+                    f"{count}, the ledger {0 if grant is None else grant.uses}",
+                )
+            )

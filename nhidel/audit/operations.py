@@ -1,0 +1,113 @@
+"""What the `nhidel audit` commands do: check the log, show its last records, find a token's
+records, and prune old segments (logging the pruning, so it is never mistaken for deletion)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import Paths
+from ..errors import UsageError
+from ..fsutil import fsync_dir, storage_error
+from ..keystore import KeyStore
+from ..ledger import Ledger
+from .checker import Report, check_log
+from .reader import follow, records
+from .records import EVENTS, event, line_hash, token_fingerprint
+from .segments import rotated_segments
+from .writer import MARK, AuditKeys, AuditLog
+
+
+def verify_log(paths: Paths, keystore: KeyStore) -> Report:
+    """Check every record, the chain, the seals, the high-water mark and the ledger."""
+    from ..principal import load_trust
+
+    mark = keystore.read(MARK)  # before the log: an append in flight only makes it longer
+    key = load_trust(keystore).audit_key
+    if not paths.ledger_file.exists():
+        return check_log(paths, key, mark, None)
+    with Ledger(paths) as ledger:
+        return check_log(paths, key, mark, ledger)
+
+
+@dataclass(frozen=True, slots=True)
+class TailFilter:
+    agent: str | None = None
+    event: str | None = None
+    since: str | None = None  # RFC 3339, compared as text: all times are UTC with a Z
+
+    def __post_init__(self) -> None:
+        if self.event is not None and self.event not in EVENTS:
+            raise UsageError(f"unknown event {self.event!r}", "events: " + ", ".join(EVENTS))
+
+    def __call__(self, record: dict[str, Any]) -> bool:
+        if self.agent is not None and record.get("agent") != self.agent:
+            return False
+        if self.event is not None and record.get("event") != self.event:
+            return False
+        return self.since is None or str(record.get("time", "")) >= self.since
+
+
+def tail(
+    paths: Paths,
+    count: int,
+    wanted: TailFilter,
+    *,
+    keep_following: bool = False,
+    stop: Callable[[], bool] = lambda: False,
+) -> Iterator[dict[str, Any]]:
+    """The last `count` matching records, then (with `keep_following`) every new match."""
+    if count < 0:
+        raise UsageError("-n must be zero or more", "e.g. -n 20")
+    last: deque[dict[str, Any]] = deque(maxlen=count)
+    newest = 0
+    for record in records(paths):
+        newest = max(newest, record["seq"]) if type(record.get("seq")) is int else newest
+        if count and wanted(record):
+            last.append(record)
+    yield from last
+    if keep_following:
+        for record in follow(paths, start_after=newest, stop=stop):
+            if wanted(record):
+                yield record
+
+
+def find_token(paths: Paths, keystore: KeyStore, token: str) -> list[dict[str, Any]]:
+    """Records about `token`, found by its keyed fingerprint (the log never holds tokens)."""
+    from ..principal import load_trust
+
+    fingerprint = token_fingerprint(load_trust(keystore).audit_key, token)
+    return [r for r in records(paths) if r.get("token_fp") == fingerprint]
+
+
+def prune(paths: Paths, keystore: KeyStore, *, keep: int) -> list[str]:
+    """Delete all but the `keep` newest rotated segments; log it first. Returns the names."""
+    from ..principal import audit_keys
+
+    if keep < 0:
+        raise UsageError("--keep must be zero or more", "e.g. --keep 4")
+    keys: AuditKeys = audit_keys(keystore)
+    doomed = rotated_segments(paths)[: max(0, len(rotated_segments(paths)) - keep)]
+    if not doomed:
+        return []
+    last_line = _last_line(doomed[-1].read_bytes())
+    through = json.loads(last_line)["seq"]
+    AuditLog(paths, keys).append([event(
+        "log.pruned", pruned_through=through, pruned_head=line_hash(last_line),
+        segments=[p.name for p in doomed],
+    )])  # fmt: skip
+    for path in doomed:
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            raise storage_error(path, exc) from exc
+    fsync_dir(paths.state_dir)
+    return [p.name for p in doomed]
+
+
+def _last_line(data: bytes) -> bytes:
+    return data.rstrip(b"\n").rsplit(b"\n", 1)[-1]

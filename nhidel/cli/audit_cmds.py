@@ -1,0 +1,120 @@
+"""`nhidel audit ...`: read, follow and check the audit log."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from ..errors import ExitStatus, UsageError
+from . import common
+
+
+def register(app: typer.Typer) -> None:
+    audit_app = typer.Typer(help="Read, follow and check the audit log.", no_args_is_help=True)
+    audit_app.command("tail")(tail)
+    audit_app.command("verify")(verify)
+    audit_app.command("find-token")(find_token)
+    audit_app.command("prune")(prune)
+    app.add_typer(audit_app, name="audit")
+
+
+def tail(
+    count: Annotated[int, typer.Option("-n", "--lines", help="How many records.")] = 10,
+    keep_following: Annotated[
+        bool, typer.Option("-f", "--follow", help="Keep printing new records until interrupted.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Raw JSON lines.")] = False,
+    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent.")] = None,
+    event: Annotated[str | None, typer.Option("--event", help="Only this event.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", help="Only records after a time: RFC 3339, or a duration ago (1h)."
+        ),
+    ] = None,
+) -> None:
+    """Print the last records; with -f, follow new ones like tail -f."""
+    from ..audit.operations import TailFilter
+    from ..audit.operations import tail as tail_records
+    from ..render import audit_record_line
+    from ..timefmt import parse_duration, parse_time, rfc3339
+
+    now = common.now()
+    since_text = None
+    if since is not None:
+        when = (parse_time(since, now=now, what="--since") if "T" in since.upper()
+                else now - parse_duration(since, what="--since"))  # fmt: skip
+        since_text = rfc3339(when)
+    wanted = TailFilter(agent=agent, event=event, since=since_text)
+    try:
+        for record in tail_records(common.paths(), count, wanted, keep_following=keep_following):
+            if as_json:
+                line = json.dumps(record, sort_keys=True, separators=(",", ":"))
+            else:
+                line = audit_record_line(record, now=common.now())
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return  # the way out of -f
+
+
+def verify(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("-q", "--quiet", help="Print nothing; exit code only.")
+    ] = False,
+) -> None:
+    """Check every record, the chain, the seals, the high-water mark and the ledger."""
+    from ..audit.operations import verify_log
+    from ..render import print_json, say
+
+    where = common.paths()
+    report = verify_log(where, common.keystore(where))
+    if as_json:
+        print_json(report.to_json())
+    elif not quiet:
+        for warning in report.warnings:
+            say(f"warning: {warning}")
+        if report.ok:
+            say(f"ok: {report.records} records; head seq {report.head_seq} {report.head_hash}")
+        else:
+            say(f"error: audit log integrity failure at {report.problem}")
+    if not report.ok:
+        raise typer.Exit(int(ExitStatus.INTEGRITY))
+
+
+def find_token(
+    as_json: Annotated[bool, typer.Option("--json", help="Raw JSON lines.")] = False,
+) -> None:
+    """Read a token on stdin and print the audit records about it."""
+    from ..audit.operations import find_token as find
+    from ..render import audit_record_line, say
+
+    token = sys.stdin.read().strip()
+    if not token:
+        raise UsageError("no token on stdin", 'pipe it in: echo "$TOKEN" | nhidel audit find-token')
+    where = common.paths()
+    found = find(where, common.keystore(where), token)
+    for record in found:
+        line = (json.dumps(record, sort_keys=True, separators=(",", ":")) if as_json
+                else audit_record_line(record, now=common.now()))  # fmt: skip
+        sys.stdout.write(line + "\n")
+    if not found:
+        say("no records mention that token")
+        raise typer.Exit(int(ExitStatus.NOT_FOUND))
+
+
+def prune(
+    keep: Annotated[int, typer.Option("--keep", help="Rotated segments to keep.")],
+) -> None:
+    """Delete old rotated segments, recording the pruning in the log."""
+    from ..audit.operations import prune as prune_segments
+    from ..render import say
+
+    where = common.paths()
+    removed = prune_segments(where, common.keystore(where), keep=keep)
+    say(f"pruned {len(removed)} segment{'s' if len(removed) != 1 else ''}"
+        + (f": {', '.join(removed)}" if removed else ""))  # fmt: skip
