@@ -62,11 +62,6 @@ class Paths:
         return self.state_dir / "audit.jsonl"
 
     @property
-    def audit_spool(self) -> Path:
-        """Records from writers that cannot open the keystore, waiting to be sealed."""
-        return self.state_dir / "audit.pending.jsonl"
-
-    @property
     def audit_lock(self) -> Path:
         return self.state_dir / "audit.lock"
 

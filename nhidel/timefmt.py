@@ -78,6 +78,14 @@ def parse_time(text: str, *, now: int, what: str = "time") -> int:
     return int(when.timestamp())
 
 
+def parse_ago(text: str, *, now: int, what: str = "time") -> int:
+    """A point in the past: an RFC 3339 time, or a duration ago (`1h`, `PT30M`)."""
+    try:
+        return now - parse_duration(text, what=what)
+    except UsageError:
+        return parse_time(text, now=now, what=what)
+
+
 def rfc3339(timestamp: int | None) -> str | None:
     """UTC RFC 3339 with a `Z`, or None."""
     if timestamp is None:

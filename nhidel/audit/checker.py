@@ -142,14 +142,14 @@ def _scan(
     prev = GENESIS
     first_seq = None
     unexplained: tuple[Path, int, bytes] | None = None  # a garbage line awaiting log.recovered
+    torn: tuple[Path, int, bytes] | None = None  # an unterminated line: fine only at the very end
     mark_seq = mark.get("seq") if mark else None
     for segment, number, raw, complete in lines(paths):
+        if torn is not None:
+            raise _Stop(Problem(torn[0].name, torn[1], None,
+                                "truncated: an unterminated line inside the log"))  # fmt: skip
         if not complete:
-            # Only the very end of the log can be an unterminated line: a torn append.
-            report.warnings.append(
-                f"{segment.name} line {number}: a torn, unterminated last line "
-                f"({len(raw)} bytes) from an interrupted write; the next append repairs it"
-            )
+            torn = (segment, number, raw)
             continue
         if unexplained is not None:
             _explain_fragment(unexplained, raw, key)
@@ -183,6 +183,12 @@ def _scan(
     if unexplained is not None:
         segment, number, _ = unexplained
         raise _Stop(Problem(segment.name, number, None, "an unsealed line: inserted or edited"))
+    if torn is not None:
+        # Past the last sealed record, an unterminated line can only be a crash's doing.
+        report.warnings.append(
+            f"{torn[0].name} line {torn[1]}: a torn, unterminated last line ({len(torn[2])} "
+            "bytes) from an interrupted write; the next append repairs it"
+        )
     report.head_hash = prev
     return first_seq
 

@@ -1,9 +1,10 @@
 """Group commit for verify decisions: a gateway may decide thousands of times a second.
 
-Decisions are buffered and written (sealed, chained, fsynced) at most a second after the first
-of them, or when the verifier closes, or at interpreter exit. A state change (a consumed use)
-is written at once, with the buffer ahead of it, and moves the high-water mark. If a background
-write fails, the next decision or `close()` raises it: nothing is dropped silently.
+Decisions are buffered and written (sealed, chained, fsynced, and the high-water mark moved)
+at most a second after the first of them, or when the verifier closes, or at interpreter exit:
+one fsync and one keystore write per batch, not per decision. A state change (a consumed use)
+is written at once, with the buffer ahead of it. If a background write fails, the next
+decision or `close()` raises it: nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class DecisionLog:
         with self._lock:
             self._pending.extend(records)
             if state_change or len(self._pending) >= MAX_BUFFERED:
-                self._write_locked(mark=state_change)
+                self._write_locked()
             elif self._timer is None:
                 self._timer = threading.Timer(self.max_delay, self._flush_in_background)
                 self._timer.daemon = True
@@ -41,7 +42,7 @@ class DecisionLog:
 
     def flush(self) -> None:
         with self._lock:
-            self._write_locked(mark=False)
+            self._write_locked()
 
     def close(self) -> None:
         atexit.unregister(self.flush)
@@ -54,7 +55,7 @@ class DecisionLog:
         except Exception as exc:  # noqa: BLE001 - re-raised on the caller's thread
             self._failure = exc
 
-    def _write_locked(self, *, mark: bool) -> None:
+    def _write_locked(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -62,7 +63,7 @@ class DecisionLog:
             return
         batch, self._pending = self._pending, []
         try:
-            self.log.append(batch, durable=True, mark=mark)
+            self.log.append(batch, durable=True)
         except BaseException:
             self._pending = batch + self._pending  # keep them for the next attempt
             raise

@@ -8,6 +8,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ..config import Paths
@@ -38,7 +39,7 @@ def verify_log(paths: Paths, keystore: KeyStore) -> Report:
 class TailFilter:
     agent: str | None = None
     event: str | None = None
-    since: str | None = None  # RFC 3339, compared as text: all times are UTC with a Z
+    since: float | None = None  # Unix seconds
 
     def __post_init__(self) -> None:
         if self.event is not None and self.event not in EVENTS:
@@ -49,7 +50,14 @@ class TailFilter:
             return False
         if self.event is not None and record.get("event") != self.event:
             return False
-        return self.since is None or str(record.get("time", "")) >= self.since
+        return self.since is None or _unix_time(record.get("time")) >= self.since
+
+
+def _unix_time(stamp: object) -> float:
+    try:
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return float("-inf")
 
 
 def tail(

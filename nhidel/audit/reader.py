@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Paths
+from ..errors import IntegrityError
 from .records import parse_unchecked
-from .segments import all_segments
+from .segments import all_segments, rotated_segments, segment_first_seq
 
 FOLLOW_INTERVAL = 0.1  # seconds between polls: well under the 250 ms lag goal
 
@@ -26,6 +27,11 @@ def lines(paths: Paths) -> Iterator[tuple[Path, int, bytes, bool]]:
             handle = segment.open("rb")
         except FileNotFoundError:
             continue  # rotated away between listing and opening: it is in the next name
+        except OSError as exc:
+            raise IntegrityError(
+                f"cannot read the audit log segment {segment}: {exc.strerror}",
+                "it should be a regular file; restore it from a backup",
+            ) from None
         with handle:
             for number, raw in enumerate(handle, start=1):
                 complete = raw.endswith(b"\n")
@@ -75,10 +81,28 @@ def follow(
         if rotated:
             handle.close()
             handle = None
+            # Several rotations may have happened since the last poll: read what they moved.
+            for record in _rotated_records_after(paths, last):
+                last = record["seq"]
+                yield record
         elif not chunk:
             time.sleep(interval)
     if handle is not None:
         handle.close()
+
+
+def _rotated_records_after(paths: Paths, last: int) -> Iterator[dict[str, Any]]:
+    segments = rotated_segments(paths)
+    firsts = [segment_first_seq(p) for p in segments] + [None]
+    for segment, following in zip(segments, firsts[1:], strict=True):
+        if following is not None and following <= last + 1:
+            continue  # everything in it is at or before `last`
+        with segment.open("rb") as handle:
+            for raw in handle:
+                record = parse_unchecked(raw.rstrip(b"\n")) if raw.endswith(b"\n") else None
+                if record is not None and type(record["seq"]) is int and record["seq"] > last:
+                    last = record["seq"]
+                    yield record
 
 
 def _rotated(path: Path, inode: int | None) -> bool:

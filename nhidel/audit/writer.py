@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Any
 from ..config import Paths
 from ..errors import IntegrityError
 from ..fsutil import ensure_private_dir, exclusive_lock, fsync_dir, storage_error
-from .records import FORMAT_VERSION, GENESIS, canonical, event, line_hash, seal_line
+from .records import (
+    FORMAT_VERSION,
+    GENESIS,
+    canonical,
+    event,
+    line_hash,
+    parse_unchecked,
+    seal_line,
+)
 from .segments import segment_name
 
 if TYPE_CHECKING:
@@ -52,40 +60,34 @@ def utc_now() -> str:
 
 
 class AuditLog:
-    """The writer. Without keys it can only spool records for a keyed writer to seal later."""
+    """The writer. Every writer holds the audit key: nhidel's commands all open the keystore
+    (a process that cannot, cannot verify either, so it has no decisions to record)."""
 
-    def __init__(self, paths: Paths, keys: AuditKeys | None) -> None:
+    def __init__(self, paths: Paths, keys: AuditKeys) -> None:
         self.paths = paths
         self.path = paths.audit_file
         self.keys = keys
 
     def append(
-        self, events: Iterable[dict[str, Any]], *, durable: bool = True, mark: bool | None = None
+        self, events: Iterable[dict[str, Any]], *, durable: bool = True
     ) -> list[dict[str, Any]]:
-        """Chain, seal and write `events`; with `durable`, fsync before returning.
+        """Chain, seal and write `events`; with `durable`, fsync and then move the high-water
+        mark in the keystore before returning.
 
-        `mark` (default: `durable`) also moves the high-water mark in the keystore: state
-        changes do; a group commit of verify decisions does not (the next state change covers
-        them), so a gateway pays no keystore write per decision.
-
-        Raises StorageError, having written nothing, if the log cannot be written: callers
-        refuse the operation the records describe.
+        Raises StorageError if the log cannot be written, and callers then refuse the operation
+        the records describe. (A disk that fills mid-line leaves a torn fragment, which the next
+        writer ends and records with `log.recovered`.)
         """
         pending = [dict(content, time=content.get("time") or utc_now()) for content in events]
         if not pending:
             return []
         ensure_private_dir(self.path.parent)
         with exclusive_lock(self.paths.audit_lock):
-            if self.keys is None:
-                self._spool(pending)
-                return []
-            pending = self._take_spool() + pending
             written = self._write_sealed(pending, self.keys.seal_key, durable=durable)
-            if (durable if mark is None else mark) and self.keys.keystore is not None:
+            if durable and self.keys.keystore is not None:
                 last = written[-1]
                 self.keys.keystore.write(MARK, {"seq": last["seq"], "hash": last["_hash"]})
                 _anchor_in_syslog(last["seq"], last["_hash"])
-            self._clear_spool()
         for record in written:
             record.pop("_hash")
         return written
@@ -146,11 +148,9 @@ class AuditLog:
             size = self.path.stat().st_size
         except FileNotFoundError:
             return
-        if size < segment_limit():
-            return
-        with self.path.open("rb") as handle:
-            first = json.loads(handle.readline())["seq"]
-        target = self.path.with_name(segment_name(int(first)))
+        if size < segment_limit() or not _ends_with_newline(self.path, size):
+            return  # a torn tail is recovered in this segment first, then it rotates
+        target = self.path.with_name(segment_name(_first_seq(self.path)))
         try:
             os.replace(self.path, target)
             fsync_dir(self.path.parent)
@@ -161,47 +161,6 @@ class AuditLog:
             [event("log.rotated", time=utc_now(), previous_segment=target.name)],
             key, durable=True,
         )  # fmt: skip
-
-    # -- the spool: records from writers without the audit key ------------------------------
-
-    @property
-    def _spool_path(self) -> Path:
-        return self.paths.audit_spool
-
-    def _spool(self, pending: list[dict[str, Any]]) -> None:
-        lines = b"".join(canonical(content) + b"\n" for content in pending)
-        try:
-            fd = os.open(self._spool_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                _write_all(fd, lines)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise storage_error(self._spool_path, exc) from exc
-
-    def _take_spool(self) -> list[dict[str, Any]]:
-        try:
-            raw = self._spool_path.read_bytes()
-        except FileNotFoundError:
-            return []
-        taken = []
-        for line in raw.splitlines():
-            try:
-                content = json.loads(line)
-            except ValueError:
-                continue  # a torn spool line from a crash; its sealed neighbours remain
-            if isinstance(content, dict):
-                taken.append({**content, "spooled": True})
-        return taken
-
-    def _clear_spool(self) -> None:
-        try:
-            os.truncate(self._spool_path, 0)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise storage_error(self._spool_path, exc) from exc
 
 
 def _anchor_in_syslog(seq: int, digest: str) -> None:
@@ -219,6 +178,22 @@ def _version() -> str:
     from .. import __version__
 
     return __version__
+
+
+def _ends_with_newline(path: Path, size: int) -> bool:
+    with path.open("rb") as handle:
+        handle.seek(size - 1)
+        return handle.read(1) == b"\n"
+
+
+def _first_seq(path: Path) -> int:
+    """The first record's seq (a crash's fragment may stand before it)."""
+    with path.open("rb") as handle:
+        for raw in handle:
+            record = parse_unchecked(raw.rstrip(b"\n"))
+            if record is not None and type(record["seq"]) is int:
+                return int(record["seq"])
+    raise IntegrityError(f"{path} holds no record", "run nhidel audit verify")
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -40,15 +40,10 @@ def tail(
     from ..audit.operations import TailFilter
     from ..audit.operations import tail as tail_records
     from ..render import audit_record_line
-    from ..timefmt import parse_duration, parse_time, rfc3339
+    from ..timefmt import parse_ago
 
-    now = common.now()
-    since_text = None
-    if since is not None:
-        when = (parse_time(since, now=now, what="--since") if "T" in since.upper()
-                else now - parse_duration(since, what="--since"))  # fmt: skip
-        since_text = rfc3339(when)
-    wanted = TailFilter(agent=agent, event=event, since=since_text)
+    since_time = None if since is None else parse_ago(since, now=common.now(), what="--since")
+    wanted = TailFilter(agent=agent, event=event, since=since_time)
     try:
         for record in tail_records(common.paths(), count, wanted, keep_following=keep_following):
             if as_json:
