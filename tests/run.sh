@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
 # Install everything the tests need, then run them. The README's test command and .ci/run.
 #
-# The real-keyring tests need gnome-keyring and dbus: installed here through apt-get when run
-# as root on Debian/Ubuntu; elsewhere they skip with a reason (and fail under CI=true).
+# The real-keyring tests need gnome-keyring and dbus, the shell-completion tests bash, zsh and
+# fish, the man page lint groff: installed here through apt-get when run as root on
+# Debian/Ubuntu; elsewhere those tests skip with a reason (real-keyring ones fail under CI=true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v gnome-keyring-daemon >/dev/null || ! command -v dbus-daemon >/dev/null; then
+missing=no
+for program in gnome-keyring-daemon dbus-daemon zsh fish groff; do
+    command -v "$program" >/dev/null || missing=yes
+done
+if [ "$missing" = yes ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gnome-keyring dbus >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gnome-keyring dbus zsh fish groff-base \
+            >/dev/null
     else
-        echo "note: gnome-keyring and dbus are missing; the real-keyring tests will skip" \
-             "(install them with: apt-get install gnome-keyring dbus)" >&2
+        echo "note: some of gnome-keyring, dbus, zsh, fish and groff are missing; their" \
+             "tests will skip (install them with:" \
+             "apt-get install gnome-keyring dbus zsh fish groff-base)" >&2
     fi
 fi
 

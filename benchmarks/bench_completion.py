@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""`nhidel revoke <TAB>` with 10,000 live grants, and `nhidel --version`, against bare Python.
+
+Run on demand, never as a test:
+
+    python3 benchmarks/bench_completion.py [--runs N] [--warmup W] [--grants G]
+
+The ledger is built with nhidel's own Ledger class in a throw-away NHIDEL_HOME: G active grants
+(default 10,000), none expiring during the run. The completion row is what the bash script runs on
+TAB (`_NHIDEL_COMPLETE=bash nhidel revoke ''`); each row is timed by hyperfine -N with the real
+interpreter (not a pyenv shim), next to `python -c pass` in the same hyperfine run, and the ratio
+is of the medians. Goals (issue 4): completion within 2.5x, --version within 2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess  # noqa: S404 - runs hyperfine and nhidel, never a shell
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_cli import HYPERFINE_HINT, PYTHON, hyperfine, isolated_env, nhidel_command, summarise
+
+from nhidel.config import Paths
+from nhidel.ledger import Ledger
+from nhidel.models import Grant, new_grant_id
+from nhidel.scopes import parse_scopes
+
+GOALS = {"nhidel revoke <TAB>": 2.5, "nhidel --version": 2.0}
+
+
+def fill_ledger(home: Path, count: int) -> None:
+    now = int(time.time())
+    scopes = parse_scopes(["repo:read:acme/api"])
+    with Ledger(Paths(home, home)) as ledger, ledger.transaction():
+        for n in range(count):
+            grant = Grant(
+                id=new_grant_id(), agent=f"agent-{n % 50}", scopes=scopes, aud=None,
+                issued_at=now, not_before=now, expires_at=now + 3600 + n, max_uses=None,
+                reason="benchmark", kid="k", uses=0, revoked_at=None, revoke_reason=None,
+            )  # fmt: skip
+            ledger.insert(grant, token_sha256="0" * 64)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per command (default 30)")
+    parser.add_argument("--warmup", type=int, default=5, help="warm-up runs (default 5)")
+    parser.add_argument("--grants", type=int, default=10_000, help="active grants (default 10000)")
+    args = parser.parse_args()
+    exe = shutil.which("hyperfine")
+    if exe is None:
+        sys.exit(HYPERFINE_HINT)
+    nhidel, how = nhidel_command()
+    with tempfile.TemporaryDirectory(prefix="nhidel-bench-") as tmp:
+        root = Path(tmp)
+        env = isolated_env(root)
+        home = Path(env["NHIDEL_HOME"])
+        home.mkdir(mode=0o700)
+        fill_ledger(home, args.grants)
+        tab = {**env, "_NHIDEL_COMPLETE": "bash"}
+        offered = subprocess.run(  # noqa: S603
+            [*nhidel, "revoke", ""], env=tab, capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert len(offered) == min(200, args.grants), f"{len(offered)} ids offered"
+        baseline = ("python -c pass", [PYTHON, "-c", "pass"])
+        version = ("nhidel --version", [*nhidel, "--version"])
+        completion = ("nhidel revoke <TAB>", [*nhidel, "revoke", ""])
+        runs, warmup = args.runs, args.warmup
+        rows = {
+            version[0]: hyperfine(exe, [baseline, version], env, runs, warmup, root),
+            completion[0]: hyperfine(exe, [baseline, completion], tab, runs, warmup, root),
+        }
+    print(f"nhidel: {how}; python: {PYTHON}; {args.grants} active grants; {args.runs} runs")
+    print("| command | median ms | python -c pass ms | ratio | goal |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    status = 0
+    for name, results in rows.items():
+        median = summarise(results[name])["median_ms"]
+        base = summarise(results["python -c pass"])["median_ms"]
+        ratio = median / base
+        met = ratio <= GOALS[name]
+        status |= not met
+        print(f"| `{name}` | {median:.1f} | {base:.1f} | {ratio:.2f}x | "
+              f"{GOALS[name]}x: {'met' if met else 'NOT met'} |")  # fmt: skip
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
