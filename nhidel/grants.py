@@ -94,7 +94,8 @@ def issue(
             _recheck(paths, agent.name, scopes, ttl)
             if ledger.revocation_epoch() != epoch:
                 raise PolicyError(
-                    "a revocation ran while this grant was being minted; nothing was issued",
+                    "a revocation or key rotation ran while this grant was being minted; "
+                    "nothing was issued",
                     "run the grant command again",
                 )
             ledger.insert(grant, token_sha256(token))

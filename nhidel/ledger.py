@@ -40,7 +40,7 @@ CREATE TABLE grants (
 );
 CREATE INDEX grants_by_expiry ON grants (expires_at);
 CREATE INDEX grants_by_agent ON grants (agent, expires_at);
--- Bumped by `revoke --all` and `revoke --agent`, so a grant minted while they ran is refused.
+-- Bumped by `revoke --all`, `revoke --agent` and `key rotate`: a grant minted meanwhile is refused.
 CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO meta VALUES ('revocation_epoch', 0);
 """
@@ -248,15 +248,28 @@ class Ledger:
                     newly.append(grant_id)
         return newly
 
-    def live_ids(self, *, now: int, agent: str | None = None) -> list[str]:
+    def live_ids(self, *, now: int, agent: str | None = None, kid: str | None = None) -> list[str]:
         """Ids of grants that could still be used: not revoked, not expired (pending included)."""
         sql = "SELECT id FROM grants WHERE revoked_at IS NULL AND expires_at > ?"
         params: list[Any] = [now]
         if agent is not None:
             sql += " AND agent = ?"
             params.append(agent)
+        if kid is not None:
+            sql += " AND kid = ?"
+            params.append(kid)
         with self._errors():
             return [row[0] for row in self.db.execute(sql, params)]
+
+    def last_expiry(self, kid: str, *, now: int) -> int | None:
+        """When the last grant signed by `kid` that could still be used expires, if any does."""
+        with self._errors():
+            row = self.db.execute(
+                "SELECT max(expires_at) FROM grants WHERE kid = ? AND revoked_at IS NULL "
+                "AND expires_at > ?",
+                (kid, now),
+            ).fetchone()
+        return None if row[0] is None else int(row[0])
 
     def bump_revocation_epoch(self) -> None:
         with self._errors():

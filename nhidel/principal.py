@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .audit import AuditKeys, AuditLog, event
@@ -12,6 +12,7 @@ from .errors import KeystoreError, PolicyError, UsageError
 from .fsutil import exclusive_lock
 from .keys import b64, generate_private_key, public_x, thumbprint, unb64
 from .keystore import NO_KEYRING_HINT, SIGNING, TRUST, KeyStore
+from .ledger import Ledger
 from .models import is_plain_text
 from .timefmt import rfc3339
 
@@ -52,6 +53,7 @@ class PublicKeyInfo:
     x: str
     state: str
     created_at: str | None
+    live_until: int | None = None
 
 
 def init_principal(
@@ -139,8 +141,13 @@ def audit_keys(keystore: KeyStore) -> AuditKeys:
     return AuditKeys(load_trust(keystore).audit_key, keystore)
 
 
-def public_keys(paths: Paths, keystore: KeyStore) -> list[PublicKeyInfo]:
-    """Every pinned public key with its state, newest first."""
+def public_keys(paths: Paths, keystore: KeyStore, *, now: int) -> list[PublicKeyInfo]:
+    """Every pinned public key with its state, newest first.
+
+    States: `active` (signs new grants), `retired` (rotated out; verifies its grants until the
+    last of them expires, `live_until`), `expired` (retired, and none of its grants is live:
+    it leaves the JWKS and, at the next rotation, the keystore).
+    """
     trust = load_trust(keystore)
     principal = load_config(paths).principal or ""
     infos = [
@@ -149,9 +156,74 @@ def public_keys(paths: Paths, keystore: KeyStore) -> list[PublicKeyInfo]:
             trust.issuer,
             kid,
             info["x"],
-            info.get("state", "active"),
+            _state(info, now),
             info.get("created_at"),
+            info.get("live_until"),
         )
         for kid, info in trust.keys.items()
     ]
     return sorted(infos, key=lambda info: info.created_at or "", reverse=True)
+
+
+def _state(info: dict[str, Any], now: int) -> str:
+    if info.get("state") == "retired" and int(info.get("live_until", 0)) <= now:
+        return "expired"
+    return str(info.get("state", "active"))
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    old_kid: str
+    new_kid: str
+    old_live_until: int | None  # None: the old key verifies nothing any more
+    revoked: list[str]  # with --now: the old key's grants, revoked
+
+
+def rotate_key(paths: Paths, keystore: KeyStore, *, now: int, compromised: bool) -> Rotation:
+    """Make a new active signing key; the old private key leaves the keystore.
+
+    Normally the old public key stays pinned (and in the JWKS) until its last live grant
+    expires. After a compromise (`compromised`) it is dropped at once and its grants revoked,
+    so nothing it signed verifies any more. A grant being minted meanwhile is refused.
+    """
+    with exclusive_lock(paths.init_lock):
+        signer = load_signer(keystore)
+        trust = load_trust(keystore)
+        seed = generate_private_key()
+        x = public_x(seed)
+        kid = thumbprint(x)
+        with Ledger(paths) as ledger, ledger.transaction():
+            ledger.bump_revocation_epoch()
+            revoked: list[str] = []
+            live_until = None
+            if compromised:
+                live = ledger.live_ids(now=now, kid=signer.kid)
+                revoked = ledger.revoke(live, now=now, reason="signing key compromised")
+            else:
+                live_until = ledger.last_expiry(signer.kid, now=now)
+            keys = {k: v for k, v in trust.keys.items()
+                    if k != signer.kid and _state(v, now) != "expired"}  # fmt: skip
+            if live_until is not None:
+                keys[signer.kid] = {**trust.keys[signer.kid], "state": "retired",
+                                    "live_until": live_until}  # fmt: skip
+            keys[kid] = {"x": x, "state": "active", "created_at": rfc3339(now)}
+            # Pin the new public key before the private one exists, as init does.
+            keystore.write(TRUST, {"issuer": trust.issuer, "keys": keys,
+                                   "audit_key": b64(trust.audit_key)})  # fmt: skip
+            keystore.write(SIGNING, {"principal": signer.principal, "issuer": signer.issuer,
+                                     "kid": kid, "private_key": b64(seed),
+                                     "audit_key": b64(signer.audit_key)})  # fmt: skip
+            AuditLog(paths, AuditKeys(signer.audit_key, keystore)).append(
+                [event("key.rotated", principal=signer.principal, old_kid=signer.kid, kid=kid,
+                       compromised=compromised, live_until=live_until)]
+                + [event("grant.revoked", principal=signer.principal, grant=grant_id,
+                         reason="signing key compromised") for grant_id in revoked]
+            )  # fmt: skip
+
+    def record(config: Config) -> Config:
+        kept = {k: v for k, v in config.keys.items() if k in keys}
+        kept[kid] = {"x": x, "created_at": rfc3339(now) or ""}
+        return replace(config, keys=kept)
+
+    update_config(paths, record)
+    return Rotation(signer.kid, kid, live_until, revoked)

@@ -14,9 +14,12 @@ from . import common
 
 def register(app: typer.Typer) -> None:
     app.command("init")(init)
-    key_app = typer.Typer(help="Show and export the principal's public keys.", no_args_is_help=True)
+    key_app = typer.Typer(
+        help="Show, export and rotate the principal's keys.", no_args_is_help=True
+    )
     key_app.command("show")(show)
     key_app.command("export")(export)
+    key_app.command("rotate")(rotate)
     app.add_typer(key_app, name="key")
 
 
@@ -53,44 +56,71 @@ def init(
 def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List the public keys verify trusts, with their states."""
+    """List the public keys verify trusts, with their states (active, retired, expired)."""
     from ..principal import public_keys
     from ..render import print_json, safe
+    from ..timefmt import local_clock, rfc3339
 
     where = common.paths()
-    infos = public_keys(where, common.keystore(where))
+    now = common.now()
+    infos = public_keys(where, common.keystore(where), now=now)
     if as_json:
-        print_json(
-            [
-                {
-                    "kid": i.kid,
-                    "state": i.state,
-                    "created_at": i.created_at,
-                    "issuer": i.issuer,
-                    "principal": i.principal,
-                    "x": i.x,
-                }
-                for i in infos
-            ]
-        )
+        print_json([
+            {"kid": i.kid, "state": i.state, "created_at": i.created_at,
+             "live_until": rfc3339(i.live_until), "issuer": i.issuer,
+             "principal": i.principal, "x": i.x}
+            for i in infos
+        ])  # fmt: skip
         return
     for info in infos:
-        sys.stdout.write(
-            f"{info.kid}  {info.state}  created {info.created_at}  issuer {safe(info.issuer)}\n"
-        )
+        line = f"{info.kid}  {info.state}  created {info.created_at}  issuer {safe(info.issuer)}"
+        if info.live_until is not None:
+            line += f"  verifies its grants until {local_clock(info.live_until, now=now)}"
+        sys.stdout.write(line + "\n")
 
 
 def export(
     jwks: Annotated[bool, typer.Option("--jwks", help="Print a JWKS instead of PEM.")] = False,
 ) -> None:
-    """Print the public key (PEM), or every trusted key as a JWKS for other verifiers."""
+    """Print the active public key (PEM), or a JWKS of every key whose grants may be live."""
     from ..keys import public_jwk, public_pem
     from ..principal import public_keys
 
     where = common.paths()
-    infos = public_keys(where, common.keystore(where))
+    infos = public_keys(where, common.keystore(where), now=common.now())
     if jwks:
-        sys.stdout.write(json.dumps({"keys": [public_jwk(i.x) for i in infos]}, indent=2) + "\n")
+        live = [public_jwk(i.x) for i in infos if i.state != "expired"]
+        sys.stdout.write(json.dumps({"keys": live}, indent=2) + "\n")
         return
-    active = [i for i in infos if i.state == "active"]
-    sys.stdout.write(public_pem((active or infos)[0].x))
+    (active,) = [i for i in infos if i.state == "active"]
+    sys.stdout.write(public_pem(active.x))
+
+
+def rotate(
+    now_: Annotated[
+        bool,
+        typer.Option(
+            "--now",
+            help="After a compromise: drop the old key at once and revoke its grants.",
+        ),
+    ] = False,
+) -> None:
+    """Make a new active signing key; the old one verifies its grants until they expire."""
+    from ..principal import rotate_key
+    from ..render import say
+    from ..timefmt import local_clock, relative
+
+    where = common.paths()
+    now = common.now()
+    rotation = rotate_key(where, common.keystore(where), now=now, compromised=now_)
+    message = f"rotated: new signing key {rotation.new_kid}; "
+    if rotation.old_live_until is not None:
+        until = rotation.old_live_until
+        message += (f"{rotation.old_kid} verifies its grants until "
+                    f"{local_clock(until, now=now)} ({relative(until, now=now)})")  # fmt: skip
+    else:
+        message += f"{rotation.old_kid} is no longer trusted"
+        if rotation.revoked:
+            message += f" ({len(rotation.revoked)} of its grants revoked)"
+    say(message)
+    sys.stdout.write(rotation.new_kid + "\n")
