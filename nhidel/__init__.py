@@ -6,6 +6,8 @@ The public API is the verify check, for gateways that call it in-process:
     decision = Verifier().check(token, scopes=["ticket:create:queue/support"])
     if not decision.allowed: ...  # decision.reason is a SPEC.md reason code
 
+`RemoteVerifier` does the same on another machine, from a published JWKS and status list.
+
 It is imported lazily, so `import nhidel` (and shell completion) stays cheap.
 """
 
@@ -14,15 +16,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Decision", "Reason", "Verifier", "__version__", "verify"]
+__all__ = ["Decision", "Reason", "RemoteVerifier", "Verifier", "__version__", "verify"]
 
 if TYPE_CHECKING:
-    from .verifier import Decision, Reason, Verifier, verify
+    from .claims import Decision, Reason
+    from .remote import RemoteVerifier
+    from .verifier import Verifier, verify
+
+_HOMES = {
+    "Decision": "claims", "Reason": "claims", "RemoteVerifier": "remote",
+    "Verifier": "verifier", "verify": "verifier",
+}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Decision", "Reason", "Verifier", "verify"):
-        from . import verifier
+    if name in _HOMES:
+        from importlib import import_module
 
-        return getattr(verifier, name)
+        return getattr(import_module(f".{_HOMES[name]}", __name__), name)
     raise AttributeError(f"module 'nhidel' has no attribute {name!r}")

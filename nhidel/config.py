@@ -96,6 +96,10 @@ class Config:
     # kid -> {"x": base64url public key, "created_at": RFC 3339}; informational only.
     keys: dict[str, dict[str, str]] = field(default_factory=dict)
     agents: dict[str, Agent] = field(default_factory=dict)
+    # Where the signed token status list is published; grants carry it in their `status` claim.
+    status_uri: str | None = None
+    # Where revoke and key rotate republish jwks.json and status.jwt by themselves, if set.
+    status_dir: str | None = None
 
     def agent(self, name: str) -> Agent:
         try:
@@ -165,6 +169,20 @@ def update_config(
         return config
 
 
+def set_status_uri(paths: Paths, uri: str | None) -> Config:
+    """Set (or, with None, clear) the status list URI that new grants carry."""
+    checked = None if uri is None else check_status_uri(uri)
+    return update_config(paths, lambda config: replace(config, status_uri=checked))
+
+
+def set_status_dir(paths: Paths, directory: str | None) -> Config:
+    """Set (or, with None, clear) the directory revocations republish into by themselves."""
+    checked = None
+    if directory is not None:
+        checked = check_status_dir(str(Path(directory).expanduser().absolute()))
+    return update_config(paths, lambda config: replace(config, status_dir=checked))
+
+
 def with_agent(config: Config, agent: Agent) -> Config:
     return replace(config, agents={**config.agents, agent.name: agent})
 
@@ -191,7 +209,56 @@ def _from_toml(data: dict[str, Any]) -> Config:
         issuer=data.get("issuer"),
         keys={kid: dict(info) for kid, info in data.get("keys", {}).items()},
         agents=agents,
+        status_uri=check_status_uri(data["status_uri"]) if "status_uri" in data else None,
+        status_dir=check_status_dir(data["status_dir"]) if "status_dir" in data else None,
     )
+
+
+def check_status_dir(directory: str) -> str:
+    """An absolute directory path of printable characters (it need not exist yet)."""
+    if (
+        not isinstance(directory, str)
+        or not 0 < len(directory) <= 4096
+        or not directory.isprintable()
+        or not Path(directory).is_absolute()
+    ):
+        raise UsageError(
+            f"invalid status directory {directory!r}",
+            "give the absolute path of the directory your web server serves, e.g. /var/www/nhidel",
+        )
+    return directory
+
+
+def check_status_uri(uri: str) -> str:
+    """A status list URI: https (http only for localhost), no whitespace, at most 2048 chars."""
+    from urllib.parse import urlsplit
+
+    def bad(why: str) -> UsageError:
+        return UsageError(
+            f"invalid status URI {uri!r}: {why}",
+            "give the https URL the status list will be served from, "
+            "e.g. https://example.com/nhidel/status.jwt",
+        )
+
+    if not isinstance(uri, str) or not 0 < len(uri) <= 2048:
+        raise bad("it must be 1-2048 characters")
+    if not all(ch.isprintable() and not ch.isspace() for ch in uri):
+        raise bad("it has whitespace or control characters")
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    if not host:
+        raise bad("it names no host")
+    if parts.fragment:
+        raise bad("it has a #fragment")
+    if parts.scheme == "http" and host not in ("localhost", "127.0.0.1", "::1"):
+        raise bad("plain http is allowed only for localhost")
+    if parts.scheme not in ("https", "http"):
+        raise bad("it must be an https URL")
+    return uri
 
 
 def _to_toml(config: Config) -> dict[str, Any]:
@@ -200,6 +267,10 @@ def _to_toml(config: Config) -> dict[str, Any]:
         doc["principal"] = config.principal
     if config.issuer is not None:
         doc["issuer"] = config.issuer
+    if config.status_uri is not None:
+        doc["status_uri"] = config.status_uri
+    if config.status_dir is not None:
+        doc["status_dir"] = config.status_dir
     doc["keys"] = config.keys
     doc["agents"] = {
         agent.name: {

@@ -14,6 +14,7 @@ from pathlib import Path
 from .errors import StorageError
 
 FILE_MODE = 0o600
+PUBLIC_FILE_MODE = 0o644
 DIR_MODE = 0o700
 
 
@@ -46,13 +47,21 @@ def storage_error(path: Path, exc: OSError) -> StorageError:
     return StorageError(f"could not write {path}: {exc.strerror or exc}", hint)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`: written to a 0600 temp file, fsynced, renamed, dir fsynced."""
-    ensure_private_dir(path.parent)
+def atomic_write(path: Path, data: bytes, *, public: bool = False) -> None:
+    """Replace `path` with `data`: written to a 0600 temp file, fsynced, renamed, dir fsynced.
+
+    `public` is for files meant to be served to anyone (a published JWKS or status list): the
+    file becomes 0644 and its directory, which must exist, keeps its mode, so that a web
+    server running as another user can read them. Never use it for nhidel's own state.
+    """
+    if not public:
+        ensure_private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
+            if public:
+                os.fchmod(fd, PUBLIC_FILE_MODE)  # after open: the umask would mask it
             os.write(fd, data)
             os.fsync(fd)
         finally:

@@ -8,6 +8,7 @@ from typing import Any
 
 from .audit import AuditKeys, AuditLog, event
 from .audit.records import token_fingerprint
+from .claims import MAX_LEEWAY
 from .config import Config, Paths, load_config
 from .errors import KeystoreError, PolicyError, UsageError
 from .keystore import KeyStore, open_keystore
@@ -71,25 +72,6 @@ def issue(
     with Ledger(paths) as ledger:
         epoch = ledger.revocation_epoch()
         signer = load_signer(keystore)
-        grant = Grant(
-            id=new_grant_id(),
-            agent=agent.name,
-            scopes=scopes,
-            aud=aud,
-            issued_at=now,
-            not_before=not_before,
-            expires_at=not_before + ttl,
-            max_uses=request.uses,
-            reason=reason,
-            kid=signer.kid,
-        )
-        token = mint(_claims(grant, signer.principal, signer.issuer), signer.seed, signer.kid)
-        if len(token) > MAX_TOKEN_LENGTH:
-            raise UsageError(
-                f"the token would be {len(token)} characters, over the {MAX_TOKEN_LENGTH} "
-                "verify accepts",
-                "grant fewer or shorter scopes, or a shorter --aud",
-            )
         with ledger.transaction():
             _recheck(paths, agent.name, scopes, ttl)
             if ledger.revocation_epoch() != epoch:
@@ -97,6 +79,29 @@ def issue(
                     "a revocation or key rotation ran while this grant was being minted; "
                     "nothing was issued",
                     "run the grant command again",
+                )
+            # Allocated under the write lock, so two grants never get the same live index.
+            status_idx = ledger.next_status_idx(reusable_before=now - MAX_LEEWAY)
+            grant = Grant(
+                id=new_grant_id(),
+                agent=agent.name,
+                scopes=scopes,
+                aud=aud,
+                issued_at=now,
+                not_before=not_before,
+                expires_at=not_before + ttl,
+                max_uses=request.uses,
+                reason=reason,
+                kid=signer.kid,
+                status_idx=status_idx,
+            )
+            claims = _claims(grant, signer.principal, signer.issuer, config.status_uri)
+            token = mint(claims, signer.seed, signer.kid)
+            if len(token) > MAX_TOKEN_LENGTH:
+                raise UsageError(
+                    f"the token would be {len(token)} characters, over the {MAX_TOKEN_LENGTH} "
+                    "verify accepts",
+                    "grant fewer or shorter scopes, or a shorter --aud",
                 )
             ledger.insert(grant, token_sha256(token))
             AuditLog(paths, AuditKeys(signer.audit_key, keystore)).append(
@@ -120,7 +125,7 @@ def issue(
     return grant, token
 
 
-def _claims(grant: Grant, principal: str, issuer: str) -> dict[str, Any]:
+def _claims(grant: Grant, principal: str, issuer: str, status_uri: str | None) -> dict[str, Any]:
     claims: dict[str, Any] = {
         "iss": issuer,
         "sub": principal,
@@ -135,6 +140,8 @@ def _claims(grant: Grant, principal: str, issuer: str) -> dict[str, Any]:
         claims["aud"] = grant.aud
     if grant.max_uses is not None:
         claims["max_uses"] = grant.max_uses
+    if status_uri is not None and grant.status_idx is not None:
+        claims["status"] = {"status_list": {"idx": grant.status_idx, "uri": status_uri}}
     return claims
 
 

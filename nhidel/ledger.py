@@ -17,7 +17,7 @@ from .fsutil import create_private_file
 from .models import GRANT_ID_PREFIX, SHORT_ID_LENGTH, Grant
 from .scopes import parse_scopes
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIN_PREFIX = 4
 BUSY_TIMEOUT_MS = 10_000
 
@@ -36,17 +36,27 @@ CREATE TABLE grants (
     kid           TEXT NOT NULL,
     token_sha256  TEXT NOT NULL,
     revoked_at    INTEGER,
-    revoke_reason TEXT
+    revoke_reason TEXT,
+    status_idx    INTEGER
 );
 CREATE INDEX grants_by_expiry ON grants (expires_at);
 CREATE INDEX grants_by_agent ON grants (agent, expires_at);
+CREATE INDEX grants_by_status_idx ON grants (status_idx, expires_at);
 -- Bumped by `revoke --all`, `revoke --agent` and `key rotate`: a grant minted meanwhile is refused.
 CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO meta VALUES ('revocation_epoch', 0);
 """
+# Each schema version's upgrade from the one before it, run in one transaction.
+_MIGRATIONS = {
+    # 2: each grant's index in the principal's token status list (NULL for older grants).
+    2: (
+        "ALTER TABLE grants ADD COLUMN status_idx INTEGER",
+        "CREATE INDEX grants_by_status_idx ON grants (status_idx, expires_at)",
+    ),
+}
 _COLUMNS = (
     "id, agent, scope, aud, issued_at, not_before, expires_at, max_uses, uses, reason, kid, "
-    "revoked_at, revoke_reason"
+    "revoked_at, revoke_reason, status_idx"
 )
 
 
@@ -82,6 +92,11 @@ class Ledger:
             if version == 0:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif 0 < version < SCHEMA_VERSION:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[step]:
                         self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
@@ -218,7 +233,8 @@ class Ledger:
         with self._errors():
             self.db.execute(
                 "INSERT INTO grants (id, agent, scope, aud, issued_at, not_before, expires_at, "
-                "max_uses, reason, kid, token_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "max_uses, reason, kid, token_sha256, status_idx) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     grant.id,
                     grant.agent,
@@ -231,8 +247,45 @@ class Ledger:
                     grant.reason,
                     grant.kid,
                     token_sha256,
+                    grant.status_idx,
                 ),
             )
+
+    def next_status_idx(self, *, reusable_before: int) -> int:
+        """The status list index for a new grant (call inside the transaction that inserts it).
+
+        The smallest index whose every holder expired at or before `reusable_before` (so no
+        verifier, whatever its leeway, still accepts their tokens), else one past the highest.
+        Reuse keeps the published list short when many grants come and go.
+        """
+        with self._errors():
+            row = self.db.execute(
+                "SELECT status_idx FROM grants WHERE status_idx IS NOT NULL GROUP BY status_idx "
+                "HAVING max(expires_at) <= ? ORDER BY status_idx LIMIT 1",
+                (reusable_before,),
+            ).fetchone()
+            if row is not None:
+                return int(row[0])
+            row = self.db.execute("SELECT max(status_idx) FROM grants").fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    def revoked_status_indices(self, *, live_after: int) -> tuple[list[int], int]:
+        """Indices of revoked grants that expire after `live_after`, and the list's size.
+
+        An index is reused only once its holders are past `live_after`, so at most one grant
+        counted here holds each index. The size covers every index ever allocated.
+        """
+        with self._errors():
+            revoked = [
+                int(row[0])
+                for row in self.db.execute(
+                    "SELECT status_idx FROM grants WHERE status_idx IS NOT NULL "
+                    "AND revoked_at IS NOT NULL AND expires_at > ?",
+                    (live_after,),
+                )
+            ]
+            top = self.db.execute("SELECT max(status_idx) FROM grants").fetchone()[0]
+        return revoked, 0 if top is None else int(top) + 1
 
     def revoke(self, grant_ids: Iterable[str], *, now: int, reason: str | None) -> list[str]:
         """Revoke the given grants; return the ids that were not already revoked."""
@@ -301,6 +354,7 @@ def _grant(row: tuple[Any, ...]) -> Grant:
         kid,
         revoked_at,
         revoke_reason,
+        status_idx,
     ) = row
     try:
         scopes = parse_scopes([scope])
@@ -323,4 +377,5 @@ def _grant(row: tuple[Any, ...]) -> Grant:
         uses=uses,
         revoked_at=revoked_at,
         revoke_reason=revoke_reason,
+        status_idx=status_idx,
     )

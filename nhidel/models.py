@@ -95,6 +95,7 @@ class Grant:
     uses: int = 0
     revoked_at: int | None = None
     revoke_reason: str | None = None
+    status_idx: int | None = None  # its entry in the principal's token status list
 
     @property
     def short_id(self) -> str:

@@ -108,7 +108,7 @@ def init_principal(
 
     def record(config: Config) -> Config:
         keys = {**config.keys, kid: {"x": x, "created_at": created or ""}}
-        return Config(principal=principal, issuer=issuer, keys=keys, agents=config.agents)
+        return replace(config, principal=principal, issuer=issuer, keys=keys)
 
     update_config(paths, record)
     keys = AuditKeys(unb64(audit_key), keystore)

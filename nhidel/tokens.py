@@ -41,16 +41,18 @@ def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def mint(claims: dict[str, Any], seed: bytes, kid: str) -> str:
-    """Sign `claims` with the private key `seed` (EdDSA), typed and keyed per SPEC.md."""
+def mint(claims: dict[str, Any], seed: bytes, kid: str, *, typ: str = TOKEN_TYPE) -> str:
+    """Sign `claims` with the private key `seed` (EdDSA), typed (`typ`) and keyed per SPEC.md."""
     import jwt
 
-    headers = {"typ": TOKEN_TYPE, "kid": kid}
+    headers = {"typ": typ, "kid": kid}
     return jwt.encode(claims, private_key(seed), algorithm=ALGORITHM, headers=headers)
 
 
-def decode_verified(token: str, trusted: Mapping[str, Ed25519PublicKey]) -> dict[str, Any]:
-    """Return the claims of a well-formed token signed by one of `trusted` (kid -> key)."""
+def decode_verified(
+    token: str, trusted: Mapping[str, Ed25519PublicKey], *, typ: str = TOKEN_TYPE
+) -> dict[str, Any]:
+    """Return the claims of a well-formed token of type `typ` signed by one of `trusted`."""
     from cryptography.exceptions import InvalidSignature
 
     if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
@@ -66,8 +68,8 @@ def decode_verified(token: str, trusted: Mapping[str, Ed25519PublicKey]) -> dict
         raise TokenRejected("bad_signature", f"refused header {sorted(chosen)[0]!r}")
     if "crit" in header:
         raise TokenRejected("malformed", "refused header 'crit'")
-    if not isinstance(header.get("typ"), str) or header["typ"].lower() != TOKEN_TYPE:
-        raise TokenRejected("wrong_type", f"typ {header.get('typ')!r} is not {TOKEN_TYPE}")
+    if not isinstance(header.get("typ"), str) or header["typ"].lower() != typ:
+        raise TokenRejected("wrong_type", f"typ {header.get('typ')!r} is not {typ}")
     kid = header.get("kid")
     key = trusted.get(kid) if isinstance(kid, str) else None
     if key is None:

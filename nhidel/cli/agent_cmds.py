@@ -103,6 +103,8 @@ def remove(
     from ..render import say
 
     where = common.paths()
-    removal = remove_agent(where, name, now=common.now(), keystore=common.keystore(where))
+    store = common.keystore(where)
+    removal = remove_agent(where, name, now=common.now(), keystore=store)
     count = len(removal.revoked)
     say(f"removed agent {name}; revoked {count} grant{'s' if count != 1 else ''}")
+    common.republish(where, store, changed=count > 0)

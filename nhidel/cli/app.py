@@ -73,13 +73,22 @@ def root(
 
 
 def _register() -> None:
-    from . import agent_cmds, audit_cmds, grant_cmds, key_cmds, shell_scripts, verify_cmds
+    from . import (
+        agent_cmds,
+        audit_cmds,
+        grant_cmds,
+        key_cmds,
+        publish_cmds,
+        shell_scripts,
+        verify_cmds,
+    )
 
     key_cmds.register(app)
     agent_cmds.register(app)
     grant_cmds.register(app)
     app.command("verify")(verify_cmds.verify)
     audit_cmds.register(app)
+    publish_cmds.register(app)
     shell_scripts.use_in_typer()
 
 

@@ -19,3 +19,32 @@ def paths() -> Paths:
 
 def keystore(where: Paths) -> KeyStore:
     return open_keystore(where, prompt=getpass.getpass)
+
+
+def republish(where: Paths, store: KeyStore, *, changed: bool) -> None:
+    """After revocations or a key rotation, which verifiers elsewhere learn of only from a
+    newly published list: publish into the configured status directory, or say to publish.
+    """
+    from ..config import load_config
+    from ..errors import NhidelError, StorageError
+    from ..publish import republish as publish_again
+    from ..render import say
+
+    config = load_config(where)
+    if not changed or config.status_uri is None:
+        return
+    if config.status_dir is None:
+        say(
+            "verifiers on other machines see this once you publish again: "
+            "nhidel publish --out DIR (or nhidel status publish --out FILE)"
+        )
+        return
+    try:
+        directory = publish_again(where, store, now=now())
+    except NhidelError as exc:
+        raise StorageError(
+            f"done, but the status list could not be published to {config.status_dir}: "
+            f"{exc.message}",
+            f"fix that, then run: nhidel publish --out {config.status_dir}",
+        ) from None
+    say(f"published jwks.json and status.jwt to {directory}")

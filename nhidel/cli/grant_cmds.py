@@ -156,9 +156,10 @@ def revoke(
             )
         typer.confirm("Revoke every live grant?", abort=True, err=True)
     where = common.paths()
+    store = common.keystore(where)
     result = revoke_grants(
         where,
-        keystore=common.keystore(where),
+        keystore=store,
         ids=ids,
         agent=agent,
         everything=everything,
@@ -172,3 +173,5 @@ def revoke(
     if result.already:
         message += f" ({len(result.already)} already revoked)"
     say(message)
+    # Also when all were revoked before: running revoke again mends a failed publish.
+    common.republish(where, store, changed=bool(result.revoked or result.already))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import json
 import sys
 from typing import Annotated
 
@@ -83,15 +82,15 @@ def export(
     jwks: Annotated[bool, typer.Option("--jwks", help="Print a JWKS instead of PEM.")] = False,
 ) -> None:
     """Print the active public key (PEM), or a JWKS of every key whose grants may be live."""
-    from ..keys import public_jwk, public_pem
+    from ..keys import public_pem
     from ..principal import public_keys
+    from ..publish import jwks_json
 
     where = common.paths()
-    infos = public_keys(where, common.keystore(where), now=common.now())
     if jwks:
-        live = [public_jwk(i.x) for i in infos if i.state != "expired"]
-        sys.stdout.write(json.dumps({"keys": live}, indent=2) + "\n")
+        sys.stdout.write(jwks_json(where, common.keystore(where), now=common.now()))
         return
+    infos = public_keys(where, common.keystore(where), now=common.now())
     (active,) = [i for i in infos if i.state == "active"]
     sys.stdout.write(public_pem(active.x))
 
@@ -112,7 +111,8 @@ def rotate(
 
     where = common.paths()
     now = common.now()
-    rotation = rotate_key(where, common.keystore(where), now=now, compromised=now_)
+    store = common.keystore(where)
+    rotation = rotate_key(where, store, now=now, compromised=now_)
     message = f"rotated: new signing key {rotation.new_kid}; "
     if rotation.old_live_until is not None:
         until = rotation.old_live_until
@@ -124,3 +124,5 @@ def rotate(
             message += f" ({len(rotation.revoked)} of its grants revoked)"
     say(message)
     sys.stdout.write(rotation.new_kid + "\n")
+    # Verifiers elsewhere need the new JWKS, and the list signed with the new key.
+    common.republish(where, store, changed=True)

@@ -40,11 +40,21 @@ def verify(
         typer.Option("--leeway", help="Clock skew to tolerate, e.g. 30s (default none)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
+    jwks: Annotated[
+        str | None,
+        typer.Option("--jwks", help="Verify remotely: trust this JWKS (file or URL), no ledger."),
+    ] = None,
+    status_list: Annotated[
+        str | None,
+        typer.Option("--status-list", help="With --jwks: learn revocations from this status list."),
+    ] = None,
+    issuer: Annotated[
+        str | None, typer.Option("--iss", help="With --jwks: the issuer the tokens must name.")
+    ] = None,
 ) -> None:
     """Exit 0 when the token is valid and grants every --scope; else exit 1 and say why."""
     from ..render import print_json, say
     from ..timefmt import parse_duration
-    from ..verifier import Verifier
 
     if not scope and not any_scope:
         raise UsageError(
@@ -53,17 +63,31 @@ def verify(
         )
     if scope and any_scope:
         raise UsageError("--scope and --any-scope exclude each other", "pass one of them")
+    if jwks is None and (status_list is not None or issuer is not None):
+        raise UsageError("--status-list and --iss go with --jwks", "add --jwks FILE|URL")
+    if jwks is not None and consume:
+        raise UsageError("--consume needs the ledger", "a remote verifier cannot count uses")
     text = _read_token(token)
-    where = common.paths()
     skew = 0 if leeway in (None, "0") else parse_duration(leeway, what="--leeway")
-    with Verifier(where, common.keystore(where), leeway=skew) as verifier:
-        decision = verifier.check(text, scope or [], any_scope=any_scope, aud=aud, consume=consume)
+    if jwks is not None:
+        from ..remote import RemoteVerifier
+
+        remote = RemoteVerifier(jwks, status_list, issuer=issuer, leeway=skew)
+        decision = remote.check(text, scope or [], any_scope=any_scope, aud=aud)
+    else:
+        from ..verifier import Verifier
+
+        where = common.paths()
+        with Verifier(where, common.keystore(where), leeway=skew) as verifier:
+            decision = verifier.check(
+                text, scope or [], any_scope=any_scope, aud=aud, consume=consume
+            )
     if as_json:
         print_json(decision.to_json(common.now()))
     if decision.allowed:
         grant = decision.grant
-        if grant is not None and not as_json:
-            say(f"allowed: {grant.short_id} ({grant.agent})")
+        if not as_json:
+            say(f"allowed: {grant.short_id} ({grant.agent})" if grant else "allowed")
         return
     say(f"denied: {decision.reason}: {decision.detail}")
     raise typer.Exit(1)

@@ -1,0 +1,122 @@
+"""What every verifier checks in a grant token's claims, and the verdict it gives.
+
+Shared by the local verifier (keys pinned in the keystore, the ledger) and the remote one
+(a JWKS and a status list), so both give the same reason codes for the same faults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from .errors import UsageError
+from .models import GRANT_ID, Grant
+from .scopes import Scope, covered_by_any, parse_scopes
+
+MAX_LEEWAY = 3600
+
+
+class Reason(StrEnum):
+    """Why a token was denied; the same codes on the command line, in JSON and here."""
+
+    MALFORMED = "malformed"
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_KEY = "unknown_key"
+    WRONG_TYPE = "wrong_type"
+    WRONG_ISSUER = "wrong_issuer"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    REVOKED = "revoked"
+    WRONG_AUDIENCE = "wrong_audience"
+    SCOPE_NOT_GRANTED = "scope_not_granted"
+    USES_EXHAUSTED = "uses_exhausted"
+    UNKNOWN_GRANT = "unknown_grant"
+    STATUS_UNAVAILABLE = "status_unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    reason: Reason | None
+    detail: str
+    grant: Grant | None = None
+
+    def to_json(self, now: int) -> dict[str, Any]:
+        return {
+            "allowed": self.allowed,
+            "reason": None if self.reason is None else self.reason.value,
+            "grant": None if self.grant is None else self.grant.to_json(now),
+        }
+
+
+class Denied(Exception):  # noqa: N818 - control flow inside a verifier's check
+    def __init__(self, reason: Reason, detail: str, grant: Grant | None = None) -> None:
+        self.decision = Decision(False, reason, detail, grant)
+
+
+def check_leeway(leeway: int) -> int:
+    if leeway < 0:
+        raise UsageError("--leeway cannot be negative", "give a duration such as 30s")
+    if leeway > MAX_LEEWAY:
+        raise UsageError("--leeway is over an hour", "clocks that far apart need fixing")
+    return leeway
+
+
+def requested_scopes(scopes: Sequence[str | Scope] | str, any_scope: bool) -> tuple[Scope, ...]:
+    """The scopes a caller asks about; nothing is allowed by default, so none is an error."""
+    if isinstance(scopes, str):
+        scopes = [scopes]
+    requested = tuple(s for s in scopes if isinstance(s, Scope)) + parse_scopes(
+        s for s in scopes if isinstance(s, str)
+    )
+    if not requested and not any_scope:
+        raise UsageError(
+            "verify needs the scopes to check",
+            "pass --scope SCOPE (or --any-scope to accept any granted scope)",
+        )
+    return requested
+
+
+def check_times(claims: dict[str, Any], now: int, leeway: int) -> None:
+    if now >= claims["exp"] + leeway:
+        raise Denied(Reason.EXPIRED, "the grant has expired")
+    if now + leeway < claims["nbf"]:
+        raise Denied(Reason.NOT_YET_VALID, "the grant is not valid yet")
+
+
+def check_audience_and_scopes(
+    claims: dict[str, Any],
+    aud: str | None,
+    requested: Sequence[Scope],
+    any_scope: bool,
+    grant: Grant | None = None,
+) -> None:
+    if claims.get("aud") is not None and claims["aud"] != aud:
+        raise Denied(Reason.WRONG_AUDIENCE, "the grant is for another audience", grant)
+    if any_scope:
+        return
+    try:
+        granted = parse_scopes([claims["scope"]])
+    except UsageError:
+        raise Denied(Reason.MALFORMED, "claim 'scope' is malformed", grant) from None
+    for scope in requested:
+        if not covered_by_any(granted, scope):
+            raise Denied(Reason.SCOPE_NOT_GRANTED, f"{scope} is not granted", grant)
+
+
+def claims_shape(claims: dict[str, Any]) -> str:
+    """Check the claims nhidel relies on are present and typed; return the grant id."""
+    for name in ("iat", "nbf", "exp"):
+        if type(claims.get(name)) is not int:
+            raise Denied(Reason.MALFORMED, f"claim {name!r} is not an integer")
+    for name in ("iss", "sub", "scope", "jti"):
+        if not isinstance(claims.get(name), str):
+            raise Denied(Reason.MALFORMED, f"claim {name!r} is missing")
+    act = claims.get("act")
+    if not isinstance(act, dict) or not isinstance(act.get("sub"), str):
+        raise Denied(Reason.MALFORMED, "claim 'act' is missing")
+    if not GRANT_ID.fullmatch(claims["jti"]):
+        raise Denied(Reason.MALFORMED, "claim 'jti' is not a grant id")
+    return str(claims["jti"])
