@@ -3,11 +3,13 @@
 
 Run on demand, never as a test:
 
-    python3 benchmarks/bench_completion.py [--runs N] [--warmup W] [--grants G]
+    python3 benchmarks/bench_completion.py [--runs N] [--warmup W] [--grants G] [--expired E]
 
 The ledger is built with nhidel's own Ledger class in a throw-away NHIDEL_HOME: G active grants
 (default 10,000), none expiring during the run. The completion row is what the bash script runs on
-TAB (`_NHIDEL_COMPLETE=bash nhidel revoke ''`); each row is timed by hyperfine -N with the real
+TAB (`_NHIDEL_COMPLETE=bash nhidel revoke ''`). A second ledger adds E expired grants (default
+90,000) to the G live ones, for `revoke g<TAB>`: the one-letter prefix every id shares, which must
+not make completion walk expired history. Each row is timed by hyperfine -N with the real
 interpreter (not a pyenv shim), next to `python -c pass` in the same hyperfine run, and the ratio
 is of the medians. Goals (issue 4): completion within 2.5x, --version within 2x.
 """
@@ -29,18 +31,22 @@ from nhidel.ledger import Ledger
 from nhidel.models import Grant, new_grant_id
 from nhidel.scopes import parse_scopes
 
-GOALS = {"nhidel revoke <TAB>": 2.5, "nhidel --version": 2.0}
+HISTORY = "nhidel revoke g<TAB>, with expired history"
+GOALS = {"nhidel revoke <TAB>": 2.5, HISTORY: 2.5, "nhidel --version": 2.0}
 
 
-def fill_ledger(home: Path, count: int) -> None:
+def fill_ledger(home: Path, count: int, expired: int = 0) -> None:
     now = int(time.time())
     scopes = parse_scopes(["repo:read:acme/api"])
     with Ledger(Paths(home, home)) as ledger, ledger.transaction():
-        for n in range(count):
+        for n in range(count + expired):
+            # The expired ones first, as history builds up; they expired up to a day ago.
+            expires_at = now - 1 - (n % 86_400) if n < expired else now + 3600 + n
             grant = Grant(
                 id=new_grant_id(), agent=f"agent-{n % 50}", scopes=scopes, aud=None,
-                issued_at=now, not_before=now, expires_at=now + 3600 + n, max_uses=None,
-                reason="benchmark", kid="k", uses=0, revoked_at=None, revoke_reason=None,
+                issued_at=now - 90_000, not_before=now - 90_000, expires_at=expires_at,
+                max_uses=None, reason="benchmark", kid="k", uses=0, revoked_at=None,
+                revoke_reason=None,
             )  # fmt: skip
             ledger.insert(grant, token_sha256="0" * 64)
 
@@ -50,6 +56,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=30, help="timed runs per command (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="warm-up runs (default 5)")
     parser.add_argument("--grants", type=int, default=10_000, help="active grants (default 10000)")
+    parser.add_argument(
+        "--expired", type=int, default=90_000, help="expired grants too, for g<TAB> (default 90000)"
+    )
     args = parser.parse_args()
     exe = shutil.which("hyperfine")
     if exe is None:
@@ -66,6 +75,15 @@ def main() -> int:
             [*nhidel, "revoke", ""], env=tab, capture_output=True, text=True, check=True
         ).stdout.split()
         assert len(offered) == min(200, args.grants), f"{len(offered)} ids offered"
+        history_env = isolated_env(root / "history")
+        history_home = Path(history_env["NHIDEL_HOME"])
+        history_home.mkdir(mode=0o700, parents=True)
+        fill_ledger(history_home, args.grants, args.expired)
+        history_tab = {**history_env, "_NHIDEL_COMPLETE": "bash"}
+        offered = subprocess.run(  # noqa: S603
+            [*nhidel, "revoke", "g"], env=history_tab, capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert len(offered) == min(200, args.grants), f"{len(offered)} ids offered for g"
         baseline = ("python -c pass", [PYTHON, "-c", "pass"])
         version = ("nhidel --version", [*nhidel, "--version"])
         completion = ("nhidel revoke <TAB>", [*nhidel, "revoke", ""])
@@ -73,8 +91,17 @@ def main() -> int:
         rows = {
             version[0]: hyperfine(exe, [baseline, version], env, runs, warmup, root),
             completion[0]: hyperfine(exe, [baseline, completion], tab, runs, warmup, root),
+            HISTORY: hyperfine(
+                exe,
+                [baseline, (HISTORY, [*nhidel, "revoke", "g"])],
+                history_tab,
+                runs,
+                warmup,
+                root,
+            ),
         }
-    print(f"nhidel: {how}; python: {PYTHON}; {args.grants} active grants; {args.runs} runs")
+    print(f"nhidel: {how}; python: {PYTHON}; {args.grants} active grants "
+          f"(+{args.expired} expired for g<TAB>); {args.runs} runs")  # fmt: skip
     print("| command | median ms | python -c pass ms | ratio | goal |")
     print("| --- | ---: | ---: | ---: | --- |")
     status = 0

@@ -3,9 +3,11 @@
 _nhidel_completion() {
     local line
     COMPREPLY=()
+    compopt -o nosort 2>/dev/null
     while IFS= read -r line; do
         COMPREPLY+=("$line")
-    done < <(_NHIDEL_COMPLETE=bash command "$1" "${COMP_WORDS[@]:1:COMP_CWORD}" 2>/dev/null)
+    done < <(_NHIDEL_COMPLETE=bash _NHIDEL_WORDBREAKS="$COMP_WORDBREAKS" \
+        command "$1" "${COMP_WORDS[@]:1:COMP_CWORD}" 2>/dev/null)
     return 0
 }
 

@@ -2,7 +2,7 @@
 
 function __nhidel_complete
     set -l words (commandline -opc)
-    set -l current (commandline -ct)
+    set -l current (commandline -ct | string unescape)
     env _NHIDEL_COMPLETE=fish $words[1] $words[2..-1] "$current" 2>/dev/null
 end
 

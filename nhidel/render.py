@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from .models import SHORT_ID_LENGTH, Agent, Grant
 from .timefmt import format_duration, local_clock, relative
 
+AGENT_WIDTH = 20  # `list` folds longer agent names (up to 64 characters) onto more lines
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -66,31 +68,40 @@ def grants_table(grants: Iterable[Grant], now: int, *, show_status: bool) -> int
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    table.add_column("ID", no_wrap=True)
-    table.add_column("AGENT", no_wrap=True)
-    table.add_column("SCOPES", overflow="fold")
-    table.add_column("EXPIRES", no_wrap=True)
-    table.add_column("USES", no_wrap=True, justify="right")
-    if show_status:
-        table.add_column("STATUS", no_wrap=True)
-    count = 0
+    rows = []
     for grant in grants:
-        count += 1
         uses = f"{grant.uses}/{grant.max_uses}" if grant.max_uses is not None else str(grant.uses)
         row = [
-            Text(grant.id[:SHORT_ID_LENGTH]),
-            Text(safe(grant.agent)),
-            Text(safe(" ".join(str(s) for s in grant.scopes))),
-            Text(relative(grant.expires_at, now=now)),
-            Text(uses),
+            grant.id[:SHORT_ID_LENGTH],
+            safe(grant.agent),
+            safe(" ".join(str(s) for s in grant.scopes)),
+            relative(grant.expires_at, now=now),
+            uses,
         ]
         if show_status:
-            row.append(Text(grant.status(now).value))
-        table.add_row(*row)
-    if count:
-        console(stderr=False).print(table)
-    return count
+            row.append(grant.status(now).value)
+        rows.append(row)
+    if not rows:
+        return 0
+    headers = ["ID", "AGENT", "SCOPES", "EXPIRES", "USES"] + (["STATUS"] if show_status else [])
+
+    def widest(column: int) -> int:
+        return max(len(headers[column]), *(len(row[column]) for row in rows))
+
+    # Short columns never wrap and keep their width; a long agent name folds at 20 columns and
+    # scopes fold into whatever is left, so a row fits a narrow terminal.
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("ID", no_wrap=True, min_width=widest(0))
+    table.add_column("AGENT", overflow="fold", max_width=AGENT_WIDTH)
+    table.add_column("SCOPES", overflow="fold")
+    table.add_column("EXPIRES", no_wrap=True, min_width=widest(3))
+    table.add_column("USES", no_wrap=True, justify="right", min_width=widest(4))
+    if show_status:
+        table.add_column("STATUS", no_wrap=True, min_width=widest(5))
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    console(stderr=False).print(table)
+    return len(rows)
 
 
 def grant_details(grant: Grant, now: int) -> None:

@@ -3,7 +3,7 @@
 #
 # The real-keyring tests need gnome-keyring and dbus, the shell-completion tests bash, zsh and
 # fish, the man page lint groff: installed here through apt-get when run as root on
-# Debian/Ubuntu; elsewhere those tests skip with a reason (real-keyring ones fail under CI=true).
+# Debian/Ubuntu; elsewhere those tests skip with a reason (all of them fail under CI=true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,8 +25,9 @@ fi
 
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
-# In CI a skipped real-keyring test would hide a broken keystore: make it a failure.
+# In CI a skipped real-keyring, real-shell or groff test would hide a broken keystore,
+# completion script or man page: make it a failure.
 if [ "${CI:-}" = "true" ]; then
-    export NHIDEL_REQUIRE_KEYRING=1
+    export NHIDEL_REQUIRE_KEYRING=1 NHIDEL_REQUIRE_SHELLS=1
 fi
 exec python3 -m pytest "$@"

@@ -12,6 +12,7 @@ import sys
 import time
 from contextlib import redirect_stdout
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import Cli
@@ -21,6 +22,7 @@ from nhidel.cli import complete
 from nhidel.cli.shell_scripts import FILES, script
 from nhidel.config import Paths
 from nhidel.ledger import Ledger
+from nhidel.models import AGENT_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPLETIONS = ROOT / "completions"
@@ -128,8 +130,10 @@ def test_commands_options_and_choices_come_from_the_command_table() -> None:
 
 def test_bash_gets_words_split_at_colons_rejoined_and_answers_trimmed(ready: Cli) -> None:
     # Bash splits `repo:re` into `repo`, `:`, `re` and replaces only the text after the colon.
-    assert run("bash", "grant", "reviewer", "--scope", "repo", ":", "") == "read:acme/*\n"
-    assert run("bash", "grant", "reviewer", "--scope", "ticket", ":", "cre") == "create:queue/*\n"
+    assert run("bash", "grant", "reviewer", "--scope", "repo", ":", "") == "read:acme/\\*\n"
+    assert run("bash", "grant", "reviewer", "--scope", "ticket", ":", "cre") == (
+        "create:queue/\\*\n"
+    )
     assert run("bash", "list", "--agent", "=", "rev") == "reviewer\n"
 
 
@@ -214,6 +218,16 @@ def test_the_completion_path_imports_no_heavy_module(live: dict[str, str]) -> No
     assert loaded.isdisjoint({"cryptography", "jwt", "keyring", "rich", "typer", "click"})
 
 
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_typers_source_instruction_gives_the_shipped_script(shell: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "nhidel"], capture_output=True, text=True, timeout=60,
+        check=True, env=completion_env(f"source_{shell}"),
+    )  # fmt: skip
+    assert result.stdout.strip() == script(shell).strip()
+    assert f"complete_{shell}" not in result.stdout  # not Typer's own script
+
+
 def test_typers_own_completion_instructions_still_work() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "nhidel"], capture_output=True, text=True, timeout=60, check=True,
@@ -249,7 +263,7 @@ def test_show_and_install_completion_give_the_shipped_script(shell: str, tmp_pat
         "zsh": tmp_path / ".zfunc" / "_nhidel",
         "fish": tmp_path / ".config" / "fish" / "completions" / "nhidel.fish",
     }[shell]
-    assert installed.read_text().strip() == shipped.strip()
+    assert installed.read_text() == shipped  # whole, down to the final newline
 
 
 # -- the shipped scripts in real shells ---------------------------------------------------
@@ -268,9 +282,14 @@ def shell_env(tmp_path: Path, nhidel_home: Path) -> dict[str, str]:
 
 
 def need(program: str) -> str:
+    """The program's path; a skip if it is missing, or a failure under NHIDEL_REQUIRE_SHELLS=1
+    (tests/run.sh sets it in CI, where a silent skip would hide a broken script)."""
     path = shutil.which(program)
     if path is None:
-        pytest.skip(f"{program} is not installed (tests/run.sh installs it with apt-get as root)")
+        reason = f"{program} is not installed (tests/run.sh installs it with apt-get as root)"
+        if os.environ.get("NHIDEL_REQUIRE_SHELLS") == "1":
+            pytest.fail(f"{reason}; NHIDEL_REQUIRE_SHELLS=1 forbids skipping")
+        pytest.skip(reason)
     return path
 
 
@@ -301,7 +320,7 @@ def test_bash_script_completes_revoke_with_the_live_grant_ids(
     )
     lines = result.stdout.splitlines()
     assert set(lines[:-2]) == live_ids(live)
-    assert lines[-2:] == ["scope read:acme/*", "complete -F _nhidel_completion nhidel"]
+    assert lines[-2:] == ["scope read:acme/\\*", "complete -F _nhidel_completion nhidel"]
 
 
 def test_fish_script_completes_revoke_with_ids_and_descriptions(
@@ -322,7 +341,7 @@ zmodload zsh/zpty
 zpty -b z zsh -f -i
 zpty -w z "PS1='> '; $1; print READY"
 zpty -r -m z out '*READY*'
-zpty -w -n z $'nhidel revoke \t'
+zpty -w -n z "$3"$'\t'
 local all=""
 for i in {1..150}; do
     zpty -r -t z chunk && all+=$chunk
@@ -347,7 +366,7 @@ def test_zsh_script_lists_revoke_candidates_with_descriptions(
     driver = tmp_path / "drive.zsh"
     driver.write_text(ZSH_DRIVER)
     result = subprocess.run(
-        [zsh, "-f", str(driver), ZSH_SETUPS[setup], "expires in 30m"],
+        [zsh, "-f", str(driver), ZSH_SETUPS[setup], "expires in 30m", "nhidel revoke "],
         capture_output=True, text=True, env=shell_env, timeout=60, check=True,
     )  # fmt: skip
     screen = result.stdout.replace("\r", "")
@@ -355,3 +374,295 @@ def test_zsh_script_lists_revoke_candidates_with_descriptions(
         assert grant_id in screen
     assert f"{live['active']}  -- reviewer repo:read:acme/api, expires in 30m" in screen
     assert live["revoked"] not in screen
+
+
+# -- issue 4: hostile values, word breaks, case, quotes, side effects, cost, order ---------
+
+HOSTILE_ID = "gz$(touch${IFS}/tmp/PWNED3)"
+
+
+def insert_grant(paths: Paths, grant_id: str, *, expires_in: int, agent: str = "reviewer") -> None:
+    """A row written straight into the ledger, as a hostile or hand-edited one would be."""
+    Ledger(paths).close()  # the schema
+    db = sqlite3.connect(paths.ledger_file)
+    with db:
+        db.execute(
+            "INSERT INTO grants (id, agent, scope, issued_at, not_before, expires_at, kid, "
+            "token_sha256) VALUES (?, ?, 'repo:read:acme/api', 0, 0, ?, 'k', 'h')",
+            (grant_id, agent, int(time.time()) + expires_in),
+        )
+    db.close()
+
+
+def add_to_config(paths: Paths, text: str) -> None:
+    config = paths.config_dir / "config.toml"
+    config.write_text(config.read_text() + text)
+
+
+def test_values_outside_their_grammar_are_never_offered(ready: Cli, paths: Paths) -> None:
+    insert_grant(paths, HOSTILE_ID, expires_in=60)
+    insert_grant(paths, "G" + "A" * 26, expires_in=60)  # upper case: not an id nhidel mints
+    good = "g" + "b" * 26
+    insert_grant(paths, good, expires_in=60)
+    add_to_config(paths, '\n[agents."x$(reboot)"]\nallow = ["repo:read:*"]\n'
+                         '[agents.Upper]\nallow = ["repo:read:*"]\n')  # fmt: skip
+    for shell in ("bash", "zsh", "fish"):
+        assert [line.split("\t")[0].split(":")[0] for line in
+                run(shell, "revoke", "").splitlines()] == [good]  # fmt: skip
+        assert run(shell, "grant", "").split("\n")[0].split("\t")[0].split(":")[0] == "reviewer"
+        assert len(run(shell, "grant", "").splitlines()) == 1
+    assert AGENT_NAME.pattern == complete.AGENT_NAME.pattern
+
+
+def test_hand_edited_ceiling_scopes_are_checked_and_escaped_for_bash(
+    ready: Cli, paths: Paths
+) -> None:
+    config = paths.config_dir / "config.toml"
+    config.write_text(config.read_text().replace(
+        '"ticket:create:queue/*"', '"ticket:create:queue/*", "x:y:$(touch)", "bad scope", "a"'
+    ))  # fmt: skip
+    assert values(["grant", "reviewer", "--scope", ""]) == [
+        "repo:read:acme/*", "ticket:create:queue/*", "x:y:$(touch)",
+    ]  # fmt: skip
+    assert run("bash", "grant", "reviewer", "--scope", "") == (
+        "repo:read:acme/\\*\nticket:create:queue/\\*\nx:y:\\$\\(touch\\)\n"
+    )
+
+
+def test_bash_inserts_hostile_text_literally(
+    ready: Cli, paths: Paths, shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Type what bash completes, press Enter (eval): the value arrives as one literal word."""
+    insert_grant(paths, HOSTILE_ID, expires_in=60)
+    config = paths.config_dir / "config.toml"
+    marker = tmp_path / "PWNED"
+    config.write_text(config.read_text().replace(
+        '"ticket:create:queue/*"', f'"x:y:a;touch${{IFS}}{marker}"'
+    ))  # fmt: skip
+    driver = (
+        f"source {COMPLETIONS / 'nhidel.bash'}\n"
+        'COMP_WORDS=(nhidel revoke ""); COMP_CWORD=2\n'
+        "_nhidel_completion nhidel\n"
+        'echo "ids ${#COMPREPLY[@]}"\n'
+        'COMP_WORDS=(nhidel grant reviewer --scope ""); COMP_CWORD=4\n'
+        "_nhidel_completion nhidel\n"
+        'for reply in "${COMPREPLY[@]}"; do eval "printf \'%s\\n\' $reply"; done\n'
+    )
+    result = subprocess.run([need("bash"), "--norc", "--noprofile", "-c", driver],
+                            capture_output=True, text=True, env=shell_env, timeout=60,
+                            check=True, cwd=tmp_path)  # fmt: skip
+    assert result.stdout.splitlines() == [
+        "ids 0",
+        "repo:read:acme/*",
+        f"x:y:a;touch${{IFS}}{marker}",
+    ]
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("wordbreaks", ["\"'><;|&(", "\"'><;|&(:"])  # without ':', then '='
+def test_bash_rejoins_and_trims_only_at_its_actual_word_breaks(
+    ready: Cli, wordbreaks: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("_NHIDEL_WORDBREAKS", wordbreaks)
+    if ":" in wordbreaks:
+        assert run("bash", "grant", "reviewer", "--scope", "repo", ":", "re") == "read:acme/\\*\n"
+    else:
+        assert run("bash", "grant", "reviewer", "--scope", "repo:re") == "repo:read:acme/\\*\n"
+    assert run("bash", "list", "--agent=rev") == "--agent=reviewer\n"
+
+
+@pytest.mark.parametrize("remove", [":", "="])
+def test_bash_script_passes_comp_wordbreaks(
+    ready: Cli, shell_env: dict[str, str], remove: str
+) -> None:
+    driver = (
+        f"source {COMPLETIONS / 'nhidel.bash'}\n"
+        f"COMP_WORDBREAKS=${{COMP_WORDBREAKS//{remove}/}}\n"
+        "COMP_WORDS=(nhidel grant reviewer --scope repo:re); COMP_CWORD=4\n"
+        "_nhidel_completion nhidel\n"
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+        "COMP_WORDS=(nhidel list --agent=rev); COMP_CWORD=2\n"
+        "_nhidel_completion nhidel\n"
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    result = subprocess.run([need("bash"), "--norc", "--noprofile", "-c", driver],
+                            capture_output=True, text=True, env=shell_env, timeout=60,
+                            check=True)  # fmt: skip
+    if remove == ":":  # `repo:re` is one word to bash: all of it is replaced
+        assert result.stdout.splitlines() == ["repo:read:acme/\\*", "reviewer"]
+    else:  # `--agent=rev` is one word to bash
+        assert result.stdout.splitlines() == ["read:acme/\\*", "--agent=reviewer"]
+
+
+def test_upper_case_id_prefixes_complete(live: dict[str, str]) -> None:
+    assert values(["revoke", live["active"][:6].upper()]) == [live["active"]]
+    assert values(["revoke", live["active"][:2].upper()]) == values(["revoke", live["active"][:2]])
+    assert run("bash", "revoke", live["active"][:8].upper()) == live["active"] + "\n"
+
+
+def test_bash_completes_a_word_opened_with_a_quote(ready: Cli) -> None:
+    assert run("bash", "grant", "reviewer", "--scope", "'rep") == "repo:read:acme/*\n"
+    assert run("bash", "grant", "reviewer", "--scope", "'repo:re") == "repo:read:acme/*\n"
+    assert run("bash", "grant", "reviewer", "--scope", '"tic') == "ticket:create:queue/*\n"
+
+
+def test_fish_completes_a_word_opened_with_a_quote(ready: Cli, shell_env: dict[str, str]) -> None:
+    driver = (f"source {COMPLETIONS / 'nhidel.fish'}; "
+              "complete -C \"nhidel grant reviewer --scope 'rep\"")  # fmt: skip
+    result = subprocess.run([need("fish"), "--no-config", "-c", driver], capture_output=True,
+                            text=True, env=shell_env, timeout=60, check=True)  # fmt: skip
+    assert result.stdout == "repo:read:acme/*\tallowed for reviewer\n"
+
+
+def test_completion_leaves_the_ledger_directory_as_it_was(
+    live: dict[str, str], paths: Paths
+) -> None:
+    ledger_dir = paths.ledger_file.parent
+    assert not Path(f"{paths.ledger_file}-wal").exists()
+    before = sorted(p.name for p in ledger_dir.iterdir())
+    assert run("bash", "revoke", "")
+    assert run("fish", "revoke", live["active"][:6])
+    assert sorted(p.name for p in ledger_dir.iterdir()) == before
+
+
+def test_short_prefixes_walk_the_expiry_index_not_expired_history(
+    live: dict[str, str], paths: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        db: sqlite3.Connection = connect(*args, **kwargs)
+        db.set_trace_callback(statements.append)
+        return db
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    plans = {}
+    for prefix in ("", "g", live["active"][:3], live["active"][:6]):
+        statements.clear()
+        assert live["active"] in values(["revoke", prefix])
+        (sql,) = [s for s in statements if s.startswith("SELECT")]
+        db = connect(paths.ledger_file)
+        plans[prefix] = " ".join(str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        db.close()
+    for prefix, plan in plans.items():
+        index = "grants_by_expiry" if len(prefix) < complete.RANGE_PREFIX else "autoindex"
+        assert index in plan, (prefix, plan)
+
+
+# Bash lists candidates in the order given only when told not to sort: drive it interactively.
+BASH_PTY = r"""
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], [sys.argv[1], "--norc", "--noprofile", "-i"])
+def read(seconds):
+    out, end = b"", time.time() + seconds
+    while time.time() < end:
+        if select.select([fd], [], [], 0.05)[0]:
+            try:
+                out += os.read(fd, 65536)
+            except OSError:
+                break
+    return out
+setup = ["PS1='> '", "bind 'set completion-display-width 0'", "bind 'set page-completions off'",
+         "bind 'set show-all-if-ambiguous on'", "source " + sys.argv[2], "echo READY"]
+os.write(fd, ("; ".join(setup) + "\n").encode())
+seen = b""
+for _ in range(100):
+    seen += read(0.1)
+    if seen.count(b"READY") >= 2:
+        break
+os.write(fd, sys.argv[3].encode() + b"\t")  # the line typed, then TAB
+out = b""
+for _ in range(100):
+    out += read(0.1)
+    if sys.argv[4].encode() in out:  # what the completion should bring up
+        break
+sys.stdout.write(out.decode(errors="replace"))
+os.kill(pid, 9)
+"""
+
+
+def test_bash_lists_grants_soonest_to_expire_first(
+    paths: Paths, shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    soonest_last_alphabetically = ["gz" + "a" * 25, "gm" + "a" * 25, "ga" + "a" * 25]
+    for n, grant_id in enumerate(soonest_last_alphabetically):
+        insert_grant(paths, grant_id, expires_in=600 * (n + 1))
+    probe = tmp_path / "drive_bash.py"
+    probe.write_text(BASH_PTY)
+    result = subprocess.run(
+        [sys.executable, str(probe), need("bash"), str(COMPLETIONS / "nhidel.bash"),
+         "nhidel revoke ", soonest_last_alphabetically[-1] + "\r\n"],
+        capture_output=True, text=True, env=shell_env, timeout=60, check=True,
+    )  # fmt: skip
+    listed = [line.strip() for line in result.stdout.replace("\r", "").splitlines()]
+    assert [line for line in listed if line in soonest_last_alphabetically] == (
+        soonest_last_alphabetically
+    )
+
+
+def test_a_missing_shell_fails_when_shells_are_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NHIDEL_REQUIRE_SHELLS", "1")
+    with pytest.raises(pytest.fail.Exception):
+        need("no-such-shell-nhidel")
+    monkeypatch.delenv("NHIDEL_REQUIRE_SHELLS")
+    with pytest.raises(pytest.skip.Exception):
+        need("no-such-shell-nhidel")
+
+
+def test_zsh_completes_a_word_opened_with_a_quote(
+    ready: Cli, shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    zsh = need("zsh")
+    driver = tmp_path / "drive.zsh"
+    driver.write_text(ZSH_DRIVER)
+    line = "nhidel grant reviewer --scope 'rep"
+    result = subprocess.run(
+        [zsh, "-f", str(driver), ZSH_SETUPS["sourced"], "acme/*", line],
+        capture_output=True, text=True, env=shell_env, timeout=60, check=True,
+    )  # fmt: skip
+    assert "'repo:read:acme/*" in result.stdout.replace("\r", "")
+
+
+def test_zsh_completes_an_upper_case_id_prefix(
+    live: dict[str, str], shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    zsh = need("zsh")
+    driver = tmp_path / "drive.zsh"
+    driver.write_text(ZSH_DRIVER)
+    wanted = live["active"]
+    line = f"nhidel revoke {wanted[:8].upper()}"
+    result = subprocess.run(
+        [zsh, "-f", str(driver), ZSH_SETUPS["sourced"], wanted, line],
+        capture_output=True, text=True, env=shell_env, timeout=60, check=True,
+    )  # fmt: skip
+    assert wanted in result.stdout.replace("\r", "")
+
+
+def test_fish_completes_an_upper_case_id_prefix(
+    live: dict[str, str], shell_env: dict[str, str]
+) -> None:
+    typed = live["active"][:8].upper()
+    driver = f"source {COMPLETIONS / 'nhidel.fish'}; complete -C 'nhidel revoke {typed}'"
+    result = subprocess.run([need("fish"), "--no-config", "-c", driver], capture_output=True,
+                            text=True, env=shell_env, timeout=60, check=True)  # fmt: skip
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == [live["active"]]
+
+
+@pytest.mark.parametrize(("typed", "completed"), [
+    ("'rep", "'repo:read:acme/*'"),  # bash closes the quote it was given
+    ("repo:read:ac", "repo:read:acme/\\*"),  # after the last ':', the '*' escaped
+])  # fmt: skip
+def test_bash_completes_scopes_interactively(
+    ready: Cli, shell_env: dict[str, str], tmp_path: Path, typed: str, completed: str
+) -> None:
+    probe = tmp_path / "drive_bash.py"
+    probe.write_text(BASH_PTY)
+    result = subprocess.run(
+        [sys.executable, str(probe), need("bash"), str(COMPLETIONS / "nhidel.bash"),
+         f"nhidel grant reviewer --scope {typed}", f"--scope {completed}"],
+        capture_output=True, text=True, env=shell_env, timeout=60, check=True,
+    )  # fmt: skip
+    assert f"nhidel grant reviewer --scope {completed}" in result.stdout

@@ -2,18 +2,24 @@
 
 The scripts in completions/ run `_NHIDEL_COMPLETE=<shell> nhidel WORD...`, passing the words
 after `nhidel` up to the one being completed (the last, possibly empty). This module answers
-from `command_table` (generated from the Typer app), the ledger (read-only SQLite) and, only
-for agent names and ceilings, config.toml. It imports nothing heavy: no Typer, Rich,
-cryptography, PyJWT or keyring, and none of nhidel's core, so a TAB costs little more than
+from `command_table` (generated from the Typer app), the ledger (read-only SQLite, opened so
+that nothing is written) and, only for agent names and ceilings, config.toml. It imports nothing
+heavy: no Typer, Rich, cryptography, PyJWT or keyring; of nhidel's own modules only the
+stdlib-only `timefmt` and `scopes` (and their `errors`), so a TAB costs little more than
 starting Python. Whatever goes wrong, it prints nothing rather than an error into a prompt.
+
+Every value offered ends up on a command line, so a value read from the ledger or config that
+does not match its grammar is dropped, and bash gets values with shell metacharacters escaped.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -23,35 +29,41 @@ SHELLS = ("bash", "zsh", "fish")
 # Enough for any menu a person reads; typing more of the id narrows the query itself.
 MAX_GRANTS = 200
 MAX_DESCRIPTION = 72
-# Bash splits words at these (COMP_WORDBREAKS) and replaces only the text after the last one.
+# Bash splits words at the characters in COMP_WORDBREAKS (the script passes them in
+# _NHIDEL_WORDBREAKS) and replaces only the text after the last one. Of those, only these can
+# occur inside a value nhidel offers; without the variable (an older script), both are assumed.
 _BASH_BREAKS = ":="
-
-# Which values come from nhidel's own state: (command path, option or "" for arguments).
-_SOURCES = {
-    ("revoke", ""): "grants",
-    ("show", ""): "grants",
-    ("revoke", "--agent"): "agents",
-    ("list", "--agent"): "agents",
-    ("grant", ""): "agents",
-    ("agent show", ""): "agents",
-    ("agent remove", ""): "agents",
-    ("audit tail", "--agent"): "agents",
-    ("grant", "--scope"): "scopes",
-    ("audit tail", "--event"): "events",
-}
+# Every id starts with "g": that prefix (or none) walks the expiry index, which skips expired
+# history and is already in order. From one more character on, the id index narrows to 1 grant
+# in 32 or better, and is faster (benchmarks/README.md has the figures).
+RANGE_PREFIX = 2
+# The grammars of values read from the ledger and config.toml: nothing else is offered.
+GRANT_ID = re.compile(r"g[a-z2-7]{26}")
+AGENT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # nhidel.models.AGENT_NAME (a test checks)
+# Outside quotes, bash takes these literally; any other character is escaped with a backslash.
+_BASH_UNSAFE = re.compile(r"([^A-Za-z0-9_./:=@%+,-])")
+# Inside double quotes, these still mean something to bash.
+_BASH_DQUOTE_UNSAFE = re.compile(r'([$`"\\!])')
 
 Candidate = tuple[str, str]  # (value, description)
 
 
 def run(shell: str, words: Sequence[str], *, now: int | None = None) -> int:
     """Print the candidates for the last of `words` in `shell`'s format; always exit 0."""
-    words = _join_bash_breaks(words) if shell == "bash" else list(words)
+    words = list(words) or [""]
+    breaks = quote = ""
+    if shell == "bash":
+        wordbreaks = os.environ.get("_NHIDEL_WORDBREAKS", _BASH_BREAKS)
+        breaks = "".join(ch for ch in _BASH_BREAKS if ch in wordbreaks)
+        words = _join_bash_breaks(words, breaks)
+        if words[-1][:1] in ("'", '"'):  # an open quote: bash neither splits nor unquotes it
+            quote, words[-1] = words[-1][0], words[-1][1:]
     try:
         found = candidates(words, now=int(time.time()) if now is None else now)
     except Exception:  # a corrupt ledger or config must not spill a traceback into a prompt
         found = []
-    incomplete = words[-1] if words else ""
-    sys.stdout.write("".join(_format(shell, value, about, incomplete) for value, about in found))
+    lines = (_format(shell, value, about, words[-1], breaks, quote) for value, about in found)
+    sys.stdout.write("".join(line for line in lines if line))
     return 0
 
 
@@ -59,10 +71,13 @@ def candidates(words: Sequence[str], *, now: int) -> list[Candidate]:
     """What may follow: `words` are those after `nhidel`, the last one being typed."""
     *typed, incomplete = words or [""]
     path, positionals, pending_option, spec = _walk(typed)
+    source: Source | None = None
     if pending_option is not None:
+        source = _SOURCES.get((path, pending_option))
         found = _option_values(path, pending_option, spec, positionals, incomplete, now)
     elif incomplete.startswith("--") and "=" in incomplete:
         name, _, value = incomplete.partition("=")
+        source = _SOURCES.get((path, name))
         found = [
             (f"{name}={choice}", description)
             for choice, description in _option_values(path, name, spec, positionals, value, now)
@@ -72,10 +87,13 @@ def candidates(words: Sequence[str], *, now: int) -> list[Candidate]:
     elif spec["commands"]:
         found = [(name, COMMANDS[_child(path, name)]["help"]) for name in spec["commands"]]
     elif spec["arguments"] == -1 or len(positionals) < spec["arguments"]:
-        found = _dynamic(_SOURCES.get((path, "")), positionals, incomplete, now)
+        source = _SOURCES.get((path, ""))
+        found = source(positionals, incomplete, now) if source else []
         found = [c for c in found if c[0] not in positionals]
     else:
         found = []
+    if source is _grants:  # ids are case-insensitive: `revoke GQ3<TAB>` finds gq3...
+        return [c for c in found if c[0].startswith(incomplete.lower())]
     return [candidate for candidate in found if candidate[0].startswith(incomplete)]
 
 
@@ -114,67 +132,91 @@ def _option_values(
     choices: tuple[str, ...] = known[2]
     if choices:
         return [(choice, "") for choice in choices]
-    return _dynamic(_SOURCES.get((path, option)), positionals, incomplete, now)
+    source = _SOURCES.get((path, option))
+    return source(positionals, incomplete, now) if source else []
 
 
-def _dynamic(
-    source: str | None, positionals: list[str], incomplete: str, now: int
-) -> list[Candidate]:
-    if source == "grants":
-        return _grants(incomplete, now)
-    if source == "agents":
-        return [(name, _clean(" ".join(allow))) for name, allow in _agents().items()]
-    if source == "scopes":
-        agent = positionals[0] if positionals else ""
-        return [(scope, f"allowed for {_clean(agent)}") for scope in _agents().get(agent, [])]
-    if source == "events":
-        return [(name, "") for name in EVENTS]
-    return []
-
-
-def _grants(incomplete: str, now: int) -> list[Candidate]:
+def _grants(positionals: list[str], incomplete: str, now: int) -> list[Candidate]:
     """Live grants (not revoked, expired or used up), soonest to expire first."""
     import sqlite3
 
     ledger = _state_dir() / "ledger.db"
     if not ledger.is_file():
         return []
-    sql = (
-        "SELECT id, agent, scope, not_before, expires_at FROM grants "
-        "WHERE revoked_at IS NULL AND expires_at > ? AND (max_uses IS NULL OR uses < max_uses)"
-    )
-    params: list[object] = [now]
+    live = "revoked_at IS NULL AND {e} > ? AND (max_uses IS NULL OR uses < max_uses)"
+    columns = "SELECT id, agent, scope, not_before, expires_at FROM grants WHERE "
     prefix = incomplete.strip().lower()
-    if prefix:  # only then: with no prefix, the expiry index serves ORDER BY and LIMIT alone
-        sql += " AND id >= ? AND id < ?"
-        params += [prefix, prefix + "\U0010ffff"]
-    uri = f"{ledger.as_uri()}?mode=ro"
-    with _closing(sqlite3.connect(uri, uri=True, timeout=0.5)) as db:
-        rows = db.execute(f"{sql} ORDER BY expires_at LIMIT {MAX_GRANTS}", params).fetchall()
-    found = []
-    for grant_id, agent, scope, not_before, expires_at in rows:
-        when = f"expires {_relative(expires_at, now)}"
-        if not_before > now:
-            when = f"pending, starts {_relative(not_before, now)}, {when}"
-        found.append((str(grant_id), _clean(f"{agent} {scope}, {when}")))
+    if len(prefix) >= RANGE_PREFIX:  # the id index; `+expires_at` keeps the planner off the other
+        sql = columns + live.format(e="+expires_at") + " AND id >= ? AND id < ?"
+        sql += f" ORDER BY +expires_at LIMIT {MAX_GRANTS}"
+        params: list[object] = [now, prefix, prefix + "\U0010ffff"]
+    else:  # the expiry index: live grants only, already in order; stop at MAX_GRANTS matches
+        sql = columns + live.format(e="expires_at") + " ORDER BY expires_at"
+        params = [now]
+    # Reading must leave the directory as it was: a read-only connection to a WAL database still
+    # creates -wal and -shm files unless it is told nothing can change (no writer is around).
+    wal = ledger.with_name(ledger.name + "-wal")
+    mode = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+    found: list[Candidate] = []
+    with closing(sqlite3.connect(f"{ledger.as_uri()}?{mode}", uri=True, timeout=0.5)) as db:
+        for grant_id, agent, scope, not_before, expires_at in db.execute(sql, params):
+            if not (isinstance(grant_id, str) and GRANT_ID.fullmatch(grant_id)):
+                continue  # not an id nhidel mints: never put it on a command line
+            if not grant_id.startswith(prefix):
+                continue
+            when = f"expires {_relative(expires_at, now)}"
+            if not_before > now:
+                when = f"pending, starts {_relative(not_before, now)}, {when}"
+            found.append((grant_id, _clean(f"{agent} {scope}, {when}")))
+            if len(found) >= MAX_GRANTS:
+                break
     return found
 
 
-class _closing:
-    """sqlite3's own context manager commits; this one closes."""
+def _agent_names(positionals: list[str], incomplete: str, now: int) -> list[Candidate]:
+    return [(name, _clean(" ".join(allow))) for name, allow in _agents().items()]
 
-    def __init__(self, db: Any) -> None:
-        self.db = db
 
-    def __enter__(self) -> Any:
-        return self.db
+def _scopes(positionals: list[str], incomplete: str, now: int) -> list[Candidate]:
+    """The scopes of the named agent's ceiling (config.toml may have been edited by hand)."""
+    from ..scopes import parse_scope
 
-    def __exit__(self, *exc: object) -> None:
-        self.db.close()
+    agent = positionals[0] if positionals else ""
+    found = []
+    for scope in _agents().get(agent, []):
+        try:
+            valid = str(parse_scope(scope)) == scope
+        except Exception:
+            valid = False
+        if valid and _clean_value(scope) == scope:
+            found.append((scope, f"allowed for {agent}"))
+    return found
+
+
+def _events(positionals: list[str], incomplete: str, now: int) -> list[Candidate]:
+    return [(name, "") for name in EVENTS]
+
+
+Source = Callable[[list[str], str, int], list[Candidate]]
+
+# Which values come from nhidel's own state: (command path, option or "" for arguments).
+_SOURCES: dict[tuple[str, str], Source] = {
+    ("revoke", ""): _grants,
+    ("show", ""): _grants,
+    ("revoke", "--agent"): _agent_names,
+    ("list", "--agent"): _agent_names,
+    ("grant", ""): _agent_names,
+    ("agent show", ""): _agent_names,
+    ("agent remove", ""): _agent_names,
+    ("audit tail", "--agent"): _agent_names,
+    ("grant", "--scope"): _scopes,
+    ("audit tail", "--event"): _events,
+}
 
 
 def _agents() -> dict[str, list[str]]:
-    """Registered agents and their ceilings, from config.toml (read only when needed)."""
+    """Registered agents with valid names and their ceilings, from config.toml (read only when
+    needed)."""
     import tomllib
 
     try:
@@ -182,7 +224,11 @@ def _agents() -> dict[str, list[str]]:
     except FileNotFoundError:
         return {}
     agents = data.get("agents", {})
-    return {str(name): [str(s) for s in spec.get("allow", [])] for name, spec in agents.items()}
+    return {
+        name: [str(s) for s in spec.get("allow", [])]
+        for name, spec in agents.items()
+        if AGENT_NAME.fullmatch(name) and isinstance(spec, dict)
+    }
 
 
 def _relative(timestamp: int, now: int) -> str:
@@ -228,12 +274,13 @@ def _clean(text: str) -> str:
     return shown if len(shown) <= MAX_DESCRIPTION else shown[: MAX_DESCRIPTION - 3] + "..."
 
 
-def _join_bash_breaks(words: Iterable[str]) -> list[str]:
-    """Undo bash's split of `repo:read` into `repo`, `:`, `read` (and of `--opt=value`)."""
+def _join_bash_breaks(words: Sequence[str], breaks: str) -> list[str]:
+    """Undo bash's split of `repo:read` into `repo`, `:`, `read` (and of `--opt=value`), at
+    the break characters bash actually splits at."""
     joined: list[str] = []
     glue = False
     for word in words:
-        is_break = word != "" and all(ch in _BASH_BREAKS for ch in word)
+        is_break = bool(breaks) and word != "" and all(ch in breaks for ch in word)
         if joined and (glue or is_break):
             joined[-1] += word
         else:
@@ -242,12 +289,19 @@ def _join_bash_breaks(words: Iterable[str]) -> list[str]:
     return joined
 
 
-def _format(shell: str, value: str, description: str, incomplete: str) -> str:
-    value = _clean_value(value)
+def _format(
+    shell: str, value: str, description: str, incomplete: str, breaks: str, quote: str
+) -> str:
+    if _clean_value(value) != value:
+        return ""  # no whitespace or unprintable character reaches a command line
     if shell == "bash":
+        if quote == "'":  # inside single quotes everything is literal but the quote itself
+            return "" if "'" in value else value + "\n"
+        if quote == '"':
+            return _BASH_DQUOTE_UNSAFE.sub(r"\\\1", value) + "\n"
         # Bash replaces only the text after the word's last break character.
-        cut = max(incomplete.rfind(ch) for ch in _BASH_BREAKS) + 1
-        return value[cut:] + "\n"
+        cut = max((incomplete.rfind(ch) for ch in breaks), default=-1) + 1
+        return _BASH_UNSAFE.sub(r"\\\1", value[cut:]) + "\n"
     if shell == "zsh":
         escaped = value.replace("\\", "\\\\").replace(":", "\\:")
         return f"{escaped}:{description}\n" if description else f"{escaped}\n"

@@ -4,9 +4,8 @@
     python3 -m nhidel.cli.gendocs --check   # exit 1 naming each file that differs
 
 From the Typer app: the completion table (nhidel/cli/command_table.py), the completion scripts
-(completions/), the man page (man/nhidel.1) and the README's `--help` blocks (between
-`<!-- help:nhidel CMD -->` and `<!-- /help -->`). The man page's ENVIRONMENT, FILES, EXIT
-STATUS and SECURITY sections are taken from the README, so the two say the same thing.
+(completions/), the man page (man/nhidel.1, made by `manpage`) and the README's `--help` blocks
+(between `<!-- help:nhidel CMD -->` and `<!-- /help -->`).
 Run it from a source checkout.
 """
 
@@ -30,33 +29,19 @@ HELP_BLOCK = re.compile(
 # Plain, stable help output: a fixed width, no colour, no terminal.
 HELP_ENV = {"COLUMNS": "80", "LINES": "25", "NO_COLOR": "1", "TERM": "dumb"}
 
-EXAMPLES = [
-    ("Register an agent that may read any repository of acme, for at most an hour:",
-     "nhidel agent add reviewer --allow 'repo:read:acme/*' --max-ttl 1h"),
-    ("Mint a 15-minute grant; the token alone goes to stdout:",
-     "TOKEN=$(nhidel grant reviewer --scope repo:read:acme/api --ttl 15m)"),
-    ("Check an action at a gateway, reading the token from stdin:",
-     'echo "$TOKEN" | nhidel verify - --scope repo:read:acme/api'),
-    ("See the live grants, then revoke one (TAB completes the id):",
-     "nhidel list\nnhidel revoke gq3v7k2m1x --reason 'PR merged'"),
-    ("Check the audit log, e.g. from cron:", "nhidel audit verify -q || echo tampered"),
-]  # fmt: skip
-
 
 # -- the command tree --------------------------------------------------------------------
 
 
 def command_tree() -> Iterator[tuple[str, Any, Any]]:
     """(path, click command, its context) for the root and every command, in help order."""
-    import typer
-    from typer import _click as click
+    from .app import command
 
-    from .app import app
-
-    root = typer.main.get_command(app)
+    root = command()
 
     def walk(path: str, command: Any, parent: Any) -> Iterator[tuple[str, Any, Any]]:
-        ctx = click.Context(
+        # The command's own context class: no need to reach into Typer for its vendored click.
+        ctx = command.context_class(
             command, info_name=path.rpartition(" ")[2] or "nhidel", parent=parent,
             **(command.context_settings if parent is None else {}),
         )  # fmt: skip
@@ -68,7 +53,7 @@ def command_tree() -> Iterator[tuple[str, Any, Any]]:
     yield from walk("", root, None)
 
 
-def _choices(param: Any) -> tuple[str, ...]:
+def choices(param: Any) -> tuple[str, ...]:
     descriptor = getattr(param, "type_descriptor", None)
     annotation = getattr(descriptor, "annotation", None)
     if isinstance(annotation, EnumMeta):
@@ -77,20 +62,20 @@ def _choices(param: Any) -> tuple[str, ...]:
     return tuple(getattr(getattr(param, "type", None), "choices", None) or ())
 
 
-def _params(command: Any, ctx: Any) -> tuple[list[Any], list[Any]]:
-    params = [p for p in command.get_params(ctx) if not getattr(p, "hidden", False)]
+def params(command: Any, ctx: Any) -> tuple[list[Any], list[Any]]:
+    shown = [p for p in command.get_params(ctx) if not getattr(p, "hidden", False)]
     return (
-        [p for p in params if p.param_type_name == "argument"],
-        [p for p in params if p.param_type_name == "option"],
+        [p for p in shown if p.param_type_name == "argument"],
+        [p for p in shown if p.param_type_name == "option"],
     )
 
 
-def _names(option: Any) -> list[str]:
+def names(option: Any) -> list[str]:
     """An option's names, short ones first (click keeps the help option's in a set)."""
     return sorted(option.opts + option.secondary_opts, key=lambda n: (n.startswith("--"), n))
 
 
-def _summary(command: Any) -> str:
+def summary(command: Any) -> str:
     return " ".join((command.help or "").split("\n\n")[0].split())
 
 
@@ -100,13 +85,13 @@ def completion_table() -> str:
 
     commands: dict[str, Any] = {}
     for path, command, ctx in command_tree():
-        arguments, options = _params(command, ctx)
+        arguments, options = params(command, ctx)
         spec_options: dict[str, tuple[bool, str, tuple[str, ...]]] = {}
         for option in options:
-            for name in _names(option):
-                spec_options[name] = (not option.is_flag, option.help or "", _choices(option))
+            for name in names(option):
+                spec_options[name] = (not option.is_flag, option.help or "", choices(option))
         commands[path] = {
-            "help": _summary(command),
+            "help": summary(command),
             "commands": [n for n, c in getattr(command, "commands", {}).items() if not c.hidden],
             "options": spec_options,
             "arguments": -1 if any(a.nargs == -1 for a in arguments) else len(arguments),
@@ -121,124 +106,6 @@ def completion_table() -> str:
         "# fmt: off\n"
         f"COMMANDS: dict[str, dict[str, Any]] = (\n{body}\n)\n\nEVENTS = (\n{events}\n)\n"
     )
-
-
-# -- the man page ------------------------------------------------------------------------
-
-
-def _roff(text: str) -> str:
-    """Plain text as roff: backslashes escaped, nothing read as a request."""
-    text = text.replace("\\", "\\e")
-    return "\n".join("\\&" + line if line[:1] in ".'" else line for line in text.split("\n"))
-
-
-def _roff_inline_markdown(text: str) -> str:
-    """README prose as roff: `code` and **bold** in bold, links and other markup dropped."""
-    text = _roff(re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", text))
-    text = re.sub(r"\*\*(.+?)\*\*", r"\\fB\1\\fR", text)
-    text = re.sub(r"`([^`]+)`", lambda m: "\\fB" + m.group(1).replace("-", "\\-") + "\\fR", text)
-    return text
-
-
-def _readme_section(readme: str, title: str) -> str:
-    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", readme, re.M | re.S)
-    if match is None:
-        raise SystemExit(f"error: README.md has no '## {title}' section for the man page")
-    return match.group(1).strip()
-
-
-def _table_rows(section: str) -> list[tuple[str, str]]:
-    rows = []
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and len(cells) == 2 and not set(cells[0]) <= set("- "):
-            rows.append((cells[0], cells[1]))
-    return rows[1:]  # the header
-
-
-def _bullets(section: str) -> tuple[str, list[str]]:
-    """The prose before a bullet list, and each bullet joined into one line."""
-    intro, items = [], []
-    for line in section.splitlines():
-        if line.startswith("- "):
-            items.append(line[2:].strip())
-        elif line.startswith("  ") and items:
-            items[-1] += " " + line.strip()
-        elif not items and line.strip():
-            intro.append(line.strip())
-    return " ".join(intro), items
-
-
-def _synopsis_argument(argument: Any) -> str:
-    name = argument.metavar or argument.name.upper()
-    return name if argument.required or argument.metavar else f"[{name}]"
-
-
-def _option_label(option: Any) -> str:
-    names = ", ".join("\\fB" + name.replace("-", "\\-") + "\\fR" for name in _names(option))
-    if option.is_flag:
-        return names
-    choices = _choices(option)
-    value = "|".join(choices) or _names(option)[-1].lstrip("-").upper().replace("-", "_")
-    return f"{names} \\fI{value}\\fR"
-
-
-def man_page(readme: str) -> str:
-    from .. import __version__
-
-    out = [
-        f'.TH NHIDEL 1 "" "nhidel {__version__}" "User Commands"',
-        ".SH NAME",
-        "nhidel \\- mint scoped, time\\-boxed, revocable grants for named agents",
-        ".SH SYNOPSIS",
-        ".B nhidel",
-        "[\\fIOPTIONS\\fR] \\fICOMMAND\\fR [\\fIARGUMENTS\\fR]",
-        ".SH DESCRIPTION",
-        _roff_inline_markdown(" ".join(readme.split("\n\n")[1].split())),
-    ]
-    for path, command, ctx in command_tree():
-        arguments, options = _params(command, ctx)
-        if not path:
-            out += [".SH OPTIONS", "These come before the command.", ".PP"]
-        elif getattr(command, "commands", None):
-            continue  # a group: its commands have their own entries
-        else:
-            if ".SH COMMANDS" not in out:
-                out.append(".SH COMMANDS")
-            usage = " ".join(["[\\fIOPTIONS\\fR]"] + [_synopsis_argument(a) for a in arguments])
-            out += [f'.SS "nhidel {path}"', f".B nhidel {path}", usage, ".PP"]
-            out.append(_roff(_summary(command)))
-            for argument in arguments:
-                if argument.help:
-                    out += [".TP", f"\\fI{_synopsis_argument(argument)}\\fR", _roff(argument.help)]
-        for option in options:
-            out += [".TP", _option_label(option), _roff(option.help or "")]
-    out.append(".SH ENVIRONMENT")
-    for name, effect in _table_rows(_readme_section(readme, "Environment")):
-        out += [".TP", _roff_inline_markdown(name), _roff_inline_markdown(effect)]
-    intro, files = _bullets(_readme_section(readme, "Files"))
-    out += [".SH FILES", _roff_inline_markdown(intro)]
-    for item in files:
-        label, _, text = item.partition(": ")
-        out += [".TP", _roff_inline_markdown(label), _roff_inline_markdown(text)]
-    out.append(".SH EXIT STATUS")
-    for code, meaning in _table_rows(_readme_section(readme, "Exit codes")):
-        out += [".TP", f"\\fB{code}\\fR", _roff_inline_markdown(meaning)]
-    out.append(".SH EXAMPLES")
-    for text, commands in EXAMPLES:
-        out += [".PP", _roff(text), ".PP", ".RS", ".nf"]
-        out += [_roff(line) for line in commands.splitlines()]
-        out += [".fi", ".RE"]
-    intro, points = _bullets(_readme_section(readme, "Security model"))
-    out += [".SH SECURITY", _roff_inline_markdown(intro)]
-    for point in points:
-        out += [".IP \\(bu 2", _roff_inline_markdown(point)]
-    out += [
-        ".SH SEE ALSO",
-        "The README, for the audit log's design and the Python API.",
-        "",
-    ]
-    return "\n".join(out)
 
 
 # -- the README's --help blocks ----------------------------------------------------------
@@ -270,6 +137,7 @@ def readme_with_help(readme: str) -> str:
 
 def generated(root: Path) -> dict[Path, Callable[[], str]]:
     """Every generated file and how to make it."""
+    from .manpage import man_page
     from .shell_scripts import FILES, script
 
     readme = (root / "README.md").read_text("utf-8")
