@@ -40,6 +40,7 @@ MAX_DOCUMENT = 1024 * 1024
 FETCH_TIMEOUT = 5.0
 JWKS_TTL = 300  # seconds a fetched JWKS is kept
 MIN_REFRESH_INTERVAL = 10  # seconds between fetches forced by an unknown kid
+LIST_CLOCK_SKEW = 60  # seconds a status list's iat may be ahead of this clock
 
 
 class Unavailable(Exception):  # noqa: N818 - a document that cannot be had or trusted
@@ -47,22 +48,50 @@ class Unavailable(Exception):  # noqa: N818 - a document that cannot be had or t
 
 
 def fetch(source: str) -> bytes:
-    """A document from an https (or http) URL or a file, at most 1 MiB."""
-    try:
-        if source.startswith(("https://", "http://")):
-            from urllib.request import Request, urlopen
+    """A document from an https URL (http only on this machine) or a file, at most 1 MiB.
 
-            request = Request(source, headers={"User-Agent": "nhidel"})  # noqa: S310 - checked
-            with urlopen(request, timeout=FETCH_TIMEOUT) as response:  # noqa: S310
-                data: bytes = response.read(MAX_DOCUMENT + 1)
+    The JWKS is the root of trust and is not itself signed, so it must come over TLS, and a
+    redirect may not downgrade it.
+    """
+    from http.client import HTTPException
+
+    try:
+        if "://" in source:
+            data = _fetch_url(source)
         else:
             with Path(source).open("rb") as handle:
                 data = handle.read(MAX_DOCUMENT + 1)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, HTTPException) as exc:
         raise Unavailable(f"could not fetch {source}: {exc}") from None
     if len(data) > MAX_DOCUMENT:
         raise Unavailable(f"{source} is larger than {MAX_DOCUMENT} bytes")
     return data
+
+
+def _fetch_url(url: str) -> bytes:
+    import urllib.request
+
+    _check_url(url)
+
+    class SecureRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+            _check_url(newurl)
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    opener = urllib.request.build_opener(SecureRedirects)
+    request = urllib.request.Request(url, headers={"User-Agent": "nhidel"})  # noqa: S310
+    with opener.open(request, timeout=FETCH_TIMEOUT) as response:
+        data: bytes = response.read(MAX_DOCUMENT + 1)
+    return data
+
+
+def _check_url(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    local = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if parts.scheme != "https" and not (parts.scheme == "http" and local):
+        raise Unavailable(f"{url} is not an https URL (plain http only for this machine)")
 
 
 def parse_jwks(data: bytes) -> dict[str, Ed25519PublicKey]:
@@ -71,7 +100,7 @@ def parse_jwks(data: bytes) -> dict[str, Ed25519PublicKey]:
         keys = json.loads(data)["keys"]
         if not isinstance(keys, list) or not keys:
             raise ValueError("no keys")
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise Unavailable("the JWKS is not a JSON key set") from None
     trusted = {}
     for key in keys:
@@ -80,6 +109,12 @@ def parse_jwks(data: bytes) -> dict[str, Ed25519PublicKey]:
             raise Unavailable(f"the JWKS holds a {kind} key; only Ed25519 (OKP) keys are trusted")
         if "d" in key:
             raise Unavailable("the JWKS holds a private key; refusing it")
+        if (
+            key.get("alg", "EdDSA") != "EdDSA"
+            or key.get("use", "sig") != "sig"
+            or (key.get("key_ops", ["verify"]) != ["verify"])
+        ):
+            raise Unavailable("the JWKS holds a key not meant for EdDSA signatures")
         x = key.get("x")
         try:
             if not isinstance(x, str) or len(b64url_decode(x)) != 32:
@@ -197,6 +232,8 @@ class RemoteVerifier:
             listed = self._status_list(keys, now)
             if listed.get("sub") != entry.get("uri"):
                 raise Unavailable("the status list is for another URI than the token names")
+            if listed.get("iss") != claims["iss"]:
+                raise Unavailable("the status list is from another issuer than the token")
             value = status_of(listed["status_list"], entry["idx"])
         except (Unavailable, ValueError, KeyError, TypeError) as exc:
             raise Denied(Reason.STATUS_UNAVAILABLE, f"status list: {exc}") from None
@@ -221,19 +258,27 @@ class RemoteVerifier:
                                              typ=STATUS_LIST_TYPE)  # fmt: skip
             except TokenRejected as rejected:
                 raise Unavailable(f"not a trusted status list ({rejected.detail})") from None
-            self._status = _Cached(listed, _usable_until(listed, now, self.leeway))
+            self._status = _Cached(listed, _usable_until(listed, now))
         listed = self._status.value
-        if type(listed.get("exp")) is int and now >= listed["exp"] + self.leeway:
+        # No leeway here: it would let revocations arrive that much later.
+        if "exp" in listed and now >= listed["exp"]:
             raise Unavailable("it has expired")
         return dict(listed)
 
 
-def _usable_until(listed: dict[str, Any], now: int, leeway: int) -> float:
-    """Keep a fetched list for its `ttl`, never past its `exp`; refuse a stale one."""
-    iat, ttl, exp = listed.get("iat"), listed.get("ttl"), listed.get("exp")
-    if type(iat) is not int or iat > now + leeway:
+def _usable_until(listed: dict[str, Any], now: int) -> float:
+    """Keep a fetched list for its `ttl`, never past its `exp`; refuse a stale or odd one."""
+    iat, ttl, exp = (_number(listed.get(name)) for name in ("iat", "ttl", "exp"))
+    if iat is None or iat > now + LIST_CLOCK_SKEW:
         raise Unavailable("its iat is missing or in the future")
-    if type(exp) is not int and (type(ttl) is not int or iat + ttl + leeway < now):
+    if "exp" in listed and exp is None:
+        raise Unavailable("its exp is not a NumericDate")
+    if exp is None and (ttl is None or iat + ttl < now):
         raise Unavailable("it is stale: no exp, and older than its ttl")
-    until = now + (ttl if type(ttl) is int and ttl > 0 else 0)
-    return min(until, exp) if type(exp) is int else until
+    until = now + (ttl if ttl is not None and ttl > 0 else 0)
+    return min(until, exp) if exp is not None else until
+
+
+def _number(value: object) -> float | None:
+    """A JSON number (not a bool), as a float; None for anything else."""
+    return float(value) if type(value) in (int, float) else None  # type: ignore[arg-type]

@@ -268,3 +268,102 @@ def test_a_verifier_with_an_old_jwks_refetches_it_after_a_rotation(
     clock[0] += 15  # ...later it does, well before the cached JWKS would expire.
     assert verifier.check(after, [SCOPE]).allowed
     assert requested.count("/site/jwks.json") == 2
+
+
+# -- found by review: transport, odd documents ---------------------------------------------
+
+
+def test_a_jwks_over_plain_http_to_another_host_is_refused_before_fetching(ready: Cli) -> None:
+    token = ready.ok("grant", "reviewer", "--scope", SCOPE).stdout.strip()
+    result = ready("verify", "-", "--scope", SCOPE, "--json", "--jwks",
+                   "http://keys.example.invalid/jwks.json", input=token)  # fmt: skip
+    assert result.exit_code == 1 and json.loads(result.stdout)["reason"] == "unknown_key"
+    assert "not an https URL" in result.stderr
+
+
+def test_a_redirect_may_not_downgrade_the_jwks_to_plain_http(ready: Cli) -> None:
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            self.send_response(302)
+            self.send_header("Location", "http://keys.example.invalid/jwks.json")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        token = ready.ok("grant", "reviewer", "--scope", SCOPE).stdout.strip()
+        url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+        decision = RemoteVerifier(url).check(token, [SCOPE])
+        assert decision.reason == "unknown_key" and "not an https URL" in decision.detail
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_garbage_http_answer_or_a_deep_jwks_is_a_denial_not_a_crash(
+    ready: Cli, tmp_path: Path
+) -> None:
+    token = ready.ok("grant", "reviewer", "--scope", SCOPE).stdout.strip()
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000)
+    assert RemoteVerifier(str(deep)).check(token, [SCOPE]).reason == "unknown_key"
+
+    class Garbage(http.server.BaseHTTPRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"GARBAGE\r\n\r\n")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Garbage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+        assert RemoteVerifier(url).check(token, [SCOPE]).reason == "unknown_key"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_jwks_key_meant_for_another_algorithm_is_refused(ready: Cli, published: Path) -> None:
+    token = ready.ok("grant", "reviewer", "--scope", SCOPE).stdout.strip()
+    jwks = json.loads(published.read_text())
+    jwks["keys"][0]["alg"] = "RS256"
+    published.write_text(json.dumps(jwks))
+    assert remote(ready, token, "--jwks", str(published))[1]["reason"] == "unknown_key"
+
+
+def _signed_list(ready: Cli, site: Path, **claims: object) -> None:
+    """Re-sign the published list with the principal's real key and some claims changed."""
+    import base64
+
+    from nhidel.config import Paths
+    from nhidel.keystore import open_keystore
+    from nhidel.principal import load_signer
+    from nhidel.tokens import mint
+
+    payload = (site / "status.jwt").read_text().split(".")[1]
+    listed = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    listed.update(claims)
+    signer = load_signer(open_keystore(Paths.from_env()))
+    (site / "status.jwt").write_text(mint(listed, signer.seed, signer.kid, typ="statuslist+jwt"))
+
+
+def test_a_list_past_a_fractional_exp_is_expired_whatever_the_leeway(
+    ready: Cli, site: Path
+) -> None:
+    import time
+
+    token = ready.ok("grant", "reviewer", "--scope", SCOPE).stdout.strip()
+    publish(ready, site)
+    _signed_list(ready, site, exp=time.time() - 100.5, iat=int(time.time()) - 200)
+    verifier = RemoteVerifier(str(site / "jwks.json"), str(site / "status.jwt"), leeway=3600)
+    assert verifier.check(token, [SCOPE]).reason == "status_unavailable"
+
+
+def test_a_list_from_another_issuer_is_status_unavailable(ready: Cli, site: Path) -> None:
+    token = ready.ok("grant", "reviewer", "--scope", SCOPE).stdout.strip()
+    publish(ready, site)
+    _signed_list(ready, site, iss="nhidel:mallory")
+    code, verdict = bundle_verdict(ready, site, token)
+    assert code == 1 and verdict["reason"] == "status_unavailable"
