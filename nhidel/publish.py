@@ -140,8 +140,6 @@ def publish_site(
 ) -> StatusList:
     """Write `jwks.json` and `status.jwt` into `out_dir` (created 0755 if missing)."""
     _status_uri(paths, ttl, cache_ttl)
-    signer = load_signer(keystore)
-    published = status_list_token(paths, signer, now=now, ttl=ttl, cache_ttl=cache_ttl)
     keys = jwks_json(paths, keystore, now=now)
     if not out_dir.is_dir():
         try:
@@ -150,9 +148,9 @@ def publish_site(
         except OSError as exc:
             raise storage_error(out_dir, exc) from exc
     atomic_write(out_dir / JWKS_FILE, keys.encode("ascii"), public=True)
-    atomic_write(out_dir / STATUS_FILE, published.token.encode("ascii"), public=True)
-    _record(paths, keystore, signer, published)
-    return published
+    return publish_status(
+        paths, keystore, out_dir / STATUS_FILE, now=now, ttl=ttl, cache_ttl=cache_ttl
+    )
 
 
 def _record(paths: Paths, keystore: KeyStore, signer: Signer, published: StatusList) -> None:

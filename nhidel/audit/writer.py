@@ -29,7 +29,7 @@ from .records import (
     parse_unchecked,
     seal_line,
 )
-from .segments import segment_name
+from .segments import rotated_segments, segment_name
 
 if TYPE_CHECKING:
     from ..keystore import KeyStore
@@ -134,8 +134,6 @@ class AuditLog:
 
     def _segment_start(self) -> tuple[int, str]:
         """For an empty current segment: continue the chain from the newest rotated one."""
-        from .segments import rotated_segments
-
         rotated = rotated_segments(self.paths)
         if not rotated:
             return 0, GENESIS

@@ -53,14 +53,12 @@ def verify(
     ] = None,
 ) -> None:
     """Exit 0 when the token is valid and grants every --scope; else exit 1 and say why."""
+    from ..claims import requested_scopes
     from ..render import print_json, say
     from ..timefmt import parse_duration
 
-    if not scope and not any_scope:
-        raise UsageError(
-            "verify needs the scopes to check",
-            "pass --scope SCOPE (or --any-scope to accept any granted scope)",
-        )
+    # Checked (and parsed) before the token is read or a keystore opened.
+    requested = requested_scopes(scope or [], any_scope)
     if scope and any_scope:
         raise UsageError("--scope and --any-scope exclude each other", "pass one of them")
     if jwks is None and (status_list is not None or issuer is not None):
@@ -73,14 +71,14 @@ def verify(
         from ..remote import RemoteVerifier
 
         remote = RemoteVerifier(jwks, status_list, issuer=issuer, leeway=skew)
-        decision = remote.check(text, scope or [], any_scope=any_scope, aud=aud)
+        decision = remote.check(text, requested, any_scope=any_scope, aud=aud)
     else:
         from ..verifier import Verifier
 
         where = common.paths()
         with Verifier(where, common.keystore(where), leeway=skew) as verifier:
             decision = verifier.check(
-                text, scope or [], any_scope=any_scope, aud=aud, consume=consume
+                text, requested, any_scope=any_scope, aud=aud, consume=consume
             )
     if as_json:
         print_json(decision.to_json(common.now()))
