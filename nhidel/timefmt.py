@@ -83,7 +83,14 @@ def parse_ago(text: str, *, now: int, what: str = "time") -> int:
     try:
         return now - parse_duration(text, what=what)
     except UsageError:
+        pass
+    try:
         return parse_time(text, now=now, what=what)
+    except UsageError:
+        raise UsageError(
+            f"invalid {what} {text!r}",
+            "write a duration ago such as 1h or PT30M, or an RFC 3339 time with a zone",
+        ) from None
 
 
 def rfc3339(timestamp: int | None) -> str | None:
