@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from keyring.backend import KeyringBackend
 from typer.testing import CliRunner
 
-from nhidel.cli.app import app
+from nhidel.cli.app import build_app
 
 
 class MemoryKeyring(KeyringBackend):
@@ -44,7 +44,7 @@ class Cli:
 
     def __call__(self, *args: str, input: str | None = None,
                  env: dict[str, str] | None = None) -> Result:
-        result = self.runner.invoke(app, list(args), input=input, env=env)
+        result = self.runner.invoke(build_app(list(args)), list(args), input=input, env=env)
         if result.exception is not None and not isinstance(result.exception, SystemExit):
             raise result.exception
         return Result(result.exit_code, result.stdout, result.stderr)

@@ -30,4 +30,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.umask(0o077)
     from .app import command
 
-    return int(command().main(args=args, prog_name="nhidel", standalone_mode=False) or 0)
+    return int(command(args).main(args=args, prog_name="nhidel", standalone_mode=False) or 0)

@@ -13,6 +13,10 @@ from ..tokens import MAX_TOKEN_LENGTH
 from . import common
 
 
+def register(app: typer.Typer) -> None:
+    app.command("verify")(verify)
+
+
 def verify(
     token: Annotated[
         str | None,
