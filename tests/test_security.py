@@ -168,6 +168,23 @@ def _claims_of(token: str) -> dict[str, object]:
     return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
 
 
+def test_pyjwt_verifies_tokens_and_rejects_a_wrong_key(ready: Cli) -> None:
+    """nhidel builds its JWS by hand; PyJWT, a third implementation, must agree with it."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    token = ready.ok("grant", "reviewer", "--scope", "repo:read:acme/api", "--uses", "2",
+                     "--reason", "caf\u00e9 \"quoted\"").stdout.strip()
+    jwks = json.loads(ready.ok("key", "export", "--jwks").stdout)
+    key = jwt.PyJWK.from_dict(jwks["keys"][0])
+    assert jwt.get_unverified_header(token) == {
+        "alg": "EdDSA", "kid": jwks["keys"][0]["kid"], "typ": "nhidel+jwt"}
+    claims = jwt.decode(token, key, algorithms=["EdDSA"], options={"verify_aud": False})
+    assert claims["act"] == {"sub": "reviewer"} and claims["max_uses"] == 2
+    other = Ed25519PrivateKey.generate().public_key()
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token, other, algorithms=["EdDSA"])
+
 def test_a_second_jose_library_verifies_tokens_with_the_exported_jwks(ready: Cli) -> None:
     """joserfc shares no code with nhidel's verifier: the token is a standard EdDSA JWT."""
     from joserfc import jwt
