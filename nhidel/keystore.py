@@ -5,7 +5,8 @@ A keystore holds a few named JSON entries:
 - "trust": the public keys verify accepts and the issuer they belong to. Pinning them here means
   that a process able to write nhidel's files, but not to read the keystore, cannot make verify
   trust a key of its own.
-Each command reads at most one entry, so it pays for one keystore round trip.
+Each command reads at most one entry (and writes the audit high-water mark), over one
+connection to the keystore.
 
 There is never a plaintext fallback: with no usable keystore, the error says how to get one.
 """
@@ -22,6 +23,11 @@ from .config import Paths
 from .errors import IntegrityError, KeystoreError, UsageError
 from .fsutil import atomic_write, exclusive_lock
 from .keys import b64, unb64
+from .secret_service import (
+    SecretService,
+    SecretServiceUnavailable,
+    keyring_would_choose_secret_service,
+)
 
 SIGNING = "signing"
 TRUST = "trust"
@@ -57,7 +63,7 @@ def open_keystore(
     env = os.environ if env is None else env
     kind = env.get("NHIDEL_KEYSTORE", "keyring").strip().lower() or "keyring"
     if kind == "keyring":
-        return OsKeyring(paths.keyring_service)
+        return OsKeyring(paths.keyring_service, direct=keyring_would_choose_secret_service(env))
     if kind == "file":
         return EncryptedFileKeyStore(paths, PassphraseSource(env, prompt))
     raise UsageError(
@@ -66,14 +72,16 @@ def open_keystore(
 
 
 class OsKeyring:
-    """Entries as passwords in the OS keyring (Keychain, Secret Service), via `keyring`."""
+    """Entries as passwords in the OS keyring (Keychain, Secret Service), via `keyring`; or,
+    when keyring would pick the Secret Service anyway, straight to it (see secret_service.py)."""
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, *, direct: bool = False) -> None:
         self.service = service
         self.description = "the OS keyring"
+        self._direct = SecretService(service) if direct else None
 
     def read(self, entry: str) -> dict[str, Any] | None:
-        raw = self._call(lambda backend: backend.get_password(self.service, entry))
+        raw = self._get(entry)
         if raw is None:
             return None
         try:
@@ -87,7 +95,21 @@ class OsKeyring:
 
     def write(self, entry: str, value: dict[str, Any]) -> None:
         payload = json.dumps(value, separators=(",", ":"), sort_keys=True)
+        if self._direct is not None:
+            try:
+                return self._direct.set(entry, payload)
+            except SecretServiceUnavailable:
+                self._direct = None  # keyring looks further, or says why there is nothing
         self._call(lambda backend: backend.set_password(self.service, entry, payload))
+
+    def _get(self, entry: str) -> str | None:
+        if self._direct is not None:
+            try:
+                return self._direct.get(entry)
+            except SecretServiceUnavailable:
+                self._direct = None
+        raw: str | None = self._call(lambda backend: backend.get_password(self.service, entry))
+        return raw
 
     def _call(self, action: Callable[[Any], Any]) -> Any:
         import keyring
