@@ -9,13 +9,14 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 
 from .config import Paths
 from .errors import IntegrityError, NotFoundError, StorageError, UsageError
 from .fsutil import create_private_file
 from .models import GRANT_ID_PREFIX, SHORT_ID_LENGTH, Grant
-from .scopes import parse_scopes
+from .scopes import Scope, parse_scopes
 
 SCHEMA_VERSION = 2
 MIN_PREFIX = 4
@@ -58,6 +59,18 @@ _COLUMNS = (
     "id, agent, scope, aud, issued_at, not_before, expires_at, max_uses, uses, reason, kid, "
     "revoked_at, revoke_reason, status_idx"
 )
+
+
+_LOOKUP = f"SELECT {_COLUMNS}, token_sha256 FROM grants WHERE id = ?"
+
+
+@lru_cache(maxsize=1024)
+def _ledger_scopes(scope: str) -> tuple[Scope, ...] | None:
+    """A row's scopes, parsed once per distinct `scope` column; None when malformed."""
+    try:
+        return parse_scopes([scope])
+    except UsageError:
+        return None
 
 
 class Ledger:
@@ -154,12 +167,27 @@ class Ledger:
         return _grant(found) if found else None
 
     def lookup(self, grant_id: str) -> tuple[Grant, str] | None:
-        """A grant and the SHA-256 of its token, for verify."""
+        """A grant and the SHA-256 of its token, for verify (on every check: kept lean)."""
+        try:
+            row = self.db.execute(_LOOKUP, (grant_id,)).fetchone()
+        except sqlite3.DatabaseError:
+            with self._errors():
+                raise
+        if row is None:
+            return None
+        scopes = _ledger_scopes(row[2])
+        if scopes is None:
+            return _grant(row[:-1]), row[-1]  # raises the IntegrityError naming the row
+        (grant_id, agent, _, aud, issued_at, not_before, expires_at, max_uses, uses, reason, kid,
+         revoked_at, revoke_reason, status_idx, token_hash) = row  # fmt: skip
+        grant = Grant(grant_id, agent, scopes, aud, issued_at, not_before, expires_at, max_uses,
+                      reason, kid, uses, revoked_at, revoke_reason, status_idx)  # fmt: skip
+        return grant, token_hash
+
+    def data_version(self) -> int:
+        """SQLite's `PRAGMA data_version`: it changes when another connection commits."""
         with self._errors():
-            row = self.db.execute(
-                f"SELECT {_COLUMNS}, token_sha256 FROM grants WHERE id = ?", (grant_id,)
-            ).fetchone()
-        return (_grant(row[:-1]), row[-1]) if row else None
+            return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
     def resolve(self, prefixes: Iterable[str]) -> list[Grant]:
         """Resolve every id prefix, or raise NotFoundError naming each one that fails."""

@@ -9,13 +9,15 @@ Nothing the token says is used to pick how it is verified.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import json
 import re
 from collections.abc import Mapping
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from .keys import b64url_decode, b64url_encode, private_key
+from .keys import b64url_encode, private_key
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -24,7 +26,9 @@ TOKEN_TYPE = "nhidel+jwt"  # noqa: S105 - a media type, not a secret
 ALGORITHM = "EdDSA"
 MAX_TOKEN_LENGTH = 16384
 _KEY_CHOOSING_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c"})
-_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+_TOKEN = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
+_TO_STANDARD_B64 = bytes.maketrans(b"-_", b"+/")
+_MAX_HEADERS = 16
 
 
 class TokenRejected(Exception):  # noqa: N818 - a verdict, not a crash
@@ -62,41 +66,91 @@ def decode_verified(
     token: str, trusted: Mapping[str, Ed25519PublicKey], *, typ: str = TOKEN_TYPE
 ) -> dict[str, Any]:
     """Return the claims of a well-formed token of type `typ` signed by one of `trusted`."""
+    return TokenDecoder(trusted, typ=typ).decode(token)
+
+
+class TokenDecoder:
+    """`decode_verified` for a verifier that checks many tokens against the same keys.
+
+    A signer's tokens all share one header segment, so the header's verdict (the key it names,
+    or why it is refused) is a pure function of that segment and `trusted`, and is remembered
+    for the few distinct headers seen. Every token still has its own signature checked.
+    """
+
+    def __init__(self, trusted: Mapping[str, Ed25519PublicKey], *, typ: str = TOKEN_TYPE) -> None:
+        self.trusted = dict(trusted)
+        self.typ = typ
+        self._headers: dict[str, Ed25519PublicKey | TokenRejected] = {}
+
+    def decode(self, token: str) -> dict[str, Any]:
+        """The claims of `token`, or TokenRejected with its reason code (see the module doc)."""
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+            raise TokenRejected("malformed", "not a token")
+        parts = _TOKEN.fullmatch(token.strip())
+        if parts is None:
+            raise TokenRejected("malformed", "a token is three dot-separated base64url parts")
+        head, payload, signature = parts.groups()
+        key = self._headers.get(head)
+        if key is None:
+            key = self._header_verdict(head)
+            if len(self._headers) < _MAX_HEADERS:  # tokens choose headers: keep this bounded
+                self._headers[head] = key
+        if isinstance(key, TokenRejected):
+            raise TokenRejected(key.reason, key.detail)
+        try:
+            key.verify(_b64url(signature), f"{head}.{payload}".encode("ascii"))
+        except (ValueError, _invalid_signature()):
+            # ValueError: the signature is not base64url (nothing was verified)
+            raise _signature_rejection(signature) from None
+        return _json_object(payload, "payload")
+
+    def _header_verdict(self, head: str) -> Ed25519PublicKey | TokenRejected:
+        try:
+            header = _json_object(head, "header")
+        except TokenRejected as rejected:
+            return rejected
+        if header.get("alg") != ALGORITHM:
+            return TokenRejected("bad_signature", f"algorithm {header.get('alg')!r} is not EdDSA")
+        chosen = _KEY_CHOOSING_HEADERS.intersection(header)
+        if chosen:
+            return TokenRejected("bad_signature", f"refused header {sorted(chosen)[0]!r}")
+        if "crit" in header:
+            return TokenRejected("malformed", "refused header 'crit'")
+        if not isinstance(header.get("typ"), str) or header["typ"].lower() != self.typ:
+            return TokenRejected("wrong_type", f"typ {header.get('typ')!r} is not {self.typ}")
+        kid = header.get("kid")
+        key = self.trusted.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            return TokenRejected("unknown_key", "signed by a key this verifier does not trust")
+        return key
+
+
+@cache
+def _invalid_signature() -> type[Exception]:
     from cryptography.exceptions import InvalidSignature
 
-    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
-        raise TokenRejected("malformed", "not a token")
-    parts = token.strip().split(".")
-    if len(parts) != 3 or not all(_SEGMENT.fullmatch(part) for part in parts):
-        raise TokenRejected("malformed", "a token is three dot-separated base64url parts")
-    header = _json_object(parts[0], "header")
-    if header.get("alg") != ALGORITHM:
-        raise TokenRejected("bad_signature", f"algorithm {header.get('alg')!r} is not EdDSA")
-    chosen = _KEY_CHOOSING_HEADERS.intersection(header)
-    if chosen:
-        raise TokenRejected("bad_signature", f"refused header {sorted(chosen)[0]!r}")
-    if "crit" in header:
-        raise TokenRejected("malformed", "refused header 'crit'")
-    if not isinstance(header.get("typ"), str) or header["typ"].lower() != typ:
-        raise TokenRejected("wrong_type", f"typ {header.get('typ')!r} is not {typ}")
-    kid = header.get("kid")
-    key = trusted.get(kid) if isinstance(kid, str) else None
-    if key is None:
-        raise TokenRejected("unknown_key", "signed by a key this verifier does not trust")
+    return InvalidSignature
+
+
+def _signature_rejection(signature: str) -> TokenRejected:
     try:
-        signature = b64url_decode(parts[2])
+        _b64url(signature)
     except ValueError:
-        raise TokenRejected("malformed", "the signature is not base64url") from None
-    try:
-        key.verify(signature, f"{parts[0]}.{parts[1]}".encode("ascii"))
-    except InvalidSignature:
-        raise TokenRejected("bad_signature", "the signature does not match") from None
-    return _json_object(parts[1], "payload")
+        return TokenRejected("malformed", "the signature is not base64url")
+    return TokenRejected("bad_signature", "the signature does not match")
+
+
+def _b64url(segment: str) -> bytes:
+    """Strict base64url without padding, for a segment `_TOKEN` matched (alphabet checked)."""
+    if len(segment) % 4 == 1:
+        raise ValueError("not base64url")
+    padded = segment.encode("ascii").translate(_TO_STANDARD_B64) + b"=" * (-len(segment) % 4)
+    return binascii.a2b_base64(padded, strict_mode=True)
 
 
 def _json_object(segment: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(b64url_decode(segment))
+        value = json.loads(_b64url(segment).decode("utf-8"))
     except (ValueError, RecursionError):
         raise TokenRejected("malformed", f"the {what} is not base64url JSON") from None
     if not isinstance(value, dict):

@@ -49,7 +49,11 @@ def event(name: str, **fields: Any) -> dict[str, Any]:
 
 
 def canonical(value: Mapping[str, Any]) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL.encode(value).encode()
+
+
+# What json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False) builds per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def seal_line(body: bytes, key: bytes) -> bytes:
