@@ -3,7 +3,8 @@
 
 Run on demand, never as a test:
 
-    python3 benchmarks/bench_completion.py [--runs N] [--warmup W] [--grants G] [--expired E]
+    python3 benchmarks/bench_completion.py [--runs N] [--warmup W] [--json OUT]
+                                           [--grants G] [--expired E]
 
 The ledger is built with nhidel's own Ledger class in a throw-away NHIDEL_HOME: G active grants
 (default 10,000), none expiring during the run. The completion row is what the bash script runs on
@@ -17,14 +18,24 @@ is of the medians. Goals (issue 4): completion within 2.5x, --version within 2x.
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess  # noqa: S404 - runs hyperfine and nhidel, never a shell
+import json
+import subprocess  # noqa: S404 - runs nhidel to check its answers, never a shell
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from bench_cli import HYPERFINE_HINT, PYTHON, hyperfine, isolated_env, nhidel_command, summarise
+from measure import (
+    HYPERFINE_HINT,
+    PYTHON,
+    find_hyperfine,
+    hyperfine,
+    isolated_env,
+    nhidel_command,
+    summarise,
+)
 
 from nhidel.config import Paths
 from nhidel.ledger import Ledger
@@ -51,7 +62,8 @@ def fill_ledger(home: Path, count: int, expired: int = 0) -> None:
             ledger.insert(grant, token_sha256="0" * 64)
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Build the ledgers, time the rows, print the table; return the figures and goals."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=30, help="timed runs per command (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="warm-up runs (default 5)")
@@ -59,10 +71,12 @@ def main() -> int:
     parser.add_argument(
         "--expired", type=int, default=90_000, help="expired grants too, for g<TAB> (default 90000)"
     )
-    args = parser.parse_args()
-    exe = shutil.which("hyperfine")
-    if exe is None:
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results here")
+    args = parser.parse_args(argv)
+    found = find_hyperfine()
+    if found is None:
         sys.exit(HYPERFINE_HINT)
+    exe = found[0]
     nhidel, how = nhidel_command()
     with tempfile.TemporaryDirectory(prefix="nhidel-bench-") as tmp:
         root = Path(tmp)
@@ -104,17 +118,22 @@ def main() -> int:
           f"(+{args.expired} expired for g<TAB>); {args.runs} runs")  # fmt: skip
     print("| command | median ms | python -c pass ms | ratio | goal |")
     print("| --- | ---: | ---: | ---: | --- |")
-    status = 0
+    figures: dict[str, Any] = {}
     for name, results in rows.items():
         median = summarise(results[name])["median_ms"]
         base = summarise(results["python -c pass"])["median_ms"]
         ratio = median / base
         met = ratio <= GOALS[name]
-        status |= not met
+        figures[name] = {"median_ms": median, "python_ms": base, "x_python": ratio,
+                         "limit": GOALS[name], "met": met}  # fmt: skip
         print(f"| `{name}` | {median:.1f} | {base:.1f} | {ratio:.2f}x | "
               f"{GOALS[name]}x: {'met' if met else 'NOT met'} |")  # fmt: skip
-    return status
+    document = {"nhidel": how, "python": PYTHON, "grants": args.grants, "expired": args.expired,
+                "runs": args.runs, "warmup": args.warmup, "rows": figures}  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    return document
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(0 if all(row["met"] for row in main()["rows"].values()) else 1)
