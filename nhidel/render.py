@@ -8,11 +8,15 @@ forge a line. Rich honours NO_COLOR and drops colour when the stream is not a te
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import unicodedata
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from itertools import islice
+from typing import TYPE_CHECKING, Any, TextIO
 
+from .listing import GrantRow, ScopeCache, corrupt_row, row_status
 from .models import SHORT_ID_LENGTH, Agent, Grant
 from .timefmt import format_duration, local_clock, relative
 
@@ -24,8 +28,11 @@ if TYPE_CHECKING:
 
 def safe(text: object) -> str:
     """Escape control and formatting characters (C0, C1, DEL, bidi overrides) visibly."""
+    text = str(text)
+    if text.isprintable():  # nothing to escape: every escaped category is unprintable
+        return text
     out = []
-    for ch in str(text):
+    for ch in text:
         if ch in "\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp"):
             out.append(ch)
         else:
@@ -63,45 +70,185 @@ def grant_summary(grant: Grant, now: int) -> str:
     return line
 
 
-def grants_table(grants: Iterable[Grant], now: int, *, show_status: bool) -> int:
-    """Print grants as a table on stdout; return how many were shown."""
-    from rich.table import Table
-    from rich.text import Text
+def grants_table(rows: Iterable[GrantRow], now: int, *, show_status: bool) -> int:
+    """Print listed rows (Ledger.grant_rows) as a table on stdout, streaming; return the count.
 
-    rows = []
-    for grant in grants:
-        uses = f"{grant.uses}/{grant.max_uses}" if grant.max_uses is not None else str(grant.uses)
-        row = [
-            grant.id[:SHORT_ID_LENGTH],
-            safe(grant.agent),
-            safe(" ".join(str(s) for s in grant.scopes)),
-            relative(grant.expires_at, now=now),
-            uses,
-        ]
-        if show_status:
-            row.append(grant.status(now).value)
-        rows.append(row)
-    if not rows:
+    The column widths come from the first screenful of rows, which is printed before any more
+    are read, so the first screen never waits for the whole listing. A later, wider agent name
+    or scope list folds within its column; a wider expiry or use count widens only its line.
+    """
+    cells = _TableCells(now, show_status=show_status)
+    remaining = iter(rows)
+    first = [cells.row(row) for row in islice(remaining, FIRST_SCREEN_ROWS)]
+    if not first:
         return 0
-    headers = ["ID", "AGENT", "SCOPES", "EXPIRES", "USES"] + (["STATUS"] if show_status else [])
+    out = sys.stdout
+    layout = _TableLayout(first, show_status=show_status)
+    out.write(layout.header(styled=_styled(out)))
+    out.writelines(layout.lines(row) for row in first)
+    out.flush()
+    count = len(first)
+    chunk: list[str] = []
+    for row in remaining:
+        chunk.append(layout.lines(cells.row(row)))
+        if len(chunk) == FIRST_SCREEN_ROWS:
+            out.write("".join(chunk))
+            chunk.clear()
+        count += 1
+    out.write("".join(chunk))
+    return count
 
-    def widest(column: int) -> int:
-        return max(len(headers[column]), *(len(row[column]) for row in rows))
 
-    # Short columns never wrap and keep their width; a long agent name folds at 20 columns and
-    # scopes fold into whatever is left, so a row fits a narrow terminal.
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    table.add_column("ID", no_wrap=True, min_width=widest(0))
-    table.add_column("AGENT", overflow="fold", max_width=AGENT_WIDTH)
-    table.add_column("SCOPES", overflow="fold")
-    table.add_column("EXPIRES", no_wrap=True, min_width=widest(3))
-    table.add_column("USES", no_wrap=True, justify="right", min_width=widest(4))
-    if show_status:
-        table.add_column("STATUS", no_wrap=True, min_width=widest(5))
-    for row in rows:
-        table.add_row(*(Text(cell) for cell in row))
-    console(stderr=False).print(table)
-    return len(rows)
+FIRST_SCREEN_ROWS = 100  # rows read to size the columns; also the size of each later write
+_GAP = "  "
+_MIN_SCOPES_WIDTH = 12
+_CACHE_LIMIT = 4096
+
+
+class _TableCells:
+    """One listed row's cells as people read them, escaped: ID, AGENT, SCOPES, EXPIRES, USES."""
+
+    def __init__(self, now: int, *, show_status: bool) -> None:
+        self.now = now
+        self.show_status = show_status
+        self.scope_cache = ScopeCache()
+
+    def row(self, row: GrantRow) -> list[str]:
+        grant_id, agent, stored_scope, expires_at, max_uses, uses = (
+            row[0], row[1], row[2], row[6], row[7], row[8]
+        )  # fmt: skip
+        scopes = self.scope_cache.scopes(grant_id, stored_scope)
+        try:
+            shown = [
+                grant_id[:SHORT_ID_LENGTH],
+                safe(agent),
+                safe(" ".join(scopes)),
+                relative(expires_at, now=self.now),
+                f"{uses:d}" if max_uses is None else f"{uses:d}/{max_uses:d}",
+            ]
+            if self.show_status:
+                shown.append(row_status(row, self.now))
+        except (TypeError, ValueError):
+            raise corrupt_row(grant_id, "a value of the wrong type") from None
+        return shown
+
+
+class _TableLayout:
+    """Column widths fixed from the first rows and the terminal's width, and the lines of a row.
+
+    Like the Rich table it replaces: short columns keep their width and never wrap, a long agent
+    name folds at AGENT_WIDTH, and scopes fold into whatever the terminal has left.
+    """
+
+    def __init__(self, first: list[list[str]], *, show_status: bool) -> None:
+        self.headers = ["ID", "AGENT", "SCOPES", "EXPIRES", "USES"] + (
+            ["STATUS"] if show_status else []
+        )
+        widths = [
+            max(_cells(header), *(_cells(row[column]) for row in first))
+            for column, header in enumerate(self.headers)
+        ]
+        widths[1] = min(widths[1], AGENT_WIDTH)
+        others = sum(widths) - widths[2] + len(_GAP) * (len(widths) - 1)
+        room = shutil.get_terminal_size().columns - others
+        # On a narrow terminal the agent column gives up room before scopes get too thin.
+        squeeze = min(max(_MIN_SCOPES_WIDTH - room, 0), widths[1] - _cells(self.headers[1]))
+        widths[1] -= squeeze
+        widths[2] = max(min(widths[2], room + squeeze), _MIN_SCOPES_WIDTH)
+        self.widths = widths
+        self._folded: dict[tuple[str, int], list[str]] = {}
+
+    def header(self, *, styled: bool) -> str:
+        line = self._join(self.headers)
+        return f"\x1b[1m{line}\x1b[0m\n" if styled else line + "\n"
+
+    def lines(self, row: list[str]) -> str:
+        """The row's text lines, each ending in a newline (more than one when a cell folds)."""
+        agent = self._fold(row[1], self.widths[1])
+        scopes = self._fold(row[2], self.widths[2])
+        if len(agent) == 1 and len(scopes) == 1:
+            return self._join(row) + "\n"
+        out = []
+        for index in range(max(len(agent), len(scopes))):
+            line = list(row) if index == 0 else [""] * len(row)
+            line[1] = agent[index] if index < len(agent) else ""
+            line[2] = scopes[index] if index < len(scopes) else ""
+            out.append(self._join(line) + "\n")
+        return "".join(out)
+
+    def _join(self, cells: list[str]) -> str:
+        padded = [
+            _pad(cell, width, right=column == 4)
+            for column, (cell, width) in enumerate(zip(cells, self.widths, strict=True))
+        ]
+        return _GAP.join(padded).rstrip(" ")
+
+    def _fold(self, text: str, width: int) -> list[str]:
+        """Words that fit on a line share it; a word wider than the column is cut."""
+        if _cells(text) <= width:
+            return [text]
+        key = (text, width)
+        found = self._folded.get(key)
+        if found is None:
+            found = []
+            line = ""
+            for word in text.split(" "):
+                while _cells(word) > width:
+                    if line:
+                        found.append(line)
+                        line = ""
+                    head, word = _cut(word, width)
+                    found.append(head)
+                candidate = f"{line} {word}" if line else word
+                if _cells(candidate) <= width:
+                    line = candidate
+                else:
+                    found.append(line)
+                    line = word
+            if line:
+                found.append(line)
+            if len(self._folded) >= _CACHE_LIMIT:
+                self._folded.clear()
+            self._folded[key] = found
+        return found
+
+
+def _cells(text: str) -> int:
+    """How many terminal columns `text` takes: wide (East Asian) characters take two."""
+    if text.isascii():
+        return len(text)
+    return sum(_char_cells(ch) for ch in text)
+
+
+def _char_cells(ch: str) -> int:
+    if unicodedata.combining(ch):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def _cut(word: str, width: int) -> tuple[str, str]:
+    """The longest head of `word` that fits in `width` columns (at least one character)."""
+    used = 0
+    for index, ch in enumerate(word):
+        used += _char_cells(ch)
+        if used > width:
+            return word[: max(index, 1)], word[max(index, 1) :]
+    return word, ""
+
+
+def _pad(text: str, width: int, *, right: bool) -> str:
+    fill = " " * max(width - _cells(text), 0)
+    return fill + text if right else text + fill
+
+
+def _styled(stream: TextIO) -> bool:
+    """Bold headers only on a terminal, and never with NO_COLOR set or TERM=dumb."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def grant_details(grant: Grant, now: int) -> None:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import sys
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..errors import UsageError
 from ..models import SHORT_ID_LENGTH
 from . import common
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+    from pathlib import Path
+    from typing import TextIO
 
 
 class TokenFormat(StrEnum):
@@ -94,26 +99,71 @@ def list_grants(
     from ..render import grants_table, say
 
     now = common.now()
-    with Ledger(common.paths()) as ledger:
-        grants = ledger.grants(now=now, agent=agent, include_all=include_all)
+    where = common.paths()
+    with Ledger(where) as ledger:
+        rows = ledger.grant_rows(now=now, agent=agent, include_all=include_all)
         if as_json:
-            _stream_json_array(g.to_json(now) for g in grants)
-        elif not grants_table(grants, now, show_status=include_all):
+            from ..listing import JsonRows
+
+            _stream_json_array(JsonRows(now).lines(rows), spool_dir=where.state_dir)
+        elif not grants_table(rows, now, show_status=include_all):
             say("no grants" if include_all else "no active grants (see --all)")
 
 
-def _stream_json_array(items: object) -> None:
-    """Write a JSON array one element at a time, so memory does not grow with the ledger."""
-    import json
+# Output held back in memory up to this many characters (a few MB), then in a temp file.
+_SPOOL_IN_MEMORY = 1 << 22
 
-    out = sys.stdout
-    first = True
-    out.write("[")
-    for item in items:  # type: ignore[attr-defined]
-        out.write("\n  " if first else ",\n  ")
-        out.write(json.dumps(item, ensure_ascii=False))
-        first = False
-    out.write("]\n" if first else "\n]\n")
+
+def _stream_json_array(items: Iterable[str], *, spool_dir: Path) -> None:
+    """Write a JSON array of already-encoded items, one a line, all or nothing.
+
+    Every item is read before the first byte reaches stdout, so a corrupt row (IntegrityError,
+    exit 5) leaves stdout empty rather than holding an array cut short. Memory stays flat: past
+    a few MB the text waits in a temp file, 0600 in the ledger's own directory and unlinked
+    from the start, and is copied out at the end.
+    """
+    import tempfile
+
+    held: list[str] = []
+    size = 0
+    spool: TextIO | None = None
+    try:
+        for part in _json_array_parts(items):
+            if spool is not None:
+                spool.write(part)
+                continue
+            held.append(part)
+            size += len(part)
+            if size > _SPOOL_IN_MEMORY:
+                spool = tempfile.TemporaryFile("w+", encoding="utf-8", newline="", dir=spool_dir)
+                spool.writelines(held)
+                held.clear()
+        if spool is None:
+            sys.stdout.writelines(held)
+        else:
+            import shutil
+
+            spool.seek(0)
+            shutil.copyfileobj(spool, sys.stdout)
+    finally:
+        if spool is not None:
+            spool.close()
+
+
+def _json_array_parts(items: Iterable[str]) -> Iterator[str]:
+    """`[`, the items one a line and indented by two, `]`, in parts of many items each."""
+    separator = "[\n  "
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == 512:
+            yield separator + ",\n  ".join(chunk)
+            separator = ",\n  "
+            chunk.clear()
+    if chunk:
+        yield separator + ",\n  ".join(chunk)
+        separator = ",\n  "
+    yield "[]\n" if separator == "[\n  " else "\n]\n"
 
 
 def show(
