@@ -381,10 +381,14 @@ class Table:
             fresh.value,
             "library fresh",
         )
+        impossible = batch_fresh is not None and raw is not None and batch_fresh > raw
+        if impossible:
+            # Each fresh token needs one signature check: faster than raw Ed25519 cannot be.
+            batch.note = "faster than raw Ed25519 verify: not a valid measurement"
         self.goal(
             "`verify --batch` (fresh tokens) at least 80 % of library throughput",
             6,
-            batch.percent,
+            None if impossible else batch.percent,
             80.0,
             "% of library",
             at_most=False,
@@ -433,6 +437,14 @@ class Table:
         )
         self.goal(
             "`audit verify` at least 150,000 records/s", 3, rate.value, 150_000, "/s", at_most=False
+        )
+        cli_run = dig(audit, "cli_verify", str(records), "cli_verify_keyring")
+        self.other(
+            section,
+            f"`nhidel audit verify` command, {label}, Secret Service (wall)",
+            "bench_audit",
+            cli_run["wall_s"] if cli_run else None,
+            "s",
         )
         lag = self.other(
             section, "tail -f lag", "bench_audit", audit.get("tail_f_lag_ms_median"), "ms"
