@@ -83,9 +83,17 @@ def fsync_dir(path: Path) -> None:
 
 
 def create_private_file(path: Path) -> None:
-    """Make sure `path` exists as a 0600 file before a library (SQLite) opens it."""
+    """Make sure `path` exists as a 0600 file before a library (SQLite) opens it.
+
+    An existing file is never opened here: closing any descriptor of a file drops every POSIX
+    lock this process holds on it, SQLite's included, and another process could then take a
+    connection still open here for the last one (and checkpoint and delete the WAL under it).
+    """
     ensure_private_dir(path.parent)
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    except FileExistsError:
+        pass
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 
 from .ledger import Ledger
 
@@ -44,25 +45,56 @@ class CommitProbe:
         return self.ledger.data_version()
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._fd = None  # the descriptor stays open: see _wal_index_fd
+
+
+# (device, inode) of each `-shm` file read here -> its descriptor. Closing a descriptor of a file
+# drops every POSIX lock this process holds on it, SQLite's included: with its lock on the
+# wal-index gone, a connection still open here could be taken for the last one by another
+# process, which would then delete the WAL under it. So a descriptor is closed only once its
+# file is gone (SQLite unlinks it when the last connection closes), never while SQLite uses it.
+_WAL_INDEXES: dict[tuple[int, int], int] = {}
+_SPARE: list[int] = []  # a second descriptor of a file already open here (a race), kept open
+_LOCK = threading.Lock()
+
+
+def _wal_index_fd(path: str) -> int | None:
+    with _LOCK:
+        try:
+            status = os.stat(path)
+        except OSError:
+            return None
+        fd = _WAL_INDEXES.get((status.st_dev, status.st_ino))
+        if fd is not None:
+            return fd
+        for key, old in list(_WAL_INDEXES.items()):
+            if os.fstat(old).st_nlink == 0:
+                os.close(old)
+                del _WAL_INDEXES[key]
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None
+        opened = os.fstat(fd)
+        key = (opened.st_dev, opened.st_ino)
+        if key in _WAL_INDEXES:
+            _SPARE.append(fd)
+            return _WAL_INDEXES[key]
+        _WAL_INDEXES[key] = fd
+        return fd
 
 
 def _open_wal_index(path: str) -> int | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+    fd = _wal_index_fd(path)
+    if fd is None:
         return None
     try:
         header = os.pread(fd, _HEADER_BYTES, 0)
-        valid = len(header) == _HEADER_BYTES and _looks_initialised(header)
     except OSError:
-        valid = False
-    if not valid:
-        os.close(fd)
         return None
-    return fd
+    if len(header) == _HEADER_BYTES and _looks_initialised(header):
+        return fd
+    return None
 
 
 def _looks_initialised(header: bytes) -> bool:

@@ -240,6 +240,8 @@ class Verifier:
         return decision
 
     def _use(self, allowed: Decision, grant_id: str, now: int) -> Decision:
+        # Our own commits do not change `PRAGMA data_version`: forget what the ledger said.
+        self._known.clear()
         if self.ledger.consume(grant_id, now=now - self.leeway):
             return Decision(True, None, "allowed", self.ledger.get(grant_id) or allowed.grant)
         # Another process revoked or used it up, or it expired, since the reads above.
