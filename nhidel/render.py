@@ -298,13 +298,15 @@ def audit_record_line(record: dict[str, Any], now: int) -> str:
     """One readable line: local time, event, agent, grant, scopes, outcome."""
     from datetime import datetime
 
-    stamp = str(record.get("time", ""))
-    try:
-        when = datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone()
-        shown_time = when.strftime("%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        shown_time = stamp
-    parts = [shown_time, f"#{record.get('seq')}", str(record.get("event", "?")).ljust(14)]
+    def local(stamp: str) -> str:
+        try:
+            when = datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone()
+            return when.strftime("%Y-%m-%d %H:%M:%S")
+        except ValueError:
+            return stamp
+
+    parts = [local(str(record.get("time", ""))), f"#{record.get('seq')}",
+             str(record.get("event", "?")).ljust(14)]  # fmt: skip
     if record.get("agent"):
         parts.append(str(record["agent"]))
     if record.get("grant"):
@@ -314,6 +316,8 @@ def audit_record_line(record: dict[str, Any], now: int) -> str:
         parts.append(" ".join(str(s) for s in scopes))
     if record.get("outcome"):
         parts.append(f"-> {record['outcome']}")
+    if type(record.get("count")) is int:  # identical decisions of one group commit, as one
+        parts.append(f"x{record['count']} until {local(str(record.get('last_time', '')))}")
     if record.get("reason"):
         parts.append(f"({record['reason']})")
     return safe("  ".join(parts))

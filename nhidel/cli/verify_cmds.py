@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..errors import UsageError
 from ..tokens import MAX_TOKEN_LENGTH
 from . import common
+
+if TYPE_CHECKING:
+    from ..scopes import Scope
 
 
 def register(app: typer.Typer) -> None:
@@ -55,8 +58,21 @@ def verify(
     issuer: Annotated[
         str | None, typer.Option("--iss", help="With --jwks: the issuer the tokens must name.")
     ] = None,
+    batch: Annotated[
+        bool,
+        typer.Option(
+            "--batch",
+            help="Read one token per stdin line and print one JSON verdict per line, in order "
+            "(as --json shapes it); every other option applies to each line.",
+        ),
+    ] = False,
 ) -> None:
-    """Exit 0 when the token is valid and grants every --scope; else exit 1 and say why."""
+    """Exit 0 when the token is valid and grants every --scope; else exit 1 and say why.
+
+    With --batch: every stdin line gets one verdict line, even a blank or garbled one
+    (malformed); exit 0 when every line was allowed, else 1. With --consume, each allowed line
+    counts one use.
+    """
     from ..claims import requested_scopes
     from ..render import print_json, say
     from ..timefmt import parse_duration
@@ -69,8 +85,13 @@ def verify(
         raise UsageError("--status-list and --iss go with --jwks", "add --jwks FILE|URL")
     if jwks is not None and consume:
         raise UsageError("--consume needs the ledger", "a remote verifier cannot count uses")
-    text = _read_token(token)
+    if batch and token is not None:
+        raise UsageError("--batch reads the tokens from stdin", "drop the TOKEN argument")
+    text = "" if batch else _read_token(token)
     skew = 0 if leeway in (None, "0") else parse_duration(leeway, what="--leeway")
+    if batch:
+        _verify_batch(requested, any_scope, aud, consume, skew, jwks, status_list, issuer)
+        return
     if jwks is not None:
         from ..remote import RemoteVerifier
 
@@ -93,6 +114,45 @@ def verify(
         return
     say(f"denied: {decision.reason}: {decision.detail}")
     raise typer.Exit(1)
+
+
+def _verify_batch(
+    requested: tuple[Scope, ...],
+    any_scope: bool,
+    aud: str | None,
+    consume: bool,
+    skew: int,
+    jwks: str | None,
+    status_list: str | None,
+    issuer: str | None,
+) -> None:
+    from ..batch import verify_lines
+
+    if jwks is not None:
+        from ..remote import RemoteVerifier
+
+        remote = RemoteVerifier(jwks, status_list, issuer=issuer, leeway=skew)
+        allowed = verify_lines(
+            sys.stdin.buffer,
+            sys.stdout.buffer,
+            lambda text: remote.check(text, requested, any_scope=any_scope, aud=aud),
+            common.now,
+        )
+    else:
+        from ..verifier import Verifier
+
+        where = common.paths()
+        with Verifier(where, common.keystore(where), leeway=skew) as verifier:
+            allowed = verify_lines(
+                sys.stdin.buffer,
+                sys.stdout.buffer,
+                lambda text: verifier.check(
+                    text, requested, any_scope=any_scope, aud=aud, consume=consume
+                ),
+                common.now,
+            )
+    if not allowed:
+        raise typer.Exit(1)
 
 
 def _read_token(argument: str | None) -> str:

@@ -1,0 +1,89 @@
+"""`nhidel verify --batch`: one token a line in, one JSON verdict a line out, in the same order.
+
+Every input line gets exactly one verdict, so a gateway that writes a token and reads a line
+never waits forever: a blank line, a line that is not ASCII, or one longer than a token may be
+is decided like any other bad token (`malformed`, and audited as such), never skipped and never
+a crash. Verdicts are written when the input runs dry, before waiting for more: a process
+talking to `verify --batch` through pipes gets each answer as soon as it is decided, and a
+large file in is still written out in large blocks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import BinaryIO
+
+from .claims import Decision
+from .tokens import MAX_TOKEN_LENGTH
+
+READ_SIZE = 64 * 1024
+_MAX_REMEMBERED = 4096
+
+
+class VerdictLines:
+    """The JSON line for each decision, as `verify --json` shapes it (without the indent).
+
+    A verifier hands back the same Decision object for a token it remembers, so the line is
+    built once per decision and second (a grant's status depends on the time).
+    """
+
+    def __init__(self) -> None:
+        self._lines: dict[int, tuple[Decision, int, bytes]] = {}
+
+    def __call__(self, decision: Decision, now: int) -> bytes:
+        known = self._lines.get(id(decision))
+        if known is not None and known[0] is decision and known[1] == now:
+            return known[2]
+        line = json.dumps(decision.to_json(now), ensure_ascii=False).encode("utf-8") + b"\n"
+        if len(self._lines) >= _MAX_REMEMBERED:
+            self._lines.clear()
+        self._lines[id(decision)] = (decision, now, line)  # holds it: its id stays unique
+        return line
+
+
+def verify_lines(
+    source: BinaryIO,
+    sink: BinaryIO,
+    check: Callable[[str], Decision],
+    now: Callable[[], int],
+) -> bool:
+    """Decide every line of `source` with `check`, writing one verdict line each to `sink`.
+
+    Return True when every line was allowed (also when there were none).
+    """
+    read = getattr(source, "read1", source.read)
+    verdict = VerdictLines()
+    all_allowed = True
+    partial = b""  # the start of a line whose end has not arrived yet
+    overlong = False  # inside a line already answered as too long: drop the rest of it
+
+    def decide(raw: bytes) -> bytes:
+        nonlocal all_allowed
+        decision = check(raw.decode("utf-8", "replace"))
+        all_allowed = all_allowed and decision.allowed
+        return verdict(decision, now())
+
+    while chunk := read(READ_SIZE):
+        lines = chunk.split(b"\n")
+        if overlong:
+            if len(lines) == 1:
+                continue  # still inside the long line
+            del lines[0]  # its end
+            overlong = False
+        else:
+            lines[0] = partial + lines[0]
+        partial = lines.pop()
+        out = [decide(line[: MAX_TOKEN_LENGTH + 1]) for line in lines]
+        if len(partial) > MAX_TOKEN_LENGTH:
+            # Too long to be a token whatever follows: answer now, and skip to its end.
+            out.append(decide(partial[: MAX_TOKEN_LENGTH + 1]))
+            partial = b""
+            overlong = True
+        if out:
+            sink.write(b"".join(out))
+            sink.flush()
+    if partial:  # a last line without its newline
+        sink.write(decide(partial))
+        sink.flush()
+    return all_allowed
