@@ -115,6 +115,11 @@ COMMANDS: dict[str, dict[str, Any]] = (
                                           'list.',
                                           ()),
                         '--iss': (True, 'With --jwks: the issuer the tokens must name.', ()),
+                        '--batch': (False,
+                                    'Read one token per stdin line and print one JSON verdict '
+                                    'per line, in order (as --json shapes it); every other '
+                                    'option applies to each line.',
+                                    ()),
                         '-h': (False, 'Show this message and exit.', ()),
                         '--help': (False, 'Show this message and exit.', ())},
             'arguments': 1},

@@ -69,9 +69,9 @@ def verify(
 ) -> None:
     """Exit 0 when the token is valid and grants every --scope; else exit 1 and say why.
 
-    With --batch: every stdin line gets one verdict line, even a blank or garbled one
-    (malformed); exit 0 when every line was allowed, else 1. With --consume, each allowed line
-    counts one use.
+    With --batch: one JSON verdict per stdin line; blank or garbled lines are malformed.
+
+    --batch exits 0 only when every line was allowed; --consume counts a use per allowed line.
     """
     from ..claims import requested_scopes
     from ..render import print_json, say
