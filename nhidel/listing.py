@@ -23,6 +23,8 @@ from .scopes import parse_scopes
 # Caches are cleared when they reach this size, so memory never grows with the ledger.
 _CACHE_LIMIT = 4096
 
+# The end of a JSON time for each second of a minute; a fraction (a corrupt row) is no index.
+_SECONDS = tuple(f'{second:02d}Z"' for second in range(60))
 # A row of nhidel.ledger.LIST_COLUMNS, from Ledger.grant_rows.
 GrantRow = tuple[Any, ...]
 
@@ -81,38 +83,42 @@ class JsonRows:
     def _time(self, timestamp: int) -> str:
         """rfc3339(timestamp) in JSON quotes: the minute formatted once, the seconds appended."""
         minute, second = divmod(timestamp, 60)
-        prefix = self._minutes.get(minute)
-        if prefix is None:
-            prefix = datetime.fromtimestamp(minute * 60, UTC).strftime('"%Y-%m-%dT%H:%M:')
-            if len(self._minutes) >= _CACHE_LIMIT:
-                self._minutes.clear()
-            self._minutes[minute] = prefix
-        return f'{prefix}{second:02d}Z"'
+        return (self._minutes.get(minute) or self._minute(minute)) + _SECONDS[second]
+
+    def _minute(self, minute: int) -> str:
+        prefix = datetime.fromtimestamp(minute * 60, UTC).strftime('"%Y-%m-%dT%H:%M:')
+        if len(self._minutes) >= _CACHE_LIMIT:
+            self._minutes.clear()
+        self._minutes[minute] = prefix
+        return prefix
 
     def _scopes(self, grant_id: object, stored: Any) -> str:
-        text = self._scope_json.get(stored) if isinstance(stored, str) else None
-        if text is None:
-            scopes = self.scope_cache.scopes(grant_id, stored)
-            text = "[" + ", ".join(_quote(scope) for scope in scopes) + "]"
-            if len(self._scope_json) >= _CACHE_LIMIT:
-                self._scope_json.clear()
-            self._scope_json[stored] = text
+        scopes = self.scope_cache.scopes(grant_id, stored)
+        text = "[" + ", ".join(_quote(scope) for scope in scopes) + "]"
+        if len(self._scope_json) >= _CACHE_LIMIT:
+            self._scope_json.clear()
+        self._scope_json[stored] = text
         return text
 
     def line(self, row: GrantRow) -> str:
         """json.dumps(grant.to_json(now), ensure_ascii=False) for the grant in `row`."""
         (grant_id, agent, stored_scope, aud, issued_at, not_before, expires_at, max_uses, uses,
          reason, kid, revoked_at, revoke_reason) = row  # fmt: skip
+        minutes = self._minutes
         try:
-            scopes = self._scopes(grant_id, stored_scope)
-            issued = self._time(issued_at)
+            # Only strings are ever cached, so a value of another type always takes the check.
+            scopes = self._scope_json.get(stored_scope) or self._scopes(grant_id, stored_scope)
+            minute, second = divmod(issued_at, 60)
+            issued = (minutes.get(minute) or self._minute(minute)) + _SECONDS[second]
+            minute, second = divmod(expires_at, 60)
+            expires = (minutes.get(minute) or self._minute(minute)) + _SECONDS[second]
             return (
                 f'{{"id": {_quote(grant_id)}, "agent": {_quote(agent)}, "scopes": {scopes}, '
                 f'"aud": {"null" if aud is None else _quote(aud)}, '
                 f'"status": "{row_status(row, self.now)}", '
                 f'"issued_at": {issued}, '
                 f'"not_before": {issued if not_before == issued_at else self._time(not_before)}, '
-                f'"expires_at": {self._time(expires_at)}, "uses": {uses:d}, '
+                f'"expires_at": {expires}, "uses": {uses:d}, '
                 f'"max_uses": {"null" if max_uses is None else format(max_uses, "d")}, '
                 f'"reason": {"null" if reason is None else _quote(reason)}, "kid": {_quote(kid)}, '
                 f'"revoked_at": {"null" if revoked_at is None else self._time(revoked_at)}, '
@@ -124,8 +130,8 @@ class JsonRows:
             raise corrupt_row(grant_id, "a value of the wrong type or out of range") from None
 
     def lines(self, rows: Iterable[GrantRow]) -> Iterator[str]:
-        for row in rows:
-            yield self.line(row)
+        """Each row's line, lazily: memory does not grow with the listing."""
+        return map(self.line, rows)
 
 
 def corrupt_row(grant_id: object, what: str) -> IntegrityError:

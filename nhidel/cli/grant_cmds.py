@@ -96,7 +96,6 @@ def list_grants(
 ) -> None:
     """List active and pending grants (soonest to expire first)."""
     from ..ledger import Ledger
-    from ..render import grants_table, say
 
     now = common.now()
     where = common.paths()
@@ -106,7 +105,10 @@ def list_grants(
             from ..listing import JsonRows
 
             _stream_json_array(JsonRows(now).lines(rows), spool_dir=where.state_dir)
-        elif not grants_table(rows, now, show_status=include_all):
+            return
+        from ..render import grants_table, say
+
+        if not grants_table(rows, now, show_status=include_all):
             say("no grants" if include_all else "no active grants (see --all)")
 
 
