@@ -14,7 +14,8 @@ small one holds only the A active grants, so both print the same listing.
 
 - hyperfine -N (real interpreter, no shell) times `python -c pass`, `python -c "import typer"`
   (the Typer floor), `nhidel list --json`, `nhidel list --all --json` and the whole table
-  (`nhidel list`, stdout a pipe) on the large ledger; figures are medians.
+  (`nhidel list`, stdout a pipe) on the large ledger, and `nhidel list --json` on an empty
+  ledger (start-up alone: `listing_ms` is the difference); figures are medians.
 - First screen: this script starts `nhidel list` with stdout a pipe and notes when the first 40
   lines have arrived (and when the output ends), S times (default 15); the median is reported.
 - Peak RSS (ru_maxrss from wait4, like /usr/bin/time -v) of `list --json` on both ledgers, the
@@ -61,6 +62,7 @@ GOAL_RSS_RATIO = 1.25
 SCOPES = ("repo:read:acme/api", "ticket:create:queue/support repo:read:acme/web", "release:publish")
 REASONS = (None, "nightly release", 'review "api" for Zoë')
 KINDS = ("expired", "revoked", "exhausted")
+EMPTY = "nhidel list --json, empty ledger"
 
 
 def fill_ledger(home: Path, total: int, active: int, now: int) -> dict[str, int]:
@@ -165,6 +167,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "nhidel list (whole table, to a pipe)": [*nhidel, "list"],
         }
         timed = hyperfine(exe, list(commands.items()), env, args.runs, args.warmup, root)
+        # The same command on an empty ledger: start-up alone, to tell it from the listing.
+        empty_env = isolated_env(root / "empty", COLUMNS="100")
+        empty_env.pop("PYTHONDONTWRITEBYTECODE", None)
+        fill_ledger(Path(empty_env["NHIDEL_HOME"]), 0, 0, now)
+        empty = (EMPTY, [*nhidel, "list", "--json"])
+        timed |= hyperfine(exe, [empty], empty_env, args.runs, args.warmup, root)
         screen = first_screen([*nhidel, "list"], env, args.screens)
         rss_small = rss([*nhidel, "list", "--json"], small_env)
         rss_large = rss([*nhidel, "list", "--json"], env)
@@ -179,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "python_ms": rows["python -c pass"]["median_ms"],
         "typer_ms": typer_ms,
         "json_x_typer": json_ms / typer_ms,
+        "empty_json_ms": rows[EMPTY]["median_ms"],
+        "listing_ms": json_ms - rows[EMPTY]["median_ms"],
         "first_screen_x_typer": screen["median_ms"] / typer_ms,
         "json_rss_mib": rss_large["rss_mib"],
         "json_rss_mib_small": rss_small["rss_mib"],

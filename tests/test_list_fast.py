@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
+import subprocess  # noqa: S404 - runs nhidel in a fresh interpreter
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -379,3 +381,18 @@ def test_list_columns_are_what_to_json_needs(paths: Paths) -> None:
     fields = [name.strip() for name in LIST_COLUMNS.split(",")]
     assert dict(zip(fields, row, strict=True))["reason"] == "r"
     assert json.loads(JsonRows(T).line(row)) == grant.to_json(T)
+
+
+def test_listing_imports_neither_rich_nor_pydantic(every_status: Paths) -> None:
+    probe = (
+        "import sys\n"
+        "from nhidel.cli import main\n"
+        "for args in (['list', '--all'], ['list', '--json']):\n"
+        "    assert main(args) == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rich', 'pydantic')))\n"
+    )
+    done = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.splitlines()[-1] == "[]"
+    assert "gpendingaa" in done.stdout
