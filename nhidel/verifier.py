@@ -7,6 +7,7 @@ caller names the scopes it needs, or says explicitly that any scope will do.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -114,7 +115,22 @@ class Verifier:
         consume: bool = False,
     ) -> Decision:
         """Decide on `token`; `consume` counts one use when (and only when) it is allowed."""
+        return self._check(token, self._request(scopes, any_scope), aud, consume)
+
+    def checker(
+        self,
+        scopes: Sequence[str | Scope] = (),
+        *,
+        any_scope: bool = False,
+        aud: str | None = None,
+        consume: bool = False,
+    ) -> Callable[[str], Decision]:
+        """`check` with everything but the token fixed (and the scopes parsed once), for a
+        stream of tokens such as `verify --batch`."""
         request = self._request(scopes, any_scope)
+        return functools.partial(self._check, request=request, aud=aud, consume=consume)
+
+    def _check(self, token: str, request: _Request, aud: str | None, consume: bool) -> Decision:
         now = int(self.clock())
         if consume:
             return self._consume(token, request, aud, now)

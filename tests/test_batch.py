@@ -112,7 +112,7 @@ def test_verdicts_are_flushed_before_waiting_for_more_input_at_any_chunking() ->
     data = b"ok\n\nbad\n" + b"x" * (MAX_TOKEN_LENGTH * 2) + b"\nok\nok"
     for step in (1, 7, 4096, len(data)):
         sink = io.BytesIO()
-        allowed = verify_lines(Trickle(data, step, sink), sink, fake_check, lambda: 0)
+        allowed = verify_lines(Trickle(data, step, sink), sink, fake_check, lambda: 0.0)
         got = [(v["allowed"], v["reason"]) for v in verdicts(sink.getvalue().decode())]
         assert got == [
             (True, None), (False, "malformed"), (False, "malformed"), (False, "malformed"),

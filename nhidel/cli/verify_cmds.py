@@ -136,21 +136,14 @@ def _verify_batch(
             sys.stdin.buffer,
             sys.stdout.buffer,
             lambda text: remote.check(text, requested, any_scope=any_scope, aud=aud),
-            common.now,
         )
     else:
         from ..verifier import Verifier
 
         where = common.paths()
         with Verifier(where, common.keystore(where), leeway=skew) as verifier:
-            allowed = verify_lines(
-                sys.stdin.buffer,
-                sys.stdout.buffer,
-                lambda text: verifier.check(
-                    text, requested, any_scope=any_scope, aud=aud, consume=consume
-                ),
-                common.now,
-            )
+            check = verifier.checker(requested, any_scope=any_scope, aud=aud, consume=consume)
+            allowed = verify_lines(sys.stdin.buffer, sys.stdout.buffer, check)
     if not allowed:
         raise typer.Exit(1)
 
