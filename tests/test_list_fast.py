@@ -6,6 +6,7 @@ The fast path never builds a Grant, so the property tests here compare it with
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import sqlite3
@@ -396,3 +397,17 @@ def test_listing_imports_neither_rich_nor_pydantic(every_status: Paths) -> None:
     )
     assert done.stdout.splitlines()[-1] == "[]"
     assert "gpendingaa" in done.stdout
+
+
+def test_a_spool_that_cannot_be_written_is_a_clean_storage_error(
+    every_status: Paths, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(grant_cmds, "_SPOOL_IN_MEMORY", 10)
+    monkeypatch.setattr(tempfile, "TemporaryFile", full)
+    result = cli("list", "--all", "--json")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith("error: could not hold the listing in a temp file")
+    assert "No space left on device" in result.stderr

@@ -126,26 +126,37 @@ def _stream_json_array(items: Iterable[str], *, spool_dir: Path) -> None:
     """
     import tempfile
 
+    from ..errors import StorageError
+
     held: list[str] = []
     size = 0
     spool: TextIO | None = None
     try:
-        for part in _json_array_parts(items):
+        try:
+            for part in _json_array_parts(items):
+                if spool is not None:
+                    spool.write(part)
+                    continue
+                held.append(part)
+                size += len(part)
+                if size > _SPOOL_IN_MEMORY:
+                    spool = tempfile.TemporaryFile(
+                        "w+", encoding="utf-8", newline="", dir=spool_dir
+                    )
+                    spool.writelines(held)
+                    held.clear()
             if spool is not None:
-                spool.write(part)
-                continue
-            held.append(part)
-            size += len(part)
-            if size > _SPOOL_IN_MEMORY:
-                spool = tempfile.TemporaryFile("w+", encoding="utf-8", newline="", dir=spool_dir)
-                spool.writelines(held)
-                held.clear()
+                spool.seek(0)
+        except OSError as exc:  # the spool's own writes; stdout's errors are not caught here
+            raise StorageError(
+                f"could not hold the listing in a temp file in {spool_dir}: {exc.strerror or exc}",
+                "free disk space, or list fewer grants at once (--agent A, or without --all)",
+            ) from None
         if spool is None:
             sys.stdout.writelines(held)
         else:
             import shutil
 
-            spool.seek(0)
             shutil.copyfileobj(spool, sys.stdout)
     finally:
         if spool is not None:
