@@ -11,7 +11,7 @@ Figures are medians where repeated; the machine is shared and noisy. The large l
 nhidel homes (file keystore, `nhidel init`), filled by nhidel's own writer (`AuditLog.append`,
 batches of 10,000 without an fsync each, rotating segments as nhidel does) and ending in a
 high-water mark in the keystore, so `nhidel audit verify` on the command line checks them exactly
-as it checks a user's log. Building 1,000,000 records takes about 15 s, so each home is kept in
+as it checks a user's log. Building 1,000,000 records takes about 18 s, so each home is kept in
 --cache (default /tmp/nhidel-bench-cache), named by nhidel's version, the log format and the
 record count; a cached home that no longer verifies is built again.
 """
