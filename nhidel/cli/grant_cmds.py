@@ -165,15 +165,11 @@ def _stream_json_array(items: Iterable[str], *, spool_dir: Path) -> None:
 
 def _json_array_parts(items: Iterable[str]) -> Iterator[str]:
     """`[`, the items one a line and indented by two, `]`, in parts of many items each."""
+    from itertools import islice
+
+    remaining = iter(items)
     separator = "[\n  "
-    chunk: list[str] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == 512:
-            yield separator + ",\n  ".join(chunk)
-            separator = ",\n  "
-            chunk.clear()
-    if chunk:
+    while chunk := list(islice(remaining, 512)):
         yield separator + ",\n  ".join(chunk)
         separator = ",\n  "
     yield "[]\n" if separator == "[\n  " else "\n]\n"
