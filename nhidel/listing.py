@@ -25,6 +25,7 @@ _CACHE_LIMIT = 4096
 
 # The end of a JSON time for each second of a minute; a fraction (a corrupt row) is no index.
 _SECONDS = tuple(f'{second:02d}Z"' for second in range(60))
+
 # A row of nhidel.ledger.LIST_COLUMNS, from Ledger.grant_rows.
 GrantRow = tuple[Any, ...]
 

@@ -2,7 +2,8 @@
 
 Text from users (reasons, scopes, names) goes through `safe` before it reaches a terminal, and
 every Rich call disables markup, so nothing typed by a user can recolour, move the cursor or
-forge a line. Rich honours NO_COLOR and drops colour when the stream is not a terminal.
+forge a line. Rich honours NO_COLOR and drops colour when the stream is not a terminal. The grants
+table of `nhidel list` is written here without Rich, streamed, and follows the same rules.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class _TableCells:
         scopes = self.scope_cache.scopes(grant_id, stored_scope)
         try:
             shown = [
-                grant_id[:SHORT_ID_LENGTH],
+                safe(grant_id[:SHORT_ID_LENGTH]),
                 safe(agent),
                 safe(" ".join(scopes)),
                 relative(expires_at, now=self.now),
