@@ -44,6 +44,9 @@ _DROPPED = (
     "XDG_RUNTIME_DIR",
     "PYTHONSTARTUP",
     "NHIDEL_TOKEN",
+    # An installed package has its bytecode compiled (pip does it); without this, an editable
+    # checkout on a machine that sets it would recompile nhidel in every timed process.
+    "PYTHONDONTWRITEBYTECODE",
 )
 
 

@@ -1,3 +1,3 @@
-from nhidel.cli import main
+from nhidel.cli import run
 
-raise SystemExit(main())
+run()

@@ -72,3 +72,43 @@ def test_an_unwritable_home_is_one_clear_line_without_a_traceback(tmp_path: Path
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "bug in nhidel" not in result.stderr
     assert result.stderr.startswith(f"error: could not write {blocker}")
+
+
+QUICK_EXIT = """
+import atexit, sys, threading, time
+from pathlib import Path
+mark = Path(sys.argv[1])
+atexit.register(lambda: mark.with_suffix(".atexit").write_text("ran"))
+if sys.argv[2] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.3), mark.write_text("joined"))).start()
+sys.argv = ["nhidel", "--version"]
+from nhidel.cli import run
+run()
+"""
+
+
+def test_the_quick_exit_runs_atexit_handlers_and_flushes_output(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", QUICK_EXIT, str(tmp_path / "m"), "-"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("nhidel ")
+    assert (tmp_path / "m.atexit").read_text() == "ran"
+
+
+def test_the_quick_exit_waits_for_a_running_thread(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", QUICK_EXIT, str(tmp_path / "m"), "thread"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0
+    assert (tmp_path / "m").read_text() == "joined"
+    assert (tmp_path / "m.atexit").read_text() == "ran"
+
+
+def test_a_reader_that_goes_away_is_exit_1_without_noise(tmp_path: Path) -> None:
+    """`nhidel --help | head -1`: no 'Exception ignored' or traceback on stderr."""
+    reader = subprocess.Popen(  # noqa: S602 - a fixed pipeline, no user input
+        f"{sys.executable} -m nhidel --help | head -c 1; echo \" ${{PIPESTATUS[0]}}\"",
+        shell=True, executable="/bin/bash", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "COLUMNS": "80", "NHIDEL_HOME": str(tmp_path)},
+    )
+    out, err = reader.communicate(timeout=60)
+    assert out.split()[-1] in ("0", "1")
+    assert "Exception" not in err and "Traceback" not in err
