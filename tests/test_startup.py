@@ -76,6 +76,7 @@ def test_list_without_a_keystore_reads_no_crypto(home: Path) -> None:
     status, modules, out = run_probe(home, "list", "--json")
     assert status == 0 and json.loads(out)
     assert not loaded(modules, "cryptography")
+    assert not {"nhidel.keystore", "secrets"} & modules
 
 
 def test_every_command_is_in_the_lazy_table() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import getpass
 import time
+from typing import TYPE_CHECKING
 
 from ..config import Paths
-from ..keystore import KeyStore, open_keystore
+
+if TYPE_CHECKING:
+    from ..keystore import KeyStore
 
 
 def now() -> int:
@@ -18,6 +20,10 @@ def paths() -> Paths:
 
 
 def keystore(where: Paths) -> KeyStore:
+    import getpass
+
+    from ..keystore import open_keystore  # not for commands that only read the ledger
+
     return open_keystore(where, prompt=getpass.getpass)
 
 
