@@ -148,3 +148,16 @@ def test_a_gateway_gets_each_verdict_before_it_sends_the_next_token(tmp_path: Pa
         for stream in (child.stdout, child.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_batch_verifies_remotely_with_a_jwks(ready: Cli, tmp_path: Path) -> None:
+    token = grant(ready)
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(ready.ok("key", "export", "--jwks").stdout)
+    result = ready("verify", "--batch", "--jwks", str(jwks), "--iss", "nhidel:alice",
+                   "--scope", SCOPE, input=f"{token}\nnope\n{token}\n")  # fmt: skip
+    assert result.exit_code == 1, result.stderr
+    got = verdicts(result.stdout)
+    assert [(v["allowed"], v["reason"]) for v in got] == [
+        (True, None), (False, "malformed"), (True, None),
+    ]  # fmt: skip
