@@ -138,10 +138,10 @@ class Verifier:
         if probed != self._probed:
             self._known.clear()  # the ledger changed: forget what it said
             self._probed = probed
-        known = self._known.get(token)
+        known = self._known.get(token) if isinstance(token, str) else None
         if known is None:
             try:
-                known = self._learn(token)
+                known = self._learn(token)  # (a token that is not a str is unknowable)
             except _Unknowable as unknowable:
                 return self._record_once(unknowable, request, aud)
             self._known[token] = known

@@ -365,3 +365,13 @@ def test_grant_objects_from_the_lean_lookup_equal_the_plain_ones(world: World) -
         assert found is not None
         assert found[0] == ledger.get(grant.id)
         assert isinstance(found[0], Grant)
+
+
+@pytest.mark.parametrize("token", [None, b"bytes", ["a", "list"], 42])
+def test_a_token_that_is_not_a_string_is_malformed_not_a_crash(
+    world: World,  # noqa: F811
+    token: Any,
+) -> None:
+    with Verifier(world.paths, world.keystore, clock=lambda: T) as check:
+        for _ in range(2):
+            assert_denied(check.check(token, [SCOPE]), Reason.MALFORMED)
