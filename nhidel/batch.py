@@ -58,9 +58,9 @@ def verify_lines(
     all_allowed = True
     partial = b""  # the start of a line whose end has not arrived yet
     overlong = False  # inside a line already answered as too long: drop the rest of it
-    # A gateway sends the same token again and again: reuse its text (and its cached hash).
+    # A gateway sends the same token again and again: reuse the last line's text (whose hash
+    # the verifier's memory has already computed) and, within the same second, its verdict.
     last_raw, last_text = b"", ""
-
     last_decision, last_second, last_line = None, 0, b""
 
     def decide(lines: list[bytes]) -> list[bytes]:
