@@ -63,22 +63,27 @@ def verify_lines(
     last_raw, last_text = b"", ""
     last_decision, last_second, last_line = None, 0, b""
 
-    def decide(lines: list[bytes]) -> list[bytes]:
+    def decide(lines: list[bytes]) -> None:
         nonlocal all_allowed, last_raw, last_text, last_decision, last_second, last_line
         out = []
-        for line in lines:
-            raw = line[: MAX_TOKEN_LENGTH + 1]
-            if raw != last_raw:
-                last_raw, last_text = raw, raw.decode("utf-8", "replace")
-            decision = check(last_text)
-            second = int(clock())
-            if decision is not last_decision or second != last_second:
-                if not decision.allowed:
-                    all_allowed = False
-                last_decision, last_second = decision, second
-                last_line = verdict(decision, second)
-            out.append(last_line)
-        return out
+        try:
+            for line in lines:
+                raw = line[: MAX_TOKEN_LENGTH + 1]
+                if raw != last_raw:
+                    last_raw, last_text = raw, raw.decode("utf-8", "replace")
+                decision = check(last_text)
+                second = int(clock())
+                if decision is not last_decision or second != last_second:
+                    if not decision.allowed:
+                        all_allowed = False
+                    last_decision, last_second = decision, second
+                    last_line = verdict(decision, second)
+                out.append(last_line)
+        finally:
+            # Should a line fail (a corrupt ledger row), the lines decided before it, whose
+            # uses may be spent already, still get their verdicts.
+            sink.write(b"".join(out))
+            sink.flush()
 
     while chunk := read(READ_SIZE):
         lines = chunk.split(b"\n")
@@ -96,9 +101,7 @@ def verify_lines(
             partial = b""
             overlong = True
         if lines:
-            sink.write(b"".join(decide(lines)))
-            sink.flush()
+            decide(lines)
     if partial:  # a last line without its newline
-        sink.write(b"".join(decide([partial])))
-        sink.flush()
+        decide([partial])
     return all_allowed

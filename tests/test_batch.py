@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import processes
+import pytest
 from support import Cli
 
 from nhidel.batch import verify_lines
 from nhidel.claims import Decision, Reason
+from nhidel.errors import IntegrityError
 from nhidel.tokens import MAX_TOKEN_LENGTH
 
 SCOPE = "repo:read:acme/api"
@@ -161,3 +163,22 @@ def test_batch_verifies_remotely_with_a_jwks(ready: Cli, tmp_path: Path) -> None
     assert [(v["allowed"], v["reason"]) for v in got] == [
         (True, None), (False, "malformed"), (True, None),
     ]  # fmt: skip
+
+
+def test_lines_decided_before_a_failing_one_keep_their_verdicts() -> None:
+    """A corrupt ledger row stops the batch, but the lines answered before it (whose uses may
+    be spent already) still get their verdicts, in order."""
+    decided = []
+
+    def check(text: str) -> Decision:
+        if text == "corrupt":
+            raise IntegrityError("the ledger row is corrupt", "restore the ledger")
+        decided.append(text)
+        return Decision(False, Reason.MALFORMED, "not a token")
+
+    sink = io.BytesIO()
+    with pytest.raises(IntegrityError):
+        verify_lines(io.BytesIO(b"first\nsecond\ncorrupt\nnever\n"), sink, check)
+    assert decided == ["first", "second"]
+    assert [json.loads(line)["reason"] for line in sink.getvalue().splitlines()] == [
+        "malformed", "malformed"]
