@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import select
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -182,3 +183,38 @@ def test_lines_decided_before_a_failing_one_keep_their_verdicts() -> None:
     assert decided == ["first", "second"]
     assert [json.loads(line)["reason"] for line in sink.getvalue().splitlines()] == [
         "malformed", "malformed"]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_batch_still_audits_the_verdicts_it_gave(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """Decisions wait up to a second for the group commit; a service manager's SIGTERM (or a
+    closed terminal's SIGHUP) must not throw away verdicts a gateway has already acted on."""
+    env = processes.isolated_env(tmp_path, NHIDEL_KEYSTORE="file", NHIDEL_PASSPHRASE="p4ss-w0rd")
+    processes.ok(env, "init", "--principal", "alice")
+    processes.ok(env, "agent", "add", "bot", "--allow", SCOPE, "--max-ttl", "1h")
+    token = processes.ok(env, "grant", "bot", "--scope", SCOPE).stdout.strip()
+    child = subprocess.Popen(
+        processes.command("verify", "--batch", "--scope", SCOPE),
+        env=env, cwd=env["HOME"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        for _ in range(3):
+            child.stdin.write(token.encode() + b"\n")
+            child.stdin.flush()
+            assert json.loads(child.stdout.readline())["allowed"] is True
+        child.send_signal(stop)
+        assert child.wait(timeout=30) == 128 + stop
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(timeout=30)
+        child.stdin.close()
+        child.stdout.close()
+    records = [json.loads(line) for line in
+               processes.ok(env, "audit", "tail", "-n", "20", "--json").stdout.splitlines()]
+    allowed = [r for r in records if r["event"] == "verify.allowed"]
+    assert sum(r.get("count", 1) for r in allowed) == 3

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -141,11 +144,30 @@ def _verify_batch(
         from ..verifier import Verifier
 
         where = common.paths()
-        with Verifier(where, common.keystore(where), leeway=skew) as verifier:
+        with _closing_on_termination(), Verifier(
+            where, common.keystore(where), leeway=skew
+        ) as verifier:
             check = verifier.checker(requested, any_scope=any_scope, aud=aud, consume=consume)
             allowed = verify_lines(sys.stdin.buffer, sys.stdout.buffer, check)
     if not allowed:
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _closing_on_termination() -> Iterator[None]:
+    """SIGTERM and SIGHUP end a batch as Ctrl-C does: the verifier closes and writes the
+    decisions it holds (up to a second's worth) to the audit log. By default these signals
+    would end the process at once, and the log would miss verdicts a gateway acted on."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _read_token(argument: str | None) -> str:
