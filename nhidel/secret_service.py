@@ -9,8 +9,9 @@ When keyring would choose the Secret Service anyway, nhidel asks it directly, th
 `secretstorage` (the library keyring's own backend uses): one connection and one session for the
 whole command. Items are found and stored exactly as keyring's Secret Service backend does (same
 attributes, same label, the default collection), so either path reads what the other wrote.
-Whenever the choice is the user's (PYTHON_KEYRING_BACKEND, a keyringrc.cfg, a backend set by the
-program) or might differ (not Linux, a KDE desktop, no session bus), nhidel goes through keyring.
+Whenever the choice is the user's (PYTHON_KEYRING_BACKEND, a keyringrc.cfg, KEYRING_PROPERTY_*
+settings, a backend set by the program) or might differ (not Linux, a KDE desktop, no session
+bus), nhidel goes through keyring.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def keyring_would_choose_secret_service(env: Mapping[str, str]) -> bool:
     """Whether keyring, left to itself, would pick the Secret Service on this machine."""
     if not sys.platform.startswith("linux") or env.get("PYTHON_KEYRING_BACKEND"):
         return False
+    if any(name.startswith("KEYRING_PROPERTY_") for name in env):
+        return False  # a collection, scheme or app id of the user's: keyring applies them
     if not env.get("DBUS_SESSION_BUS_ADDRESS"):
         return False
     if "KDE" in env.get("XDG_CURRENT_DESKTOP", "").upper().split(":"):
@@ -78,14 +81,22 @@ class SecretService:
             connection = secretstorage.dbus_init()
         except (SecretStorageException, OSError, ValueError) as exc:  # no bus, or a dead one
             raise SecretServiceUnavailable(str(exc)) from None
+
+        def default_collection() -> Any:
+            try:
+                collection = secretstorage.get_default_collection(connection)
+                # One encrypted session for every read and write (finding it opens none).
+                collection.session = open_session(connection)
+            except (SecretStorageException, OSError) as exc:
+                raise SecretServiceUnavailable(str(exc)) from None
+            _unlocked(collection)
+            return collection
+
         try:
-            collection = secretstorage.get_default_collection(connection)
-            # One encrypted session for every read and write (the lookup by alias makes none).
-            collection.session = open_session(connection)
-        except (SecretStorageException, OSError) as exc:
+            collection = self._guarded(default_collection)
+        except BaseException:
             connection.close()
-            raise SecretServiceUnavailable(str(exc)) from None
-        self._guarded(lambda: _unlocked(collection))
+            raise
         self._collection = collection
         return collection
 
@@ -101,7 +112,7 @@ class SecretService:
                 "unlock it (log in to your desktop session, or run gnome-keyring-daemon "
                 "--unlock) and try again",
             ) from None
-        except KeystoreError:
+        except (KeystoreError, SecretServiceUnavailable):
             raise
         # D-Bus and daemon failures come in many types; every one means "unavailable".
         except Exception as exc:  # noqa: BLE001

@@ -107,6 +107,9 @@ def test_grant_and_verify_use_one_connection_and_one_session(env: dict[str, str]
         ({"DBUS_SESSION_BUS_ADDRESS": ""}, False),
         ({"XDG_CURRENT_DESKTOP": "KDE"}, False),
         ({"XDG_CURRENT_DESKTOP": "ubuntu:GNOME"}, True),
+        ({"KEYRING_PROPERTY_SCHEME": "KeePassXC"}, False),
+        ({"KEYRING_PROPERTY_PREFERRED_COLLECTION": "/org/freedesktop/secrets/collection/x"},
+         False),
     ],
 )
 def test_when_keyring_would_choose_the_secret_service(
@@ -137,3 +140,12 @@ def test_a_backend_set_by_the_program_is_used(tmp_path: Path) -> None:
                           env={k: v for k, v in os.environ.items()
                                if k != "PYTHON_KEYRING_BACKEND"})
     assert done.stdout.split() == [str(sys.platform.startswith("linux")), "False"]
+
+
+def test_keyring_property_settings_are_honoured(env: dict[str, str]) -> None:
+    """KEYRING_PROPERTY_SCHEME=KeePassXC files items under other attributes: nhidel must store
+    them where keyring, configured so, looks for them."""
+    kee = {**env, "KEYRING_PROPERTY_SCHEME": "KeePassXC"}
+    ok(kee, "init", "--principal", "alice")
+    shown = ok({**kee, **VIA_KEYRING}, "key", "show", "--json")
+    assert "alice" in shown.stdout
