@@ -112,3 +112,19 @@ def test_a_reader_that_goes_away_is_exit_1_without_noise(tmp_path: Path) -> None
     out, err = reader.communicate(timeout=60)
     assert out.split()[-1] in ("0", "1")
     assert "Exception" not in err and "Traceback" not in err
+
+
+def test_output_that_cannot_be_written_is_one_error_and_exit_1(tmp_path: Path) -> None:
+    """`nhidel list --json > /dev/full`: the output is lost, so the command failed; one line says
+    so, whether the write fails inside the command or at the final flush."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["NHIDEL_HOME"] = str(tmp_path / "home")
+    for args in (["--version"], ["list", "--json"]):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run([sys.executable, "-m", "nhidel", *args], stdout=full,
+                                  stderr=subprocess.PIPE, text=True, env=env, timeout=60,
+                                  check=False)
+        assert done.returncode == 1, (args, done.stderr)
+        lines = done.stderr.splitlines()
+        assert len(lines) == 2 and lines[0].startswith("error: ") and "No space" in lines[0]
+        assert lines[1].startswith("hint: "), (args, done.stderr)

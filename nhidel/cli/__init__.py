@@ -7,6 +7,7 @@ needs them, so `nhidel --version` costs little more than starting Python, and sh
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -57,4 +58,10 @@ def run() -> NoReturn:
         status = 1  # the reader went away (`nhidel list | head -1`): as cli/errors.py says
     except ValueError:
         pass  # a stream closed by the command itself has nothing left to flush
+    except OSError as exc:  # a full disk, say: the output is lost, and that is a failure
+        if status == 0:  # (a command that failed has said why already)
+            with contextlib.suppress(OSError):
+                os.write(2, f"error: cannot write the output: {exc.strerror}\n"
+                            "hint: check where it goes (a full disk, a closed file)\n".encode())
+            status = 1
     os._exit(status)

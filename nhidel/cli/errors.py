@@ -34,6 +34,10 @@ def exit_status_for(exc: BaseException, *, debug: bool) -> int:
         return 130
     if isinstance(exc, BrokenPipeError):
         return int(ExitStatus.DENIED)
+    if isinstance(exc, OSError):  # files are StorageErrors already: this is stdin or stdout
+        report(f"cannot read input or write output: {exc.strerror or exc}",
+               "check where the output goes (a full disk, a closed file)")
+        return int(ExitStatus.DENIED)
     report(
         f"unexpected {type(exc).__name__}: {exc}",
         "this is a bug in nhidel; rerun with --debug and report the traceback",
