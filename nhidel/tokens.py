@@ -93,8 +93,10 @@ class TokenDecoder:
         key = self._headers.get(head)
         if key is None:
             key = self._header_verdict(head)
-            if len(self._headers) < _MAX_HEADERS:  # tokens choose headers: keep this bounded
-                self._headers[head] = key
+            if len(self._headers) >= _MAX_HEADERS:
+                # Tokens choose headers: bounded, and never full of junk for good.
+                self._headers.clear()
+            self._headers[head] = key
         if isinstance(key, TokenRejected):
             raise TokenRejected(key.reason, key.detail)
         try:

@@ -496,3 +496,22 @@ def test_issued_token_header_and_claims_follow_the_spec(world: World) -> None:
     assert (claims["iat"], claims["nbf"], claims["exp"]) == (T, T, T + 900)
     assert claims["jti"] == grant.id
     assert claims["max_uses"] == 3
+
+
+def test_junk_headers_do_not_crowd_the_real_one_out_of_the_decoders_memory(
+    world: World, granted: tuple[Grant, str]
+) -> None:
+    """The decoder remembers header verdicts; a flood of made-up headers must not leave the
+    signer's own header out of that memory for good (a slower gateway, not a wrong one)."""
+    from nhidel.tokens import TokenDecoder
+
+    _, token = granted
+    trusted = {world.signer.kid: Ed25519PrivateKey.from_private_bytes(
+        world.signer.seed).public_key()}
+    decoder = TokenDecoder(trusted)
+    for n in range(100):
+        junk = b64url(json.dumps({"alg": "EdDSA", "n": n}).encode())
+        with pytest.raises(TokenRejected):
+            decoder.decode(f"{junk}.e30.AAAA")
+    assert decoder.decode(token)["jti"]
+    assert token.split(".")[0] in decoder._headers
