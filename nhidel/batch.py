@@ -68,9 +68,9 @@ def verify_lines(
         out = []
         try:
             for line in lines:
-                raw = line[: MAX_TOKEN_LENGTH + 1]
-                if raw != last_raw:
-                    last_raw, last_text = raw, raw.decode("utf-8", "replace")
+                if line != last_raw:
+                    last_raw = line
+                    last_text = line[: MAX_TOKEN_LENGTH + 1].decode("utf-8", "replace")
                 decision = check(last_text)
                 second = int(clock())
                 if decision is not last_decision or second != last_second:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from .errors import UsageError
 
@@ -97,7 +98,15 @@ def rfc3339(timestamp: int | None) -> str | None:
     """UTC RFC 3339 with a `Z`, or None."""
     if timestamp is None:
         return None
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    minute, second = divmod(int(timestamp), 60)
+    return f"{_minute_prefix(minute)}{second:02d}Z"
+
+
+@lru_cache(maxsize=1024)
+def _minute_prefix(minute: int) -> str:
+    # A grant's times fall in few minutes, and datetime formatting costs ~1.5 us a call
+    # (`verify --batch` writes three times per verdict).
+    return datetime.fromtimestamp(minute * 60, UTC).strftime("%Y-%m-%dT%H:%M:")
 
 
 def relative(timestamp: int, *, now: int) -> str:

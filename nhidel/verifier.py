@@ -7,7 +7,6 @@ caller names the scopes it needs, or says explicitly that any scope will do.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -128,7 +127,12 @@ class Verifier:
         """`check` with everything but the token fixed (and the scopes parsed once), for a
         stream of tokens such as `verify --batch`."""
         request = self._request(scopes, any_scope)
-        return functools.partial(self._check, request=request, aud=aud, consume=consume)
+        check = self._check
+
+        def check_one(token: str) -> Decision:  # (a partial with keywords costs 0.1 us more)
+            return check(token, request, aud, consume)
+
+        return check_one
 
     def _check(self, token: str, request: _Request, aud: str | None, consume: bool) -> Decision:
         now = int(self.clock())

@@ -206,3 +206,11 @@ def test_rfc3339_round_trips_through_parse_time(timestamp: int) -> None:
 )
 def test_relative_reads_like_people_say_it(delta: int, expected: str) -> None:
     assert relative(NOW + delta, now=NOW) == expected
+
+
+@given(st.integers(min_value=-(10**10), max_value=253402300799))
+def test_rfc3339_matches_datetime_formatting_for_any_second(timestamp: int) -> None:
+    """rfc3339 caches each minute's prefix; the text must be what datetime gives."""
+    expected = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert rfc3339(timestamp) == expected
+    assert rfc3339(timestamp) == expected  # and again, from the cache
