@@ -5,8 +5,8 @@ Run on demand, never as a test:
 
     python3 benchmarks/run.py [--quick] [--json OUT]
 
-Each suite is a `bench_*.py` script in this directory, imported and called through its
-`main(argv)`, which returns its figures as a dict; the scripts also run on their own. Ratios
+Each suite is a `bench_*.py` script in this directory, run in a fresh interpreter with
+`--json`; the figures are what its `main(argv)` returns (and writes). Ratios
 divide by baselines measured in this same run: `python -c pass` and `python -c "import typer"`
 (the Typer floor) for command lines, timed by bench_cli at the start and again at the end, their
 runs pooled; raw Ed25519 verify from `cryptography` for verify throughput, timed by
@@ -19,16 +19,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import importlib
 import importlib.metadata
-import importlib.util
 import json
 import os
 import statistics
+import subprocess  # noqa: S404 - runs the suites, never a shell
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,29 +71,35 @@ class Suite:
 
 
 def run_suite(name: str, argv: list[str]) -> Suite:
-    """Import benchmarks/<name>.py and call its main(argv); never let one suite stop the run."""
-    if importlib.util.find_spec(name) is None:
+    """Run benchmarks/<name>.py in a fresh interpreter and read the figures its main() wrote as
+    JSON; never let one suite stop the run.
+
+    A fresh process per suite: in-process throughput figures (bench_verify's library rows) came
+    out ~10 % lower after the other suites had run in the same interpreter (a larger heap makes
+    each garbage collection pass slower).
+    """
+    script = HERE / f"{name}.py"
+    if not script.exists():
         return Suite(name, "not available", reason=f"benchmarks/{name}.py does not exist")
     print(f"\n== {name} {' '.join(argv)}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    try:
-        # The suites print their own tables: to stderr here, so stdout holds only ours.
-        with contextlib.redirect_stdout(sys.stderr):
-            module = importlib.import_module(name)
-            result = module.main(argv)
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - report it, run the next suite
-        if isinstance(exc, SystemExit) and exc.code in (0, None):
-            reason = "main() exited instead of returning its figures"
-        else:
-            traceback.print_exc(file=sys.stderr)
-            reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:200]
-        return Suite(name, "failed", time.perf_counter() - start, reason)
-    seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="nhidel-bench-") as scratch:
+        out = Path(scratch) / "figures.json"
+        # The suites print their own tables: to stderr here, so stdout holds only ours. Their
+        # exit status says whether their own goals were met; the JSON is what counts here.
+        done = subprocess.run(  # noqa: S603 - our own scripts, with our own arguments
+            [PYTHON, str(script), *argv, "--json", str(out)],
+            stdout=sys.stderr, stdin=subprocess.DEVNULL, check=False,
+        )
+        seconds = time.perf_counter() - start
+        try:
+            result = json.loads(out.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            reason = f"exit {done.returncode}, no figures ({type(exc).__name__})"
+            return Suite(name, "failed", seconds, reason)
     print(f"== {name}: {seconds:.0f} s", file=sys.stderr, flush=True)
     if not isinstance(result, dict):
-        return Suite(
-            name, "failed", seconds, f"main() returned {type(result).__name__}, not a dict"
-        )
+        return Suite(name, "failed", seconds, f"it wrote {type(result).__name__}, not an object")
     return Suite(name, "ok", seconds, result=result)
 
 
