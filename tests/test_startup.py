@@ -134,3 +134,12 @@ def test_negative_and_signed_whole_numbers_convert() -> None:
     for bad in ("", "٣", "0x10", "1e3", " "):
         with pytest.raises(ValueError, match="whole number"):
             convert(bad)
+
+
+def test_flags_read_text_as_click_does() -> None:
+    convert = converter_for(bool)
+    assert convert is not None
+    assert [convert(v) for v in (True, "yes", "On", "1", False, "no", "0", "off")] == [
+        True, True, True, True, False, False, False, False]
+    with pytest.raises(ValueError, match="true or false"):
+        convert("maybe")

@@ -56,10 +56,18 @@ def _whole_number(value: Any) -> int:
     return int(text)
 
 
+_FLAG_WORDS = {"1": True, "true": True, "yes": True, "on": True,
+               "0": False, "false": False, "no": False, "off": False}  # fmt: skip
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    raise ValueError(f"{value!r} is not true or false")
+    # Flags arrive as bools; text (an environment variable, should one be added) as click reads it.
+    word = _FLAG_WORDS.get(str(value).strip().lower())
+    if word is None:
+        raise ValueError(f"{value!r} is not true or false")
+    return word
 
 
 def _path(value: Any) -> Path:
