@@ -9,12 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import lru_cache
 from typing import Any
 
 from .errors import UsageError
 from .models import GRANT_ID, Grant
-from .scopes import Scope, covered_by_any, parse_scopes
+from .scopes import Scope, covered_by_any, parse_scope_text, parse_scopes
 
 MAX_LEEWAY = 3600
 
@@ -99,18 +98,12 @@ def check_audience_and_scopes(
     if any_scope:
         return
     try:
-        granted = granted_scopes(claims["scope"])
+        granted = parse_scope_text(claims["scope"])
     except UsageError:
         raise Denied(Reason.MALFORMED, "claim 'scope' is malformed", grant) from None
     for scope in requested:
         if not covered_by_any(granted, scope):
             raise Denied(Reason.SCOPE_NOT_GRANTED, f"{scope} is not granted", grant)
-
-
-@lru_cache(maxsize=1024)
-def granted_scopes(claim: str) -> tuple[Scope, ...]:
-    """The scopes of a `scope` claim, parsed once per distinct claim (a verifier sees few)."""
-    return parse_scopes([claim])
 
 
 def claims_shape(claims: dict[str, Any]) -> str:

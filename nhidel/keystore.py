@@ -97,7 +97,8 @@ class OsKeyring:
         payload = json.dumps(value, separators=(",", ":"), sort_keys=True)
         if self._direct is not None:
             try:
-                return self._direct.set(entry, payload)
+                self._direct.set(entry, payload)
+                return
             except SecretServiceUnavailable:
                 self._direct = None  # keyring looks further, or says why there is nothing
         self._call(lambda backend: backend.set_password(self.service, entry, payload))

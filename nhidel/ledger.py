@@ -9,14 +9,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from typing import Any
 
 from .config import Paths
 from .errors import IntegrityError, NotFoundError, StorageError, UsageError
 from .fsutil import create_private_file
 from .models import GRANT_ID_PREFIX, SHORT_ID_LENGTH, Grant
-from .scopes import Scope, parse_scopes
+from .scopes import parse_scope_text
 
 SCHEMA_VERSION = 3
 MIN_PREFIX = 4
@@ -78,15 +77,6 @@ LIST_COLUMNS = (
 )
 
 _LOOKUP = f"SELECT {_COLUMNS}, token_sha256 FROM grants WHERE id = ?"
-
-
-@lru_cache(maxsize=1024)
-def _ledger_scopes(scope: str) -> tuple[Scope, ...] | None:
-    """A row's scopes, parsed once per distinct `scope` column; None when malformed."""
-    try:
-        return parse_scopes([scope])
-    except UsageError:
-        return None
 
 
 class Ledger:
@@ -189,16 +179,7 @@ class Ledger:
         except sqlite3.DatabaseError:
             with self._errors():
                 raise
-        if row is None:
-            return None
-        scopes = _ledger_scopes(row[2])
-        if scopes is None:
-            return _grant(row[:-1]), row[-1]  # raises the IntegrityError naming the row
-        (grant_id, agent, _, aud, issued_at, not_before, expires_at, max_uses, uses, reason, kid,
-         revoked_at, revoke_reason, status_idx, token_hash) = row  # fmt: skip
-        grant = Grant(grant_id, agent, scopes, aud, issued_at, not_before, expires_at, max_uses,
-                      reason, kid, uses, revoked_at, revoke_reason, status_idx)  # fmt: skip
-        return grant, token_hash
+        return (_grant(row[:-1]), row[-1]) if row else None
 
     def data_version(self) -> int:
         """SQLite's `PRAGMA data_version`: it changes when another connection commits."""
@@ -248,26 +229,15 @@ class Ledger:
             )
         return _grant(rows[0])
 
-    def grants(
-        self, *, now: int, agent: str | None = None, include_all: bool = False
-    ) -> Iterator[Grant]:
-        """Grants, soonest to expire first; by default only active and pending ones. Streams."""
-        for row in self._listing(_COLUMNS, now=now, agent=agent, include_all=include_all):
-            yield _grant(row)
-
     def grant_rows(
         self, *, now: int, agent: str | None = None, include_all: bool = False
     ) -> Iterator[tuple[Any, ...]]:
-        """The grants `grants()` lists, as raw rows of LIST_COLUMNS. Streams.
+        """Grants as raw rows of LIST_COLUMNS: by default the active and pending ones, soonest to
+        expire first; with `include_all` every grant, in order of issue. Streams.
 
         For `nhidel list`, which turns each row straight into text (nhidel.listing) and so
         needs no Grant per row.
         """
-        return self._listing(LIST_COLUMNS, now=now, agent=agent, include_all=include_all)
-
-    def _listing(
-        self, columns: str, *, now: int, agent: str | None, include_all: bool
-    ) -> Iterator[tuple[Any, ...]]:
         where: list[str] = []
         params: list[object] = []
         if not include_all:
@@ -283,7 +253,7 @@ class Ledger:
         order = "expires_at, id" if not include_all else "issued_at, id"
         with self._errors():
             cursor = self.db.execute(
-                f"SELECT {columns} FROM grants {clause} ORDER BY {order}", params
+                f"SELECT {LIST_COLUMNS} FROM grants {clause} ORDER BY {order}", params
             )
             while batch := cursor.fetchmany(512):
                 yield from batch
@@ -418,7 +388,7 @@ def _grant(row: tuple[Any, ...]) -> Grant:
         status_idx,
     ) = row
     try:
-        scopes = parse_scopes([scope])
+        scopes = parse_scope_text(scope)
     except UsageError:
         raise IntegrityError(
             f"the ledger row for {grant_id} holds a malformed scope",

@@ -12,13 +12,13 @@ JSON text with C-level string escaping, a cached time prefix per minute and cach
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
 from json.encoder import encode_basestring
 from typing import Any
 
 from .errors import IntegrityError, UsageError
 from .models import GrantStatus
 from .scopes import parse_scopes
+from .timefmt import rfc3339_minute
 
 # Caches are cleared when they reach this size, so memory never grows with the ledger.
 _CACHE_LIMIT = 4096
@@ -87,7 +87,7 @@ class JsonRows:
         return (self._minutes.get(minute) or self._minute(minute)) + _SECONDS[second]
 
     def _minute(self, minute: int) -> str:
-        prefix = datetime.fromtimestamp(minute * 60, UTC).strftime('"%Y-%m-%dT%H:%M:')
+        prefix = '"' + rfc3339_minute(minute)
         if len(self._minutes) >= _CACHE_LIMIT:
             self._minutes.clear()
         self._minutes[minute] = prefix

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .errors import UsageError
 
@@ -77,6 +78,14 @@ def parse_scopes(texts: Iterable[str]) -> tuple[Scope, ...]:
             if len(seen) > MAX_SCOPES:
                 raise UsageError(f"more than {MAX_SCOPES} scopes", "ask for fewer, wider scopes")
     return tuple(seen)
+
+
+
+@lru_cache(maxsize=4096)
+def parse_scope_text(text: str) -> tuple[Scope, ...]:
+    """`parse_scopes([text])`, once per distinct text: a token's `scope` claim or a ledger row's
+    scopes, which a verifier meets again and again."""
+    return parse_scopes([text])
 
 
 def covers(granted: Scope, requested: Scope) -> bool:

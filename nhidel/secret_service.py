@@ -53,7 +53,6 @@ class SecretService:
 
     def __init__(self, service: str) -> None:
         self.service = service
-        self.description = "the OS keyring"
         self._collection: Any = None
 
     def get(self, entry: str) -> str | None:

@@ -6,7 +6,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -16,6 +16,7 @@ from ..tokens import MAX_TOKEN_LENGTH
 from . import common
 
 if TYPE_CHECKING:
+    from ..claims import Decision
     from ..scopes import Scope
 
 
@@ -92,22 +93,17 @@ def verify(
         raise UsageError("--batch reads the tokens from stdin", "drop the TOKEN argument")
     text = "" if batch else _read_token(token)
     skew = 0 if leeway in (None, "0") else parse_duration(leeway, what="--leeway")
+    checking = _checker(requested, any_scope=any_scope, aud=aud, consume=consume, leeway=skew,
+                        jwks=jwks, status_list=status_list, issuer=issuer)  # fmt: skip
     if batch:
-        _verify_batch(requested, any_scope, aud, consume, skew, jwks, status_list, issuer)
+        from ..batch import verify_lines
+
+        with _closing_on_termination(), checking as check:
+            if not verify_lines(sys.stdin.buffer, sys.stdout.buffer, check):
+                raise typer.Exit(1)
         return
-    if jwks is not None:
-        from ..remote import RemoteVerifier
-
-        remote = RemoteVerifier(jwks, status_list, issuer=issuer, leeway=skew)
-        decision = remote.check(text, requested, any_scope=any_scope, aud=aud)
-    else:
-        from ..verifier import Verifier
-
-        where = common.paths()
-        with Verifier(where, common.keystore(where), leeway=skew) as verifier:
-            decision = verifier.check(
-                text, requested, any_scope=any_scope, aud=aud, consume=consume
-            )
+    with checking as check:
+        decision = check(text)
     if as_json:
         print_json(decision.to_json(common.now()))
     if decision.allowed:
@@ -119,38 +115,32 @@ def verify(
     raise typer.Exit(1)
 
 
-def _verify_batch(
+@contextlib.contextmanager
+def _checker(
     requested: tuple[Scope, ...],
+    *,
     any_scope: bool,
     aud: str | None,
     consume: bool,
-    skew: int,
+    leeway: int,
     jwks: str | None,
     status_list: str | None,
     issuer: str | None,
-) -> None:
-    from ..batch import verify_lines
-
+) -> Iterator[Callable[[str], Decision]]:
+    """The check of one token: against a JWKS (and a status list), or against the keys pinned
+    in the keystore and the local ledger, whose verifier is closed (its decisions written)
+    at the end."""
     if jwks is not None:
         from ..remote import RemoteVerifier
 
-        remote = RemoteVerifier(jwks, status_list, issuer=issuer, leeway=skew)
-        allowed = verify_lines(
-            sys.stdin.buffer,
-            sys.stdout.buffer,
-            lambda text: remote.check(text, requested, any_scope=any_scope, aud=aud),
-        )
-    else:
-        from ..verifier import Verifier
+        remote = RemoteVerifier(jwks, status_list, issuer=issuer, leeway=leeway)
+        yield lambda text: remote.check(text, requested, any_scope=any_scope, aud=aud)
+        return
+    from ..verifier import Verifier
 
-        where = common.paths()
-        with _closing_on_termination(), Verifier(
-            where, common.keystore(where), leeway=skew
-        ) as verifier:
-            check = verifier.checker(requested, any_scope=any_scope, aud=aud, consume=consume)
-            allowed = verify_lines(sys.stdin.buffer, sys.stdout.buffer, check)
-    if not allowed:
-        raise typer.Exit(1)
+    where = common.paths()
+    with Verifier(where, common.keystore(where), leeway=leeway) as verifier:
+        yield verifier.checker(requested, any_scope=any_scope, aud=aud, consume=consume)
 
 
 @contextlib.contextmanager
