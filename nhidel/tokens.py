@@ -41,8 +41,12 @@ class TokenRejected(Exception):  # noqa: N818 - a verdict, not a crash
 
 
 def token_sha256(token: str) -> str:
-    """What the ledger keeps instead of the token."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    """What the ledger keeps instead of the token.
+
+    Any str hashes, even one holding lone surrogates (undecodable bytes from argv, the
+    environment or stdin): such a text is no token, and is refused as malformed, never a crash.
+    """
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def mint(claims: dict[str, Any], seed: bytes, kid: str, *, typ: str = TOKEN_TYPE) -> str:

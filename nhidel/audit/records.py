@@ -116,5 +116,10 @@ def parse_unchecked(line: bytes) -> dict[str, Any] | None:
 
 
 def token_fingerprint(key: bytes, token: str) -> str:
-    """A keyed fingerprint that finds a token's records without storing the token."""
-    return hmac.digest(key, b"nhidel-token:" + token.strip().encode(), "sha256").hex()[:32]
+    """A keyed fingerprint that finds a token's records without storing the token.
+
+    Any str has one, even one holding lone surrogates (undecodable input): that is no token,
+    and verify refuses it as malformed, recording it under this fingerprint.
+    """
+    data = token.strip().encode("utf-8", "surrogatepass")
+    return hmac.digest(key, b"nhidel-token:" + data, "sha256").hex()[:32]

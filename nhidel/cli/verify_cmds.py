@@ -161,8 +161,16 @@ def _closing_on_termination() -> Iterator[None]:
 
 
 def _read_token(argument: str | None) -> str:
+    """The token text from the argument, stdin or $NHIDEL_TOKEN.
+
+    Bytes that are not UTF-8 are kept as lone surrogates (as Python already does for argv and
+    the environment): the verifier refuses such a text as `malformed`, like any other garbage.
+    """
     if argument == "-":
-        text = sys.stdin.read(MAX_TOKEN_LENGTH + 2)  # a longer one is malformed anyway
+        stdin = sys.stdin.buffer if sys.stdin is not None else None
+        # A longer one is malformed anyway.
+        data = stdin.read(MAX_TOKEN_LENGTH + 2) if stdin is not None else b""
+        text = data.decode("utf-8", "surrogateescape")
     elif argument is not None:
         text = argument
     else:

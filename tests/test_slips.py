@@ -1,0 +1,118 @@
+"""Issue 10, finding 9 ("contract slips"): each one as a user, a script or an attacker meets it.
+
+Undecodable input to verify is `malformed`; a token that cannot be written out is revoked and
+named; an absurd `audit tail -n` is a usage error; a corrupt ledger row is exit 5 for `show`
+too; a token has one base64url spelling only; a config.toml that is no file is named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from processes import isolated_env, ok
+from support import Cli
+
+from nhidel.audit.records import token_fingerprint
+from nhidel.remote import RemoteVerifier
+from nhidel.tokens import token_sha256
+
+SCOPE = "repo:read:acme/api"
+MALFORMED = {"allowed": False, "reason": "malformed", "grant": None}
+B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """A home with a principal and an agent, for nhidel run as separate processes."""
+    secret = tmp_path / "passphrase"
+    secret.touch(mode=0o600)
+    secret.write_text("correct horse battery staple\n")
+    environ = isolated_env(tmp_path, NHIDEL_KEYSTORE="file", NHIDEL_PASSPHRASE_FILE=str(secret))
+    ok(environ, "init", "--principal", "alice")
+    ok(environ, "agent", "add", "reviewer", "--allow", "repo:read:acme/*", "--max-ttl", "1h")
+    return environ
+
+
+def run_bytes(
+    env: dict[str, str], *args: str | bytes, stdin: bytes = b"", **extra: bytes
+) -> subprocess.CompletedProcess[bytes]:
+    """nhidel with arguments, variables and stdin that need not be UTF-8."""
+    environ = {k.encode(): v.encode() for k, v in env.items()}
+    environ.update({k.encode(): v for k, v in extra.items()})
+    argv = [a if isinstance(a, bytes) else a.encode() for a in args]
+    return subprocess.run(
+        [sys.executable.encode(), b"-m", b"nhidel", *argv], input=stdin, capture_output=True,
+        env=environ, cwd=env["HOME"], timeout=60, check=False,
+    )  # fmt: skip
+
+
+def assert_one_error(stderr: str) -> list[str]:
+    lines = stderr.splitlines()
+    assert "Traceback" not in stderr and "unexpected" not in stderr, stderr
+    assert len(lines) == 2 and lines[0].startswith("error: "), stderr
+    assert lines[1].startswith("hint: "), stderr
+    return lines
+
+
+# 1. Undecodable input to verify ---------------------------------------------------------------
+
+
+def test_invalid_utf8_on_verify_stdin_is_malformed(env: dict[str, str]) -> None:
+    token = ok(env, "grant", "reviewer", "--scope", SCOPE).stdout.strip().encode()
+    assert run_bytes(env, "verify", "-", "--scope", SCOPE, stdin=token).returncode == 0
+    for garbage in (b"\xff\xfe", token + b"\n\xff\xfe", token + b"\xc3(", b"\xed\xb3\xbf"):
+        done = run_bytes(env, "verify", "-", "--scope", SCOPE, "--json", stdin=garbage)
+        assert done.returncode == 1, done.stderr
+        assert json.loads(done.stdout) == MALFORMED
+        assert done.stderr.decode().startswith("denied: malformed"), done.stderr
+
+
+def test_an_undecodable_token_argument_or_variable_is_malformed(env: dict[str, str]) -> None:
+    by_argument = run_bytes(env, "verify", b"ab\xffcd", "--any-scope", "--json")
+    by_variable = run_bytes(env, "verify", "--any-scope", "--json", NHIDEL_TOKEN=b"ab\xff.c.d")
+    for done in (by_argument, by_variable):
+        assert done.returncode == 1, done.stderr
+        assert json.loads(done.stdout) == MALFORMED
+        assert b"unexpected" not in done.stderr
+
+
+def test_batch_gives_each_undecodable_line_one_malformed_verdict(env: dict[str, str]) -> None:
+    token = ok(env, "grant", "reviewer", "--scope", SCOPE).stdout.strip().encode()
+    lines = [token, b"\xff\xfe", token + b"\xff", b"\xc3(", b"\xed\xb3\xbf", token]
+    done = run_bytes(env, "verify", "--batch", "--scope", SCOPE, stdin=b"\n".join(lines) + b"\n")
+    assert done.returncode == 1, done.stderr
+    verdicts = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(v["allowed"], v["reason"]) for v in verdicts] == [
+        (True, None), *[(False, "malformed")] * 4, (True, None),
+    ]  # fmt: skip
+
+
+# 2. The Python API on a str holding lone surrogates --------------------------------------------
+
+
+def test_the_python_api_denies_a_surrogate_token_as_malformed(ready: Cli, tmp_path: Path) -> None:
+    import nhidel
+
+    token = ready.ok("grant", "reviewer", "--scope", SCOPE).stdout.strip()
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(ready.ok("key", "export", "--jwks").stdout)
+    surrogates = ["\udcff", "ab\udcffcd", token + "\udcff", token[:-1] + "\udcff"]
+    with nhidel.Verifier() as verifier:
+        for text in surrogates:
+            for consume in (False, True):
+                decision = verifier.check(text, [SCOPE], consume=consume)
+                assert (decision.allowed, decision.reason) == (False, nhidel.Reason.MALFORMED)
+        assert verifier.check(token, [SCOPE]).allowed
+    remote = RemoteVerifier(str(jwks))
+    for text in surrogates:
+        assert nhidel.verify(text, [SCOPE]).reason == nhidel.Reason.MALFORMED
+        assert remote.check(text, [SCOPE]).reason == nhidel.Reason.MALFORMED
+    # What hashes a token takes any str; a valid one hashes as it always did.
+    assert token_sha256(token) == hashlib.sha256(token.encode()).hexdigest()
+    assert len(token_fingerprint(b"k" * 32, "\udcff")) == 32
+    assert token_fingerprint(b"k" * 32, "abc") != token_fingerprint(b"k" * 32, "ab\udcff")
