@@ -29,6 +29,13 @@ _KEY_CHOOSING_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c"})
 _TOKEN = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
 _TO_STANDARD_B64 = bytes.maketrans(b"-_", b"+/")
 _MAX_HEADERS = 16
+_B64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# The characters that may end a segment of 4n+2 (4 unused bits) or 4n+3 (2 unused bits)
+# characters: those whose unused bits are zero.
+_CANONICAL_LAST = {
+    2: frozenset(_B64URL_ALPHABET[::16]),
+    3: frozenset(_B64URL_ALPHABET[::4]),
+}
 
 
 class TokenRejected(Exception):  # noqa: N818 - a verdict, not a crash
@@ -142,14 +149,19 @@ def _signature_rejection(signature: str) -> TokenRejected:
     try:
         _b64url(signature)
     except ValueError:
-        return TokenRejected("malformed", "the signature is not base64url")
+        return TokenRejected("malformed", "the signature is not canonical base64url")
     return TokenRejected("bad_signature", "the signature does not match")
 
 
 def _b64url(segment: str) -> bytes:
-    """Strict base64url without padding, for a segment `_TOKEN` matched (alphabet checked)."""
-    if len(segment) % 4 == 1:
-        raise ValueError("not base64url")
+    """Strict, canonical base64url without padding, for a segment `_TOKEN` matched (alphabet
+    checked). The last character of a segment whose length is not a multiple of 4 carries
+    unused low bits (4 or 2); they must be zero, so that a token has one spelling only: a
+    signature respelled in those bits is not the one that was signed (and hashed into the
+    ledger), and is refused as malformed."""
+    remainder = len(segment) % 4
+    if remainder == 1 or (remainder and segment[-1] not in _CANONICAL_LAST[remainder]):
+        raise ValueError("not canonical base64url")
     padded = segment.encode("ascii").translate(_TO_STANDARD_B64) + b"=" * (-len(segment) % 4)
     return binascii.a2b_base64(padded, strict_mode=True)
 
@@ -158,7 +170,7 @@ def _json_object(segment: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(_b64url(segment).decode("utf-8"))
     except (ValueError, RecursionError):
-        raise TokenRejected("malformed", f"the {what} is not base64url JSON") from None
+        raise TokenRejected("malformed", f"the {what} is not canonical base64url JSON") from None
     if not isinstance(value, dict):
         raise TokenRejected("malformed", f"the {what} is not a JSON object")
     return value

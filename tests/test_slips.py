@@ -7,6 +7,7 @@ too; a token has one base64url spelling only; a config.toml that is no file is n
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import subprocess
@@ -14,12 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from processes import isolated_env, ok
+from processes import claims_of, isolated_env, ok
 from support import Cli
 
 from nhidel.audit.records import token_fingerprint
 from nhidel.remote import RemoteVerifier
-from nhidel.tokens import token_sha256
+from nhidel.tokens import TokenDecoder, TokenRejected, token_sha256
 
 SCOPE = "repo:read:acme/api"
 MALFORMED = {"allowed": False, "reason": "malformed", "grant": None}
@@ -116,3 +117,59 @@ def test_the_python_api_denies_a_surrogate_token_as_malformed(ready: Cli, tmp_pa
     assert token_sha256(token) == hashlib.sha256(token.encode()).hexdigest()
     assert len(token_fingerprint(b"k" * 32, "\udcff")) == 32
     assert token_fingerprint(b"k" * 32, "abc") != token_fingerprint(b"k" * 32, "ab\udcff")
+
+
+# 6. One base64url spelling per token -----------------------------------------------------------
+
+
+def respellings(token: str) -> list[str]:
+    """The token with one segment's last character changed in its unused low bits only: the
+    same bytes to a lenient decoder, a different text."""
+    segments = token.split(".")
+    found = []
+    for index, segment in enumerate(segments):
+        unused = {2: 4, 3: 2}.get(len(segment) % 4)
+        if unused is None:
+            continue
+        last = B64URL.index(segment[-1])
+        assert last % (1 << unused) == 0  # nhidel writes canonical base64url
+        changed = segment[:-1] + B64URL[last | 1]
+        padded = "=" * (-len(segment) % 4)
+        assert base64.urlsafe_b64decode(changed + padded) == base64.urlsafe_b64decode(
+            segment + padded
+        )
+        found.append(".".join([*segments[:index], changed, *segments[index + 1 :]]))
+    return found
+
+
+def test_a_non_canonical_base64url_spelling_is_malformed_locally_and_remotely(
+    ready: Cli, tmp_path: Path
+) -> None:
+    from nhidel.principal import load_trust
+
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(ready.ok("key", "export", "--jwks").stdout)
+    token = ready.ok("grant", "reviewer", "--scope", SCOPE).stdout.strip()
+    respelled = respellings(token)
+    assert len(token.split(".")[2]) == 86 and respelled[-1].split(".")[2] != token.split(".")[2]
+    for where in ([], ["--jwks", str(jwks)]):
+        genuine = ready("verify", "-", "--scope", SCOPE, "--json", *where, input=token)
+        assert genuine.exit_code == 0, genuine.stderr
+        for text in respelled:
+            result = ready("verify", "-", "--scope", SCOPE, "--json", *where, input=text)
+            assert result.exit_code == 1 and json.loads(result.stdout) == MALFORMED, where
+    # The same through the library: the local decoder and the remote verifier.
+    from nhidel.config import Paths
+    from nhidel.keys import public_key
+    from nhidel.keystore import open_keystore
+
+    trust = load_trust(open_keystore(Paths.from_env()))
+    decoder = TokenDecoder({kid: public_key(info["x"]) for kid, info in trust.keys.items()})
+    assert decoder.decode(token)["jti"] == claims_of(token)["jti"]
+    remote = RemoteVerifier(str(jwks))
+    assert remote.check(token, [SCOPE]).allowed
+    for text in respelled:
+        with pytest.raises(TokenRejected) as rejected:
+            decoder.decode(text)
+        assert rejected.value.reason == "malformed"
+        assert remote.check(text, [SCOPE]).reason == "malformed"
