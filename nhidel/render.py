@@ -53,8 +53,13 @@ def say(message: str) -> None:
     sys.stderr.flush()
 
 
+def json_text(value: Any) -> str:
+    """What print_json writes: indented JSON (non-ASCII kept) and a newline."""
+    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
+
+
 def print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(json_text(value))
 
 
 def grant_summary(grant: Grant, now: int) -> str:

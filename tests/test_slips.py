@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from processes import claims_of, isolated_env, ok
+from processes import claims_of, isolated_env, list_all, ok
 from support import Cli
 
 from nhidel.audit.records import token_fingerprint
@@ -117,6 +119,49 @@ def test_the_python_api_denies_a_surrogate_token_as_malformed(ready: Cli, tmp_pa
     assert token_sha256(token) == hashlib.sha256(token.encode()).hexdigest()
     assert len(token_fingerprint(b"k" * 32, "\udcff")) == 32
     assert token_fingerprint(b"k" * 32, "abc") != token_fingerprint(b"k" * 32, "ab\udcff")
+
+
+# 3. A token that cannot be written out ---------------------------------------------------------
+
+
+def grant_into(env: dict[str, str], sink: str, output: str) -> subprocess.CompletedProcess[str]:
+    """`nhidel grant` whose stdout is closed, full, or a pipe nobody reads."""
+    args = [sys.executable, "-m", "nhidel", "grant", "reviewer", "--scope", SCOPE,
+            "--format", output]  # fmt: skip
+    common: dict[str, Any] = {"env": env, "cwd": env["HOME"], "stderr": subprocess.PIPE,
+                              "stdin": subprocess.DEVNULL, "text": True, "timeout": 60}  # fmt: skip
+    if sink == "closed":  # the shell's `>&-`: fd 1 is not open at all
+        return subprocess.run(["bash", "-c", 'exec "$@" >&-', "bash", *args], **common,
+                              check=False)  # fmt: skip
+    if sink == "full":
+        with open("/dev/full", "w") as full:
+            return subprocess.run(args, stdout=full, **common, check=False)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the token is written
+    try:
+        return subprocess.run(args, stdout=write_end, **common, check=False)
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("output", ["token", "json", "env"])
+@pytest.mark.parametrize("sink", ["closed", "full", "broken-pipe"])
+def test_a_token_that_cannot_be_written_out_is_revoked_and_named(
+    env: dict[str, str], sink: str, output: str
+) -> None:
+    done = grant_into(env, sink, output)
+    assert done.returncode == 1, done.stderr
+    error, _hint = assert_one_error(done.stderr)
+    (listed,) = list_all(env)
+    assert listed["status"] == "revoked" and listed["revoke_reason"] == "undelivered", listed
+    assert listed["id"] in error and "revoked" in error, error
+    assert json.loads(ok(env, "list", "--json").stdout) == []  # no live grant left behind
+
+
+def test_a_token_written_out_is_not_revoked(env: dict[str, str]) -> None:
+    token = ok(env, "grant", "reviewer", "--scope", SCOPE).stdout.strip()
+    (listed,) = list_all(env)
+    assert listed["id"] == claims_of(token)["jti"] and listed["status"] == "active"
 
 
 # 6. One base64url spelling per token -----------------------------------------------------------

@@ -30,9 +30,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     # Everything nhidel creates is private, whatever the caller's umask.
     os.umask(0o077)
+    _hold_closed_standard_descriptors()
     from .app import command
 
     return int(command(args).main(args=args, prog_name="nhidel", standalone_mode=False) or 0)
+
+
+def _hold_closed_standard_descriptors() -> None:
+    """Put /dev/null on any of descriptors 0-2 that was closed when nhidel started
+    (`nhidel grant ... >&-`). Python leaves sys.stdout None then, and nhidel still treats that
+    stream as closed; but the next file it opened (the ledger, the audit log) would get that
+    descriptor, and a write meant for stdout or stderr would land in it."""
+    for fd, stream in enumerate((sys.__stdin__, sys.__stdout__, sys.__stderr__)):
+        if stream is not None:
+            continue
+        try:
+            os.fstat(fd)
+            continue  # something opened since holds it already: leave that alone
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            held = os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: `fd`
+            if held != fd:
+                os.dup2(held, fd)
+                os.close(held)
 
 
 def run() -> NoReturn:
@@ -52,8 +73,9 @@ def run() -> NoReturn:
         sys.exit(status)  # the usual exit waits for it
     atexit._run_exitfuncs()
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None: the descriptor was closed when nhidel started
+                stream.flush()
     except BrokenPipeError:
         status = 1  # the reader went away (`nhidel list | head -1`): as cli/errors.py says
     except ValueError:
@@ -61,7 +83,10 @@ def run() -> NoReturn:
     except OSError as exc:  # a full disk, say: the output is lost, and that is a failure
         if status == 0:  # (a command that failed has said why already)
             with contextlib.suppress(OSError):
-                os.write(2, f"error: cannot write the output: {exc.strerror}\n"
-                            "hint: check where it goes (a full disk, a closed file)\n".encode())
+                os.write(
+                    2,
+                    f"error: cannot write the output: {exc.strerror}\n"
+                    "hint: check where it goes (a full disk, a closed file)\n".encode(),
+                )
             status = 1
     os._exit(status)

@@ -12,6 +12,8 @@ from ..errors import ExitStatus, NhidelError
 def report(message: str, hint: str | None) -> None:
     from ..render import safe
 
+    if sys.stderr is None:  # closed when nhidel started: the exit status is all there is
+        return
     sys.stderr.write(f"error: {safe(message)}\n")
     if hint:
         sys.stderr.write(f"hint: {safe(hint)}\n")
@@ -35,8 +37,10 @@ def exit_status_for(exc: BaseException, *, debug: bool) -> int:
     if isinstance(exc, BrokenPipeError):
         return int(ExitStatus.DENIED)
     if isinstance(exc, OSError):  # files are StorageErrors already: this is stdin or stdout
-        report(f"cannot read input or write output: {exc.strerror or exc}",
-               "check where the output goes (a full disk, a closed file)")
+        report(
+            f"cannot read input or write output: {exc.strerror or exc}",
+            "check where the output goes (a full disk, a closed file)",
+        )
         return int(ExitStatus.DENIED)
     report(
         f"unexpected {type(exc).__name__}: {exc}",

@@ -15,7 +15,11 @@ from . import common
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from pathlib import Path
-    from typing import TextIO
+    from typing import NoReturn, TextIO
+
+    from ..config import Paths
+    from ..keystore import KeyStore
+    from ..models import Grant
 
 
 class TokenFormat(StrEnum):
@@ -67,24 +71,64 @@ def grant(
         ),
     ] = TokenFormat.token,
 ) -> None:
-    """Mint a grant: the token alone on stdout, a summary on stderr."""
+    """Mint a grant: the token alone on stdout, a summary on stderr.
+
+    A token that cannot be written out (stdout closed, a full disk, a reader gone) reached no
+    one: its grant is revoked at once (reason `undelivered`) and the error names it.
+    """
     from ..grants import GrantRequest, issue
-    from ..render import grant_summary, print_json, say
+    from ..render import grant_summary, json_text, say
 
     where = common.paths()
     now = common.now()
     request = GrantRequest(
         agent=agent, scopes=scope, ttl=ttl, aud=aud, not_before=not_before, uses=uses, reason=reason
     )
-    issued, token = issue(where, common.keystore(where), request, now=now)
+    store = common.keystore(where)
+    issued, token = issue(where, store, request, now=now)
     if output is TokenFormat.json:
-        print_json({**issued.to_json(now), "token": token})
+        text = json_text({**issued.to_json(now), "token": token})
     elif output is TokenFormat.env:
-        sys.stdout.write(f"NHIDEL_TOKEN={token}\n")
+        text = f"NHIDEL_TOKEN={token}\n"
     else:
-        sys.stdout.write(token + "\n")
-    sys.stdout.flush()
+        text = token + "\n"
+    try:
+        _deliver(text)
+    except (OSError, ValueError) as exc:  # BrokenPipeError is an OSError
+        _revoke_undelivered(where, store, issued, exc)
     say(grant_summary(issued, now))
+
+
+def _deliver(text: str) -> None:
+    """Write `text` to stdout and flush it: when this returns, the token has left the process."""
+    out = sys.stdout
+    if out is None:  # fd 1 was closed when nhidel started (`nhidel grant ... >&-`)
+        import errno
+
+        raise OSError(errno.EBADF, "standard output is closed")
+    out.write(text)
+    out.flush()
+
+
+def _revoke_undelivered(where: Paths, store: KeyStore, issued: Grant, exc: Exception) -> NoReturn:
+    """Revoke a grant whose token could not be written out, then fail naming it."""
+    from ..errors import NhidelError
+    from ..grants import revoke
+
+    why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
+    try:
+        revoke(where, ids=[issued.id], reason="undelivered", now=common.now(), keystore=store)
+    except NhidelError as failed:
+        raise type(failed)(
+            f"could not write out the token of grant {issued.id} ({why}), nor revoke it: "
+            f"{failed.message}",
+            f"revoke it by hand once that is fixed: nhidel revoke {issued.id}",
+        ) from None
+    raise NhidelError(
+        f"could not write out the token of grant {issued.id} ({why}); "
+        "the grant is revoked (undelivered)",
+        "check where stdout goes (a closed pipe or file, a full disk), then grant again",
+    )
 
 
 def list_grants(
