@@ -164,6 +164,17 @@ def test_a_token_written_out_is_not_revoked(env: dict[str, str]) -> None:
     assert listed["id"] == claims_of(token)["jti"] and listed["status"] == "active"
 
 
+# 4. audit tail -n out of range -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", ["99999999999999999999999", "1000000001", "-1"])
+def test_audit_tail_with_a_count_out_of_range_is_a_usage_error(ready: Cli, count: str) -> None:
+    result = ready("audit", "tail", "-n", count)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert_one_error(result.stderr)
+    assert ready("audit", "tail", "-n", "1000000000").exit_code == 0
+
+
 # 6. One base64url spelling per token -----------------------------------------------------------
 
 

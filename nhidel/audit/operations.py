@@ -60,6 +60,11 @@ def _unix_time(stamp: object) -> float:
         return float("-inf")
 
 
+# The most records `audit tail -n` keeps in memory (a deque sized by a C ssize_t, and far
+# more than any log holds).
+MAX_TAIL = 1_000_000_000
+
+
 def tail(
     paths: Paths,
     count: int,
@@ -71,6 +76,8 @@ def tail(
     """The last `count` matching records, then (with `keep_following`) every new match."""
     if count < 0:
         raise UsageError("-n must be zero or more", "e.g. -n 20")
+    if count > MAX_TAIL:
+        raise UsageError(f"-n {count} is too large", f"give at most {MAX_TAIL}, e.g. -n 20")
     last: deque[dict[str, Any]] = deque(maxlen=count)
     newest = 0
     for record in records(paths):
