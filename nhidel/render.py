@@ -257,8 +257,33 @@ def _styled(stream: TextIO) -> bool:
         return False
 
 
+# A Grant's fields by the type a ledger row must hold for each (a hand-edited row may hold
+# text, a fraction or a blob anywhere: SQLite keeps what it is given).
+_INTEGERS = ("issued_at", "not_before", "expires_at", "uses")
+_OPTIONAL_INTEGERS = ("max_uses", "revoked_at")
+_TEXTS = ("id", "agent", "kid")
+_OPTIONAL_TEXTS = ("aud", "reason", "revoke_reason")
+
+
+def grant_fields(grant: Grant, now: int) -> dict[str, Any]:
+    """`grant.to_json(now)`, or IntegrityError (exit 5, as `list` says) naming the grant when
+    its ledger row holds what no grant can: text where a time belongs, a time out of range."""
+    try:
+        shaped = (
+            all(type(getattr(grant, name)) is int for name in _INTEGERS)
+            and all(type(getattr(grant, name)) in (int, type(None)) for name in _OPTIONAL_INTEGERS)
+            and all(type(getattr(grant, name)) is str for name in _TEXTS)
+            and all(type(getattr(grant, name)) in (str, type(None)) for name in _OPTIONAL_TEXTS)
+        )
+        if shaped:
+            return grant.to_json(now)
+    except (TypeError, ValueError, OverflowError, OSError):
+        pass
+    raise corrupt_row(grant.id, "a value of the wrong type or out of range")
+
+
 def grant_details(grant: Grant, now: int) -> None:
-    fields = grant.to_json(now)
+    fields = grant_fields(grant, now)
     fields["scopes"] = " ".join(fields["scopes"])
     fields["expires_at"] = f"{fields['expires_at']} ({relative(grant.expires_at, now=now)})"
     _key_values(fields)

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +174,43 @@ def test_audit_tail_with_a_count_out_of_range_is_a_usage_error(ready: Cli, count
     assert result.exit_code == 2 and result.stdout == ""
     assert_one_error(result.stderr)
     assert ready("audit", "tail", "-n", "1000000000").exit_code == 0
+
+
+# 5. show on a corrupt ledger row ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("corruption", [
+    "issued_at = 'x'", "expires_at = 1.5", "not_before = 99999999999999999", "revoked_at = 'z'",
+    "uses = 'x'", "max_uses = 'q'", "agent = X'61'", "reason = X'ff'", "scope = X'00ff'",
+])  # fmt: skip
+def test_show_on_a_corrupt_ledger_row_is_exit_5_naming_the_grant(
+    ready: Cli, nhidel_home: Path, corruption: str
+) -> None:
+    token = ready.ok("grant", "reviewer", "--scope", "repo:read:acme/api").stdout.strip()
+    grant_id = claims_of(token)["jti"]
+    with sqlite3.connect(nhidel_home / "ledger.db") as db:
+        db.execute(f"UPDATE grants SET {corruption}")  # noqa: S608 - fixed test text
+    db.close()
+    for args in (["show", grant_id], ["show", grant_id, "--json"], ["show", grant_id[:6]]):
+        result = ready(*args)
+        assert result.exit_code == 5 and result.stdout == "", (args, result.stderr)
+        error, _hint = assert_one_error(result.stderr)
+        assert args[1] in error, error
+    assert ready("list", "--all", "--json").exit_code == 5  # as list says
+
+
+@pytest.mark.parametrize("corruption", ["issued_at = 'x'", "revoked_at = 'z'", "uses = 'x'"])
+def test_verify_on_a_corrupt_ledger_row_is_exit_5_not_a_crash(
+    ready: Cli, nhidel_home: Path, corruption: str
+) -> None:
+    token = ready.ok("grant", "reviewer", "--scope", SCOPE).stdout.strip()
+    with sqlite3.connect(nhidel_home / "ledger.db") as db:
+        db.execute(f"UPDATE grants SET {corruption}")  # noqa: S608 - fixed test text
+    db.close()
+    for extra in ([], ["--json"]):
+        result = ready("verify", "-", "--scope", SCOPE, *extra, input=token)
+        assert result.exit_code == 5, result.stderr
+        assert claims_of(token)["jti"] in assert_one_error(result.stderr)[0]
 
 
 # 6. One base64url spelling per token -----------------------------------------------------------

@@ -225,13 +225,18 @@ def show(
 ) -> None:
     """Show one grant."""
     from ..ledger import Ledger
-    from ..render import grant_details, print_json
+    from ..render import grant_details, grant_fields, print_json
 
     now = common.now()
     with Ledger(common.paths()) as ledger:
-        (found,) = ledger.resolve([grant_id])
+        try:
+            (found,) = ledger.resolve([grant_id])
+        except (TypeError, ValueError, AttributeError):  # a row no Grant can hold (a blob)
+            from ..listing import corrupt_row
+
+            raise corrupt_row(grant_id, "a value of the wrong type") from None
     if as_json:
-        print_json(found.to_json(now))
+        print_json(grant_fields(found, now))  # a corrupt row: exit 5 naming it, as list does
     else:
         grant_details(found, now)
 

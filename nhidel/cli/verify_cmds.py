@@ -78,7 +78,7 @@ def verify(
     --batch exits 0 only when every line was allowed; --consume counts a use per allowed line.
     """
     from ..claims import requested_scopes
-    from ..render import print_json, say
+    from ..render import grant_fields, print_json, say
     from ..timefmt import parse_duration
 
     # Checked (and parsed) before the token is read or a keystore opened.
@@ -104,8 +104,13 @@ def verify(
         return
     with checking as check:
         decision = check(text)
+    now = common.now()
+    if decision.grant is not None:
+        # A ledger row that no grant can hold (hand-edited) is an integrity failure: exit 5
+        # naming the grant, whatever the decision, and never a crash while printing it.
+        grant_fields(decision.grant, now)
     if as_json:
-        print_json(decision.to_json(common.now()))
+        print_json(decision.to_json(now))
     if decision.allowed:
         grant = decision.grant
         if not as_json:
