@@ -5,6 +5,7 @@ A keystore holds a few named JSON entries:
 - "trust": the public keys verify accepts and the issuer they belong to. Pinning them here means
   that a process able to write nhidel's files, but not to read the keystore, cannot make verify
   trust a key of its own.
+- "audit-mark": the audit log's high-water mark, moved forward only (see `KeyStore.update`).
 Each command reads at most one entry (and writes the audit high-water mark), over one
 connection to the keystore.
 
@@ -13,10 +14,13 @@ There is never a plaintext fallback: with no usable keystore, the error says how
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 from .config import Paths
@@ -32,11 +36,18 @@ from .secret_service import (
 SIGNING = "signing"
 TRUST = "trust"
 
-_FILE_FORMAT = "nhidel-keystore/1"
+_FILE_FORMAT = "nhidel-keystore/2"
+_OLD_FORMATS = frozenset({"nhidel-keystore/1"})
 # OWASP's recommendation for scrypt (2^17, 8, 1): about 0.4 s and 128 MiB, once per command.
 _SCRYPT = {"n": 2**17, "r": 8, "p": 1}
 _SCRYPT_N_RANGE = frozenset(2**k for k in range(14, 21))
+_KDF_FIELDS = frozenset({"name", "salt", "n", "r", "p"})
 _CHECK = "check"
+_SEALED = "sealed"
+_DOCUMENT_FIELDS = frozenset({"format", "kdf", _CHECK, _SEALED})
+_CHECK_PLAINTEXT = b"nhidel"
+
+Change = Callable[[dict[str, Any] | None], dict[str, Any]]
 
 NO_KEYRING_HINT = (
     "on a machine without an OS keyring use the encrypted-file keystore: "
@@ -53,6 +64,12 @@ class KeyStore(Protocol):
 
     def write(self, entry: str, value: dict[str, Any]) -> None: ...
 
+    def update(self, entry: str, change: Change) -> dict[str, Any]:
+        """Replace `entry` by `change(its current value or None)`, atomically: no other
+        process's write lands between the read and the write. Returns what was written; if
+        `change` raises, nothing is written. `change` must not use the keystore itself."""
+        ...
+
 
 def open_keystore(
     paths: Paths,
@@ -63,7 +80,11 @@ def open_keystore(
     env = os.environ if env is None else env
     kind = env.get("NHIDEL_KEYSTORE", "keyring").strip().lower() or "keyring"
     if kind == "keyring":
-        return OsKeyring(paths.keyring_service, direct=keyring_would_choose_secret_service(env))
+        return OsKeyring(
+            paths.keyring_service,
+            direct=keyring_would_choose_secret_service(env),
+            lock=paths.keystore_lock,
+        )
     if kind == "file":
         return EncryptedFileKeyStore(paths, PassphraseSource(env, prompt))
     raise UsageError(
@@ -75,10 +96,13 @@ class OsKeyring:
     """Entries as passwords in the OS keyring (Keychain, Secret Service), via `keyring`; or,
     when keyring would pick the Secret Service anyway, straight to it (see secret_service.py)."""
 
-    def __init__(self, service: str, *, direct: bool = False) -> None:
+    def __init__(self, service: str, *, direct: bool = False, lock: Path | None = None) -> None:
         self.service = service
         self.description = "the OS keyring"
         self._direct = SecretService(service) if direct else None
+        # The keyring has no compare-and-swap: `update` (and `write`, so that a plain write
+        # cannot land inside someone's update) take turns on this lock file instead.
+        self.lock = lock
 
     def read(self, entry: str) -> dict[str, Any] | None:
         raw = self._get(entry)
@@ -94,6 +118,21 @@ class OsKeyring:
         return value
 
     def write(self, entry: str, value: dict[str, Any]) -> None:
+        if self.lock is None:
+            self._set(entry, value)
+            return
+        with exclusive_lock(self.lock):
+            self._set(entry, value)
+
+    def update(self, entry: str, change: Change) -> dict[str, Any]:
+        if self.lock is None:
+            raise RuntimeError("OsKeyring.update needs the lock path that open_keystore gives")
+        with exclusive_lock(self.lock):
+            value = change(self.read(entry))
+            self._set(entry, value)
+        return value
+
+    def _set(self, entry: str, value: dict[str, Any]) -> None:
         payload = json.dumps(value, separators=(",", ":"), sort_keys=True)
         if self._direct is not None:
             try:
@@ -196,10 +235,23 @@ class PassphraseSource:
 
 
 class EncryptedFileKeyStore:
-    """Entries sealed with AES-256-GCM under a key derived by scrypt from a passphrase.
+    """All entries sealed together, as one AES-256-GCM ciphertext, under a key derived by scrypt
+    from a passphrase (format nhidel-keystore/2).
 
-    The entry name is the AEAD's associated data, so entries cannot be swapped. A fixed "check"
-    entry tells a wrong passphrase apart from a tampered entry.
+    The file: {"format", "kdf", "check", "sealed"}.
+    - "sealed" holds {"generation": N, "entries": {name: value}}, with a fresh random 96-bit
+      nonce on every write; its associated data is the format and the canonical JSON of "kdf".
+      Someone who can write the file but knows no passphrase cannot delete one entry, replay
+      an older version of one (a "trust" from before `key rotate --now`, an older
+      "audit-mark"), or mix entries from different versions: any of that fails the tag, and
+      every entry is refused (IntegrityError, exit 5). Nor can they swap in a weaker "kdf".
+    - "check" seals a constant under the same key, its associated data the format and the
+      salt: a wrong passphrase fails it (KeystoreError, exit 4) before "sealed" is looked at,
+      so a typo is never reported as tampering.
+    What remains possible is putting back an older copy of the whole file: it was genuine
+    once. Against that, the audit log's mark (kept here too, see audit/writer.py) and the
+    anchors the README names; a long-running process also refuses a generation lower than one
+    it has already seen.
     """
 
     def __init__(self, paths: Paths, passphrase: PassphraseSource) -> None:
@@ -208,97 +260,235 @@ class EncryptedFileKeyStore:
         self.passphrase = passphrase
         self.description = f"the encrypted keystore {self.path}"
         self._key: bytes | None = None
+        self._key_kdf: str | None = None  # the canonical "kdf" the cached key came from
+        self._generation = -1  # the highest generation this object has read or written
 
     def read(self, entry: str) -> dict[str, Any] | None:
+        # Read again every time: another process may have written since.
         document = self._load()
-        if document is None or entry not in document["entries"]:
+        if document is None:
+            self._refuse_vanished()
             return None
-        key = self._unlock(document)
-        try:
-            value: dict[str, Any] = json.loads(self._open(key, entry, document["entries"][entry]))
-        except ValueError:
-            raise IntegrityError(
-                f"{self.path}: the {entry!r} entry was altered",
-                "restore the keystore file from a backup",
-            ) from None
+        entries = self._open_entries(document, self._unlock(document))
+        value: dict[str, Any] | None = entries.get(entry)
         return value
 
     def write(self, entry: str, value: dict[str, Any]) -> None:
+        self.update(entry, lambda _current: value)
+
+    def update(self, entry: str, change: Change) -> dict[str, Any]:
         with exclusive_lock(self.lock):
-            document = self._load() or self._new_document()
-            key = self._unlock(document)
-            plaintext = json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
-            document["entries"][entry] = _seal(key, entry, plaintext)
+            # The whole document is read again inside the lock: a write by another process
+            # between an earlier read and now is kept, never overwritten.
+            document = self._load()
+            if document is None:
+                self._refuse_vanished()
+                document = self._new_document()
+                key = self._unlock(document)
+                entries: dict[str, Any] = {}
+            else:
+                key = self._unlock(document)
+                entries = self._open_entries(document, key)
+            value = change(entries.get(entry))
+            entries[entry] = value
+            generation = self._generation + 1
+            document[_SEALED] = _seal(
+                key,
+                _entries_aad(document["kdf"]),
+                _dumps({"generation": generation, "entries": entries}),
+            )
             atomic_write(self.path, json.dumps(document, indent=1, sort_keys=True).encode())
+            self._generation = generation
+        return value
 
     def _new_document(self) -> dict[str, Any]:
         kdf = {"name": "scrypt", "salt": b64(os.urandom(16)), **_SCRYPT}
         self._key = _derive(self.passphrase.get(confirm=True), kdf)
+        self._key_kdf = _dumps(kdf).decode()
         return {
             "format": _FILE_FORMAT,
             "kdf": kdf,
-            "entries": {_CHECK: _seal(self._key, _CHECK, b"nhidel")},
+            _CHECK: _seal(self._key, _check_aad(kdf), _CHECK_PLAINTEXT),
         }
+
+    def _refuse_vanished(self) -> None:
+        """A file this object has read is gone: refuse, rather than start an empty keystore
+        (which would drop the audit mark and the pinned keys with no trace)."""
+        if self._generation >= 0:
+            raise IntegrityError(
+                f"{self.path} was removed while nhidel was using it",
+                "restore it from a backup",
+            )
 
     def _load(self) -> dict[str, Any] | None:
         try:
-            raw = self.path.read_bytes()
+            # O_NOFOLLOW and O_NONBLOCK: a link or a FIFO planted at the name is refused below,
+            # never followed or waited on.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise IntegrityError(
+                    f"{self.path} is a symbolic link", "replace it with the keystore file itself"
+                ) from None
             raise KeystoreError(
                 f"cannot read {self.path}: {exc.strerror}", "check its permissions"
             ) from None
         try:
-            document: dict[str, Any] = json.loads(raw)
-            valid = (
-                document.get("format") == _FILE_FORMAT
-                and isinstance(document.get("kdf"), dict)
-                and _CHECK in document["entries"]
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise IntegrityError(
+                    f"{self.path} is not a regular file", "restore the keystore file from a backup"
+                )
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+        except OSError as exc:
+            raise KeystoreError(
+                f"cannot read {self.path}: {exc.strerror}", "check the disk"
+            ) from None
+        finally:
+            os.close(fd)
+        raw = b"".join(chunks)
+        try:
+            document: Any = json.loads(raw)
+        except ValueError:
+            document = None
+        version = document.get("format") if isinstance(document, dict) else None
+        if version in _OLD_FORMATS:
+            raise IntegrityError(
+                f"{self.path} is an {version} keystore, which this nhidel no longer opens "
+                "(it sealed each entry on its own, so entries could be removed or replayed)",
+                "move it aside and run nhidel init to create a new keystore",
             )
-            if not valid:
-                raise ValueError("unknown format")
-        except (ValueError, KeyError, TypeError, AttributeError):
+        if not _well_formed(document):
             raise IntegrityError(
                 f"{self.path} is not an nhidel keystore or is corrupt",
                 "restore it from a backup",
-            ) from None
-        return document
+            )
+        loaded: dict[str, Any] = document
+        return loaded
 
     def _unlock(self, document: dict[str, Any]) -> bytes:
-        if self._key is None:
-            key = _derive(self.passphrase.get(), document["kdf"])
-            try:
-                self._open(key, _CHECK, document["entries"][_CHECK])
-            except ValueError:
-                raise KeystoreError(
-                    f"wrong passphrase for {self.path}",
-                    "check NHIDEL_PASSPHRASE_FILE or NHIDEL_PASSPHRASE",
-                ) from None
-            self._key = key
-        return self._key
-
-    @staticmethod
-    def _open(key: bytes, entry: str, sealed: dict[str, str]) -> bytes:
-        from cryptography.exceptions import InvalidTag
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-        try:
-            return AESGCM(key).decrypt(
-                unb64(sealed["nonce"]), unb64(sealed["ciphertext"]), _aad(entry)
+        kdf = _dumps(document["kdf"]).decode()
+        if self._key is not None:
+            # Known good: a "kdf" or "check" that changed since was changed by someone else.
+            if kdf != self._key_kdf or not _opens(
+                self._key, _check_aad(document["kdf"]), document[_CHECK]
+            ):
+                raise IntegrityError(
+                    f"{self.path}: its key settings were altered while nhidel was using it",
+                    "restore the keystore file from a backup",
+                )
+            return self._key
+        key = _derive(self.passphrase.get(), document["kdf"])
+        if not _opens(key, _check_aad(document["kdf"]), document[_CHECK]):
+            if _opens_entries(key, document):
+                # The right key after all: only "check" was changed.
+                raise IntegrityError(
+                    f"{self.path}: its passphrase check was altered",
+                    "restore the keystore file from a backup",
+                )
+            # A "kdf" or "check" replaced by someone else gets this too: without the right key,
+            # a different salt and a mistyped passphrase look the same.
+            raise KeystoreError(
+                f"wrong passphrase for {self.path} (or its key settings were replaced)",
+                "check NHIDEL_PASSPHRASE_FILE or NHIDEL_PASSPHRASE",
             )
-        except (InvalidTag, KeyError, TypeError, ValueError) as exc:
-            raise ValueError("cannot open entry") from exc
+        self._key, self._key_kdf = key, kdf
+        return key
+
+    def _open_entries(self, document: dict[str, Any], key: bytes) -> dict[str, Any]:
+        try:
+            plaintext = _open(key, _entries_aad(document["kdf"]), document[_SEALED])
+            state = json.loads(plaintext)
+            generation, entries = state["generation"], state["entries"]
+            valid = (
+                type(generation) is int
+                and generation >= 0
+                and isinstance(entries, dict)
+                and all(isinstance(value, dict) for value in entries.values())
+            )
+        except (ValueError, KeyError, TypeError):
+            valid = False
+        if not valid:
+            raise IntegrityError(
+                f"{self.path}: its entries were altered, removed or spliced from another copy",
+                "restore the keystore file from a backup",
+            )
+        if generation < self._generation:
+            raise IntegrityError(
+                f"{self.path} went back to an older copy while nhidel was using it",
+                "find out who replaced it; restore the newest copy",
+            )
+        self._generation = generation
+        opened: dict[str, Any] = entries
+        return opened
 
 
-def _seal(key: bytes, entry: str, plaintext: bytes) -> dict[str, str]:
+def _well_formed(document: Any) -> bool:
+    def sealed(part: Any) -> bool:
+        return (
+            isinstance(part, dict)
+            and set(part) == {"nonce", "ciphertext"}
+            and all(isinstance(value, str) for value in part.values())
+        )
+
+    return (
+        isinstance(document, dict)
+        and document.get("format") == _FILE_FORMAT
+        and set(document) == _DOCUMENT_FIELDS
+        and isinstance(document["kdf"], dict)
+        and sealed(document[_CHECK])
+        and sealed(document[_SEALED])
+    )
+
+
+def _dumps(value: Any) -> bytes:
+    """Canonical JSON: what is sealed, and what the associated data binds."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=True).encode()
+
+
+def _check_aad(kdf: dict[str, Any]) -> bytes:
+    return f"{_FILE_FORMAT} {_CHECK} ".encode() + str(kdf.get("salt")).encode()
+
+
+def _entries_aad(kdf: dict[str, Any]) -> bytes:
+    return f"{_FILE_FORMAT} {_SEALED} ".encode() + _dumps(kdf)
+
+
+def _seal(key: bytes, aad: bytes, plaintext: bytes) -> dict[str, str]:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+    # A random nonce per write: the key stays the same for the file's life, and 2^-32 is
+    # reached only after some 2^32 writes, far beyond any keystore's.
     nonce = os.urandom(12)
-    return {
-        "nonce": b64(nonce),
-        "ciphertext": b64(AESGCM(key).encrypt(nonce, plaintext, _aad(entry))),
-    }
+    return {"nonce": b64(nonce), "ciphertext": b64(AESGCM(key).encrypt(nonce, plaintext, aad))}
+
+
+def _open(key: bytes, aad: bytes, sealed: dict[str, str]) -> bytes:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    try:
+        return AESGCM(key).decrypt(unb64(sealed["nonce"]), unb64(sealed["ciphertext"]), aad)
+    except (InvalidTag, KeyError, TypeError, ValueError) as exc:
+        raise ValueError("cannot open") from exc
+
+
+def _opens_entries(key: bytes, document: dict[str, Any]) -> bool:
+    try:
+        _open(key, _entries_aad(document["kdf"]), document[_SEALED])
+    except ValueError:
+        return False
+    return True
+
+
+def _opens(key: bytes, aad: bytes, sealed: dict[str, str]) -> bool:
+    try:
+        return _open(key, aad, sealed) == _CHECK_PLAINTEXT
+    except ValueError:
+        return False
 
 
 def _derive(passphrase: bytes, kdf: dict[str, Any]) -> bytes:
@@ -308,7 +498,9 @@ def _derive(passphrase: bytes, kdf: dict[str, Any]) -> bytes:
         n, r, p, salt = kdf["n"], kdf["r"], kdf["p"], unb64(kdf["salt"])
         # Bounds keep a tampered file from asking for gigabytes, or for a trivially weak key.
         valid = (
-            kdf["name"] == "scrypt"
+            set(kdf) == _KDF_FIELDS
+            and kdf["name"] == "scrypt"
+            and all(type(value) is int for value in (n, r, p))
             and n in _SCRYPT_N_RANGE
             and r == 8
             and p in (1, 2, 3, 4)
@@ -321,7 +513,3 @@ def _derive(passphrase: bytes, kdf: dict[str, Any]) -> bytes:
             "the keystore's key-derivation settings are corrupt", "restore it from a backup"
         )
     return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase)
-
-
-def _aad(entry: str) -> bytes:
-    return f"{_FILE_FORMAT}:{entry}".encode()
