@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import IntegrityError, NotFoundError, UsageError
+from .errors import IntegrityError, NotFoundError, StorageError, UsageError
 from .fsutil import atomic_write, exclusive_lock
 from .models import Agent, check_agent_name
 from .scopes import parse_scopes
@@ -117,6 +117,16 @@ def load_config(paths: Paths) -> Config:
         raw = paths.config_file.read_bytes()
     except FileNotFoundError:
         return Config()
+    except IsADirectoryError:
+        raise IntegrityError(
+            f"{paths.config_file} is a directory, not nhidel's configuration file",
+            "rename or remove that directory, then restore config.toml from a backup",
+        ) from None
+    except OSError as exc:
+        raise StorageError(
+            f"could not read {paths.config_file}: {exc.strerror or exc}",
+            "check that file's permissions (it should be yours, mode 0600)",
+        ) from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
         return _from_toml(data)

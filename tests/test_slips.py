@@ -267,3 +267,17 @@ def test_a_non_canonical_base64url_spelling_is_malformed_locally_and_remotely(
             decoder.decode(text)
         assert rejected.value.reason == "malformed"
         assert remote.check(text, [SCOPE]).reason == "malformed"
+
+
+# 7. A config.toml that is no file --------------------------------------------------------------
+
+
+def test_a_config_toml_that_is_a_directory_is_named(ready: Cli, nhidel_home: Path) -> None:
+    config = nhidel_home / "config.toml"
+    config.rename(nhidel_home / "config.toml.bak")
+    config.mkdir(mode=0o700)
+    for args in (["agent", "list"], ["grant", "reviewer", "--scope", SCOPE]):
+        result = ready(*args)
+        assert result.exit_code == 5 and result.stdout == "", result.stderr
+        error, _hint = assert_one_error(result.stderr)
+        assert str(config) in error and "directory" in error, error
