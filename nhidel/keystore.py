@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from .config import Paths
 from .errors import IntegrityError, KeystoreError, UsageError
 from .fsutil import atomic_write, exclusive_lock
+from .hardening import PASSPHRASE_VARIABLE, protect_secrets_in_memory, take_from_environment
 from .keys import b64, unb64
 from .secret_service import (
     SecretService,
@@ -105,6 +106,7 @@ class OsKeyring:
         self.lock = lock
 
     def read(self, entry: str) -> dict[str, Any] | None:
+        protect_secrets_in_memory()
         raw = self._get(entry)
         if raw is None:
             return None
@@ -118,6 +120,7 @@ class OsKeyring:
         return value
 
     def write(self, entry: str, value: dict[str, Any]) -> None:
+        protect_secrets_in_memory()
         if self.lock is None:
             self._set(entry, value)
             return
@@ -127,6 +130,7 @@ class OsKeyring:
     def update(self, entry: str, change: Change) -> dict[str, Any]:
         if self.lock is None:
             raise RuntimeError("OsKeyring.update needs the lock path that open_keystore gives")
+        protect_secrets_in_memory()
         with exclusive_lock(self.lock):
             value = change(self.read(entry))
             self._set(entry, value)
@@ -200,14 +204,34 @@ def _refuse_unsafe_backend(backend: object) -> None:
         )
 
 
+# NHIDEL_PASSPHRASE once taken out of this process's environment (see PassphraseSource): a
+# second keystore opened later in the same process (the Python API) still finds it.
+_passphrase_taken: bytes | None = None
+
+
 class PassphraseSource:
-    """The file keystore's passphrase: a file, the environment, or a terminal prompt."""
+    """The file keystore's passphrase: a file, the environment, or a terminal prompt.
+
+    Reading it from `os.environ` takes NHIDEL_PASSPHRASE out of the process's environment
+    (SPEC: no child process inherits a passphrase variable), wherever the passphrase came from.
+    """
 
     def __init__(self, env: Mapping[str, str], prompt: Callable[[str], str] | None) -> None:
         self.env = env
         self.prompt = prompt
 
     def get(self, *, confirm: bool = False) -> bytes:
+        global _passphrase_taken
+        protect_secrets_in_memory()
+        from_environment: str | None
+        if self.env is os.environ:
+            from_environment = take_from_environment(PASSPHRASE_VARIABLE)
+            if from_environment:
+                _passphrase_taken = from_environment.encode("utf-8")
+            elif _passphrase_taken is not None:
+                from_environment = _passphrase_taken.decode("utf-8")
+        else:
+            from_environment = self.env.get(PASSPHRASE_VARIABLE)
         path = self.env.get("NHIDEL_PASSPHRASE_FILE")
         if path:
             try:
@@ -218,8 +242,8 @@ class PassphraseSource:
                     f"cannot read NHIDEL_PASSPHRASE_FILE {path}: {exc.strerror}",
                     "point NHIDEL_PASSPHRASE_FILE at a readable file holding the passphrase",
                 ) from None
-        elif self.env.get("NHIDEL_PASSPHRASE"):
-            secret = self.env["NHIDEL_PASSPHRASE"].encode("utf-8")
+        elif from_environment:
+            secret = from_environment.encode("utf-8")
         elif self.prompt is not None and sys.stdin.isatty():
             secret = self.prompt("Keystore passphrase: ").encode("utf-8")
             if confirm and self.prompt("Repeat passphrase: ").encode("utf-8") != secret:
@@ -264,6 +288,7 @@ class EncryptedFileKeyStore:
         self._generation = -1  # the highest generation this object has read or written
 
     def read(self, entry: str) -> dict[str, Any] | None:
+        protect_secrets_in_memory()
         # Read again every time: another process may have written since.
         document = self._load()
         if document is None:
@@ -277,6 +302,7 @@ class EncryptedFileKeyStore:
         self.update(entry, lambda _current: value)
 
     def update(self, entry: str, change: Change) -> dict[str, Any]:
+        protect_secrets_in_memory()
         with exclusive_lock(self.lock):
             # The whole document is read again inside the lock: a write by another process
             # between an earlier read and now is kept, never overwritten.

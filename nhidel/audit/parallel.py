@@ -98,9 +98,26 @@ def check_in_parallel(
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
+    from ..hardening import (
+        PASSPHRASE_VARIABLES,
+        protect_secrets_in_memory,
+        withheld_from_environment,
+    )
+
     jobs = [(p, s, e, key, mark_seq, noteworthy_pattern) for p, s, e in ranges(segments)]
     workers = min(len(jobs), os.cpu_count() or 1)
-    with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+    # The workers hold the audit key: forked after this, they inherit the parent's protection
+    # (no core file, no same-user ptrace) whoever called us.
+    protect_secrets_in_memory()
+    # A fork copies the parent's environment; there is none to pass instead. The CLI took
+    # NHIDEL_PASSPHRASE out when it opened the keystore, but the Python API may have opened it
+    # from a mapping of its own and left the variable in os.environ: withhold the passphrase
+    # variables while the workers start (all of them start at the first submit, inside this
+    # block), so that no child of nhidel holds a passphrase (SPEC, "Keystore").
+    with (
+        withheld_from_environment(PASSPHRASE_VARIABLES),
+        ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool,
+    ):
         summaries = list(pool.map(check_range, jobs))
     if any(summary is None for summary in summaries):
         return None
