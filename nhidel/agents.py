@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .audit import AuditLog, event
-from .config import Config, Paths, update_config, with_agent, without_agent
+from . import state
+from .audit import event
+from .config import Config, Paths, with_agent, without_agent
 from .errors import NotFoundError, PolicyError, UsageError
+from .fsutil import exclusive_lock
 from .keystore import KeyStore, open_keystore
 from .ledger import Ledger
 from .models import Agent, check_agent_name, check_audience
@@ -60,14 +62,15 @@ def add_agent(
         return with_agent(config, agent)
 
     keys = audit_keys(keystore or open_keystore(paths))  # no keystore, no change
-
-    def record(config: Config) -> None:
-        AuditLog(paths, keys).append([event(
-            "agent.added", principal=config.principal, agent=name,
-            scopes=[str(s) for s in scopes], max_ttl=agent.max_ttl, aud=list(agent.audiences),
-        )])  # fmt: skip
-
-    update_config(paths, register, then=record)
+    with exclusive_lock(paths.config_lock), Ledger(paths) as ledger:
+        with state.change(paths, keys, ledger, now=now) as step:
+            config = register(step.config())
+            step.write([event(
+                "agent.added", principal=config.principal, agent=name,
+                scopes=[str(s) for s in scopes], max_ttl=agent.max_ttl, aud=list(agent.audiences),
+                config_sha256=state.config_digest(config),
+            )])  # fmt: skip
+            step.save_config(config)
     return agent
 
 
@@ -88,27 +91,26 @@ def remove_agent(paths: Paths, name: str, *, now: int, keystore: KeyStore | None
     """
     check_agent_name(name)
     keys = audit_keys(keystore or open_keystore(paths))
-    existed: list[bool] = []
-    revoked: list[str] = []
-
-    def unregister(config: Config) -> Config:
-        existed.append(name in config.agents)
-        return without_agent(config, name)
-
-    def revoke_grants(config: Config) -> None:
-        with Ledger(paths) as ledger, ledger.transaction():
-            live = ledger.live_ids(now=now, agent=name)
-            revoked.extend(ledger.revoke(live, now=now, reason="agent removed"))
-            if not existed[0] and not revoked:
+    with exclusive_lock(paths.config_lock), Ledger(paths) as ledger:
+        with state.change(paths, keys, ledger, now=now) as step:
+            before = step.config()
+            config = without_agent(before, name)
+            live = [g for g in ledger.live_ids(now=now, agent=name) if g not in step.state.revoked]
+            if name not in before.agents and not live:
                 raise NotFoundError(
                     f"no agent named {name!r}", "see the registered agents: nhidel agent list"
                 )
+            grants = [g for g in (ledger.get(grant_id) for grant_id in live) if g is not None]
             principal = config.principal
-            AuditLog(paths, keys).append(
-                [event("agent.removed", principal=principal, agent=name, revoked=len(revoked))]
-                + [event("grant.revoked", principal=principal, agent=name, grant=grant_id,
-                         reason="agent removed") for grant_id in revoked]
+            # One batch of records, then config.toml, then the ledger: a crash in between
+            # leaves records that the next command finishes (the agent stays removed).
+            step.write(
+                [event("agent.removed", principal=principal, agent=name, revoked=len(grants),
+                       config_sha256=state.config_digest(config))]
+                + [event("grant.revoked", principal=principal, agent=name, grant=g.id,
+                         expires_at=g.expires_at, reason="agent removed") for g in grants]
             )  # fmt: skip
-
-    update_config(paths, unregister, then=revoke_grants)
-    return Removal(name, revoked)
+            if config != before:
+                step.save_config(config)
+            step.revoke(grants, now=now, reason="agent removed")
+    return Removal(name, [g.id for g in grants])

@@ -34,6 +34,8 @@ class Reason(StrEnum):
     USES_EXHAUSTED = "uses_exhausted"
     UNKNOWN_GRANT = "unknown_grant"
     STATUS_UNAVAILABLE = "status_unavailable"
+    # nhidel's own state failed an integrity check: nothing is allowed until it is repaired.
+    INTEGRITY = "integrity"
 
 
 @dataclass(frozen=True, slots=True)

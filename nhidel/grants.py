@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .audit import AuditKeys, AuditLog, event
+from . import state
+from .audit import AuditKeys, event
 from .audit.records import token_fingerprint
 from .claims import MAX_LEEWAY
 from .config import Config, Paths, load_config
-from .errors import KeystoreError, PolicyError, UsageError
+from .errors import IntegrityError, KeystoreError, PolicyError, UsageError
 from .keystore import KeyStore, open_keystore
 from .ledger import Ledger
 from .models import Agent, Grant, check_audience, new_grant_id
@@ -72,13 +73,20 @@ def issue(
     with Ledger(paths) as ledger:
         epoch = ledger.revocation_epoch()
         signer = load_signer(keystore)
-        with ledger.transaction():
-            _recheck(paths, agent.name, scopes, ttl)
+        keys = AuditKeys(signer.audit_key, keystore)
+        with state.change(paths, keys, ledger, now=now) as step:
+            _recheck(step.config(), agent.name, scopes, ttl)
             if ledger.revocation_epoch() != epoch:
                 raise PolicyError(
                     "a revocation or key rotation ran while this grant was being minted; "
                     "nothing was issued",
                     "run the grant command again",
+                )
+            if signer.kid not in step.state.kids:
+                raise IntegrityError(
+                    f"the signing key {signer.kid} in {keystore.description} is not one the "
+                    "sealed state trusts (the keystore was replaced by an older copy?)",
+                    state.REPAIR_HINT,
                 )
             # Allocated under the write lock, so two grants never get the same live index.
             status_idx = ledger.next_status_idx(reusable_before=now - MAX_LEEWAY)
@@ -103,25 +111,15 @@ def issue(
                     "verify accepts",
                     "grant fewer or shorter scopes, or a shorter --aud",
                 )
-            ledger.insert(grant, token_sha256(token))
-            AuditLog(paths, AuditKeys(signer.audit_key, keystore)).append(
-                [
-                    event(
-                        "grant.issued",
-                        principal=signer.principal,
-                        agent=grant.agent,
-                        grant=grant.id,
-                        scopes=[str(s) for s in scopes],
-                        expires_at=grant.expires_at,
-                        not_before=grant.not_before,
-                        aud=aud,
-                        max_uses=grant.max_uses,
-                        reason=reason,
-                        kid=signer.kid,
-                        token_fp=token_fingerprint(signer.audit_key, token),
-                    )
-                ]
-            )
+            # The record first: a crash before the row commits leaves a record that the next
+            # command turns into a revoked tombstone (the token was never handed out).
+            step.write([event(
+                "grant.issued", principal=signer.principal, agent=grant.agent, grant=grant.id,
+                scopes=[str(s) for s in scopes], expires_at=grant.expires_at,
+                not_before=grant.not_before, aud=aud, max_uses=grant.max_uses, reason=reason,
+                kid=signer.kid, token_fp=token_fingerprint(signer.audit_key, token),
+            )])  # fmt: skip
+            step.insert(grant, token_sha256(token))
     return grant, token
 
 
@@ -155,9 +153,9 @@ def _check_ceiling(agent: Agent, scopes: Sequence[Scope]) -> None:
         )
 
 
-def _recheck(paths: Paths, name: str, scopes: Sequence[Scope], ttl: int) -> None:
-    """Inside the ledger's write lock: the agent may have been removed or narrowed meanwhile."""
-    current: Config = load_config(paths)
+def _recheck(current: Config, name: str, scopes: Sequence[Scope], ttl: int) -> None:
+    """Inside the write lock, against the sealed config.toml: the agent may have been removed
+    or narrowed meanwhile, or its ceiling edited by hand."""
     if name not in current.agents:
         raise PolicyError(
             f"agent {name!r} was removed while this grant was being minted",
@@ -234,28 +232,21 @@ def revoke(
     keys = audit_keys(keystore or open_keystore(paths))
     with Ledger(paths) as ledger:
         targets = [grant.id for grant in ledger.resolve(ids)] if ids else []
-        with ledger.transaction():
+        with state.change(paths, keys, ledger, now=now) as step:
             if not ids:
                 targets = ledger.live_ids(now=now, agent=agent)
                 if agent is not None and agent not in config.agents and not targets:
                     config.agent(agent)  # unknown, and no grants left by it: exit 3
                 # Grants minted while this runs are refused (see `issue`).
                 ledger.bump_revocation_epoch()
-            newly = ledger.revoke(targets, now=now, reason=reason)
-            if newly:
-                grants = [ledger.get(grant_id) for grant_id in newly]
-                AuditLog(paths, keys).append(
-                    event(
-                        "grant.revoked",
-                        principal=principal,
-                        agent=g.agent,
-                        grant=g.id,
-                        scopes=[str(s) for s in g.scopes],
-                        expires_at=g.expires_at,
-                        reason=reason,
-                    )
-                    for g in grants
-                    if g is not None
-                )
+            # What counts is the sealed state, not a row's revoked_at (a row can be edited).
+            newly = [t for t in targets if t not in step.state.revoked]
+            grants = [g for g in (ledger.get(grant_id) for grant_id in newly) if g is not None]
+            if grants:
+                step.write([event(
+                    "grant.revoked", principal=principal, agent=g.agent, grant=g.id,
+                    scopes=[str(s) for s in g.scopes], expires_at=g.expires_at, reason=reason,
+                ) for g in grants])  # fmt: skip
+                step.revoke(grants, now=now, reason=reason)
     fresh = set(newly)
     return Revocation(newly, [t for t in targets if t not in fresh])

@@ -17,7 +17,7 @@ from .fsutil import create_private_file
 from .models import GRANT_ID_PREFIX, SHORT_ID_LENGTH, Grant
 from .scopes import parse_scope_text
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIN_PREFIX = 4
 BUSY_TIMEOUT_MS = 10_000
 
@@ -37,7 +37,8 @@ CREATE TABLE grants (
     token_sha256  TEXT NOT NULL,
     revoked_at    INTEGER,
     revoke_reason TEXT,
-    status_idx    INTEGER
+    status_idx    INTEGER,
+    seal          TEXT
 );
 CREATE INDEX grants_by_expiry ON grants (expires_at);
 CREATE INDEX grants_by_agent ON grants (agent, expires_at);
@@ -51,6 +52,9 @@ CREATE INDEX grants_by_issue ON grants (issued_at, id);
 -- Bumped by `revoke --all`, `revoke --agent` and `key rotate`: a grant minted meanwhile is refused.
 CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO meta VALUES ('revocation_epoch', 0);
+-- What verify trusts about revocations, uses and keys: one sealed document (nhidel.state),
+-- bound to the audit log's high-water mark in the keystore.
+CREATE TABLE sealed_state (id INTEGER PRIMARY KEY CHECK (id = 1), body BLOB NOT NULL);
 """
 # Each schema version's upgrade from the one before it, run in one transaction.
 _MIGRATIONS = {
@@ -65,6 +69,12 @@ _MIGRATIONS = {
         "WHERE revoked_at IS NULL AND (max_uses IS NULL OR uses < max_uses)",
         "CREATE INDEX grants_by_issue ON grants (issued_at, id)",
     ),
+    # 4: each row sealed, and the sealed state (nhidel.state). Older rows stay unsealed, and
+    # verify refuses them: `nhidel repair --accept-loss` starts the sealed state afresh.
+    4: (
+        "ALTER TABLE grants ADD COLUMN seal TEXT",
+        "CREATE TABLE sealed_state (id INTEGER PRIMARY KEY CHECK (id = 1), body BLOB NOT NULL)",
+    ),
 }
 _COLUMNS = (
     "id, agent, scope, aud, issued_at, not_before, expires_at, max_uses, uses, reason, kid, "
@@ -76,7 +86,7 @@ LIST_COLUMNS = (
     "revoked_at, revoke_reason"
 )
 
-_LOOKUP = f"SELECT {_COLUMNS}, token_sha256 FROM grants WHERE id = ?"
+_LOOKUP = f"SELECT {_COLUMNS}, token_sha256, seal FROM grants WHERE id = ?"
 
 
 class Ledger:
@@ -155,9 +165,11 @@ class Ledger:
             try:
                 yield
             except BaseException:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
                 raise
-            self.db.execute("COMMIT")
+            if self.db.in_transaction:
+                self.db.execute("COMMIT")
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -172,14 +184,42 @@ class Ledger:
             found = row.fetchone()
         return _grant(found) if found else None
 
-    def lookup(self, grant_id: str) -> tuple[Grant, str] | None:
-        """A grant and the SHA-256 of its token, for verify (on every check: kept lean)."""
+    def lookup(self, grant_id: str) -> tuple[Grant, str, str | None] | None:
+        """A grant, the SHA-256 of its token and the row's seal, for verify (on every check:
+        kept lean)."""
         try:
             row = self.db.execute(_LOOKUP, (grant_id,)).fetchone()
         except sqlite3.DatabaseError:
             with self._errors():
                 raise
-        return (_grant(row[:-1]), row[-1]) if row else None
+        return (_grant(row[:-2]), row[-2], row[-1]) if row else None
+
+    def sealed_state(self) -> bytes | None:
+        """The sealed state document as stored (nhidel.state checks and reads it)."""
+        with self._errors():
+            row = self.db.execute("SELECT body FROM sealed_state WHERE id = 1").fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_sealed_state(self, body: bytes) -> None:
+        with self._errors():
+            self.db.execute("INSERT OR REPLACE INTO sealed_state (id, body) VALUES (1, ?)", (body,))
+
+    def all_rows(self) -> Iterator[tuple[Grant, str, str | None]]:
+        """Every grant with its token hash and seal (for audit verify and repair)."""
+        with self._errors():
+            cursor = self.db.execute(f"SELECT {_COLUMNS}, token_sha256, seal FROM grants")
+            while batch := cursor.fetchmany(512):
+                for row in batch:
+                    yield _grant(row[:-2]), row[-2], row[-1]
+
+    def reseal(self, grant_id: str, seal: str) -> None:
+        with self._errors():
+            self.db.execute("UPDATE grants SET seal = ? WHERE id = ?", (seal, grant_id))
+
+    def commit(self) -> None:
+        """Commit the open transaction now (`transaction()` then has nothing left to do)."""
+        with self._errors():
+            self.db.execute("COMMIT")
 
     def data_version(self) -> int:
         """SQLite's `PRAGMA data_version`: it changes when another connection commits."""
@@ -260,12 +300,21 @@ class Ledger:
 
     # -- writes (call inside `transaction()`) -------------------------------------------
 
-    def insert(self, grant: Grant, token_sha256: str) -> None:
+    def insert(
+        self,
+        grant: Grant,
+        token_sha256: str,
+        seal: str | None = None,
+        *,
+        revoked_reason: str | None = None,
+    ) -> None:
+        """Insert a grant's row, sealed by nhidel.state (verify refuses a row without a seal);
+        `revoked_reason`: born revoked, a repair's tombstone."""
         with self._errors():
             self.db.execute(
                 "INSERT INTO grants (id, agent, scope, aud, issued_at, not_before, expires_at, "
-                "max_uses, reason, kid, token_sha256, status_idx) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "max_uses, reason, kid, token_sha256, status_idx, seal, revoked_at, "
+                "revoke_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     grant.id,
                     grant.agent,
@@ -279,6 +328,9 @@ class Ledger:
                     grant.kid,
                     token_sha256,
                     grant.status_idx,
+                    seal,
+                    None if revoked_reason is None else grant.issued_at,
+                    revoked_reason,
                 ),
             )
 
@@ -333,8 +385,9 @@ class Ledger:
         return newly
 
     def live_ids(self, *, now: int, agent: str | None = None, kid: str | None = None) -> list[str]:
-        """Ids of grants that could still be used: not revoked, not expired (pending included)."""
-        sql = "SELECT id FROM grants WHERE revoked_at IS NULL AND expires_at > ?"
+        """Ids of grants not yet expired (pending included), revoked or not: whether one is
+        revoked is the sealed state's to say (nhidel.state), since a row can be edited."""
+        sql = "SELECT id FROM grants WHERE expires_at > ?"
         params: list[Any] = [now]
         if agent is not None:
             sql += " AND agent = ?"
@@ -359,15 +412,10 @@ class Ledger:
         with self._errors():
             self.db.execute("UPDATE meta SET value = value + 1 WHERE name = 'revocation_epoch'")
 
-    def consume(self, grant_id: str, *, now: int) -> bool:
-        """Count one use, atomically; False when the grant is revoked, expired or used up."""
+    def count_use(self, grant_id: str) -> None:
+        """Count one use in the row (the sealed state decides whether a use is left)."""
         with self._errors():
-            cursor = self.db.execute(
-                "UPDATE grants SET uses = uses + 1 WHERE id = ? AND revoked_at IS NULL "
-                "AND expires_at > ? AND (max_uses IS NULL OR uses < max_uses)",
-                (grant_id, now),
-            )
-            return cursor.rowcount == 1
+            self.db.execute("UPDATE grants SET uses = uses + 1 WHERE id = ?", (grant_id,))
 
 
 def _grant(row: tuple[Any, ...]) -> Grant:

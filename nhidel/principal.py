@@ -6,14 +6,15 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .audit import AuditKeys, AuditLog, event
-from .config import Config, Paths, load_config, update_config
+from . import state
+from .audit import AuditKeys, event
+from .config import Config, Paths, load_config
 from .errors import KeystoreError, PolicyError, UsageError
 from .fsutil import exclusive_lock
 from .keys import b64, generate_private_key, public_x, thumbprint, unb64
 from .keystore import NO_KEYRING_HINT, SIGNING, TRUST, KeyStore
 from .ledger import Ledger
-from .models import is_plain_text
+from .models import Grant, is_plain_text
 from .timefmt import rfc3339
 
 NO_KEY_HINT = "create one with: nhidel init"
@@ -71,49 +72,70 @@ def init_principal(
     load_config(paths)  # a corrupt config stops init before any key is made
     # One init at a time: the check and both writes must not interleave with another init's.
     with exclusive_lock(paths.init_lock):
-        if keystore.read(SIGNING) is not None:
+        existing = keystore.read(SIGNING)
+        if existing is not None and load_config(paths).principal is not None:
             raise PolicyError(
                 f"a signing key already exists in {keystore.description}",
                 "nhidel never overwrites a key; see it with: nhidel key show",
             )
-        seed = generate_private_key()
-        # Seals the audit log. Kept with the public pins (verify seals its decisions) and
-        # with the private key (so grant reads one keystore entry).
-        audit_key = b64(os.urandom(32))
-        x = public_x(seed)
-        kid = thumbprint(x)
-        created = rfc3339(now)
-        # Pin the public key before the private one exists, so no signed token is ever untrusted.
-        keystore.write(
-            TRUST,
-            {
-                "issuer": issuer,
-                "keys": {kid: {"x": x, "state": "active", "created_at": created}},
-                "audit_key": audit_key,
-            },
-        )
-        keystore.write(
-            SIGNING,
-            {
-                "principal": principal,
-                "issuer": issuer,
-                "kid": kid,
-                "private_key": b64(seed),
-                "audit_key": audit_key,
-            },
-        )
-        stored = keystore.read(SIGNING)
-        if stored is None or stored.get("kid") != kid:
-            raise KeystoreError(f"{keystore.description} did not keep the new key", NO_KEYRING_HINT)
+        if existing is not None:
+            # An init that was interrupted after the keystore was written: finish it.
+            principal, issuer, kid = existing["principal"], existing["issuer"], existing["kid"]
+            trust = load_trust(keystore)
+            x, created = trust.keys[kid]["x"], trust.keys[kid].get("created_at") or rfc3339(now)
+            audit_key = b64(trust.audit_key)
+        else:
+            kid, x, created, audit_key = _create_key(keystore, principal, issuer, now)
 
-    def record(config: Config) -> Config:
-        keys = {**config.keys, kid: {"x": x, "created_at": created or ""}}
-        return replace(config, principal=principal, issuer=issuer, keys=keys)
+        def record(config: Config) -> Config:
+            keys = {**config.keys, kid: {"x": x, "created_at": created or ""}}
+            return replace(config, principal=principal, issuer=issuer, keys=keys)
 
-    update_config(paths, record)
-    keys = AuditKeys(unb64(audit_key), keystore)
-    AuditLog(paths, keys).append([event("key.created", principal=principal, kid=kid)])
+        keys = AuditKeys(unb64(audit_key), keystore)
+        with exclusive_lock(paths.config_lock), Ledger(paths) as ledger:
+            with state.change(paths, keys, ledger, now=now) as step:
+                config = record(step.config())
+                step.write([event("key.created", principal=principal, kid=kid,
+                                  config_sha256=state.config_digest(config))])  # fmt: skip
+                step.save_config(config)
+                step.state.kids = [kid]
     return PublicKeyInfo(principal, issuer, kid, x, "active", created)
+
+
+def _create_key(
+    keystore: KeyStore, principal: str, issuer: str, now: int
+) -> tuple[str, str, str, str]:
+    """A new signing key, pinned and stored: (kid, public x, created, audit key)."""
+    seed = generate_private_key()
+    # Seals the audit log. Kept with the public pins (verify seals its decisions) and
+    # with the private key (so grant reads one keystore entry).
+    audit_key = b64(os.urandom(32))
+    x = public_x(seed)
+    kid = thumbprint(x)
+    created = rfc3339(now)
+    # Pin the public key before the private one exists, so no signed token is ever untrusted.
+    keystore.write(
+        TRUST,
+        {
+            "issuer": issuer,
+            "keys": {kid: {"x": x, "state": "active", "created_at": created}},
+            "audit_key": audit_key,
+        },
+    )
+    keystore.write(
+        SIGNING,
+        {
+            "principal": principal,
+            "issuer": issuer,
+            "kid": kid,
+            "private_key": b64(seed),
+            "audit_key": audit_key,
+        },
+    )
+    stored = keystore.read(SIGNING)
+    if stored is None or stored.get("kid") != kid:
+        raise KeystoreError(f"{keystore.description} did not keep the new key", NO_KEYRING_HINT)
+    return kid, x, created, audit_key
 
 
 def load_signer(keystore: KeyStore) -> Signer:
@@ -192,38 +214,45 @@ def rotate_key(paths: Paths, keystore: KeyStore, *, now: int, compromised: bool)
         seed = generate_private_key()
         x = public_x(seed)
         kid = thumbprint(x)
-        with Ledger(paths) as ledger, ledger.transaction():
-            ledger.bump_revocation_epoch()
-            revoked: list[str] = []
-            live_until = None
-            if compromised:
-                live = ledger.live_ids(now=now, kid=signer.kid)
-                revoked = ledger.revoke(live, now=now, reason="signing key compromised")
-            else:
-                live_until = ledger.last_expiry(signer.kid, now=now)
-            keys = {k: v for k, v in trust.keys.items()
-                    if k != signer.kid and _state(v, now) != "expired"}  # fmt: skip
-            if live_until is not None:
-                keys[signer.kid] = {**trust.keys[signer.kid], "state": "retired",
-                                    "live_until": live_until}  # fmt: skip
-            keys[kid] = {"x": x, "state": "active", "created_at": rfc3339(now)}
-            # Pin the new public key before the private one exists, as init does.
-            keystore.write(TRUST, {"issuer": trust.issuer, "keys": keys,
-                                   "audit_key": b64(trust.audit_key)})  # fmt: skip
-            keystore.write(SIGNING, {"principal": signer.principal, "issuer": signer.issuer,
-                                     "kid": kid, "private_key": b64(seed),
-                                     "audit_key": b64(signer.audit_key)})  # fmt: skip
-            AuditLog(paths, AuditKeys(signer.audit_key, keystore)).append(
-                [event("key.rotated", principal=signer.principal, old_kid=signer.kid, kid=kid,
-                       compromised=compromised, live_until=live_until)]
-                + [event("grant.revoked", principal=signer.principal, grant=grant_id,
-                         reason="signing key compromised") for grant_id in revoked]
-            )  # fmt: skip
-
-    def record(config: Config) -> Config:
-        kept = {k: v for k, v in config.keys.items() if k in keys}
-        kept[kid] = {"x": x, "created_at": rfc3339(now) or ""}
-        return replace(config, keys=kept)
-
-    update_config(paths, record)
+        keys = AuditKeys(signer.audit_key, keystore)
+        with exclusive_lock(paths.config_lock), Ledger(paths) as ledger:
+            with state.change(paths, keys, ledger, now=now) as step:
+                ledger.bump_revocation_epoch()
+                doomed: list[Grant] = []
+                live_until = None
+                if compromised:
+                    live = [g for g in ledger.live_ids(now=now, kid=signer.kid)
+                            if g not in step.state.revoked]  # fmt: skip
+                    doomed = [g for g in map(ledger.get, live) if g is not None]
+                else:
+                    live_until = ledger.last_expiry(signer.kid, now=now)
+                pinned = {k: v for k, v in trust.keys.items()
+                          if k != signer.kid and _state(v, now) != "expired"}  # fmt: skip
+                if live_until is not None:
+                    pinned[signer.kid] = {**trust.keys[signer.kid], "state": "retired",
+                                          "live_until": live_until}  # fmt: skip
+                pinned[kid] = {"x": x, "state": "active", "created_at": rfc3339(now)}
+                before = step.config()
+                kept = {k: v for k, v in before.keys.items() if k in pinned}
+                kept[kid] = {"x": x, "created_at": rfc3339(now) or ""}
+                config = replace(before, keys=kept)
+                reason = "signing key compromised"
+                step.write(
+                    [event("key.rotated", principal=signer.principal, old_kid=signer.kid,
+                           kid=kid, compromised=compromised, live_until=live_until,
+                           config_sha256=state.config_digest(config))]
+                    + [event("grant.revoked", principal=signer.principal, agent=g.agent,
+                             grant=g.id, expires_at=g.expires_at, reason=reason)
+                       for g in doomed]
+                )  # fmt: skip
+                # Pin the new public key before the private one exists, as init does.
+                keystore.write(TRUST, {"issuer": trust.issuer, "keys": pinned,
+                                       "audit_key": b64(trust.audit_key)})  # fmt: skip
+                keystore.write(SIGNING, {"principal": signer.principal, "issuer": signer.issuer,
+                                         "kid": kid, "private_key": b64(seed),
+                                         "audit_key": b64(signer.audit_key)})  # fmt: skip
+                step.revoke(doomed, now=now, reason=reason)
+                step.state.kids = sorted(pinned)
+                step.save_config(config)
+    revoked = [g.id for g in doomed]
     return Rotation(signer.kid, kid, live_until, revoked)

@@ -7,13 +7,18 @@ caller names the scopes it needs, or says explicitly that any scope will do.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .audit import AuditKeys, AuditLog, event
+from . import state
+from .audit import AuditKeys, event
 from .audit.group_commit import DecisionLog
+from .audit.writer import log_head, read_mark
 from .audit.records import token_fingerprint
 from .claims import (
     Decision,
@@ -25,6 +30,7 @@ from .claims import (
     requested_scopes,
 )
 from .config import Paths
+from .errors import IntegrityError
 from .keys import public_key
 from .ledger import Ledger
 from .ledger_probe import CommitProbe
@@ -72,22 +78,80 @@ class Verifier:
         self.paths = paths or Paths.from_env()
         store = keystore or open_keystore(self.paths)
         trust = load_trust(store)
+        self.store = store
         self.issuer = trust.issuer
         self.keys: dict[str, Ed25519PublicKey] = {
             kid: public_key(info["x"]) for kid, info in trust.keys.items()
         }
         self.leeway = check_leeway(leeway)
         self.clock = clock
-        self.ledger = Ledger(self.paths)
         self.audit_key = trust.audit_key
-        keys = AuditKeys(trust.audit_key, store)
-        self.decisions = DecisionLog(AuditLog(self.paths, keys)) if audit else None
+        self.audit_keys = AuditKeys(trust.audit_key, store)
+        self.decisions = DecisionLog(state.audit_log(self.paths, self.audit_keys)) if audit else None
         self.cache_size = cache_size
         self._decoder = TokenDecoder(self.keys)
-        self._probe = CommitProbe(self.ledger)
-        self._probed = self._probe()
         self._known: OrderedDict[str, _Known] = OrderedDict()
         self._requests: dict[tuple[Hashable, ...], _Request] = {}
+        self._open_ledger()
+
+    def _open_ledger(self) -> None:
+        self.ledger = Ledger(self.paths)
+        self._ledger_inode = _inode(self.paths.ledger_file)
+        self._probe = CommitProbe(self.ledger)
+        self._probed: object = None  # nothing read yet: the first check reads the state
+        self._state = state.SealedState()
+        self._state_seq = 0  # the newest sealed state seen: it never goes back
+        self._failure: Decision | None = None
+
+    def _sync(self) -> None:
+        """Before deciding: if anything committed to the ledger (or the file was replaced),
+        forget what the ledger said and read the sealed state again, checked against the
+        keystore's mark and the log. Any inconsistency makes every check deny (`integrity`)
+        until it is repaired; nothing is allowed on state that might have been rolled back."""
+        if _inode(self.paths.ledger_file) != self._ledger_inode:
+            seen = self._state_seq
+            self._probe.close()
+            self.ledger.close()
+            self._open_ledger()  # the file was replaced: read the one at the path
+            self._state_seq = seen
+        probed = self._probe()
+        if probed == self._probed:
+            return
+        self._known.clear()
+        self._probed = probed  # taken before reading: what is read is at least this new
+        try:
+            self._state = self._read_state()
+            self._failure = None
+        except IntegrityError as exc:
+            self._failure = Decision(False, Reason.INTEGRITY, exc.message)
+
+    def _read_state(self) -> state.SealedState:
+        mark = read_mark(self.store)
+        head = log_head(self.paths)
+        if mark is not None and head != mark.seq:
+            # Behind the mark is a loss; ahead of it, a writer in flight or a crash's
+            # residue: the log session waits for the writer, checks, and finishes residue.
+            with state.change(self.paths, self.audit_keys, self.ledger, now=int(self.clock())):
+                pass
+            self._probed = self._probe()
+            mark = read_mark(self.store)
+            head = log_head(self.paths)
+        current = state.open_state(self.ledger.sealed_state(), self.audit_key)
+        if current.legacy:
+            if mark is not None:
+                raise IntegrityError(
+                    "the ledger has no sealed state (replaced, or written by nhidel 0.1)",
+                    state.REPAIR_HINT,
+                )
+            current.kids = sorted(self.keys)  # a new home: nothing issued yet
+        state.check_fresh(current, mark, head)
+        if current.seq < self._state_seq:
+            raise IntegrityError(
+                "the ledger's sealed state went back to an older one: rolled back or replaced",
+                state.REPAIR_HINT,
+            )
+        self._state_seq = current.seq
+        return current
 
     def close(self) -> None:
         """Write any buffered decisions, then release the ledger."""
@@ -136,12 +200,11 @@ class Verifier:
 
     def _check(self, token: str, request: _Request, aud: str | None, consume: bool) -> Decision:
         now = int(self.clock())
+        self._sync()
+        if self._failure is not None:
+            return self._failure
         if consume:
             return self._consume(token, request, aud, now)
-        probed = self._probe()
-        if probed != self._probed:
-            self._known.clear()  # the ledger changed: forget what it said
-            self._probed = probed
         known = self._known.get(token) if isinstance(token, str) else None
         if known is None:
             try:
@@ -155,15 +218,15 @@ class Verifier:
             self._known.move_to_end(token)
         leeway = self.leeway
         if now >= known.exp + leeway:
-            state = _EXPIRED
+            timing = _EXPIRED
         elif now + leeway < known.nbf:
-            state = _NOT_YET_VALID
+            timing = _NOT_YET_VALID
         else:
-            state = _VALID
-        question = (request, aud, state)
+            timing = _VALID
+        question = (request, aud, timing)
         outcome = known.outcomes.get(question)
         if outcome is None:
-            outcome = self._outcome(known, request, aud, state)
+            outcome = self._outcome(known, request, aud, timing)
             if len(known.outcomes) >= _MAX_OUTCOMES:
                 known.outcomes.clear()
             known.outcomes[question] = outcome
@@ -198,26 +261,44 @@ class Verifier:
         if claims["iss"] != self.issuer:
             foreign = Decision(False, Reason.WRONG_ISSUER, f"issued by {claims['iss']!r}")
             raise _Unknowable(foreign, claims, fingerprint)
+        max_uses = claims.get("max_uses")
+        if max_uses is not None and (type(max_uses) is not int or max_uses < 1):
+            shapeless = Decision(False, Reason.MALFORMED, "claim 'max_uses' is not a count")
+            raise _Unknowable(shapeless, claims, fingerprint)
         found = self.ledger.lookup(grant_id)
         denial: Decision | None
-        if found is None or found[1] != token_sha256(token.strip()):
+        token_hash = token_sha256(token.strip())
+        if found is None or found[1] != token_hash:
             denial = Decision(False, Reason.UNKNOWN_GRANT, "this ledger never issued that token")
             return _Known(claims, None, denial, fingerprint)
-        grant = found[0]
-        if grant.revoked_at is not None:
+        grant, _, seal = found
+        sealed = self._state
+        # What decides is signed (the token) or sealed (the row's seal, the sealed state):
+        # never a column an agent could have edited.
+        if not state.row_is_sealed(self.audit_key, grant, token_hash, seal):
+            denial = Decision(False, Reason.INTEGRITY, f"the ledger row of {grant_id} was edited")
+            return _Known(claims, None, denial, fingerprint)
+        if grant.kid not in sealed.kids:
+            denial = Decision(False, Reason.INTEGRITY,
+                              f"key {grant.kid} is not one the sealed state trusts")  # fmt: skip
+            return _Known(claims, None, denial, fingerprint)
+        uses = sealed.uses(grant_id)
+        if uses > grant.uses:
+            grant = replace(grant, uses=uses)
+        if grant_id in sealed.revoked or grant.revoked_at is not None:
             denial = Decision(False, Reason.REVOKED, "the grant was revoked", grant)
-        elif grant.max_uses is not None and grant.uses >= grant.max_uses:
+        elif max_uses is not None and uses >= max_uses:
             denial = Decision(False, Reason.USES_EXHAUSTED, "the grant has no uses left", grant)
         else:
             denial = None
         return _Known(claims, grant, denial, fingerprint)
 
-    def _outcome(self, known: _Known, request: _Request, aud: str | None, state: int) -> _Outcome:
+    def _outcome(self, known: _Known, request: _Request, aud: str | None, timing: int) -> _Outcome:
         """Decide one question about a known token, in the order of SPEC.md's checks: times,
         then the ledger, then audience and scopes."""
-        if state == _EXPIRED:
+        if timing == _EXPIRED:
             decision = Decision(False, Reason.EXPIRED, "the grant has expired")
-        elif state == _NOT_YET_VALID:
+        elif timing == _NOT_YET_VALID:
             decision = Decision(False, Reason.NOT_YET_VALID, "the grant is not valid yet")
         elif known.denial is not None:
             decision = known.denial
@@ -237,40 +318,56 @@ class Verifier:
             known = self._learn(token)
         except _Unknowable as unknowable:
             return self._record_once(unknowable, request, aud)
-        state = (
+        timing = (
             _EXPIRED
             if now >= known.exp + self.leeway
             else _NOT_YET_VALID
             if now + self.leeway < known.nbf
             else _VALID
         )
-        decision = self._outcome(known, request, aud, state).decision
-        if decision.allowed:
-            decision = self._use(decision, known.claims["jti"], now)
+        decision = self._outcome(known, request, aud, timing).decision
         outcome = _Outcome(decision, request, aud, known.claims, known.fingerprint)
+        if not decision.allowed:
+            if self.decisions is not None:
+                self.decisions.add([outcome.content], state_change=False)
+            return decision
         if self.decisions is not None:
-            records = [outcome.content]
-            grant = decision.grant
-            if decision.allowed and grant is not None:
-                used = {name: outcome.content[name] for name in _COMMON}
-                records.append(event("grant.used", uses=grant.uses, max_uses=grant.max_uses,
-                                     **used))  # fmt: skip
-            # A use is a state change and must be on disk; a denial may be group-committed.
-            self.decisions.add(records, state_change=decision.allowed)
-        return decision
+            self.decisions.flush()  # the decisions before this one stay first in the log
+        return self._use(known, request, aud, now)
 
-    def _use(self, allowed: Decision, grant_id: str, now: int) -> Decision:
-        # Our own commits do not change `PRAGMA data_version`: forget what the ledger said.
+    def _use(self, known: _Known, request: _Request, aud: str | None, now: int) -> Decision:
+        """Spend one use: checked and counted under the log's and the ledger's locks, against
+        the sealed state as it is now (another process may have revoked or spent it)."""
+        grant = known.grant
+        assert grant is not None  # allowed decisions carry their grant
+        max_uses = known.claims.get("max_uses")
         self._known.clear()
-        if self.ledger.consume(grant_id, now=now - self.leeway):
-            return Decision(True, None, "allowed", self.ledger.get(grant_id) or allowed.grant)
-        # Another process revoked or used it up, or it expired, since the reads above.
-        latest = self.ledger.get(grant_id)
-        if latest is not None and latest.revoked_at is not None:
-            return Decision(False, Reason.REVOKED, "the grant was revoked", latest)
-        if latest is not None and now - self.leeway >= latest.expires_at:
-            return Decision(False, Reason.EXPIRED, "the grant has expired", latest)
-        return Decision(False, Reason.USES_EXHAUSTED, "the grant has no uses left", latest)
+        with state.change(self.paths, self.audit_keys, self.ledger, now=now) as step:
+            sealed = step.state
+            uses = sealed.uses(grant.id)
+            if grant.id in sealed.revoked:
+                decision = Decision(False, Reason.REVOKED, "the grant was revoked", grant)
+            elif now - self.leeway >= grant.expires_at:
+                decision = Decision(False, Reason.EXPIRED, "the grant has expired", grant)
+            elif max_uses is not None and uses >= max_uses:
+                decision = Decision(False, Reason.USES_EXHAUSTED, "the grant has no uses left",
+                                    replace(grant, uses=uses))  # fmt: skip
+            else:
+                used = replace(grant, uses=uses + 1)
+                decision = Decision(True, None, "allowed", used)
+            outcome = _Outcome(decision, request, aud, known.claims, known.fingerprint)
+            records = [outcome.content]
+            if decision.allowed:
+                common = {name: outcome.content[name] for name in _COMMON}
+                records.append(event("grant.used", uses=uses + 1, max_uses=max_uses, **common))
+            step.write(records)
+            if decision.allowed:
+                step.use(grant)
+            step.commit(now=now)
+            # Every ledger writer holds the log's lock, so nothing else committed since.
+            self._state, self._state_seq = step.state, step.state.seq
+            self._probed = self._probe()
+        return decision
 
     def _record_once(self, unknowable: _Unknowable, request: _Request, aud: str | None) -> Decision:
         outcome = _Outcome(
@@ -378,3 +475,11 @@ def verify(
     """One-shot check with the environment's nhidel home and keystore (see `Verifier`)."""
     with Verifier(paths, leeway=leeway) as verifier:
         return verifier.check(token, scopes, any_scope=any_scope, aud=aud, consume=consume)
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino

@@ -151,54 +151,6 @@ def test_revoking_a_revoked_grant_through_grants_revoke_is_not_an_error(paths: P
     assert (second.revoked, second.already) == ([], [grant.id])
 
 
-# -- use counting --------------------------------------------------------------------------
-
-
-def test_consume_stops_at_max_uses(ledger: Ledger) -> None:
-    grant = make_grant(gid("bcd"), max_uses=3)
-    insert(ledger, grant)
-    results = [ledger.consume(grant.id, now=T) for _ in range(5)]
-    assert results == [True, True, True, False, False]
-    stored = ledger.get(grant.id)
-    assert stored is not None and stored.uses == 3
-
-
-def test_consume_refuses_expired_and_revoked_grants(ledger: Ledger) -> None:
-    expired, revoked = make_grant(gid("bcd"), expires_at=T), make_grant(gid("xyz"))
-    insert(ledger, expired, revoked)
-    with ledger.transaction():
-        ledger.revoke([revoked.id], now=T, reason=None)
-    assert ledger.consume(expired.id, now=T) is False
-    assert ledger.consume(revoked.id, now=T) is False
-    assert [ledger.get(g.id).uses for g in (expired, revoked)] == [0, 0]  # type: ignore[union-attr]
-
-
-def test_concurrent_consumers_never_exceed_max_uses(paths: Paths, ledger: Ledger) -> None:
-    max_uses, workers, attempts = 10, 8, 5
-    grant = make_grant(gid("bcd"), max_uses=max_uses)
-    insert(ledger, grant)
-    start = threading.Barrier(workers)
-    successes: list[bool] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        with Ledger(paths) as own:
-            start.wait()
-            mine = [own.consume(grant.id, now=T) for _ in range(attempts)]
-        with lock:
-            successes.extend(mine)
-
-    threads = [threading.Thread(target=worker) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(successes) == workers * attempts
-    assert successes.count(True) == max_uses
-    stored = ledger.get(grant.id)
-    assert stored is not None and stored.uses == max_uses
-
-
 # -- corruption ----------------------------------------------------------------------------
 
 

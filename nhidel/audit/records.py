@@ -21,7 +21,7 @@ GENESIS = "0" * 64
 EVENTS = (
     "key.created", "key.rotated", "agent.added", "agent.removed", "grant.issued",
     "grant.revoked", "grant.used", "verify.allowed", "verify.denied", "status.published",
-    "log.recovered", "log.rotated", "log.pruned",
+    "log.recovered", "log.rotated", "log.pruned", "state.repaired", "log.loss_accepted",
 )  # fmt: skip
 
 _SEAL_HEAD = b',"seal":"'

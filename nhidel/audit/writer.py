@@ -1,9 +1,17 @@
-"""Appending to the audit log: chained, sealed, fsynced, marked, and safe under concurrency.
+"""Appending to the audit log: chained, sealed, fsynced, marked, and never behind the mark.
 
-Every append holds an exclusive flock on `audit.lock` (a file that is never replaced) around
-read-tail -> write -> fsync -> mark, so concurrent nhidel processes neither lose nor garble
-records, and the high-water mark only moves forward. A crash can leave the file ahead of the
-mark (the mark is written after the fsync), never behind it.
+Every append holds an exclusive flock on `audit.lock` (a file that is never replaced) for a
+whole `Session`: read the high-water mark from the keystore, check the log against it, write,
+fsync, and move the mark. So concurrent nhidel processes neither lose nor garble records, and
+the mark only moves forward.
+
+The mark (`seq`, `hash`, and `state_seq`, the last record whose effect the ledger holds) is
+the anchor an agent cannot write. A log that ends before the mark, or whose record at the
+mark's seq is another one, was truncated, rolled back or replaced: nothing is written on top
+of it (that would launder the loss) until `nhidel repair --accept-loss` says so, sealed. Records
+after the mark are what a crash left between the fsync and the mark (or a non-durable append):
+they are checked (sealed, chained) and handed to the caller as `residue`, whose state changes
+the caller finishes before anything else is written (see nhidel/state.py).
 """
 
 from __future__ import annotations
@@ -11,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,9 +32,11 @@ from ..fsutil import ensure_private_dir, exclusive_lock, fsync_dir, storage_erro
 from .records import (
     FORMAT_VERSION,
     GENESIS,
+    BadRecord,
     canonical,
     event,
     line_hash,
+    open_line,
     parse_unchecked,
     seal_line,
 )
@@ -36,6 +47,10 @@ if TYPE_CHECKING:
 
 MARK = "audit-mark"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+RECOVER_HINT = (
+    "restore the missing files from a backup; if they are lost for good, run "
+    "nhidel repair --accept-loss (it records the loss, sealed)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +64,58 @@ class AuditKeys:
         return "AuditKeys(...)"
 
 
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """The keystore's high-water mark: the last record known durable, and the last record
+    whose effect the ledger had committed when the mark moved (`state_seq`)."""
+
+    seq: int
+    hash: str
+    state_seq: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "hash": self.hash, "state_seq": self.state_seq}
+
+
+def read_mark(keystore: KeyStore) -> Mark | None:
+    """The mark, or None before the first record; a mark of the wrong shape is exit 5."""
+    entry = keystore.read(MARK)
+    if entry is None:
+        return None
+    seq, digest, state_seq = entry.get("seq"), entry.get("hash"), entry.get("state_seq", 0)
+    if (
+        type(seq) is not int
+        or type(state_seq) is not int
+        or not isinstance(digest, str)
+        or not 0 <= state_seq <= seq
+    ):
+        raise IntegrityError(
+            f"the audit high-water mark in {keystore.description} is malformed", RECOVER_HINT
+        )
+    return Mark(seq, digest, state_seq)
+
+
+def log_head(paths: Paths) -> int:
+    """The seq of the last complete record, read without the lock (0 for no log)."""
+    for segment in [paths.audit_file, *reversed(rotated_segments(paths))]:
+        try:
+            fd = os.open(segment, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise IntegrityError(
+                f"cannot read the audit log {segment}: {exc.strerror}",
+                "it should be a regular file; " + RECOVER_HINT,
+            ) from None
+        try:
+            seq = _read_tail(fd)[0]
+        finally:
+            os.close(fd)
+        if seq:
+            return seq
+    return 0
+
+
 def segment_limit() -> int:
     """Bytes after which the current segment is rotated ($NHIDEL_AUDIT_SEGMENT_BYTES)."""
     raw = os.environ.get("NHIDEL_AUDIT_SEGMENT_BYTES", "")
@@ -59,14 +126,123 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@dataclass(slots=True)
+class Session:
+    """The log, locked and checked against the mark, for one writer.
+
+    `residue` holds the sealed records after the mark, oldest first. `state_seq` is raised by
+    a caller that committed a ledger change for records it wrote; the mark carries it.
+    """
+
+    log: AuditLog
+    fd: int
+    mark: Mark | None
+    head_seq: int
+    head_hash: str
+    residue: list[dict[str, Any]]
+    state_seq: int
+    durable: bool = True
+    written: list[dict[str, Any]] = field(default_factory=list)
+
+    def write(self, events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Chain, seal, append and (when durable) fsync `events`; return them as records."""
+        pending = [dict(content, time=content.get("time") or utc_now()) for content in events]
+        if not pending:
+            return []
+        key = self.log.keys.seal_key
+        chunks = []
+        torn, self.log.torn = self.log.torn, None
+        if torn is not None:
+            # A crash tore the last line: end it, and record what was lost in the chain.
+            chunks.append(b"\n")
+            pending.insert(0, event(
+                "log.recovered", time=utc_now(), fragment_bytes=len(torn),
+                fragment_sha256=hashlib.sha256(torn).hexdigest(),
+            ))  # fmt: skip
+        elif self._full():  # (a torn segment is ended before it rotates)
+            self._rotate()
+            pending.insert(0, event("log.rotated", time=utc_now(),
+                                    previous_segment=self.log.rotated_to))  # fmt: skip
+        records = []
+        seq, prev = self.head_seq, self.head_hash
+        for content in pending:
+            seq += 1
+            record = {**content, "v": FORMAT_VERSION, "seq": seq, "prev": prev,
+                      "nhidel": _version()}  # fmt: skip
+            line = seal_line(canonical(record), key)
+            prev = line_hash(line)
+            chunks.append(line + b"\n")
+            records.append(record)
+        try:
+            _write_all(self.fd, b"".join(chunks))
+            if self.durable:
+                os.fsync(self.fd)
+        except OSError as exc:
+            raise storage_error(self.log.path, exc) from exc
+        self.head_seq, self.head_hash = seq, prev
+        self.written.extend(records)
+        return records
+
+    def _full(self) -> bool:
+        size = os.fstat(self.fd).st_size
+        return size >= segment_limit() and self.head_seq > 0
+
+    def _rotate(self) -> None:
+        path = self.log.path
+        target = path.with_name(segment_name(_first_seq(path)))
+        try:
+            os.replace(path, target)
+            fsync_dir(path.parent)
+            os.close(self.fd)
+            self.fd = _open_log(path)
+        except OSError as exc:
+            raise storage_error(path, exc) from exc
+        self.log.rotated_to = target.name
+
+
 class AuditLog:
     """The writer. Every writer holds the audit key: nhidel's commands all open the keystore
     (a process that cannot, cannot verify either, so it has no decisions to record)."""
 
-    def __init__(self, paths: Paths, keys: AuditKeys) -> None:
+    def __init__(
+        self,
+        paths: Paths,
+        keys: AuditKeys,
+        *,
+        finish_residue: Callable[[Session], None] | None = None,
+    ) -> None:
         self.paths = paths
         self.path = paths.audit_file
         self.keys = keys
+        # Called, with the session, when the records after the mark include a state change
+        # (nhidel.state finishes it in the ledger). Without it such a log is refused.
+        self.finish_residue = finish_residue
+        self.rotated_to = ""
+        self.torn: bytes | None = None  # an unterminated fragment the next write ends
+
+    @contextmanager
+    def session(self, *, durable: bool = True) -> Iterator[Session]:
+        """Hold the log for one writer; on a clean exit, move the mark past what was written
+        (and past any residue, which the caller has dealt with)."""
+        ensure_private_dir(self.path.parent)
+        keystore = self.keys.keystore
+        with exclusive_lock(self.paths.audit_lock):
+            mark = read_mark(keystore) if keystore is not None else None
+            fd = _open_log(self.path)
+            try:
+                head_seq, head_hash, residue = self._check_against(fd, mark, keystore is None)
+                session = Session(self, fd, mark, head_seq, head_hash, residue,
+                                  mark.state_seq if mark else 0, durable)  # fmt: skip
+                yield session
+                fd = session.fd
+                moved = session.head_seq != (mark.seq if mark else 0)
+                if durable and keystore is not None and (moved or session.state_seq
+                                                         != (mark.state_seq if mark else 0)):
+                    new = Mark(session.head_seq, session.head_hash, session.state_seq)
+                    keystore.write(MARK, new.to_json())
+                    _anchor_in_syslog(new.seq, new.hash)
+            finally:
+                os.close(fd)
 
     def append(
         self, events: Iterable[dict[str, Any]], *, durable: bool = True
@@ -75,90 +251,155 @@ class AuditLog:
         mark in the keystore before returning.
 
         Raises StorageError if the log cannot be written, and callers then refuse the operation
-        the records describe. (A disk that fills mid-line leaves a torn fragment, which the next
-        writer ends and records with `log.recovered`.)
+        the records describe; IntegrityError if the log is behind the mark.
         """
-        pending = [dict(content, time=content.get("time") or utc_now()) for content in events]
-        if not pending:
+        with self.session(durable=durable) as session:
+            if session.residue and self.finish_residue is not None:
+                self.finish_residue(session)
+            elif any(r.get("event") in STATE_EVENTS for r in session.residue):
+                raise IntegrityError(
+                    "the audit log holds a change that was interrupted before it was finished",
+                    "run nhidel repair",
+                )
+            return session.write(events)
+
+    # -- the log against the mark ---------------------------------------------------------
+
+    def _check_against(
+        self, fd: int, mark: Mark | None, unmarked: bool
+    ) -> tuple[int, str, list[dict]]:
+        """(head seq, head hash, sealed records after the mark), or IntegrityError when the
+        log is behind the mark or is not the log the mark names. `unmarked`: a writer with no
+        keystore (tests of the log alone), which has no mark to check against."""
+        seq, digest, fragment = _read_tail(fd)
+        if seq == 0:
+            seq, digest = self._segment_start()
+        residue = [] if unmarked else self._behind_or_after(mark, seq, digest)
+        self.torn = None
+        if fragment is not None:  # only once the log is known not to be behind the mark
+            seq, digest = self._end_fragment(fd, fragment, seq, digest)
+        return seq, digest, residue
+
+    def _behind_or_after(self, mark: Mark | None, seq: int, digest: str) -> list[dict]:
+        if mark is None:
+            # Before the first mark (or a crash right after the first records): every record
+            # is residue, checked from the start of the chain. The mark itself cannot be
+            # removed without the keystore.
+            mark = Mark(0, GENESIS)
+        if seq < mark.seq:
+            raise IntegrityError(
+                f"the audit log ends at seq {seq} but the high-water mark in "
+                f"{self._keystore_name()} is seq {mark.seq}: records were deleted, or the log "
+                "was rolled back",
+                RECOVER_HINT,
+            )
+        if seq == mark.seq:
+            if digest != mark.hash:
+                raise _replaced(mark, self._keystore_name())
             return []
-        ensure_private_dir(self.path.parent)
-        with exclusive_lock(self.paths.audit_lock):
-            written = self._write_sealed(pending, self.keys.seal_key, durable=durable)
-            if durable and self.keys.keystore is not None:
-                last = written[-1]
-                self.keys.keystore.write(MARK, {"seq": last["seq"], "hash": last["_hash"]})
-                _anchor_in_syslog(last["seq"], last["_hash"])
-        for record in written:
-            record.pop("_hash")
-        return written
+        return self._after_mark(mark)
 
-    # -- the sealed log -------------------------------------------------------------------
+    def _after_mark(self, mark: Mark) -> list[dict[str, Any]]:
+        """The sealed, chained records after the mark (a crash's residue), oldest first."""
+        key = self.keys.seal_key
+        found: list[bytes] = []
+        for segment in reversed([*rotated_segments(self.paths), self.path]):
+            try:
+                data = segment.read_bytes()
+            except FileNotFoundError:
+                continue
+            lines = [ln for ln in data.split(b"\n") if ln][:: -1]
+            for line in lines:
+                record = parse_unchecked(line)
+                if record is None or type(record.get("seq")) is not int:
+                    continue  # a recovered crash fragment: the record after it explains it
+                if record["seq"] <= mark.seq:
+                    if record["seq"] != mark.seq or line_hash(line) != mark.hash:
+                        raise _replaced(mark, self._keystore_name())
+                    return self._chained(mark, found[::-1], key)
+                found.append(line)
+        if mark.seq == 0:
+            return self._chained(mark, found[::-1], key)
+        raise _replaced(mark, self._keystore_name())
 
-    def _write_sealed(
-        self, pending: list[dict[str, Any]], key: bytes, *, durable: bool
-    ) -> list[dict[str, Any]]:
-        self._rotate_if_full(key)
+    @staticmethod
+    def _chained(mark: Mark, lines: list[bytes], key: bytes) -> list[dict[str, Any]]:
+        records = []
+        seq, prev = mark.seq, mark.hash
+        for line in lines:
+            try:
+                record = open_line(line, key)
+            except BadRecord as bad:
+                raise IntegrityError(
+                    f"a record after the audit high-water mark is not sealed ({bad.why})",
+                    "run nhidel audit verify; " + RECOVER_HINT,
+                ) from None
+            if record["seq"] != seq + 1 or record.get("prev") != prev:
+                raise IntegrityError(
+                    f"the records after the audit high-water mark (seq {mark.seq}) are not "
+                    "chained to it",
+                    "run nhidel audit verify; " + RECOVER_HINT,
+                )
+            seq, prev = record["seq"], line_hash(line)
+            records.append(record)
+        return records
+
+    def _end_fragment(self, fd: int, fragment: bytes, seq: int, digest: str) -> tuple[int, str]:
+        """An unterminated last line. A sealed record of the chain that lost only its newline
+        is kept as a record. Anything else can only be a torn write: the next write ends it
+        and seals what was lost (`log.recovered`); it is never read as a record."""
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        except OSError as exc:
-            raise storage_error(self.path, exc) from exc
-        try:
-            seq, prev, fragment = _read_tail(fd)
-            if seq == 0:
-                seq, prev = self._segment_start()
-            chunks = []
-            if fragment is not None:
-                # A crash tore the last line: end it, and record what was lost in the chain.
-                chunks.append(b"\n")
-                pending.insert(0, event(
-                    "log.recovered", time=utc_now(), fragment_bytes=len(fragment),
-                    fragment_sha256=hashlib.sha256(fragment).hexdigest(),
-                ))  # fmt: skip
-            written = []
-            for content in pending:
-                seq += 1
-                record = {**content, "v": FORMAT_VERSION, "seq": seq, "prev": prev,
-                          "nhidel": _version()}  # fmt: skip
-                line = seal_line(canonical(record), key)
-                prev = line_hash(line)
-                chunks.append(line + b"\n")
-                written.append({**record, "_hash": prev})
-            _write_all(fd, b"".join(chunks))
-            if durable:
-                os.fsync(fd)
-        except OSError as exc:
-            raise storage_error(self.path, exc) from exc
-        finally:
-            os.close(fd)
-        return written
+            record = open_line(fragment, self.keys.seal_key)
+        except BadRecord:
+            record = None
+        if record is not None and record["seq"] == seq + 1 and record.get("prev") == digest:
+            try:
+                _write_all(fd, b"\n")
+            except OSError as exc:
+                raise storage_error(self.path, exc) from exc
+            return seq + 1, line_hash(fragment)
+        self.torn = fragment
+        return seq, digest
 
     def _segment_start(self) -> tuple[int, str]:
         """For an empty current segment: continue the chain from the newest rotated one."""
         rotated = rotated_segments(self.paths)
         if not rotated:
             return 0, GENESIS
-        with rotated[-1].open("rb") as handle:
-            seq, prev, _ = _read_tail(handle.fileno())
-        return seq, prev
+        fd = os.open(rotated[-1], os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            seq, digest, _ = _read_tail(fd)
+        finally:
+            os.close(fd)
+        return seq, digest
 
-    def _rotate_if_full(self, key: bytes) -> None:
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            return
-        if size < segment_limit() or not _ends_with_newline(self.path, size):
-            return  # a torn tail is recovered in this segment first, then it rotates
-        target = self.path.with_name(segment_name(_first_seq(self.path)))
-        try:
-            os.replace(self.path, target)
-            fsync_dir(self.path.parent)
-        except OSError as exc:
-            raise storage_error(self.path, exc) from exc
-        # The new segment opens with a record naming the one it follows; the chain goes on.
-        self._write_sealed(
-            [event("log.rotated", time=utc_now(), previous_segment=target.name)],
-            key, durable=True,
-        )  # fmt: skip
+    def _keystore_name(self) -> str:
+        keystore = self.keys.keystore
+        return keystore.description if keystore is not None else "the keystore"
+
+
+# Events whose effect is in the ledger, config.toml or the keystore, not only in the log: a
+# crash between their record and that effect leaves work for nhidel.state to finish.
+STATE_EVENTS = frozenset({
+    "key.created", "key.rotated", "agent.added", "agent.removed", "grant.issued",
+    "grant.revoked", "grant.used", "state.repaired", "log.loss_accepted",
+})  # fmt: skip
+
+
+def _replaced(mark: Mark, where: str) -> IntegrityError:
+    return IntegrityError(
+        f"record {mark.seq} of the audit log is not the one the high-water mark in {where} "
+        "names: the log was replaced by another or an older copy",
+        RECOVER_HINT,
+    )
+
+
+def _open_log(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       0o600)  # fmt: skip
+    except OSError as exc:
+        raise storage_error(path, exc) from exc
 
 
 def _anchor_in_syslog(seq: int, digest: str) -> None:
@@ -176,12 +417,6 @@ def _version() -> str:
     from .. import __version__
 
     return __version__
-
-
-def _ends_with_newline(path: Path, size: int) -> bool:
-    with path.open("rb") as handle:
-        handle.seek(size - 1)
-        return handle.read(1) == b"\n"
 
 
 def _first_seq(path: Path) -> int:

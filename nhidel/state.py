@@ -1,0 +1,369 @@
+"""The sealed state: what verify trusts, and how every change moves ledger, log and mark forward.
+
+An agent that can write nhidel's files could otherwise un-revoke a grant, reset a use count or
+bring back a key by editing or restoring ledger.db. So verify trusts no mutable row for those:
+- each grant row is sealed over what never changes (id, agent, scopes, times, kid, token hash),
+  so an edited row is refused;
+- revocations, uses and the trusted key ids live in one sealed document in the ledger (the
+  *sealed state*), whose `seq` names the last audit record it includes;
+- the keystore's high-water mark (nhidel.audit.writer.Mark) carries `state_seq`, the state's
+  seq when the mark last moved. A state older than that was rolled back: `integrity`.
+The document holds only what a verifier can still be asked about (grants not yet expired by
+more than the largest leeway), so it stays small however long the ledger grows.
+
+Every state change runs in `change()`: the log session (its flock, checked against the mark),
+then the ledger's write transaction; records are written and fsynced first, then applied to
+the ledger and committed, and only then does the mark move. A crash at any point leaves either
+nothing, or records after the mark that the next writer finishes toward the more restrictive
+state (`finish_residue`), sealing what it did in a `state.repaired` record. Lock order is
+always config.lock, then audit.lock, then the ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .audit.records import BadRecord, canonical, check_seal, event, seal_line
+from .audit.writer import STATE_EVENTS, AuditKeys, AuditLog, Mark, Session
+from .claims import MAX_LEEWAY
+from .config import Config, Paths, load_config, save_config, without_agent
+from .errors import IntegrityError
+from .models import Grant
+
+if TYPE_CHECKING:
+    from .ledger import Ledger
+
+STATE_FORMAT = 1
+REPAIR_HINT = "run nhidel repair (nhidel repair --accept-loss if files were lost for good)"
+
+
+@dataclass(slots=True)
+class SealedState:
+    """Revocations, uses and trusted key ids, as of audit record `seq`."""
+
+    seq: int = 0
+    kids: list[str] = field(default_factory=list)
+    config: str | None = None  # sha256 of config.toml's sealed part (see config_digest)
+    revoked: dict[str, int] = field(default_factory=dict)  # grant id -> its expiry
+    used: dict[str, list[int]] = field(default_factory=dict)  # grant id -> [uses, expiry]
+    legacy: bool = False  # no sealed state yet (a ledger written by nhidel 0.1)
+
+    def uses(self, grant_id: str) -> int:
+        entry = self.used.get(grant_id)
+        return entry[0] if entry else 0
+
+    def revoke(self, grant_id: str, expires_at: int) -> None:
+        self.revoked[grant_id] = expires_at
+
+    def use(self, grant_id: str, expires_at: int) -> None:
+        self.used[grant_id] = [self.uses(grant_id) + 1, expires_at]
+
+    def seal(self, key: bytes, *, now: int) -> bytes:
+        """The stored document, forgetting grants expired past the largest leeway."""
+        horizon = now - MAX_LEEWAY
+        body = {
+            "format": STATE_FORMAT,
+            "seq": self.seq,
+            "kids": sorted(self.kids),
+            "config": self.config,
+            "revoked": {g: e for g, e in self.revoked.items() if e > horizon},
+            "used": {g: u for g, u in self.used.items() if u[1] > horizon},
+        }
+        return seal_line(canonical(body), _derived(key, b"state"))
+
+
+def open_state(data: bytes | None, audit_key: bytes) -> SealedState:
+    """The sealed state from its stored bytes; IntegrityError if it was edited or forged."""
+    if data is None:
+        return SealedState(legacy=True)
+    try:
+        body = json.loads(check_seal(data, _derived(audit_key, b"state")))
+        if body.get("format") != STATE_FORMAT:
+            raise ValueError("format")
+        return SealedState(
+            seq=int(body["seq"]), kids=list(body["kids"]), config=body["config"],
+            revoked=dict(body["revoked"]), used=dict(body["used"]),
+        )  # fmt: skip
+    except (BadRecord, ValueError, KeyError, TypeError):
+        raise IntegrityError(
+            "the ledger's sealed state was edited or forged", REPAIR_HINT
+        ) from None
+
+
+def row_seal(audit_key: bytes, grant: Grant, token_sha256: str) -> str:
+    """The seal of a grant row over everything in it that never changes."""
+    fields = (
+        grant.id, grant.agent, grant.scope_claim, grant.aud or "", grant.issued_at,
+        grant.not_before, grant.expires_at, grant.max_uses if grant.max_uses is not None else "",
+        grant.reason or "", grant.kid, token_sha256,
+        grant.status_idx if grant.status_idx is not None else "",
+    )  # fmt: skip
+    text = "\x1f".join(str(value) for value in fields).encode("utf-8", "surrogatepass")
+    return hmac.digest(_derived(audit_key, b"row"), text, "sha256").hex()
+
+
+def row_is_sealed(audit_key: bytes, grant: Grant, token_sha256: str, seal: str | None) -> bool:
+    return seal is not None and hmac.compare_digest(row_seal(audit_key, grant, token_sha256), seal)
+
+
+def config_digest(config: Config) -> str:
+    """What seals config.toml: its principal, issuer, public keys and agents' ceilings."""
+    body = {
+        "principal": config.principal,
+        "issuer": config.issuer,
+        "keys": config.keys,
+        "agents": {name: agent.to_json() for name, agent in sorted(config.agents.items())},
+    }
+    return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def check_fresh(state: SealedState, mark: Mark | None, head_seq: int) -> None:
+    """The sealed state is neither older than the mark nor newer than the log."""
+    if mark is not None and state.seq < mark.state_seq:
+        raise IntegrityError(
+            f"the ledger is older than the keystore's high-water mark (its sealed state is at "
+            f"audit record {state.seq}, the mark says {mark.state_seq}): it was rolled back, "
+            "replaced or deleted",
+            REPAIR_HINT,
+        )
+    if state.seq > head_seq:
+        raise IntegrityError(
+            f"the ledger includes audit record {state.seq} but the audit log ends at "
+            f"{head_seq}: the log was truncated or rolled back",
+            REPAIR_HINT,
+        )
+
+
+def check_config(config: Config, state: SealedState, paths: Paths) -> Config:
+    """`config` as sealed, or IntegrityError naming config.toml."""
+    if state.config is not None and config_digest(config) != state.config:
+        raise IntegrityError(
+            f"{paths.config_file} differs from its sealed version (an agent's ceiling, a key "
+            "or the principal was edited, added, removed or restored from an older copy)",
+            "restore it from a backup, or undo the edit; nhidel changes it only through "
+            "its own commands",
+        )
+    return config
+
+
+class Change:
+    """One state change in progress: write its records, then change the ledger and `state`."""
+
+    def __init__(
+        self, paths: Paths, keys: AuditKeys, session: Session, ledger: Ledger, state: SealedState
+    ) -> None:
+        self.paths = paths
+        self.keys = keys
+        self.session = session
+        self.ledger = ledger
+        self.state = state
+        self.committed = False
+
+    @property
+    def audit_key(self) -> bytes:
+        return self.keys.seal_key
+
+    def config(self) -> Config:
+        """config.toml, checked against its seal."""
+        return check_config(load_config(self.paths), self.state, self.paths)
+
+    def write(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Write records now (fsynced); their effects must follow before the change ends."""
+        return self.session.write(events)
+
+    def insert(self, grant: Grant, token_sha256: str, *, revoked_reason: str | None = None) -> None:
+        seal = row_seal(self.audit_key, grant, token_sha256)
+        self.ledger.insert(grant, token_sha256, seal, revoked_reason=revoked_reason)
+
+    def revoke(self, grants: list[Grant], *, now: int, reason: str | None) -> None:
+        self.ledger.revoke([g.id for g in grants], now=now, reason=reason)
+        for grant in grants:
+            self.state.revoke(grant.id, grant.expires_at)
+
+    def use(self, grant: Grant) -> None:
+        self.ledger.count_use(grant.id)
+        self.state.use(grant.id, grant.expires_at)
+
+    def save_config(self, config: Config) -> None:
+        save_config(self.paths, config)
+        self.state.config = config_digest(config)
+
+    def commit(self, *, now: int) -> None:
+        self.state.seq = self.session.head_seq
+        self.state.legacy = False
+        self.ledger.set_sealed_state(self.state.seal(self.audit_key, now=now))
+        self.ledger.commit()
+        self.session.state_seq = self.state.seq
+        self.committed = True
+
+
+@contextmanager
+def change(paths: Paths, keys: AuditKeys, ledger: Ledger, *, now: int) -> Iterator[Change]:
+    """Hold the log and the ledger for one state change; commit it when the block ends.
+
+    Whatever a crash left unfinished is finished first (see `finish_residue`).
+    """
+    log = AuditLog(paths, keys)
+    with log.session() as session, ledger.transaction():
+        step = _begin(paths, keys, session, ledger, now=now)
+        yield step
+        if session.written and not step.committed:
+            step.commit(now=now)
+
+
+def _begin(paths: Paths, keys: AuditKeys, session: Session, ledger: Ledger, *, now: int) -> Change:
+    """Inside the log session and the ledger transaction: the checked state, residue done."""
+    state = current(ledger, keys.seal_key, session)
+    if state.legacy and session.mark is not None:
+        session.write([event("state.repaired", reason="sealed the state of a ledger written "
+                             "by an older nhidel")])  # fmt: skip
+    finish_residue(paths, keys, session, ledger, state, now=now)
+    return Change(paths, keys, session, ledger, state)
+
+
+def residue_finisher(paths: Paths, keys: AuditKeys) -> Callable[[Session], None]:
+    """For writers of decisions (nhidel.audit.AuditLog's `finish_residue`): finish what a crash
+    left in the log, in its own ledger transaction, before their records are written."""
+
+    def finish(session: Session) -> None:
+        from .ledger import Ledger
+
+        now = int(time.time())
+        with Ledger(paths) as ledger, ledger.transaction():
+            step = _begin(paths, keys, session, ledger, now=now)
+            if session.written:
+                step.commit(now=now)
+
+    return finish
+
+
+def audit_log(paths: Paths, keys: AuditKeys) -> AuditLog:
+    """The writer for records that change no state (decisions, publishing, pruning)."""
+    return AuditLog(paths, keys, finish_residue=residue_finisher(paths, keys))
+
+
+def current(ledger: Ledger, audit_key: bytes, session: Session) -> SealedState:
+    """The sealed state, checked fresh against the mark and the log (IntegrityError if not)."""
+    state = open_state(ledger.sealed_state(), audit_key)
+    mark = session.mark
+    if state.legacy and (mark is None or mark.state_seq == 0):
+        return adopt(ledger, audit_key, session)
+    check_fresh(state, mark, session.head_seq)
+    return state
+
+
+def adopt(ledger: Ledger, audit_key: bytes, session: Session) -> SealedState:
+    """A first sealed state for a new home (or one made by nhidel 0.1, whose mark has no
+    `state_seq`): the rows as they stand, sealed from now on."""
+    state = SealedState(seq=0, legacy=True)
+    keystore = session.log.keys.keystore
+    trust = keystore.read("trust") if keystore is not None else None
+    state.kids = sorted(trust["keys"]) if trust else []
+    config = load_config(session.log.paths)
+    state.config = config_digest(config) if config.principal is not None else None
+    for grant, token_hash, seal in list(ledger.all_rows()):
+        if seal is None:
+            ledger.reseal(grant.id, row_seal(audit_key, grant, token_hash))
+        if grant.revoked_at is not None:
+            state.revoke(grant.id, grant.expires_at)
+        if grant.uses:
+            state.used[grant.id] = [grant.uses, grant.expires_at]
+    return state
+
+
+def finish_residue(
+    paths: Paths, keys: AuditKeys, session: Session, ledger: Ledger, state: SealedState, *, now: int
+) -> None:
+    """Finish the state changes a crash left in the log but not in the ledger (records after
+    the mark, newer than the sealed state), toward the more restrictive state, and seal what
+    was done. A grant whose row never committed is kept as a revoked tombstone (its token was
+    never handed out); a logged revocation or use is applied; a removed agent stays removed;
+    an added agent or a rotated key counts only if config.toml or the keystore shows it."""
+    pending = [r for r in session.residue
+               if r.get("event") in STATE_EVENTS and r["seq"] > state.seq]  # fmt: skip
+    if not pending:
+        return
+    step = Change(paths, keys, session, ledger, state)
+    applied: list[int] = []
+    void: list[int] = []
+    for record in pending:
+        if _finish_one(step, record, now=now):
+            applied.append(record["seq"])
+        else:
+            void.append(record["seq"])
+    step.write([event("state.repaired", reason="finished what an interrupted command left",
+                      applied=applied, void=void)])  # fmt: skip
+
+
+def _finish_one(step: Change, record: dict[str, Any], *, now: int) -> bool:
+    kind = record["event"]
+    grant_id = record.get("grant")
+    ledger, state = step.ledger, step.state
+    if kind == "grant.issued" and isinstance(grant_id, str):
+        if ledger.get(grant_id) is None:
+            step.insert(_tombstone(record), "", revoked_reason="interrupted")
+        state.revoke(grant_id, int(record.get("expires_at") or now))
+        ledger.revoke([grant_id], now=now, reason="interrupted")
+        return True
+    if kind == "grant.revoked" and isinstance(grant_id, str):
+        ledger.revoke([grant_id], now=now, reason=record.get("reason"))
+        state.revoke(grant_id, int(record.get("expires_at") or now + MAX_LEEWAY))
+        return True
+    if kind == "grant.used" and isinstance(grant_id, str):
+        ledger.count_use(grant_id)
+        state.use(grant_id, int(record.get("expires_at") or now + MAX_LEEWAY))
+        return True
+    if kind in ("agent.added", "agent.removed"):
+        return _finish_agent(step, record)
+    if kind in ("key.created", "key.rotated"):
+        keystore = step.keys.keystore
+        trust = keystore.read("trust") if keystore is not None else None
+        if trust is None or record.get("kid") not in trust["keys"]:
+            return False
+        state.kids = sorted(trust["keys"])
+        config = load_config(step.paths)
+        if record.get("config_sha256") == config_digest(config):
+            state.config = record["config_sha256"]
+        return True
+    return False  # a repair's own record: what it listed was committed with it, or is here
+
+
+def _finish_agent(step: Change, record: dict[str, Any]) -> bool:
+    config = load_config(step.paths)
+    digest = config_digest(config)
+    if digest == record.get("config_sha256"):
+        step.state.config = digest
+        return True
+    if digest != step.state.config:
+        check_config(config, step.state, step.paths)  # edited besides: refuse, naming it
+    if record["event"] == "agent.removed" and isinstance(record.get("agent"), str):
+        step.save_config(without_agent(config, record["agent"]))  # removing is restrictive
+        return True
+    return False
+
+
+def _tombstone(record: dict[str, Any]) -> Grant:
+    from .scopes import parse_scopes
+
+    expires = int(record.get("expires_at") or 0)
+    return Grant(
+        id=record["grant"], agent=str(record.get("agent") or "?"),
+        scopes=parse_scopes(record.get("scopes") or []), aud=record.get("aud"),
+        issued_at=int(record.get("not_before") or expires), not_before=int(
+            record.get("not_before") or expires), expires_at=expires,
+        max_uses=record.get("max_uses"), reason=record.get("reason"),
+        kid=str(record.get("kid") or ""),
+    )  # fmt: skip
+
+
+def _derived(audit_key: bytes, purpose: bytes) -> bytes:
+    """A key for one purpose, so a sealed row, state or record can never pass for another."""
+    return hmac.digest(audit_key, b"nhidel-ledger-" + purpose, "sha256")
+
