@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..errors import UsageError
+from ..errors import ExitStatus, UsageError
 from ..tokens import MAX_TOKEN_LENGTH
 from . import common
 
@@ -117,7 +117,8 @@ def verify(
             say(f"allowed: {grant.short_id} ({grant.agent})" if grant else "allowed")
         return
     say(f"denied: {decision.reason}: {decision.detail}")
-    raise typer.Exit(1)
+    # SPEC: `integrity` (nhidel's own state failed a check) is exit 5; any other denial is 1.
+    raise typer.Exit(ExitStatus.INTEGRITY if decision.reason == "integrity" else 1)
 
 
 @contextlib.contextmanager
