@@ -12,6 +12,7 @@ import pytest
 from audit_support import GENESIS, assert_chained, audit_lines, line_sha256
 from support import Cli
 
+from nhidel.audit.writer import TORN_MARK
 from nhidel.audit import AuditKeys, AuditLog, event
 from nhidel.config import Paths
 from nhidel.keystore import open_keystore
@@ -104,8 +105,9 @@ def test_a_torn_last_line_is_reported_by_a_log_recovered_record(
     lines = paths.audit_file.read_bytes().split(b"\n")
     assert (recovered["seq"], recovered["prev"]) == (good["seq"] + 1, line_sha256(good_line))
     assert (following["seq"], following["prev"]) == (recovered["seq"] + 1, line_sha256(lines[2]))
-    # The fragment stays where it was, ended by a newline: reported, never silently dropped.
-    assert lines[1] == fragment
+    # The fragment stays where it was, ended so it never parses as a record: reported, never
+    # silently dropped, never shown as a record.
+    assert lines[1] == fragment + TORN_MARK
     assert [json.loads(line)["event"] for line in (lines[0], lines[2], lines[3])] == [
         "agent.added",
         "log.recovered",

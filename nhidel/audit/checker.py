@@ -10,18 +10,23 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Paths
+from ..errors import IntegrityError
 from .reader import lines
 from .records import GENESIS, BadRecord, check_seal, line_hash, open_line, sealed_fields
 from .segments import all_segments
+from .writer import TORN_MARK
 
 # Events whose content `audit verify` compares with the ledger; only these are parsed in full.
-_NOTEWORTHY = re.compile(rb',"event":"(?:grant\.revoked|grant\.used|log\.pruned)"')
+_NOTEWORTHY = re.compile(
+    rb',"event":"(?:grant\.issued|grant\.revoked|grant\.used|log\.pruned)"'
+)
 
 if TYPE_CHECKING:
     from ..ledger import Ledger
@@ -73,6 +78,7 @@ class Report:
 class _Facts:
     """What the log says happened, to compare with the ledger."""
 
+    issued: dict[str, dict[str, Any]] = field(default_factory=dict)
     revoked: set[str] = field(default_factory=set)
     uses: Counter[str] = field(default_factory=Counter)
     pruned_through: int | None = None
@@ -100,9 +106,12 @@ def check_log(
         _check_start(first_seq, facts)
         _check_mark(mark, report, facts)
         if ledger is not None:
+            _check_sealed_state(ledger, key, mark, report, facts)
             _check_ledger(ledger, facts)
     except _Stop as stop:
         report.problem = stop.problem
+    except IntegrityError as exc:  # a ledger too damaged to read
+        report.problem = Problem("ledger", 0, None, f"corrupt: {exc.message}")
     return report
 
 
@@ -203,6 +212,7 @@ def _seq_and_prev(body: bytes) -> tuple[int, str]:
 def _explain_fragment(unexplained: tuple[Path, int, bytes], following: bytes, key: bytes) -> None:
     """A garbage line is a crash's fragment only if the next record is a matching recovery."""
     segment, number, fragment = unexplained
+    fragment = fragment.removesuffix(TORN_MARK)  # (logs written before the mark existed lack it)
     try:
         record = open_line(following, key)
     except BadRecord:
@@ -231,7 +241,9 @@ def _sequence_problem(seq: int, expected: int) -> str:
 
 def _note(record: dict[str, Any], facts: _Facts) -> None:
     event = record.get("event")
-    if event == "grant.revoked" and isinstance(record.get("grant"), str):
+    if event == "grant.issued" and isinstance(record.get("grant"), str):
+        facts.issued[record["grant"]] = record
+    elif event == "grant.revoked" and isinstance(record.get("grant"), str):
         facts.revoked.add(record["grant"])
     elif event == "grant.used" and isinstance(record.get("grant"), str):
         facts.uses[record["grant"]] += 1
@@ -266,8 +278,55 @@ def _check_mark(mark: dict[str, Any] | None, report: Report, facts: _Facts) -> N
                             "keystore names (an older or another copy of the log)"))  # fmt: skip
 
 
+def _check_sealed_state(
+    ledger: Ledger, key: bytes, mark: dict[str, Any] | None, report: Report, facts: _Facts
+) -> None:
+    """The sealed state is fresh (not older than the mark, not newer than the log), holds
+    every revocation and use the log holds, and every row is sealed and was issued."""
+    from ..claims import MAX_LEEWAY
+    from ..state import check_fresh, open_state, row_is_sealed
+    from .writer import Mark
+
+    def stop(why: str) -> _Stop:
+        return _Stop(Problem("ledger", 0, None, why))
+
+    sealed = open_state(ledger.sealed_state(), key)
+    pinned = Mark(mark["seq"], mark["hash"], mark.get("state_seq", 0)) if mark else None
+    if sealed.legacy and (facts.issued or (pinned is not None and pinned.state_seq)):
+        raise stop("deleted: the ledger has no sealed state (replaced or deleted)")
+    check_fresh(sealed, pinned, report.head_seq)
+    horizon = int(time.time()) - MAX_LEEWAY
+    pruned = facts.pruned_through is not None
+    for grant, token_hash, seal in ledger.all_rows():
+        if not row_is_sealed(key, grant, token_hash, seal):
+            raise stop(f"edited: the ledger row of grant {grant.id} does not match its seal")
+        if not pruned and grant.id not in facts.issued and not sealed.legacy:
+            raise stop(f"inserted: the ledger holds grant {grant.id}, which no record issued")
+        if grant.expires_at <= horizon:
+            continue  # the sealed state has let it go: no verifier accepts it any more
+        if grant.id in facts.revoked and grant.id not in sealed.revoked:
+            raise stop(f"the ledger's sealed state lost the revocation of grant {grant.id}")
+        if sealed.uses(grant.id) < facts.uses.get(grant.id, 0):
+            raise stop(f"the ledger's sealed state lost uses of grant {grant.id}")
+
+
 def _check_ledger(ledger: Ledger, facts: _Facts) -> None:
-    """Revocations and uses the sealed log holds must still be in the ledger."""
+    """The ledger's rows against the records that made them: every grant the log issued has
+    its row, as issued; every revocation and use the log holds is in the ledger."""
+    for grant_id, record in sorted(facts.issued.items()):
+        grant = ledger.get(grant_id)
+        if grant is None:
+            raise _Stop(Problem("ledger", 0, record.get("seq"),
+                                f"deleted: the ledger has no row for grant {grant_id}, which the "
+                                "log issued"))  # fmt: skip
+        issued = (record.get("agent"), record.get("scopes"), record.get("expires_at"),
+                  record.get("max_uses"), record.get("kid"))  # fmt: skip
+        row = (grant.agent, [str(s) for s in grant.scopes], grant.expires_at, grant.max_uses,
+               grant.kid)  # fmt: skip
+        if issued != row:
+            raise _Stop(Problem("ledger", 0, record.get("seq"),
+                                f"edited: the ledger row of grant {grant_id} differs from its "
+                                "sealed grant.issued record"))  # fmt: skip
     for grant_id in sorted(facts.revoked):
         grant = ledger.get(grant_id)
         if grant is None or grant.revoked_at is None:

@@ -9,30 +9,50 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from ..config import Paths
 from ..errors import UsageError
 from ..fsutil import fsync_dir, storage_error
 from ..keystore import KeyStore
 from ..ledger import Ledger
-from .checker import Report, check_log
+from .checker import Problem, Report, check_log
 from .reader import follow, records
 from .records import EVENTS, event, line_hash, token_fingerprint
 from .segments import rotated_segments
-from .writer import MARK, AuditKeys, AuditLog
+from .writer import AuditKeys, read_mark
 
 
 def verify_log(paths: Paths, keystore: KeyStore) -> Report:
     """Check every record, the chain, the seals, the high-water mark and the ledger."""
     from ..principal import load_trust
 
-    mark = keystore.read(MARK)  # before the log: an append in flight only makes it longer
+    mark = read_mark(keystore)  # before the log: an append in flight only makes it longer
+    pinned = None if mark is None else mark.to_json()
     key = load_trust(keystore).audit_key
     if not paths.ledger_file.exists():
-        return check_log(paths, key, mark, None)
-    with Ledger(paths) as ledger:
-        return check_log(paths, key, mark, ledger)
+        report = check_log(paths, key, pinned, cast("Ledger", _NoLedger()))
+    else:
+        with Ledger(paths) as ledger:
+            report = check_log(paths, key, pinned, ledger)
+    if report.ok and mark is None and report.records:
+        report.problem = Problem("(mark)", 0, None, "deleted: the keystore holds no high-water "
+                                 "mark for a log of records (the mark was removed)")  # fmt: skip
+    return report
+
+
+class _NoLedger:
+    """ledger.db missing: a ledger without rows or sealed state, so what the log holds is
+    reported as lost."""
+
+    def get(self, grant_id: str) -> None:
+        return None
+
+    def sealed_state(self) -> None:
+        return None
+
+    def all_rows(self) -> Iterator[Any]:
+        return iter(())
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +131,9 @@ def prune(paths: Paths, keystore: KeyStore, *, keep: int) -> list[str]:
         return []
     last_line = _last_line(doomed[-1].read_bytes())
     through = json.loads(last_line)["seq"]
-    AuditLog(paths, keys).append([event(
+    from ..state import audit_log
+
+    audit_log(paths, keys).append([event(
         "log.pruned", pruned_through=through, pruned_head=line_hash(last_line),
         segments=[p.name for p in doomed],
     )])  # fmt: skip

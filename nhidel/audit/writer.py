@@ -46,6 +46,9 @@ if TYPE_CHECKING:
     from ..keystore import KeyStore
 
 MARK = "audit-mark"
+# Ends a torn fragment's line: JSON followed by it never parses, so no reader takes the
+# fragment's bytes (whatever they claim) for a record.
+TORN_MARK = b" <torn>"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 RECOVER_HINT = (
     "restore the missing files from a backup; if they are lost for good, run "
@@ -153,8 +156,9 @@ class Session:
         chunks = []
         torn, self.log.torn = self.log.torn, None
         if torn is not None:
-            # A crash tore the last line: end it, and record what was lost in the chain.
-            chunks.append(b"\n")
+            # A crash tore the last line: end it so that it can never parse as a record (a
+            # reader without the key cannot check seals), and seal what was lost.
+            chunks.append(TORN_MARK + b"\n")
             pending.insert(0, event(
                 "log.recovered", time=utc_now(), fragment_bytes=len(torn),
                 fragment_sha256=hashlib.sha256(torn).hexdigest(),
