@@ -435,13 +435,23 @@ def _grant(row: tuple[Any, ...]) -> Grant:
         revoke_reason,
         status_idx,
     ) = row
+    integers = (issued_at, not_before, expires_at, uses)
+    optional = (max_uses, revoked_at, status_idx)
     try:
         scopes = parse_scope_text(scope)
-    except UsageError:
+        shaped = (
+            all(type(v) is int for v in integers)
+            and all(v is None or type(v) is int for v in optional)
+            and all(isinstance(v, str) for v in (grant_id, agent, kid))
+            and all(v is None or isinstance(v, str) for v in (aud, reason, revoke_reason))
+        )
+    except (UsageError, TypeError, AttributeError):
+        shaped = False
+    if not shaped:
         raise IntegrityError(
-            f"the ledger row for {grant_id} holds a malformed scope",
-            "restore the ledger from a backup",
-        ) from None
+            f"the ledger row for {grant_id} is malformed (edited by hand?)",
+            "restore the ledger from a backup, or run nhidel repair --accept-loss",
+        )
     return Grant(
         id=grant_id,
         agent=agent,

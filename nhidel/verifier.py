@@ -265,7 +265,11 @@ class Verifier:
         if max_uses is not None and (type(max_uses) is not int or max_uses < 1):
             shapeless = Decision(False, Reason.MALFORMED, "claim 'max_uses' is not a count")
             raise _Unknowable(shapeless, claims, fingerprint)
-        found = self.ledger.lookup(grant_id)
+        try:
+            found = self.ledger.lookup(grant_id)
+        except IntegrityError as damaged:
+            denial = Decision(False, Reason.INTEGRITY, damaged.message)
+            return _Known(claims, None, denial, fingerprint)
         denial: Decision | None
         token_hash = token_sha256(token.strip())
         if found is None or found[1] != token_hash:

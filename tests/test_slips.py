@@ -202,9 +202,7 @@ def test_show_on_a_corrupt_ledger_row_is_exit_5_naming_the_grant(
 @pytest.mark.parametrize("corruption", [
     "issued_at = 'x'",
     "revoked_at = 'z'",
-    pytest.param("uses = 'x'", marks=pytest.mark.xfail(
-        reason="Verifier._learn compares the row's uses with an int (TypeError)", strict=False
-    )),
+    "uses = 'x'",
 ])  # fmt: skip
 def test_verify_on_a_corrupt_ledger_row_is_exit_5_not_a_crash(
     ready: Cli, nhidel_home: Path, corruption: str
