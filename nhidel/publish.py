@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from .audit import AuditKeys, AuditLog, event
 from .claims import MAX_LEEWAY
 from .config import Paths, load_config
 from .errors import UsageError
-from .fsutil import atomic_write, storage_error
+from .fsutil import atomic_write, file_kind, storage_error
 from .keystore import KeyStore
 from .ledger import Ledger
 from .principal import Signer, load_signer, public_keys
@@ -111,11 +112,7 @@ def publish_status(
     cache_ttl: int = DEFAULT_CACHE_TTL,
 ) -> StatusList:
     """Write the status list token to `out` (0644, atomically) and record `status.published`."""
-    if out.is_dir():
-        raise UsageError(
-            f"{out} is a directory",
-            "give a file name, or write both files: nhidel publish --out DIR",
-        )
+    check_out_file(out)
     if not out.parent.is_dir():
         raise UsageError(
             f"{out.parent} is not a directory", "create it first, or pick another --out"
@@ -141,6 +138,14 @@ def publish_site(
     """Write `jwks.json` and `status.jwt` into `out_dir` (created 0755 if missing)."""
     _status_uri(paths, ttl, cache_ttl)
     keys = jwks_json(paths, keystore, now=now)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(
+            f"{out_dir} is {file_kind(out_dir.lstat().st_mode)}, not a directory",
+            "pick another --out",
+        )
+    # Both names are checked before either file is written: never half a site.
+    check_out_file(out_dir / JWKS_FILE)
+    check_out_file(out_dir / STATUS_FILE)
     if not out_dir.is_dir():
         try:
             out_dir.mkdir(parents=True)
@@ -151,6 +156,32 @@ def publish_site(
     return publish_status(
         paths, keystore, out_dir / STATUS_FILE, now=now, ttl=ttl, cache_ttl=cache_ttl
     )
+
+
+def check_out_file(out: Path) -> None:
+    """Refuse an --out that names anything but a regular file (or nothing yet).
+
+    A link is not followed and a FIFO or device is not written into: the file is replaced by
+    a rename, so what stands at the name must be a file that may be replaced.
+    """
+    try:
+        mode = out.lstat().st_mode
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        return  # the parent is not a directory: said by the caller
+    except OSError as exc:
+        raise storage_error(out, exc) from exc
+    if stat.S_ISDIR(mode):
+        raise UsageError(
+            f"{out} is a directory",
+            "give a file name, or write both files: nhidel publish --out DIR",
+        )
+    if not stat.S_ISREG(mode):
+        raise UsageError(
+            f"{out} is {file_kind(mode)}, not a regular file",
+            "nhidel replaces only a regular file: remove it, or pick another --out",
+        )
 
 
 def _record(paths: Paths, keystore: KeyStore, signer: Signer, published: StatusList) -> None:
