@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IntegrityError, NotFoundError, StorageError, UsageError
-from .fsutil import atomic_write, exclusive_lock
+from .fsutil import atomic_write, exclusive_lock, read_private_file
 from .models import Agent, check_agent_name
 from .scopes import parse_scopes
 from .timefmt import format_duration, parse_duration, parse_time, rfc3339
@@ -114,9 +114,9 @@ class Config:
 def load_config(paths: Paths) -> Config:
     """Read config.toml; a missing file is an empty config, a corrupt one is exit 5."""
     try:
-        raw = paths.config_file.read_bytes()
-    except FileNotFoundError:
-        return Config()
+        raw = read_private_file(paths.config_file)
+        if raw is None:
+            return Config()
     except IsADirectoryError:
         raise IntegrityError(
             f"{paths.config_file} is a directory, not nhidel's configuration file",

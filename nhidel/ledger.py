@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import Paths
 from .errors import IntegrityError, NotFoundError, StorageError, UsageError
-from .fsutil import create_private_file
+from .fsutil import check_sqlite_files, create_private_file
 from .models import GRANT_ID_PREFIX, SHORT_ID_LENGTH, Grant
 from .scopes import parse_scope_text
 
@@ -95,6 +95,7 @@ class Ledger:
     def __init__(self, paths: Paths) -> None:
         self.path = paths.ledger_file
         with self._errors():
+            check_sqlite_files(self.path)  # SQLite itself would follow a planted link
             create_private_file(self.path)
             self.db = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
@@ -211,6 +212,15 @@ class Ledger:
             while batch := cursor.fetchmany(512):
                 for row in batch:
                     yield _grant(row[:-2]), row[-2], row[-1]
+
+    def all_ids(self) -> list[str]:
+        with self._errors():
+            return [row[0] for row in self.db.execute("SELECT id FROM grants")]
+
+    def delete(self, grant_id: str) -> None:
+        """Remove a row (only `nhidel repair --accept-loss`, which logs it)."""
+        with self._errors():
+            self.db.execute("DELETE FROM grants WHERE id = ?", (grant_id,))
 
     def reseal(self, grant_id: str, seal: str) -> None:
         with self._errors():

@@ -52,42 +52,10 @@ FILE_KEYSTORE_PATHS = ("keystore.json", "keystore.lock", ".keystore.json.{pid}.t
 
 Choose = Callable[[str], None]
 
-INTEGRATION = "needs writer/ledger integration"  # fsutil.open_private_append, check_sqlite_files
-READERS = "needs config reader integration"  # fsutil.read_private_file
-# What still gets through (or hangs, or is refused without naming the plant) until the audit
-# writer and reader, the ledger and the config and keystore readers call fsutil's checks. The
-# two phases differ where SQLite happens to trip over a side file before writing through it.
-_BOTH = {
-    ("config.toml", "fifo"): READERS,  # load_config blocks opening it
-    **{("ledger.db-wal", kind): INTEGRATION for kind in ("dangling", "hardlink", "directory")},
-    **{("ledger.db-shm", kind): INTEGRATION for kind in PLANTS},
-    ("ledger.db-journal", "directory"): INTEGRATION,
-}
-EXPECTED_FAILURES = {
-    "before init": {
-        **_BOTH,
-        ("audit.jsonl", "hardlink"): INTEGRATION,  # appended to through the other name
-        ("audit.jsonl", "fifo"): INTEGRATION,  # "Illegal seek", not naming the file
-        ("ledger.db-journal", "dangling"): INTEGRATION,
-        ("ledger.db-journal", "hardlink"): INTEGRATION,
-    },
-    "live": {
-        **_BOTH,
-        ("audit.jsonl", "fifo"): INTEGRATION,  # audit verify blocks opening it
-        ("ledger.db-wal", "symlink"): INTEGRATION,
-        ("ledger.db-wal", "fifo"): INTEGRATION,
-        ("ledger.db-journal", "symlink"): INTEGRATION,
-        ("ledger.db-journal", "fifo"): INTEGRATION,  # SQLite blocks opening it
-    },
-}
-
-
 def _cases(phase: str) -> Iterator[object]:
     for name in STATE_FILES + TEMP_FILES:
         for kind in PLANTS:
-            reason = EXPECTED_FAILURES[phase].get((name, kind))
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            yield pytest.param(name, kind, marks=marks, id=f"{name.format(pid='PID')}-{kind}")
+            yield pytest.param(name, kind, id=f"{name.format(pid='PID')}-{kind}")
 
 
 class Outside:

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..config import Paths
 from ..errors import IntegrityError
+from ..fsutil import open_private_read
 from .records import parse_unchecked
 from .segments import all_segments, rotated_segments, segment_first_seq
 
@@ -24,7 +25,7 @@ def lines(paths: Paths) -> Iterator[tuple[Path, int, bytes, bool]]:
     """(segment, line number, bytes without newline, complete?) for every line, in order."""
     for segment in all_segments(paths):
         try:
-            handle = segment.open("rb")
+            handle = os.fdopen(open_private_read(segment), "rb")
         except FileNotFoundError:
             continue  # rotated away between listing and opening: it is in the next name
         except OSError as exc:
@@ -61,7 +62,7 @@ def follow(
     while not stop():
         if handle is None:
             try:
-                handle = paths.audit_file.open("rb")
+                handle = os.fdopen(open_private_read(paths.audit_file), "rb")
                 inode = os.fstat(handle.fileno()).st_ino
                 buffer = b""
             except FileNotFoundError:

@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Paths
 from ..errors import IntegrityError
-from ..fsutil import ensure_private_dir, exclusive_lock, fsync_dir, storage_error
+from ..fsutil import (
+    ensure_private_dir,
+    exclusive_lock,
+    fsync_dir,
+    open_private_append,
+    storage_error,
+)
 from .records import (
     FORMAT_VERSION,
     GENESIS,
@@ -223,18 +229,33 @@ class AuditLog:
         self.finish_residue = finish_residue
         self.rotated_to = ""
         self.torn: bytes | None = None  # an unterminated fragment the next write ends
+        self.loss: str | None = None  # what an accept_loss session found wrong
 
     @contextmanager
-    def session(self, *, durable: bool = True) -> Iterator[Session]:
+    def session(self, *, durable: bool = True, accept_loss: bool = False) -> Iterator[Session]:
         """Hold the log for one writer; on a clean exit, move the mark past what was written
-        (and past any residue, which the caller has dealt with)."""
+        (and past any residue, which the caller has dealt with).
+
+        `accept_loss` (only `nhidel repair --accept-loss`): a log behind the mark, or not the
+        one it names, is written on anyway; `self.loss` says what was wrong, and the caller
+        seals that in the log before the mark moves to the new head.
+        """
         ensure_private_dir(self.path.parent)
         keystore = self.keys.keystore
+        self.loss = None
         with exclusive_lock(self.paths.audit_lock):
             mark = read_mark(keystore) if keystore is not None else None
             fd = _open_log(self.path)
             try:
-                head_seq, head_hash, residue = self._check_against(fd, mark, keystore is None)
+                try:
+                    head_seq, head_hash, residue = self._check_against(
+                        fd, mark, keystore is None
+                    )
+                except IntegrityError as lost:
+                    if not accept_loss:
+                        raise
+                    self.loss = lost.message
+                    head_seq, head_hash, residue = self._check_against(fd, mark, True)
                 session = Session(self, fd, mark, head_seq, head_hash, residue,
                                   mark.state_seq if mark else 0, durable)  # fmt: skip
                 yield session
@@ -399,11 +420,7 @@ def _replaced(mark: Mark, where: str) -> IntegrityError:
 
 
 def _open_log(path: Path) -> int:
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
-                       0o600)  # fmt: skip
-    except OSError as exc:
-        raise storage_error(path, exc) from exc
+    return open_private_append(path)  # never through a link or anything planted
 
 
 def _anchor_in_syslog(seq: int, digest: str) -> None:
