@@ -380,6 +380,19 @@ class Ledger:
             top = self.db.execute("SELECT max(status_idx) FROM grants").fetchone()[0]
         return revoked, 0 if top is None else int(top) + 1
 
+    def status_indices(self, grant_ids: Iterable[str], *, live_after: int) -> list[int]:
+        """The status list indices of these grants, of those that expire after `live_after`."""
+        with self._errors():
+            return [
+                int(row[0])
+                for grant_id in grant_ids
+                for row in self.db.execute(
+                    "SELECT status_idx FROM grants WHERE id = ? AND status_idx IS NOT NULL "
+                    "AND expires_at > ?",
+                    (grant_id, live_after),
+                )
+            ]
+
     def revoke(self, grant_ids: Iterable[str], *, now: int, reason: str | None) -> list[str]:
         """Revoke the given grants; return the ids that were not already revoked."""
         newly = []

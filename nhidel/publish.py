@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .audit import AuditKeys, AuditLog, event
+from . import state
+from .audit import AuditKeys, event
 from .claims import MAX_LEEWAY
 from .config import Paths, load_config
 from .errors import UsageError
@@ -66,13 +67,21 @@ def status_list_token(
     now: int,
     ttl: int = DEFAULT_TTL,
     cache_ttl: int = DEFAULT_CACHE_TTL,
+    keystore: KeyStore | None = None,
 ) -> StatusList:
-    """Mint the status list token from the ledger, signed with the active key."""
+    """Mint the status list token from the ledger, signed with the active key (with the
+    keystore, the sealed state's revocations are checked fresh and included)."""
     uri = _status_uri(paths, ttl, cache_ttl)
     with Ledger(paths) as ledger:
         # A revoked grant whose expiry plus the largest leeway has passed is rejected as
         # expired by every verifier; its index may already belong to a newer grant.
         revoked, size = ledger.revoked_status_indices(live_after=now - MAX_LEEWAY)
+        # What the sealed state says is revoked counts too: a row's revoked_at can be edited
+        # away, the sealed state cannot (and a stale one is refused).
+        if keystore is not None:
+            sealed = state.read_checked(paths, AuditKeys(signer.audit_key, keystore), ledger)
+            revoked = sorted(set(revoked).union(ledger.status_indices(
+                sealed.revoked, live_after=now - MAX_LEEWAY)))  # fmt: skip
     statuses = [0] * max(size, 1)  # never empty: an empty list is not a valid list
     for idx in revoked:
         statuses[idx] = INVALID
@@ -119,7 +128,9 @@ def publish_status(
         )
     _status_uri(paths, ttl, cache_ttl)
     signer = load_signer(keystore)
-    published = status_list_token(paths, signer, now=now, ttl=ttl, cache_ttl=cache_ttl)
+    published = status_list_token(
+        paths, signer, now=now, ttl=ttl, cache_ttl=cache_ttl, keystore=keystore
+    )
     # The body is the JWT itself, without a newline, as the draft's HTTP retrieval has it.
     atomic_write(out, published.token.encode("ascii"), public=True)
     _record(paths, keystore, signer, published)
@@ -185,7 +196,7 @@ def check_out_file(out: Path) -> None:
 
 
 def _record(paths: Paths, keystore: KeyStore, signer: Signer, published: StatusList) -> None:
-    AuditLog(paths, AuditKeys(signer.audit_key, keystore)).append(
+    state.audit_log(paths, AuditKeys(signer.audit_key, keystore)).append(
         [
             event(
                 "status.published",

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .audit.records import BadRecord, canonical, check_seal, event, seal_line
-from .audit.writer import STATE_EVENTS, AuditKeys, AuditLog, Mark, Session
+from .audit.writer import STATE_EVENTS, AuditKeys, AuditLog, Mark, Session, log_head, read_mark
 from .claims import MAX_LEEWAY
 from .config import Config, Paths, load_config, save_config, without_agent
 from .errors import IntegrityError
@@ -139,6 +139,27 @@ def check_fresh(state: SealedState, mark: Mark | None, head_seq: int) -> None:
             f"{head_seq}: the log was truncated or rolled back",
             REPAIR_HINT,
         )
+
+
+def read_checked(paths: Paths, keys: AuditKeys, ledger: Ledger) -> SealedState:
+    """The sealed state, read without taking any lock, checked against the keystore's mark
+    and the log's head: for readers that decide something (verify, publishing)."""
+    mark = read_mark(keys.keystore) if keys.keystore is not None else None
+    head = log_head(paths)
+    state = open_state(ledger.sealed_state(), keys.seal_key)
+    if state.legacy and mark is not None:
+        raise IntegrityError(
+            "the ledger has no sealed state (replaced, deleted, or written by nhidel 0.1)",
+            REPAIR_HINT,
+        )
+    if mark is not None and head < mark.seq:
+        raise IntegrityError(
+            f"the audit log ends at seq {head} but the keystore's high-water mark is seq "
+            f"{mark.seq}: records were deleted, or the log was rolled back",
+            REPAIR_HINT,
+        )
+    check_fresh(state, mark, head)
+    return state
 
 
 def check_config(config: Config, state: SealedState, paths: Paths) -> Config:
@@ -308,7 +329,7 @@ def _finish_one(step: Change, record: dict[str, Any], *, now: int) -> bool:
     ledger, state = step.ledger, step.state
     if kind == "grant.issued" and isinstance(grant_id, str):
         if ledger.get(grant_id) is None:
-            step.insert(_tombstone(record), "", revoked_reason="interrupted")
+            step.insert(tombstone(record), "", revoked_reason="interrupted")
         state.revoke(grant_id, int(record.get("expires_at") or now))
         ledger.revoke([grant_id], now=now, reason="interrupted")
         return True
@@ -349,7 +370,8 @@ def _finish_agent(step: Change, record: dict[str, Any]) -> bool:
     return False
 
 
-def _tombstone(record: dict[str, Any]) -> Grant:
+def tombstone(record: dict[str, Any]) -> Grant:
+    """The grant a sealed grant.issued record describes, for a row that must be revoked."""
     from .scopes import parse_scopes
 
     expires = int(record.get("expires_at") or 0)

@@ -136,15 +136,12 @@ class Verifier:
             self._probed = self._probe()
             mark = read_mark(self.store)
             head = log_head(self.paths)
-        current = state.open_state(self.ledger.sealed_state(), self.audit_key)
-        if current.legacy:
-            if mark is not None:
-                raise IntegrityError(
-                    "the ledger has no sealed state (replaced, or written by nhidel 0.1)",
-                    state.REPAIR_HINT,
-                )
-            current.kids = sorted(self.keys)  # a new home: nothing issued yet
-        state.check_fresh(current, mark, head)
+        if mark is None:
+            current = state.open_state(self.ledger.sealed_state(), self.audit_key)
+            if current.legacy:
+                current.kids = sorted(self.keys)  # a new home: nothing issued yet
+        else:
+            current = state.read_checked(self.paths, self.audit_keys, self.ledger)
         if current.seq < self._state_seq:
             raise IntegrityError(
                 "the ledger's sealed state went back to an older one: rolled back or replaced",

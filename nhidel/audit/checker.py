@@ -25,7 +25,7 @@ from .writer import TORN_MARK
 
 # Events whose content `audit verify` compares with the ledger; only these are parsed in full.
 _NOTEWORTHY = re.compile(
-    rb',"event":"(?:grant\.issued|grant\.revoked|grant\.used|log\.pruned)"'
+    rb',"event":"(?:grant\.issued|grant\.revoked|grant\.used|log\.pruned|log\.loss_accepted)"'
 )
 
 if TYPE_CHECKING:
@@ -79,6 +79,7 @@ class _Facts:
     """What the log says happened, to compare with the ledger."""
 
     issued: dict[str, dict[str, Any]] = field(default_factory=dict)
+    loss_accepted: bool = False  # `repair --accept-loss` ran: older rows may lack records
     revoked: set[str] = field(default_factory=set)
     uses: Counter[str] = field(default_factory=Counter)
     pruned_through: int | None = None
@@ -247,6 +248,8 @@ def _note(record: dict[str, Any], facts: _Facts) -> None:
         facts.revoked.add(record["grant"])
     elif event == "grant.used" and isinstance(record.get("grant"), str):
         facts.uses[record["grant"]] += 1
+    elif event == "log.loss_accepted":
+        facts.loss_accepted = True
     elif event == "log.pruned":
         facts.pruned_through = record.get("pruned_through")
         facts.pruned_head = record.get("pruned_head")
@@ -296,7 +299,7 @@ def _check_sealed_state(
         raise stop("deleted: the ledger has no sealed state (replaced or deleted)")
     check_fresh(sealed, pinned, report.head_seq)
     horizon = int(time.time()) - MAX_LEEWAY
-    pruned = facts.pruned_through is not None
+    pruned = facts.pruned_through is not None or facts.loss_accepted
     for grant, token_hash, seal in ledger.all_rows():
         if not row_is_sealed(key, grant, token_hash, seal):
             raise stop(f"edited: the ledger row of grant {grant.id} does not match its seal")

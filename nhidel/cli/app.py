@@ -57,6 +57,7 @@ COMMAND_MODULES = {
     "config": "publish_cmds",
     "status": "publish_cmds",
     "publish": "publish_cmds",
+    "repair": "repair_cmds",
 }
 _ROOT_FLAGS = frozenset({"--debug"})
 
