@@ -16,6 +16,7 @@ COMMANDS: dict[str, dict[str, Any]] = (
                    'revoke',
                    'verify',
                    'publish',
+                   'repair',
                    'key',
                    'agent',
                    'audit',
@@ -139,6 +140,17 @@ COMMANDS: dict[str, dict[str, Any]] = (
                          '-h': (False, 'Show this message and exit.', ()),
                          '--help': (False, 'Show this message and exit.', ())},
              'arguments': 0},
+ 'repair': {'help': 'Finish what an interrupted command left, or, with --accept-loss, write on '
+                    'after a loss.',
+            'commands': [],
+            'options': {'--accept-loss': (False,
+                                          'Acknowledge a log or ledger lost for good (sealed '
+                                          'in the log); every grant that could still be used '
+                                          'is revoked, since its state can no longer be known.',
+                                          ()),
+                        '-h': (False, 'Show this message and exit.', ()),
+                        '--help': (False, 'Show this message and exit.', ())},
+            'arguments': 0},
  'key': {'help': "Show, export and rotate the principal's keys.",
          'commands': ['show', 'export', 'rotate'],
          'options': {'-h': (False, 'Show this message and exit.', ()),
@@ -309,5 +321,7 @@ EVENTS = (
  'status.published',
  'log.recovered',
  'log.rotated',
- 'log.pruned')
+ 'log.pruned',
+ 'state.repaired',
+ 'log.loss_accepted')
 )
