@@ -112,7 +112,7 @@ def _create_key(
     audit_key = b64(os.urandom(32))
     x = public_x(seed)
     kid = thumbprint(x)
-    created = rfc3339(now)
+    created = rfc3339(now) or ""
     # Pin the public key before the private one exists, so no signed token is ever untrusted.
     keystore.write(
         TRUST,

@@ -54,8 +54,7 @@ def repair(paths: Paths, keystore: KeyStore, *, accept_loss: bool, now: int) -> 
                 report.loss.append(log.loss)
             sealed, stale = _sealed_state(ledger, keys.seal_key, session)
             if stale is not None:
-                readable = sealed is not None
-                if readable and _log_complete(paths, keys.seal_key, sealed):
+                if sealed is not None and _log_complete(paths, keys.seal_key, sealed):
                     stale = None  # rolled back, but the log holds all it lost: replay it
                 elif not accept_loss:
                     raise IntegrityError(stale, LOSS_HINT)

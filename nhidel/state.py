@@ -388,4 +388,3 @@ def tombstone(record: dict[str, Any]) -> Grant:
 def _derived(audit_key: bytes, purpose: bytes) -> bytes:
     """A key for one purpose, so a sealed row, state or record can never pass for another."""
     return hmac.digest(audit_key, b"nhidel-ledger-" + purpose, "sha256")
-

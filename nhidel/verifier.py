@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from . import state
 from .audit import AuditKeys, event
 from .audit.group_commit import DecisionLog
-from .audit.writer import log_head, read_mark
 from .audit.records import token_fingerprint
+from .audit.writer import log_head, read_mark
 from .claims import (
     Decision,
     Denied,
@@ -87,7 +87,9 @@ class Verifier:
         self.clock = clock
         self.audit_key = trust.audit_key
         self.audit_keys = AuditKeys(trust.audit_key, store)
-        self.decisions = DecisionLog(state.audit_log(self.paths, self.audit_keys)) if audit else None
+        self.decisions = (
+            DecisionLog(state.audit_log(self.paths, self.audit_keys)) if audit else None
+        )
         self.cache_size = cache_size
         self._decoder = TokenDecoder(self.keys)
         self._known: OrderedDict[str, _Known] = OrderedDict()
@@ -260,39 +262,47 @@ class Verifier:
             raise _Unknowable(foreign, claims, fingerprint)
         max_uses = claims.get("max_uses")
         if max_uses is not None and (type(max_uses) is not int or max_uses < 1):
-            shapeless = Decision(False, Reason.MALFORMED, "claim 'max_uses' is not a count")
-            raise _Unknowable(shapeless, claims, fingerprint)
+            uncounted = Decision(False, Reason.MALFORMED, "claim 'max_uses' is not a count")
+            raise _Unknowable(uncounted, claims, fingerprint)
+        grant, denial = self._ledger_verdict(grant_id, token, max_uses)
+        return _Known(claims, grant, denial, fingerprint)
+
+    def _ledger_verdict(
+        self, grant_id: str, token: str, max_uses: int | None
+    ) -> tuple[Grant | None, Decision | None]:
+        """The grant behind a well-signed token and why it is denied (None when it holds).
+
+        What decides is signed (the token: expiry, scopes, max_uses) or sealed (the row's
+        seal, the sealed state: revocations, uses, keys): never a column an agent could edit.
+        """
         try:
             found = self.ledger.lookup(grant_id)
         except IntegrityError as damaged:
-            denial = Decision(False, Reason.INTEGRITY, damaged.message)
-            return _Known(claims, None, denial, fingerprint)
-        denial: Decision | None
+            return None, Decision(False, Reason.INTEGRITY, damaged.message)
         token_hash = token_sha256(token.strip())
         if found is None or found[1] != token_hash:
-            denial = Decision(False, Reason.UNKNOWN_GRANT, "this ledger never issued that token")
-            return _Known(claims, None, denial, fingerprint)
+            return None, Decision(
+                False, Reason.UNKNOWN_GRANT, "this ledger never issued that token"
+            )
         grant, _, seal = found
         sealed = self._state
-        # What decides is signed (the token) or sealed (the row's seal, the sealed state):
-        # never a column an agent could have edited.
         if not state.row_is_sealed(self.audit_key, grant, token_hash, seal):
-            denial = Decision(False, Reason.INTEGRITY, f"the ledger row of {grant_id} was edited")
-            return _Known(claims, None, denial, fingerprint)
+            return None, Decision(
+                False, Reason.INTEGRITY, f"the ledger row of {grant_id} was edited"
+            )
         if grant.kid not in sealed.kids:
-            denial = Decision(False, Reason.INTEGRITY,
-                              f"key {grant.kid} is not one the sealed state trusts")  # fmt: skip
-            return _Known(claims, None, denial, fingerprint)
+            untrusted = f"key {grant.kid} is not one the sealed state trusts"
+            return None, Decision(False, Reason.INTEGRITY, untrusted)
         uses = sealed.uses(grant_id)
         if uses > grant.uses:
             grant = replace(grant, uses=uses)
         if grant_id in sealed.revoked or grant.revoked_at is not None:
-            denial = Decision(False, Reason.REVOKED, "the grant was revoked", grant)
-        elif max_uses is not None and uses >= max_uses:
-            denial = Decision(False, Reason.USES_EXHAUSTED, "the grant has no uses left", grant)
-        else:
-            denial = None
-        return _Known(claims, grant, denial, fingerprint)
+            return grant, Decision(False, Reason.REVOKED, "the grant was revoked", grant)
+        if max_uses is not None and uses >= max_uses:
+            return grant, Decision(
+                False, Reason.USES_EXHAUSTED, "the grant has no uses left", grant
+            )
+        return grant, None
 
     def _outcome(self, known: _Known, request: _Request, aud: str | None, timing: int) -> _Outcome:
         """Decide one question about a known token, in the order of SPEC.md's checks: times,
@@ -340,7 +350,8 @@ class Verifier:
         """Spend one use: checked and counted under the log's and the ledger's locks, against
         the sealed state as it is now (another process may have revoked or spent it)."""
         grant = known.grant
-        assert grant is not None  # allowed decisions carry their grant
+        if grant is None:  # (an allowed decision always carries its grant)
+            raise TypeError("no grant to use")
         max_uses = known.claims.get("max_uses")
         self._known.clear()
         with state.change(self.paths, self.audit_keys, self.ledger, now=now) as step:
@@ -416,9 +427,7 @@ class _Known:
 
 
 class _Unknowable(Exception):  # noqa: N818 - control flow: denied before the ledger is asked
-    def __init__(
-        self, decision: Decision, claims: dict[str, Any], fingerprint: str | None
-    ) -> None:
+    def __init__(self, decision: Decision, claims: dict[str, Any], fingerprint: str | None) -> None:
         self.decision = decision
         self.claims = claims
         self.fingerprint = fingerprint

@@ -12,8 +12,8 @@ import pytest
 from audit_support import GENESIS, assert_chained, audit_lines, line_sha256
 from support import Cli
 
-from nhidel.audit.writer import TORN_MARK
 from nhidel.audit import AuditKeys, AuditLog, event
+from nhidel.audit.writer import TORN_MARK
 from nhidel.config import Paths
 from nhidel.keystore import open_keystore
 from nhidel.principal import load_trust

@@ -45,8 +45,8 @@ from support import Cli
 from nhidel.agents import add_agent
 from nhidel.audit import MARK, AuditKeys, AuditLog, event
 from nhidel.audit.checker import Report, check_log
-from nhidel.audit.records import BadRecord, open_line
 from nhidel.audit.operations import verify_log
+from nhidel.audit.records import BadRecord, open_line
 from nhidel.audit.segments import rotated_segments
 from nhidel.config import Paths
 from nhidel.grants import GrantRequest, issue, revoke
@@ -179,7 +179,8 @@ def build_corpus(root: Path, seed: int, *, bulk: int) -> Corpus:
     data = paths.audit_file.read_bytes()
     mark = keystore.read(MARK)
     assert mark is not None
-    assert (mark["seq"], mark["hash"]) == (len(data.splitlines()), line_sha256(data.splitlines()[-1]))
+    last = data.splitlines()[-1]
+    assert (mark["seq"], mark["hash"]) == (len(data.splitlines()), line_sha256(last))
     assert all(len(s) < len(data) and data.startswith(s) for s in snapshots)
     return Corpus(paths, keystore, load_trust(keystore).audit_key, data, mark, snapshots)
 

@@ -248,9 +248,7 @@ class AuditLog:
             fd = _open_log(self.path)
             try:
                 try:
-                    head_seq, head_hash, residue = self._check_against(
-                        fd, mark, keystore is None
-                    )
+                    head_seq, head_hash, residue = self._check_against(fd, mark, keystore is None)
                 except IntegrityError as lost:
                     if not accept_loss:
                         raise
@@ -261,8 +259,11 @@ class AuditLog:
                 yield session
                 fd = session.fd
                 moved = session.head_seq != (mark.seq if mark else 0)
-                if durable and keystore is not None and (moved or session.state_seq
-                                                         != (mark.state_seq if mark else 0)):
+                if (
+                    durable
+                    and keystore is not None
+                    and (moved or session.state_seq != (mark.state_seq if mark else 0))
+                ):
                     new = Mark(session.head_seq, session.head_hash, session.state_seq)
                     keystore.write(MARK, new.to_json())
                     _anchor_in_syslog(new.seq, new.hash)
@@ -292,7 +293,7 @@ class AuditLog:
 
     def _check_against(
         self, fd: int, mark: Mark | None, unmarked: bool
-    ) -> tuple[int, str, list[dict]]:
+    ) -> tuple[int, str, list[dict[str, Any]]]:
         """(head seq, head hash, sealed records after the mark), or IntegrityError when the
         log is behind the mark or is not the log the mark names. `unmarked`: a writer with no
         keystore (tests of the log alone), which has no mark to check against."""
@@ -305,7 +306,7 @@ class AuditLog:
             seq, digest = self._end_fragment(fd, fragment, seq, digest)
         return seq, digest, residue
 
-    def _behind_or_after(self, mark: Mark | None, seq: int, digest: str) -> list[dict]:
+    def _behind_or_after(self, mark: Mark | None, seq: int, digest: str) -> list[dict[str, Any]]:
         if mark is None:
             # Before the first mark (or a crash right after the first records): every record
             # is residue, checked from the start of the chain. The mark itself cannot be
@@ -333,7 +334,7 @@ class AuditLog:
                 data = segment.read_bytes()
             except FileNotFoundError:
                 continue
-            lines = [ln for ln in data.split(b"\n") if ln][:: -1]
+            lines = [ln for ln in data.split(b"\n") if ln][::-1]
             for line in lines:
                 record = parse_unchecked(line)
                 if record is None or type(record.get("seq")) is not int:
