@@ -42,7 +42,7 @@ from nhidel.audit.records import FORMAT_VERSION, event, line_hash
 from nhidel.audit.segments import all_segments
 from nhidel.audit.writer import MARK, AuditKeys, AuditLog
 from nhidel.config import Paths
-from nhidel.keystore import _CHECK, open_keystore
+from nhidel.keystore import open_keystore
 from nhidel.principal import load_trust
 
 KEY = os.urandom(32)
@@ -148,8 +148,9 @@ class AuditHome:
         """The env of `service_env` for this home, with the file keystore's entries (keys and
         high-water mark) copied into that Secret Service, so no KDF runs."""
         store = open_keystore(self.paths, env=self.env)
-        names = json.loads(self.paths.keystore_file.read_text())["entries"]
-        entries = {name: store.read(name) for name in names if name != _CHECK}
+        # (The file keystore is one sealed whole now: its entry names are not in the clear.)
+        names = ("signing", "trust", "audit-mark")
+        entries = {name: store.read(name) for name in names}
         env = {**service_env, "NHIDEL_HOME": self.env["NHIDEL_HOME"], "NO_COLOR": "1"}
         subprocess.run(  # noqa: S603
             [PYTHON, "-c", _STORE_ENTRIES], input=json.dumps(entries).encode(), env=env,

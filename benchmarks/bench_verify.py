@@ -40,6 +40,7 @@ from nhidel.ledger import Ledger
 from nhidel.models import Grant, new_grant_id
 from nhidel.principal import init_principal, load_signer
 from nhidel.scopes import parse_scopes
+from nhidel.state import row_seal
 from nhidel.tokens import mint, token_sha256
 from nhidel.verifier import Verifier
 
@@ -75,7 +76,8 @@ class Fixture:
                           "scope": SCOPE, "iat": now, "nbf": now, "exp": now + 3600,
                           "jti": grant.id}  # fmt: skip
                 token = mint(claims, signer.seed, signer.kid)
-                ledger.insert(grant, token_sha256(token))
+                digest = token_sha256(token)
+                ledger.insert(grant, digest, row_seal(signer.audit_key, grant, digest))
                 tokens.append(token)
         return tokens
 
