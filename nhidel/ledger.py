@@ -435,6 +435,11 @@ class Ledger:
         with self._errors():
             self.db.execute("UPDATE meta SET value = value + 1 WHERE name = 'revocation_epoch'")
 
+    def raise_uses(self, grant_id: str, uses: int) -> None:
+        """At least `uses` uses (a repair putting back what the log holds)."""
+        with self._errors():
+            self.db.execute("UPDATE grants SET uses = max(uses, ?) WHERE id = ?", (uses, grant_id))
+
     def count_use(self, grant_id: str) -> None:
         """Count one use in the row (the sealed state decides whether a use is left)."""
         with self._errors():

@@ -151,6 +151,7 @@ def _replay(step: state.Change, paths: Paths, key: bytes, *, now: int) -> int:
             sealed.revoke(grant_id, expires)
         elif kind == "grant.used" and sealed.uses(grant_id) < int(record.get("uses") or 0):
             sealed.used[grant_id] = [int(record["uses"]), expires]
+            ledger.raise_uses(grant_id, int(record["uses"]))
         else:
             continue
         applied += 1

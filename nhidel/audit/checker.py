@@ -80,12 +80,29 @@ class _Facts:
 
     issued: dict[str, dict[str, Any]] = field(default_factory=dict)
     loss_accepted: bool = False  # `repair --accept-loss` ran: older rows may lack records
-    revoked: set[str] = field(default_factory=set)
-    uses: Counter[str] = field(default_factory=Counter)
+    revoked: dict[str, int] = field(default_factory=dict)  # grant id -> its record's seq
+    used: list[tuple[str, int]] = field(default_factory=list)  # (grant id, seq) per use
+
     pruned_through: int | None = None
     pruned_head: str | None = None
     hash_at_mark: str | None = None  # the line hash of the record the mark names
     first_prev: str | None = None  # what the oldest remaining record chains to
+
+    @property
+    def uses(self) -> Counter[str]:
+        return Counter(grant_id for grant_id, _ in self.used)
+
+    def forget_after(self, seq: int) -> int:
+        """Drop what records after `seq` say (a crash's residue, which the next command
+        finishes); return how many such records there were."""
+        late = [g for g, r in self.issued.items() if r.get("seq", 0) > seq]
+        late += [g for g, at in self.revoked.items() if at > seq]
+        self.issued = {g: r for g, r in self.issued.items() if r.get("seq", 0) <= seq}
+        self.revoked = {g: at for g, at in self.revoked.items() if at <= seq}
+        kept = [(g, at) for g, at in self.used if at <= seq]
+        count = len(late) + len(self.used) - len(kept)
+        self.used = kept
+        return count
 
 
 class _Stop(Exception):  # noqa: N818 - unwinds the scan at the first problem
@@ -245,9 +262,9 @@ def _note(record: dict[str, Any], facts: _Facts) -> None:
     if event == "grant.issued" and isinstance(record.get("grant"), str):
         facts.issued[record["grant"]] = record
     elif event == "grant.revoked" and isinstance(record.get("grant"), str):
-        facts.revoked.add(record["grant"])
+        facts.revoked.setdefault(record["grant"], record.get("seq", 0))
     elif event == "grant.used" and isinstance(record.get("grant"), str):
-        facts.uses[record["grant"]] += 1
+        facts.used.append((record["grant"], record.get("seq", 0)))
     elif event == "log.loss_accepted":
         facts.loss_accepted = True
     elif event == "log.pruned":
@@ -298,7 +315,14 @@ def _check_sealed_state(
     if sealed.legacy and (facts.issued or (pinned is not None and pinned.state_seq)):
         raise stop("deleted: the ledger has no sealed state (replaced or deleted)")
     check_fresh(sealed, pinned, report.head_seq)
+    awaiting = facts.forget_after(sealed.seq)
+    if awaiting:
+        report.warnings.append(
+            f"{awaiting} record(s) after the ledger's sealed state are an interrupted change "
+            "that the next command finishes (or run nhidel repair)"
+        )
     horizon = int(time.time()) - MAX_LEEWAY
+    uses = facts.uses
     pruned = facts.pruned_through is not None or facts.loss_accepted
     for grant, token_hash, seal in ledger.all_rows():
         if not row_is_sealed(key, grant, token_hash, seal):
@@ -309,7 +333,7 @@ def _check_sealed_state(
             continue  # the sealed state has let it go: no verifier accepts it any more
         if grant.id in facts.revoked and grant.id not in sealed.revoked:
             raise stop(f"the ledger's sealed state lost the revocation of grant {grant.id}")
-        if sealed.uses(grant.id) < facts.uses.get(grant.id, 0):
+        if sealed.uses(grant.id) < uses.get(grant.id, 0):
             raise stop(f"the ledger's sealed state lost uses of grant {grant.id}")
 
 
