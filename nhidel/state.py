@@ -141,11 +141,20 @@ def check_fresh(state: SealedState, mark: Mark | None, head_seq: int) -> None:
         )
 
 
-def read_checked(paths: Paths, keys: AuditKeys, ledger: Ledger) -> SealedState:
+def read_checked(
+    paths: Paths,
+    keys: AuditKeys,
+    ledger: Ledger,
+    *,
+    mark: Mark | None = None,
+    head: int | None = None,
+) -> SealedState:
     """The sealed state, read without taking any lock, checked against the keystore's mark
-    and the log's head: for readers that decide something (verify, publishing)."""
-    mark = read_mark(keys.keystore) if keys.keystore is not None else None
-    head = log_head(paths)
+    and the log's head (read here unless given): for readers that decide something."""
+    if mark is None and keys.keystore is not None:
+        mark = read_mark(keys.keystore)
+    if head is None:
+        head = log_head(paths)
     state = open_state(ledger.sealed_state(), keys.seal_key)
     if state.legacy and mark is not None:
         raise IntegrityError(

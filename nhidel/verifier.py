@@ -143,7 +143,9 @@ class Verifier:
             if current.legacy:
                 current.kids = sorted(self.keys)  # a new home: nothing issued yet
         else:
-            current = state.read_checked(self.paths, self.audit_keys, self.ledger)
+            current = state.read_checked(
+                self.paths, self.audit_keys, self.ledger, mark=mark, head=head
+            )
         if current.seq < self._state_seq:
             raise IntegrityError(
                 "the ledger's sealed state went back to an older one: rolled back or replaced",
