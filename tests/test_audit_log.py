@@ -835,55 +835,36 @@ def _mount_tiny_tmpfs(where: Path) -> bool:
 
 # (A link or a directory planted in the log's place is refused before any write: see
 # tests/test_planted_paths.py.)
-@pytest.fixture(params=["no space left (full tmpfs)"])
+@pytest.fixture
 def broken_log(request: pytest.FixtureRequest, ready: Cli, paths: Paths,
                tmp_path: Path) -> Any:  # fmt: skip
-    """Make audit.jsonl unwritable; returns a function that makes it writable again."""
-    saved = tmp_path / "audit.saved"
-    how = request.param
+    """Fill the file system under audit.jsonl; returns a function that frees it again."""
     tiny = tmp_path / "tiny"
-    if how.endswith("(full tmpfs)"):
-        if not _mount_tiny_tmpfs(tiny):
-            pytest.skip("cannot mount a tmpfs here (needs root); /dev/full covers ENOSPC")
-        _fill_the_last_page(paths)
-        shutil.copyfile(paths.audit_file, tiny / "audit.jsonl")
-        # A file of the full file system mounted in the log's place (nhidel follows no link).
-        mounted = subprocess.run(["mount", "--bind", str(tiny / "audit.jsonl"),
-                                  str(paths.audit_file)], capture_output=True, check=False)
-        request.addfinalizer(
-            lambda: [subprocess.run(["umount", "-l", str(where)], capture_output=True,
-                                    timeout=10, check=False)
-                     for where in (paths.audit_file, tiny)]
-        )  # fmt: skip
-        assert mounted.returncode == 0, mounted.stderr
-        filler = tiny / "filler"
-        with filler.open("wb", buffering=0) as handle:
-            try:
-                while True:
-                    handle.write(b"\0" * PAGE)
-            except OSError:
-                pass
+    if not _mount_tiny_tmpfs(tiny):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    _fill_the_last_page(paths)
+    shutil.copyfile(paths.audit_file, tiny / "audit.jsonl")
+    # A file of the full file system mounted in the log's place (nhidel follows no link).
+    mounted = subprocess.run(["mount", "--bind", str(tiny / "audit.jsonl"),
+                              str(paths.audit_file)], capture_output=True, check=False)
+    request.addfinalizer(
+        lambda: [subprocess.run(["umount", "-l", str(where)], capture_output=True,
+                                timeout=10, check=False)
+                 for where in (paths.audit_file, tiny)]
+    )  # fmt: skip
+    assert mounted.returncode == 0, mounted.stderr
+    filler = tiny / "filler"
+    with filler.open("wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * PAGE)
+        except OSError:
+            pass
 
-        def repair() -> None:
-            filler.unlink()
+    def repair() -> None:
+        filler.unlink()
 
-    else:
-        shutil.move(paths.audit_file, saved)
-        if how.startswith("a link"):
-            paths.audit_file.symlink_to("/dev/full")
-        else:
-            paths.audit_file.mkdir()
-
-        def repair() -> None:
-            if paths.audit_file.is_symlink():
-                paths.audit_file.unlink()
-            else:
-                paths.audit_file.rmdir()
-            shutil.move(saved, paths.audit_file)
-
-    repair.why = {"a directory in its place": "Is a directory",
-                  "a link to /dev/full in its place": "symbolic links"}.get(
-        how, "No space left on device")  # fmt: skip
+    repair.why = "No space left on device"  # type: ignore[attr-defined]
     return repair
 
 
