@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from .audit.records import BadRecord, canonical, check_seal, event, seal_line
@@ -394,6 +395,7 @@ def tombstone(record: dict[str, Any]) -> Grant:
     )  # fmt: skip
 
 
+@cache  # (verify seals a row per fresh token: derive once per key)
 def _derived(audit_key: bytes, purpose: bytes) -> bytes:
     """A key for one purpose, so a sealed row, state or record can never pass for another."""
     return hmac.digest(audit_key, b"nhidel-ledger-" + purpose, "sha256")
