@@ -228,7 +228,7 @@ def rotate_key(paths: Paths, keystore: KeyStore, *, now: int, compromised: bool)
                     live_until = ledger.last_expiry(signer.kid, now=now)
                 pinned = {k: v for k, v in trust.keys.items()
                           if k != signer.kid and _state(v, now) != "expired"}  # fmt: skip
-                if live_until is not None:
+                if live_until is not None and signer.kid in trust.keys:
                     pinned[signer.kid] = {**trust.keys[signer.kid], "state": "retired",
                                           "live_until": live_until}  # fmt: skip
                 pinned[kid] = {"x": x, "state": "active", "created_at": rfc3339(now)}
@@ -237,20 +237,24 @@ def rotate_key(paths: Paths, keystore: KeyStore, *, now: int, compromised: bool)
                 kept[kid] = {"x": x, "created_at": rfc3339(now) or ""}
                 config = replace(before, keys=kept)
                 reason = "signing key compromised"
+                # The rotation names the public pins it makes, so that a crash after the
+                # signing entry is written can be finished from the log.
                 step.write(
                     [event("key.rotated", principal=signer.principal, old_kid=signer.kid,
                            kid=kid, compromised=compromised, live_until=live_until,
-                           config_sha256=state.config_digest(config))]
+                           trusted=pinned, config_sha256=state.config_digest(config))]
                     + [event("grant.revoked", principal=signer.principal, agent=g.agent,
                              grant=g.id, expires_at=g.expires_at, reason=reason)
                        for g in doomed]
                 )  # fmt: skip
-                # Pin the new public key before the private one exists, as init does.
-                keystore.write(TRUST, {"issuer": trust.issuer, "keys": pinned,
-                                       "audit_key": b64(trust.audit_key)})  # fmt: skip
+                # The private key, then its pin. Nothing signs in between (every grant waits
+                # for the log's lock, held here), and a crash in between leaves a record that
+                # the next command finishes by pinning the key the signing entry holds.
                 keystore.write(SIGNING, {"principal": signer.principal, "issuer": signer.issuer,
                                          "kid": kid, "private_key": b64(seed),
                                          "audit_key": b64(signer.audit_key)})  # fmt: skip
+                keystore.write(TRUST, {"issuer": trust.issuer, "keys": pinned,
+                                       "audit_key": b64(trust.audit_key)})  # fmt: skip
                 step.revoke(doomed, now=now, reason=reason)
                 step.state.kids = sorted(pinned)
                 step.save_config(config)

@@ -352,18 +352,33 @@ def _finish_one(step: Change, record: dict[str, Any], *, now: int) -> bool:
         state.use(grant_id, int(record.get("expires_at") or now + MAX_LEEWAY))
         return True
     if kind in ("agent.added", "agent.removed"):
-        return _finish_agent(step, record)
+        finished = _finish_agent(step, record)
+        if kind == "agent.removed":
+            _revoke_orphans(step, record, now=now)
+        return finished
     if kind in ("key.created", "key.rotated"):
-        keystore = step.keys.keystore
-        trust = keystore.read("trust") if keystore is not None else None
-        if trust is None or record.get("kid") not in trust["keys"]:
-            return False
-        state.kids = sorted(trust["keys"])
-        config = load_config(step.paths)
-        if record.get("config_sha256") == config_digest(config):
-            state.config = record["config_sha256"]
-        return True
+        return _finish_key(step, record)
     return False  # a repair's own record: what it listed was committed with it, or is here
+
+
+def _finish_key(step: Change, record: dict[str, Any]) -> bool:
+    """A key change counts once the keystore's signing entry holds the new key (rotation
+    writes it first); the public pins it had not written yet are written from the record."""
+    keystore = step.keys.keystore
+    if keystore is None:
+        return False
+    signing = keystore.read("signing")
+    trust = keystore.read("trust")
+    if signing is None or trust is None or signing.get("kid") != record.get("kid"):
+        return False  # the keystore never took the new key: nothing changed
+    pinned = record.get("trusted")
+    if record["kid"] not in trust["keys"] and isinstance(pinned, dict):
+        trust = {**trust, "keys": pinned}
+        keystore.write("trust", trust)
+    step.state.kids = sorted(trust["keys"])
+    if record.get("config_sha256") == config_digest(load_config(step.paths)):
+        step.state.config = record["config_sha256"]
+    return True
 
 
 def _finish_agent(step: Change, record: dict[str, Any]) -> bool:
@@ -378,6 +393,18 @@ def _finish_agent(step: Change, record: dict[str, Any]) -> bool:
         step.save_config(without_agent(config, record["agent"]))  # removing is restrictive
         return True
     return False
+
+
+def _revoke_orphans(step: Change, record: dict[str, Any], *, now: int) -> None:
+    """A removed agent keeps no live grant, even if the revocations that followed its record
+    were torn off."""
+    name = record.get("agent")
+    live = [g for g in step.ledger.live_ids(now=now, agent=name) if g not in step.state.revoked]
+    grants = [g for g in map(step.ledger.get, live) if g is not None]
+    if grants:
+        step.write([event("grant.revoked", agent=g.agent, grant=g.id, expires_at=g.expires_at,
+                          reason="agent removed") for g in grants])  # fmt: skip
+        step.revoke(grants, now=now, reason="agent removed")
 
 
 def tombstone(record: dict[str, Any]) -> Grant:

@@ -292,9 +292,6 @@ class Verifier:
             return None, Decision(
                 False, Reason.INTEGRITY, f"the ledger row of {grant_id} was edited"
             )
-        if grant.kid not in sealed.kids:
-            untrusted = f"key {grant.kid} is not one the sealed state trusts"
-            return None, Decision(False, Reason.INTEGRITY, untrusted)
         uses = sealed.uses(grant_id)
         if uses > grant.uses:
             grant = replace(grant, uses=uses)
@@ -304,6 +301,10 @@ class Verifier:
             return grant, Decision(
                 False, Reason.USES_EXHAUSTED, "the grant has no uses left", grant
             )
+        if grant.kid not in sealed.kids:
+            # Pinned in the keystore but dropped by the sealed state: an older keystore.
+            untrusted = f"key {grant.kid} is not one the sealed state trusts"
+            return None, Decision(False, Reason.INTEGRITY, untrusted)
         return grant, None
 
     def _outcome(self, known: _Known, request: _Request, aud: str | None, timing: int) -> _Outcome:

@@ -192,16 +192,7 @@ class Case:
         history = " -> ".join(f"[{' '.join(r.args[:3])}: {r.code}]" for r in self.runs)
         detail = f"\n    {result}".replace("\n", "\n    ") if result is not None else ""
         message = f"{self.label}: {text}\n    after: {history}{detail}"
-        self.problems.append(Problem(message, self.known_bug(message)))
-
-    def known_bug(self, message: str) -> str | None:
-        """The known nhidel bug (a key of KNOWN_BUGS) a problem comes from, if any."""
-        removed = self.logged("agent.removed")
-        if removed and len(self.logged("grant.revoked")) < removed[0].get("revoked", 0):
-            return "torn-removal"
-        if any(HALF_ROTATED in run.stderr for run in self.runs):
-            return "half-rotated-keystore"
-        return None
+        self.problems.append(Problem(message))
 
     def expect(self, result: Run, code: int, what: str) -> bool:
         if result.code != code:
@@ -256,24 +247,7 @@ class Case:
 @dataclass(frozen=True)
 class Problem:
     text: str
-    known_bug: str | None  # a key of KNOWN_BUGS, or None: a new failure
 
-
-# Known bugs in nhidel that the harness finds (see the xfail tests at the end).
-KNOWN_BUGS = {
-    "torn-removal": (
-        "nhidel/state.py (_finish_agent) finishes a logged agent.removed by removing the agent "
-        "only; when the batch was torn after it (a partial write, a full disk) its "
-        "grant.revoked records are lost and the gone agent's grants stay live"
-    ),
-    "half-rotated-keystore": (
-        "nhidel/principal.py (rotate_key) writes TRUST and SIGNING as two keystore writes: "
-        "a kill between them leaves the new kid pinned (and finish_residue adopts it) while "
-        "SIGNING still holds the old key, so every grant fails with exit 5 ('not one the "
-        "sealed state trusts')"
-    ),
-}
-HALF_ROTATED = "is not one the sealed state trusts"
 
 
 def run_case(case: Case) -> Case:
@@ -580,13 +554,11 @@ def harness(name: str, base: Base, work: Path) -> tuple[list[Case], str]:
         done = list(pool.map(run_case, cases))
     problems = [p for case in done for p in case.problems]
     kinds = Counter(kind for kind, _ in boundaries)
-    known = Counter(p.known_bug for p in problems if p.known_bug)
     notes = sum(len(case.notes) for case in done)
     summary = (
         f"crash harness: {name}: {len(points)} kill points over {len(boundaries)} boundaries "
         f"({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}); "
-        f"{sum(1 for p in problems if not p.known_bug)} new problems, known bugs "
-        f"{dict(known) or 'none'}"
+        f"{len(problems)} problems"
         + (
             f"; {notes} kill points left a live grant whose token was never printed"
             if notes
@@ -610,23 +582,5 @@ def test_kill_at_every_boundary(
     cases, summary = harness(name, base, work(name))
     with capsys.disabled():
         print(f"\n{summary}")
-    new = [p.text for case in cases for p in case.problems if p.known_bug is None]
-    assert not new, "\n".join(new)
-
-
-@pytest.mark.parametrize(
-    "bug",
-    [pytest.param(bug, marks=pytest.mark.xfail(strict=True, reason=why))
-     for bug, why in KNOWN_BUGS.items()],
-)  # fmt: skip
-def test_known_bug_is_fixed(bug: str, base: Base, work: Callable[[str], Path]) -> None:
-    """Each known bug, on its own: XPASS (a strict failure) once nhidel is fixed, so that
-    its marker is removed and the harness then asserts the fix for good."""
-    found = [
-        p.text
-        for name in COMMANDS
-        for case in harness(name, base, work(name))[0]
-        for p in case.problems
-        if p.known_bug == bug
-    ]
-    assert not found, f"{len(found)} kill points:\n" + "\n".join(found)
+    found = [p.text for case in cases for p in case.problems]
+    assert not found, "\n".join(found)
