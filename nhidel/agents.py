@@ -103,9 +103,8 @@ def remove_agent(paths: Paths, name: str, *, now: int, keystore: KeyStore | None
             grants = [g for g in (ledger.get(grant_id) for grant_id in live) if g is not None]
             principal = config.principal
             # One batch of records, then config.toml, then the ledger: a crash in between
-            # leaves records that the next command finishes (the agent stays removed).
-            # The removal first: a write torn after it is finished by the next command, which
-            # also revokes every grant whose revocation was torn off.
+            # leaves records that the next command finishes (the agent stays removed, and
+            # every grant whose revocation a torn write cut off is revoked).
             step.write(
                 [event("agent.removed", principal=principal, agent=name, revoked=len(grants),
                        config_sha256=state.config_digest(config))]
