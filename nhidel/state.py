@@ -39,6 +39,7 @@ from .errors import IntegrityError
 from .models import Grant
 
 if TYPE_CHECKING:
+    from .keystore import KeyStore
     from .ledger import Ledger
 
 STATE_FORMAT = 1
@@ -256,7 +257,25 @@ def _begin(paths: Paths, keys: AuditKeys, session: Session, ledger: Ledger, *, n
         session.write([event("state.repaired", reason="sealed the state of a ledger written "
                              "by an older nhidel")])  # fmt: skip
     finish_residue(paths, keys, session, ledger, state, now=now)
+    if keys.keystore is not None and not state.legacy:
+        check_keys(state, pinned_kids(keys.keystore))
     return Change(paths, keys, session, ledger, state)
+
+
+def pinned_kids(keystore: KeyStore) -> set[str]:
+    trust = keystore.read("trust")
+    return set(trust["keys"]) if trust else set()
+
+
+def check_keys(state: SealedState, pinned: set[str]) -> None:
+    """The keystore pins exactly the keys the sealed state trusts: a keystore put back from
+    an older copy (a key dropped by `key rotate --now` pinned again) is refused."""
+    if pinned != set(state.kids):
+        raise IntegrityError(
+            "the keystore's pinned keys are not the ones the ledger's sealed state trusts "
+            "(the keystore was replaced by an older copy?)",
+            "restore the current keystore; if it is lost, see nhidel repair --accept-loss",
+        )
 
 
 def residue_finisher(paths: Paths, keys: AuditKeys) -> Callable[[Session], None]:

@@ -146,6 +146,9 @@ class Verifier:
             current = state.read_checked(
                 self.paths, self.audit_keys, self.ledger, mark=mark, head=head
             )
+        if not current.legacy and set(current.kids) != set(self.keys):
+            if not self._pins_agree(current):
+                return self._read_state()  # a key change was in flight: read what it made
         if current.seq < self._state_seq:
             raise IntegrityError(
                 "the ledger's sealed state went back to an older one: rolled back or replaced",
@@ -153,6 +156,19 @@ class Verifier:
             )
         self._state_seq = current.seq
         return current
+
+    def _pins_agree(self, current: state.SealedState) -> bool:
+        """The sealed state trusts other keys than this verifier loaded. After a rotation,
+        load the keystore's pins again (True); while one is being committed, wait for it
+        (False: read again); a keystore put back from an older copy is IntegrityError."""
+        if state.pinned_kids(self.store) != set(current.kids):
+            with state.change(self.paths, self.audit_keys, self.ledger, now=int(self.clock())):
+                pass  # waits for the writer in flight; raises if they still differ
+            return False
+        trust = load_trust(self.store)
+        self.keys = {kid: public_key(info["x"]) for kid, info in trust.keys.items()}
+        self._decoder = TokenDecoder(self.keys)
+        return True
 
     def close(self) -> None:
         """Write any buffered decisions, then release the ledger."""

@@ -357,12 +357,6 @@ def test_finding_5_a_token_signed_by_a_key_rotated_out_after_compromise_stays_de
     assert audit_verify(env).code == 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a keystore.json put back alone (log and ledger current) passes audit verify, and "
-    "the next writer moves its old mark forward: nhidel/audit/checker.py never compares the "
-    "sealed state's kids with the keystore's pinned keys",
-)
 def test_finding_5_keystore_json_put_back_alone_fails_audit_verify(
     env: dict[str, str], tmp_path: Path
 ) -> None:

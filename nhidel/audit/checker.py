@@ -111,7 +111,11 @@ class _Stop(Exception):  # noqa: N818 - unwinds the scan at the first problem
 
 
 def check_log(
-    paths: Paths, key: bytes, mark: dict[str, Any] | None, ledger: Ledger | None
+    paths: Paths,
+    key: bytes,
+    mark: dict[str, Any] | None,
+    ledger: Ledger | None,
+    pinned: set[str] | None = None,
 ) -> Report:
     """Check every record; the first problem found ends the check (see `Report.problem`)."""
     report = Report()
@@ -124,7 +128,7 @@ def check_log(
         _check_start(first_seq, facts)
         _check_mark(mark, report, facts)
         if ledger is not None:
-            _check_sealed_state(ledger, key, mark, report, facts)
+            _check_sealed_state(ledger, key, mark, report, facts, pinned)
             _check_ledger(ledger, facts)
     except _Stop as stop:
         report.problem = stop.problem
@@ -299,22 +303,29 @@ def _check_mark(mark: dict[str, Any] | None, report: Report, facts: _Facts) -> N
 
 
 def _check_sealed_state(
-    ledger: Ledger, key: bytes, mark: dict[str, Any] | None, report: Report, facts: _Facts
+    ledger: Ledger,
+    key: bytes,
+    mark: dict[str, Any] | None,
+    report: Report,
+    facts: _Facts,
+    pinned: set[str] | None,
 ) -> None:
     """The sealed state is fresh (not older than the mark, not newer than the log), holds
     every revocation and use the log holds, and every row is sealed and was issued."""
     from ..claims import MAX_LEEWAY
-    from ..state import check_fresh, open_state, row_is_sealed
+    from ..state import check_fresh, check_keys, open_state, row_is_sealed
     from .writer import Mark
 
     def stop(why: str) -> _Stop:
         return _Stop(Problem("ledger", 0, None, why))
 
     sealed = open_state(ledger.sealed_state(), key)
-    pinned = Mark(mark["seq"], mark["hash"], mark.get("state_seq", 0)) if mark else None
-    if sealed.legacy and (facts.issued or (pinned is not None and pinned.state_seq)):
+    marked = Mark(mark["seq"], mark["hash"], mark.get("state_seq", 0)) if mark else None
+    if sealed.legacy and (facts.issued or (marked is not None and marked.state_seq)):
         raise stop("deleted: the ledger has no sealed state (replaced or deleted)")
-    check_fresh(sealed, pinned, report.head_seq)
+    check_fresh(sealed, marked, report.head_seq)
+    if pinned is not None and not sealed.legacy:
+        check_keys(sealed, pinned)
     awaiting = facts.forget_after(sealed.seq)
     if awaiting:
         report.warnings.append(

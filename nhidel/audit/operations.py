@@ -29,12 +29,13 @@ def verify_log(paths: Paths, keystore: KeyStore) -> Report:
 
     mark = read_mark(keystore)  # before the log: an append in flight only makes it longer
     pinned = None if mark is None else mark.to_json()
-    key = load_trust(keystore).audit_key
+    trust = load_trust(keystore)
+    key, kids = trust.audit_key, set(trust.keys)
     if not paths.ledger_file.exists():
-        report = check_log(paths, key, pinned, cast("Ledger", _NoLedger()))
+        report = check_log(paths, key, pinned, cast("Ledger", _NoLedger()), kids)
     else:
         with Ledger(paths) as ledger:
-            report = check_log(paths, key, pinned, ledger)
+            report = check_log(paths, key, pinned, ledger, kids)
     if report.ok and mark is None and report.records:
         report.problem = Problem("(mark)", 0, None, "deleted: the keystore holds no high-water "
                                  "mark for a log of records (the mark was removed)")  # fmt: skip
