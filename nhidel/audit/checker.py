@@ -25,7 +25,8 @@ from .writer import TORN_MARK
 
 # Events whose content `audit verify` compares with the ledger; only these are parsed in full.
 _NOTEWORTHY = re.compile(
-    rb',"event":"(?:grant\.issued|grant\.revoked|grant\.used|log\.pruned|log\.loss_accepted)"'
+    rb',"event":"(?:grant\.issued|grant\.revoked|grant\.used|key\.rotated|log\.pruned'
+    rb'|log\.loss_accepted)"'
 )
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class _Facts:
     loss_accepted: bool = False  # `repair --accept-loss` ran: older rows may lack records
     revoked: dict[str, int] = field(default_factory=dict)  # grant id -> its record's seq
     used: list[tuple[str, int]] = field(default_factory=list)  # (grant id, seq) per use
+    rotations: list[dict[str, Any]] = field(default_factory=list)  # key.rotated records
 
     pruned_through: int | None = None
     pruned_head: str | None = None
@@ -269,6 +271,8 @@ def _note(record: dict[str, Any], facts: _Facts) -> None:
         facts.revoked.setdefault(record["grant"], record.get("seq", 0))
     elif event == "grant.used" and isinstance(record.get("grant"), str):
         facts.used.append((record["grant"], record.get("seq", 0)))
+    elif event == "key.rotated":
+        facts.rotations.append(record)
     elif event == "log.loss_accepted":
         facts.loss_accepted = True
     elif event == "log.pruned":
@@ -324,7 +328,10 @@ def _check_sealed_state(
     if sealed.legacy and (facts.issued or (marked is not None and marked.state_seq)):
         raise stop("deleted: the ledger has no sealed state (replaced or deleted)")
     check_fresh(sealed, marked, report.head_seq)
-    if pinned is not None and not sealed.legacy:
+    unfinished = [r for r in facts.rotations if r.get("seq", 0) > sealed.seq]
+    if unfinished and pinned == set(unfinished[-1].get("trusted") or ()):
+        pass  # a rotation the keystore took and the ledger not yet: the next command ends it
+    elif pinned is not None and not sealed.legacy:
         check_keys(sealed, pinned)
     awaiting = facts.forget_after(sealed.seq)
     if awaiting:
