@@ -160,7 +160,9 @@ def test_the_pinned_trust_entry_is_what_verify_reads(
     trust["keys"] = {}
     memory_keyring.entries[(service, TRUST)] = json.dumps(trust)
     result = ready("verify", token, "--any-scope", "--json")
-    assert result.exit_code == 1 and json.loads(result.stdout)["reason"] == "unknown_key"
+    # Trusting no key, verify allows nothing; that the pins and the sealed state disagree is
+    # an integrity failure of its own.
+    assert result.exit_code == 5 and json.loads(result.stdout)["reason"] == "integrity"
 
 
 def _claims_of(token: str) -> dict[str, object]:
