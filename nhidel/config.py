@@ -152,30 +152,14 @@ def save_config(paths: Paths, config: Config) -> None:
     atomic_write(paths.config_file, tomli_w.dumps(_to_toml(config)).encode("utf-8"))
 
 
-def update_config(
-    paths: Paths,
-    change: Callable[[Config], Config],
-    then: Callable[[Config], None] | None = None,
-) -> Config:
-    """Read-modify-write config.toml under its lock, so concurrent edits never lose each other.
-
-    `then` runs before the lock is released (to record the change); if it fails, the old
-    config is put back, so a change that could not be recorded is not half made.
-    """
+def update_config(paths: Paths, change: Callable[[Config], Config]) -> Config:
+    """Read-modify-write config.toml's settings under its lock, so concurrent edits never lose
+    each other. (The principal, keys and agents change only through nhidel.state, sealed.)"""
     with exclusive_lock(paths.config_lock):
         before = load_config(paths)
         config = change(before)
-        if config == before:
-            if then is not None:
-                then(config)
-            return config
-        save_config(paths, config)
-        if then is not None:
-            try:
-                then(config)
-            except BaseException:
-                save_config(paths, before)
-                raise
+        if config != before:
+            save_config(paths, config)
         return config
 
 

@@ -7,7 +7,10 @@ bring back a key by editing or restoring ledger.db. So verify trusts no mutable 
 - revocations, uses and the trusted key ids live in one sealed document in the ledger (the
   *sealed state*), whose `seq` names the last audit record it includes;
 - the keystore's high-water mark (nhidel.audit.writer.Mark) carries `state_seq`, the state's
-  seq when the mark last moved. A state older than that was rolled back: `integrity`.
+  seq when the mark last moved. A state older than that was rolled back: `integrity`;
+- the same document holds a digest of config.toml's principal, keys and agents (a widened
+  ceiling is refused), and the trusted key ids must be exactly those the keystore pins (a
+  keystore put back from an older copy is refused).
 The document holds only what a verifier can still be asked about (grants not yet expired by
 more than the largest leeway), so it stays small however long the ledger grows.
 
