@@ -12,7 +12,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import state
@@ -98,7 +97,8 @@ class Verifier:
 
     def _open_ledger(self) -> None:
         self.ledger = Ledger(self.paths)
-        self._ledger_inode = _inode(self.paths.ledger_file)
+        self._ledger_path = str(self.paths.ledger_file)  # (a Path would be rebuilt per check)
+        self._ledger_inode = _inode(self._ledger_path)
         self._probe = CommitProbe(self.ledger)
         self._probed: object = None  # nothing read yet: the first check reads the state
         self._state = state.SealedState()
@@ -110,7 +110,7 @@ class Verifier:
         forget what the ledger said and read the sealed state again, checked against the
         keystore's mark and the log. Any inconsistency makes every check deny (`integrity`)
         until it is repaired; nothing is allowed on state that might have been rolled back."""
-        if _inode(self.paths.ledger_file) != self._ledger_inode:
+        if _inode(self._ledger_path) != self._ledger_inode:
             seen = self._state_seq
             self._probe.close()
             self.ledger.close()
@@ -506,9 +506,9 @@ def verify(
         return verifier.check(token, scopes, any_scope=any_scope, aud=aud, consume=consume)
 
 
-def _inode(path: Path) -> tuple[int, int] | None:
+def _inode(path: str) -> int | None:
+    """The file's inode number: a ledger replaced under an open verifier has another one."""
     try:
-        status = os.stat(path)
+        return os.stat(path).st_ino
     except FileNotFoundError:
         return None
-    return status.st_dev, status.st_ino
