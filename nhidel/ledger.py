@@ -463,15 +463,23 @@ def _grant(row: tuple[Any, ...]) -> Grant:
         revoke_reason,
         status_idx,
     ) = row
-    integers = (issued_at, not_before, expires_at, uses)
-    optional = (max_uses, revoked_at, status_idx)
+    # Spelled out rather than looped: verify reads a row per fresh token.
     try:
         scopes = parse_scope_text(scope)
         shaped = (
-            all(type(v) is int for v in integers)
-            and all(v is None or type(v) is int for v in optional)
-            and all(isinstance(v, str) for v in (grant_id, agent, kid))
-            and all(v is None or isinstance(v, str) for v in (aud, reason, revoke_reason))
+            type(issued_at) is int
+            and type(not_before) is int
+            and type(expires_at) is int
+            and type(uses) is int
+            and (max_uses is None or type(max_uses) is int)
+            and (revoked_at is None or type(revoked_at) is int)
+            and (status_idx is None or type(status_idx) is int)
+            and type(grant_id) is str
+            and type(agent) is str
+            and type(kid) is str
+            and (aud is None or type(aud) is str)
+            and (reason is None or type(reason) is str)
+            and (revoke_reason is None or type(revoke_reason) is str)
         )
     except (UsageError, TypeError, AttributeError):
         shaped = False

@@ -104,14 +104,16 @@ def open_state(data: bytes | None, audit_key: bytes) -> SealedState:
 
 def row_seal(audit_key: bytes, grant: Grant, token_sha256: str) -> str:
     """The seal of a grant row over everything in it that never changes."""
-    fields = (
-        grant.id, grant.agent, grant.scope_claim, grant.aud or "", grant.issued_at,
-        grant.not_before, grant.expires_at, grant.max_uses if grant.max_uses is not None else "",
-        grant.reason or "", grant.kid, token_sha256,
-        grant.status_idx if grant.status_idx is not None else "",
-    )  # fmt: skip
-    text = "\x1f".join(str(value) for value in fields).encode("utf-8", "surrogatepass")
-    return hmac.digest(_derived(audit_key, b"row"), text, "sha256").hex()
+    optional = (grant.aud, grant.max_uses, grant.reason, grant.status_idx)
+    aud, max_uses, reason, status_idx = ("" if v is None else v for v in optional)
+    # One f-string, not a join over a generator: verify seals a row per fresh token.
+    text = (
+        f"{grant.id}\x1f{grant.agent}\x1f{grant.scope_claim}\x1f{aud}\x1f{grant.issued_at}"
+        f"\x1f{grant.not_before}\x1f{grant.expires_at}\x1f{max_uses}\x1f{reason}\x1f"
+        f"{grant.kid}\x1f{token_sha256}\x1f{status_idx}"
+    )
+    return hmac.digest(_derived(audit_key, b"row"), text.encode("utf-8", "surrogatepass"),
+                       "sha256").hex()  # fmt: skip
 
 
 def row_is_sealed(audit_key: bytes, grant: Grant, token_sha256: str, seal: str | None) -> bool:
