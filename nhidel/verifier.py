@@ -97,9 +97,11 @@ class Verifier:
 
     def _open_ledger(self) -> None:
         self.ledger = Ledger(self.paths)
-        self._ledger_path = str(self.paths.ledger_file)  # (a Path would be rebuilt per check)
-        self._ledger_inode = _inode(self._ledger_path)
         self._probe = CommitProbe(self.ledger)
+        # The files whose replacement or removal would hide other processes' commits from
+        # this connection (paths as text: a Path would be rebuilt per check).
+        self._watched = (str(self.paths.ledger_file), f"{self.paths.ledger_file}-shm")
+        self._inodes = _inodes(self._watched)
         self._probed: object = None  # nothing read yet: the first check reads the state
         self._state = state.SealedState()
         self._state_seq = 0  # the newest sealed state seen: it never goes back
@@ -110,11 +112,11 @@ class Verifier:
         forget what the ledger said and read the sealed state again, checked against the
         keystore's mark and the log. Any inconsistency makes every check deny (`integrity`)
         until it is repaired; nothing is allowed on state that might have been rolled back."""
-        if _inode(self._ledger_path) != self._ledger_inode:
+        if _inodes(self._watched) != self._inodes:
             seen = self._state_seq
             self._probe.close()
             self.ledger.close()
-            self._open_ledger()  # the file was replaced: read the one at the path
+            self._open_ledger()  # replaced or removed: read the ledger now at the path
             self._state_seq = seen
         probed = self._probe()
         if probed == self._probed:
@@ -506,9 +508,13 @@ def verify(
         return verifier.check(token, scopes, any_scope=any_scope, aud=aud, consume=consume)
 
 
-def _inode(path: str) -> int | None:
-    """The file's inode number: a ledger replaced under an open verifier has another one."""
-    try:
-        return os.stat(path).st_ino
-    except FileNotFoundError:
-        return None
+def _inodes(paths: tuple[str, str]) -> tuple[int | None, int | None]:
+    """The files' inode numbers: a file replaced (or removed) under an open verifier has
+    another one (or none)."""
+    found: list[int | None] = []
+    for path in paths:
+        try:
+            found.append(os.stat(path).st_ino)
+        except FileNotFoundError:
+            found.append(None)
+    return found[0], found[1]
