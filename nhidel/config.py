@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import sys
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import IntegrityError, NotFoundError, StorageError, UsageError
-from .fsutil import atomic_write, exclusive_lock, read_private_file
+from .fsutil import atomic_write, read_private_file
 from .models import Agent, check_agent_name
 from .scopes import parse_scopes
 from .timefmt import format_duration, parse_duration, parse_time, rfc3339
@@ -150,31 +150,6 @@ def save_config(paths: Paths, config: Config) -> None:
     import tomli_w
 
     atomic_write(paths.config_file, tomli_w.dumps(_to_toml(config)).encode("utf-8"))
-
-
-def update_config(paths: Paths, change: Callable[[Config], Config]) -> Config:
-    """Read-modify-write config.toml's settings under its lock, so concurrent edits never lose
-    each other. (The principal, keys and agents change only through nhidel.state, sealed.)"""
-    with exclusive_lock(paths.config_lock):
-        before = load_config(paths)
-        config = change(before)
-        if config != before:
-            save_config(paths, config)
-        return config
-
-
-def set_status_uri(paths: Paths, uri: str | None) -> Config:
-    """Set (or, with None, clear) the status list URI that new grants carry."""
-    checked = None if uri is None else check_status_uri(uri)
-    return update_config(paths, lambda config: replace(config, status_uri=checked))
-
-
-def set_status_dir(paths: Paths, directory: str | None) -> Config:
-    """Set (or, with None, clear) the directory revocations republish into by themselves."""
-    checked = None
-    if directory is not None:
-        checked = check_status_dir(str(Path(directory).expanduser().absolute()))
-    return update_config(paths, lambda config: replace(config, status_dir=checked))
 
 
 def with_agent(config: Config, agent: Agent) -> Config:

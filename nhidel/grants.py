@@ -85,8 +85,9 @@ def issue(
             if signer.kid not in step.state.kids:
                 raise IntegrityError(
                     f"the signing key {signer.kid} in {keystore.description} is not one the "
-                    "sealed state trusts (the keystore was replaced by an older copy?)",
-                    state.REPAIR_HINT,
+                    "sealed state trusts (a key rotation was interrupted, or the keystore was "
+                    "replaced by an older copy)",
+                    "run nhidel key rotate --now (a new key), or restore the current keystore",
                 )
             # Allocated under the write lock, so two grants never get the same live index.
             status_idx = ledger.next_status_idx(reusable_before=now - MAX_LEEWAY)

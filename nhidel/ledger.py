@@ -195,6 +195,16 @@ class Ledger:
                 raise
         return (_grant(row[:-2]), row[-2], row[-1]) if row else None
 
+    def check_pages(self) -> None:
+        """SQLite's own check of every page and index (`PRAGMA quick_check`): for audit verify,
+        which must notice a byte changed anywhere SQLite keeps data."""
+        with self._errors():
+            found = [row[0] for row in self.db.execute("PRAGMA quick_check")]
+        if found != ["ok"]:
+            raise IntegrityError(
+                f"the ledger {self.path} is corrupt: {found[0]}", "restore it from a backup"
+            )
+
     def sealed_state(self) -> bytes | None:
         """The sealed state document as stored (nhidel.state checks and reads it)."""
         with self._errors():

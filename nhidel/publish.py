@@ -216,7 +216,8 @@ def republish(paths: Paths, keystore: KeyStore, *, now: int) -> Path | None:
 
     Returns the directory, or None when no status directory (or no status URI) is configured.
     """
-    config = load_config(paths)
+    signer = load_signer(keystore)
+    config = state.sealed_config(paths, AuditKeys(signer.audit_key, keystore))
     if config.status_dir is None or config.status_uri is None:
         return None
     directory = Path(config.status_dir)

@@ -121,12 +121,15 @@ def row_is_sealed(audit_key: bytes, grant: Grant, token_sha256: str, seal: str |
 
 
 def config_digest(config: Config) -> str:
-    """What seals config.toml: its principal, issuer, public keys and agents' ceilings."""
+    """What seals config.toml: its principal, issuer, public keys, agents' ceilings and the
+    status list settings (where revocations are published and looked up)."""
     body = {
         "principal": config.principal,
         "issuer": config.issuer,
         "keys": config.keys,
         "agents": {name: agent.to_json() for name, agent in sorted(config.agents.items())},
+        "status_uri": config.status_uri,
+        "status_dir": config.status_dir,
     }
     return hashlib.sha256(canonical(body)).hexdigest()
 
@@ -176,6 +179,16 @@ def read_checked(
         )
     check_fresh(state, mark, head)
     return state
+
+
+def sealed_config(paths: Paths, keys: AuditKeys) -> Config:
+    """config.toml, checked against the sealed state (itself checked fresh): for commands that
+    act on a setting outside a state change (publishing after a revocation)."""
+    from .ledger import Ledger
+
+    with Ledger(paths) as ledger:
+        sealed = read_checked(paths, keys, ledger)
+    return check_config(load_config(paths), sealed, paths)
 
 
 def check_config(config: Config, state: SealedState, paths: Paths) -> Config:
@@ -345,6 +358,7 @@ def finish_residue(
                if r.get("event") in STATE_EVENTS and r["seq"] > state.seq]  # fmt: skip
     if not pending:
         return
+    one_crash_only(session.residue)
     step = Change(paths, keys, session, ledger, state)
     applied: list[int] = []
     void: list[int] = []
@@ -355,6 +369,34 @@ def finish_residue(
             void.append(record["seq"])
     step.write([event("state.repaired", reason="finished what an interrupted command left",
                       applied=applied, void=void)])  # fmt: skip
+
+
+def one_crash_only(residue: list[dict[str, Any]]) -> None:
+    """Records after the mark are what one crash left: the records of one command, each later
+    command (whose own repair crashed too) opening with the `state.repaired` that finishes
+    them. Records of several commands there, when any changed state, mean the keystore and
+    the ledger were put back from an older copy: IntegrityError."""
+    if not any(r.get("event") in STATE_EVENTS for r in residue):
+        return  # decisions alone: nothing to finish, nothing to hide
+    commands: list[list[dict[str, Any]]] = []
+    for record in residue:
+        if commands and commands[-1][0].get("sid") == record.get("sid"):
+            commands[-1].append(record)
+        else:
+            commands.append([record])
+    for later in commands[1:]:
+        opening = next((r for r in later if r.get("event") not in _LOG_OWN), {})
+        if opening.get("event") != "state.repaired":
+            raise IntegrityError(
+                f"the audit log holds the records of {len(commands)} commands after the "
+                "keystore's high-water mark, which no crash leaves: the keystore and the "
+                "ledger were put back from an older copy",
+                "restore the current keystore and ledger; if they are lost for good, run "
+                "nhidel repair --accept-loss",
+            )
+
+
+_LOG_OWN = frozenset({"log.recovered", "log.rotated"})  # what a session may write first
 
 
 def _finish_one(step: Change, record: dict[str, Any], *, now: int) -> bool:
@@ -375,8 +417,10 @@ def _finish_one(step: Change, record: dict[str, Any], *, now: int) -> bool:
         ledger.count_use(grant_id)
         state.use(grant_id, int(record.get("expires_at") or now + MAX_LEEWAY))
         return True
+    if kind == "config.updated":
+        return _finish_config(step, record)
     if kind in ("agent.added", "agent.removed"):
-        finished = _finish_agent(step, record)
+        finished = _finish_config(step, record)
         if kind == "agent.removed":
             _revoke_orphans(step, record, now=now)
         return finished
@@ -394,7 +438,14 @@ def _finish_key(step: Change, record: dict[str, Any]) -> bool:
     signing = keystore.read("signing")
     trust = keystore.read("trust")
     if signing is None or trust is None or signing.get("kid") != record.get("kid"):
-        return False  # the keystore never took the new key: nothing changed
+        # The keystore never took the new key. A key rotated out as compromised is dropped
+        # all the same (restrictive: signing then waits for another rotation).
+        old = record.get("old_kid")
+        if record.get("compromised") is True and trust is not None and old in trust["keys"]:
+            trust = {**trust, "keys": {k: v for k, v in trust["keys"].items() if k != old}}
+            keystore.write("trust", trust)
+            step.state.kids = sorted(trust["keys"])
+        return False
     pinned = record.get("trusted")
     if record["kid"] not in trust["keys"] and isinstance(pinned, dict):
         trust = {**trust, "keys": pinned}
@@ -405,7 +456,8 @@ def _finish_key(step: Change, record: dict[str, Any]) -> bool:
     return True
 
 
-def _finish_agent(step: Change, record: dict[str, Any]) -> bool:
+def _finish_config(step: Change, record: dict[str, Any]) -> bool:
+    """A config.toml change counts if the file shows it; a removed agent is removed anyway."""
     config = load_config(step.paths)
     digest = config_digest(config)
     if digest == record.get("config_sha256"):

@@ -17,7 +17,6 @@ from nhidel.config import (
     Paths,
     load_config,
     save_config,
-    update_config,
     with_agent,
     without_agent,
 )
@@ -97,9 +96,8 @@ def test_add_agent_is_visible_to_the_next_load(paths: Paths) -> None:
     assert added.max_ttl == 7200 and added.default_ttl == 600
 
 
-def test_update_config_adds_and_removes_agents(paths: Paths) -> None:
-    update_config(paths, lambda c: with_agent(with_agent(c, agent("a")), agent("b")))
-    update_config(paths, lambda c: without_agent(c, "a"))
+def test_saved_agents_load_back(paths: Paths) -> None:
+    save_config(paths, without_agent(with_agent(with_agent(Config(), agent("a")), agent("b")), "a"))
     loaded = load_config(paths)
     assert sorted(loaded.agents) == ["b"]
     with pytest.raises(NotFoundError):

@@ -19,14 +19,22 @@ from typing import TYPE_CHECKING, Any
 from ..config import Paths
 from ..errors import IntegrityError
 from .reader import lines
-from .records import GENESIS, BadRecord, check_seal, line_hash, open_line, sealed_fields
+from .records import (
+    GENESIS,
+    BadRecord,
+    check_seal,
+    line_hash,
+    open_line,
+    parse_unchecked,
+    sealed_fields,
+)
 from .segments import all_segments
-from .writer import TORN_MARK
+from .writer import STATE_EVENTS, TORN_MARK
 
 # Events whose content `audit verify` compares with the ledger; only these are parsed in full.
 _NOTEWORTHY = re.compile(
-    rb',"event":"(?:grant\.issued|grant\.revoked|grant\.used|key\.rotated|log\.pruned'
-    rb'|log\.loss_accepted)"'
+    rb',"event":"(?:grant\.issued|grant\.revoked|grant\.used|key\.rotated|key\.created'
+    rb'|agent\.added|agent\.removed|state\.repaired|log\.pruned|log\.loss_accepted)"'
 )
 
 if TYPE_CHECKING:
@@ -84,6 +92,8 @@ class _Facts:
     revoked: dict[str, int] = field(default_factory=dict)  # grant id -> its record's seq
     used: list[tuple[str, int]] = field(default_factory=list)  # (grant id, seq) per use
     rotations: list[dict[str, Any]] = field(default_factory=list)  # key.rotated records
+    changes: list[dict[str, Any]] = field(default_factory=list)  # every state change record
+    revoke_reasons: dict[str, Any] = field(default_factory=dict)  # grant id -> its record's
 
     pruned_through: int | None = None
     pruned_head: str | None = None
@@ -130,7 +140,7 @@ def check_log(
         _check_start(first_seq, facts)
         _check_mark(mark, report, facts)
         if ledger is not None:
-            _check_sealed_state(ledger, key, mark, report, facts, pinned)
+            _check_sealed_state(paths, ledger, key, mark, report, facts, pinned)
             _check_ledger(ledger, facts)
     except _Stop as stop:
         report.problem = stop.problem
@@ -265,10 +275,13 @@ def _sequence_problem(seq: int, expected: int) -> str:
 
 def _note(record: dict[str, Any], facts: _Facts) -> None:
     event = record.get("event")
+    if event in STATE_EVENTS:
+        facts.changes.append(record)
     if event == "grant.issued" and isinstance(record.get("grant"), str):
         facts.issued[record["grant"]] = record
     elif event == "grant.revoked" and isinstance(record.get("grant"), str):
         facts.revoked.setdefault(record["grant"], record.get("seq", 0))
+        facts.revoke_reasons.setdefault(record["grant"], record.get("reason"))
     elif event == "grant.used" and isinstance(record.get("grant"), str):
         facts.used.append((record["grant"], record.get("seq", 0)))
     elif event == "key.rotated":
@@ -307,6 +320,7 @@ def _check_mark(mark: dict[str, Any] | None, report: Report, facts: _Facts) -> N
 
 
 def _check_sealed_state(
+    paths: Paths,
     ledger: Ledger,
     key: bytes,
     mark: dict[str, Any] | None,
@@ -314,25 +328,48 @@ def _check_sealed_state(
     facts: _Facts,
     pinned: set[str] | None,
 ) -> None:
-    """The sealed state is fresh (not older than the mark, not newer than the log), holds
-    every revocation and use the log holds, and every row is sealed and was issued."""
+    """The sealed state is fresh (not older than the mark, not newer than the log), config.toml
+    and the keystore's pins are as it seals them, it holds every revocation and use the log
+    holds, and every row is sealed, was issued, and says what the sealed state says."""
     from ..claims import MAX_LEEWAY
-    from ..state import check_fresh, check_keys, open_state, row_is_sealed
+    from ..config import load_config
+    from ..state import (
+        check_fresh,
+        check_keys,
+        config_digest,
+        one_crash_only,
+        open_state,
+        row_is_sealed,
+    )
     from .writer import Mark
 
     def stop(why: str) -> _Stop:
         return _Stop(Problem("ledger", 0, None, why))
 
+    ledger.check_pages()
     sealed = open_state(ledger.sealed_state(), key)
     marked = Mark(mark["seq"], mark["hash"], mark.get("state_seq", 0)) if mark else None
     if sealed.legacy and (facts.issued or (marked is not None and marked.state_seq)):
         raise stop("deleted: the ledger has no sealed state (replaced or deleted)")
     check_fresh(sealed, marked, report.head_seq)
+    late = [r for r in facts.changes if r.get("seq", 0) > sealed.seq]
+    if late:
+        try:
+            one_crash_only(_records_after(paths, sealed.seq))
+        except IntegrityError as rolled_back:
+            raise stop("rolled back: " + rolled_back.message) from None
     unfinished = [r for r in facts.rotations if r.get("seq", 0) > sealed.seq]
     if unfinished and pinned == set(unfinished[-1].get("trusted") or ()):
         pass  # a rotation the keystore took and the ledger not yet: the next command ends it
     elif pinned is not None and not sealed.legacy:
         check_keys(sealed, pinned)
+    if sealed.config is not None:
+        digest = config_digest(load_config(paths))
+        if digest != sealed.config and digest not in {r.get("config_sha256") for r in late}:
+            raise _Stop(Problem("config.toml", 0, None,
+                                "edited: config.toml differs from its sealed version (an agent, "
+                                "a key or a setting was changed, added, removed or restored "
+                                "from an older copy)"))  # fmt: skip
     awaiting = facts.forget_after(sealed.seq)
     if awaiting:
         report.warnings.append(
@@ -342,17 +379,54 @@ def _check_sealed_state(
     horizon = int(time.time()) - MAX_LEEWAY
     uses = facts.uses
     pruned = facts.pruned_through is not None or facts.loss_accepted
+    tombstones = _tombstones(facts)
     for grant, token_hash, seal in ledger.all_rows():
         if not row_is_sealed(key, grant, token_hash, seal):
             raise stop(f"edited: the ledger row of grant {grant.id} does not match its seal")
+        if grant.revoked_at is not None and not pruned:
+            said = "interrupted" if grant.id in tombstones else facts.revoke_reasons.get(
+                grant.id, _NO_RECORD)  # fmt: skip
+            if said != grant.revoke_reason:
+                raise stop(f"edited: the ledger row of grant {grant.id} says it was revoked "
+                           "other than its sealed records do")  # fmt: skip
         if not pruned and grant.id not in facts.issued and not sealed.legacy:
             raise stop(f"inserted: the ledger holds grant {grant.id}, which no record issued")
         if grant.expires_at <= horizon:
             continue  # the sealed state has let it go: no verifier accepts it any more
         if grant.id in facts.revoked and grant.id not in sealed.revoked:
             raise stop(f"the ledger's sealed state lost the revocation of grant {grant.id}")
+        if (grant.revoked_at is not None) != (grant.id in sealed.revoked) or (
+            grant.uses != sealed.uses(grant.id)
+        ):
+            raise stop(f"edited: the ledger row of grant {grant.id} says other revocation or "
+                       "uses than the sealed state")  # fmt: skip
         if sealed.uses(grant.id) < uses.get(grant.id, 0):
             raise stop(f"the ledger's sealed state lost uses of grant {grant.id}")
+
+
+_NO_RECORD = object()
+
+
+def _tombstones(facts: _Facts) -> set[str]:
+    """Grants a repair revoked as `interrupted` (their grant.issued record had no row)."""
+    finished = {seq for r in facts.changes if r.get("event") == "state.repaired"
+                for seq in r.get("applied") or []}  # fmt: skip
+    return {g for g, r in facts.issued.items() if r.get("seq") in finished}
+
+
+def _records_after(paths: Paths, seq: int) -> list[dict[str, Any]]:
+    """The records after `seq`, oldest first (read from the end: they are few). Their seals
+    were checked by the scan already."""
+    found: list[dict[str, Any]] = []
+    for segment in reversed(all_segments(paths)):
+        for raw in reversed(segment.read_bytes().split(b"\n")):
+            record = parse_unchecked(raw)
+            if record is None or type(record.get("seq")) is not int:
+                continue
+            if record["seq"] <= seq:
+                return found[::-1]
+            found.append(record)
+    return found[::-1]
 
 
 def _check_ledger(ledger: Ledger, facts: _Facts) -> None:

@@ -49,6 +49,9 @@ class _NoLedger:
     def get(self, grant_id: str) -> None:
         return None
 
+    def check_pages(self) -> None:
+        return None
+
     def sealed_state(self) -> None:
         return None
 

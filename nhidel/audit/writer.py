@@ -152,6 +152,9 @@ class Session:
     state_seq: int
     durable: bool = True
     written: list[dict[str, Any]] = field(default_factory=list)
+    # Names this session in its records: a crash leaves one session's records after the
+    # mark; several sessions' state changes there mean the keystore was put back (nhidel.state).
+    sid: str = field(default_factory=lambda: os.urandom(4).hex())
 
     def write(self, events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """Chain, seal, append and (when durable) fsync `events`; return them as records."""
@@ -178,7 +181,7 @@ class Session:
         for content in pending:
             seq += 1
             record = {**content, "v": FORMAT_VERSION, "seq": seq, "prev": prev,
-                      "nhidel": _version()}  # fmt: skip
+                      "nhidel": _version(), "sid": self.sid}  # fmt: skip
             line = seal_line(canonical(record), key)
             prev = line_hash(line)
             chunks.append(line + b"\n")
@@ -408,7 +411,7 @@ class AuditLog:
 # crash between their record and that effect leaves work for nhidel.state to finish.
 STATE_EVENTS = frozenset({
     "key.created", "key.rotated", "agent.added", "agent.removed", "grant.issued",
-    "grant.revoked", "grant.used", "state.repaired", "log.loss_accepted",
+    "grant.revoked", "grant.used", "state.repaired", "log.loss_accepted", "config.updated",
 })  # fmt: skip
 
 

@@ -323,5 +323,6 @@ EVENTS = (
  'log.rotated',
  'log.pruned',
  'state.repaired',
- 'log.loss_accepted')
+ 'log.loss_accepted',
+ 'config.updated')
 )

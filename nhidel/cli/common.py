@@ -31,13 +31,16 @@ def republish(where: Paths, store: KeyStore, *, changed: bool) -> None:
     """After revocations or a key rotation, which verifiers elsewhere learn of only from a
     newly published list: publish into the configured status directory, or say to publish.
     """
-    from ..config import load_config
     from ..errors import NhidelError, StorageError
+    from ..principal import audit_keys
     from ..publish import republish as publish_again
     from ..render import say
+    from ..state import sealed_config
 
-    config = load_config(where)
-    if not changed or config.status_uri is None:
+    if not changed:
+        return
+    config = sealed_config(where, audit_keys(store))  # where to publish is sealed
+    if config.status_uri is None:
         return
     if config.status_dir is None:
         say(

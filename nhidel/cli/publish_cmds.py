@@ -60,29 +60,31 @@ def config_set(
     value: Annotated[str, typer.Argument(metavar="VALUE", help="Its new value.")],
 ) -> None:
     """Set status-uri (where the status list is served) or status-dir (where revoke publishes)."""
-    from ..config import set_status_dir, set_status_uri
     from ..render import say
+    from ..settings import set_status_dir, set_status_uri
 
     where = common.paths()
+    store = common.keystore(where)
     if name is Setting.status_uri:
-        set_status_uri(where, value)
+        set_status_uri(where, store, value, now=common.now())
         say(f"status-uri set to {value}; new grants carry it, older ones do not")
     else:
-        config = set_status_dir(where, value)
+        config = set_status_dir(where, store, value, now=common.now())
         say(f"status-dir set to {config.status_dir}; revoke and key rotate publish there")
 
 
 def config_unset(name: SettingArgument) -> None:
     """Clear a setting."""
-    from ..config import set_status_dir, set_status_uri
     from ..render import say
+    from ..settings import set_status_dir, set_status_uri
 
     where = common.paths()
+    store = common.keystore(where)
     if name is Setting.status_uri:
-        set_status_uri(where, None)
+        set_status_uri(where, store, None, now=common.now())
         say("status-uri cleared; new grants carry no status claim")
     else:
-        set_status_dir(where, None)
+        set_status_dir(where, store, None, now=common.now())
         say("status-dir cleared; publish with nhidel publish --out DIR")
 
 
