@@ -6,9 +6,11 @@ transaction, so several nhidel processes can share the ledger; readers never blo
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from .config import Paths
@@ -96,6 +98,7 @@ class Ledger:
         self.path = paths.ledger_file
         with self._errors():
             check_sqlite_files(self.path)  # SQLite itself would follow a planted link
+            _refuse_emptied(self.path)
             create_private_file(self.path)
             self.db = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
@@ -454,6 +457,21 @@ class Ledger:
         """Count one use in the row (the sealed state decides whether a use is left)."""
         with self._errors():
             self.db.execute("UPDATE grants SET uses = uses + 1 WHERE id = ?", (grant_id,))
+
+
+def _refuse_emptied(path: Path) -> None:
+    """A database file emptied by hand while its WAL index is still there (only a database
+    in WAL mode, so with pages, gets one): SQLite would answer "busy" to every command for as
+    long as another connection is open, hiding the loss."""
+    try:
+        emptied = path.stat().st_size == 0 and os.path.exists(f"{path}-shm")
+    except FileNotFoundError:
+        return
+    if emptied:
+        raise IntegrityError(
+            f"the ledger {path} was emptied (its WAL index is still there)",
+            "restore it from a backup, or run nhidel repair --accept-loss",
+        )
 
 
 def _grant(row: tuple[Any, ...]) -> Grant:

@@ -508,13 +508,17 @@ def verify(
         return verifier.check(token, scopes, any_scope=any_scope, aud=aud, consume=consume)
 
 
-def _inodes(paths: tuple[str, str]) -> tuple[int | None, int | None]:
-    """The files' inode numbers: a file replaced (or removed) under an open verifier has
-    another one (or none)."""
+def _inodes(paths: tuple[str, str]) -> tuple[int | None, int | None, bool]:
+    """The files' inode numbers, and whether the first is empty: a file replaced, removed or
+    emptied under an open verifier has another inode, none, or no pages left."""
     found: list[int | None] = []
+    empty = False
     for path in paths:
         try:
-            found.append(os.stat(path).st_ino)
+            status = os.stat(path)
         except FileNotFoundError:
             found.append(None)
-    return found[0], found[1]
+            continue
+        found.append(status.st_ino)
+        empty = empty or (path == paths[0] and status.st_size == 0)
+    return found[0], found[1], empty

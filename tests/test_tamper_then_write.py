@@ -1304,9 +1304,6 @@ KNOWN_HOLES: dict[str, Callable[[Outcome, str, World], bool]] = {
     # test_audit_tail_shows_a_planted_line_as_a_record
     "audit tail prints planted lines (it checks no seal)": lambda o, t, w: (
         t.startswith("audit tail printed a planted line")),
-    # test_a_ledger_emptied_under_a_running_verifier_blocks_revocation_as_busy
-    "ledger.db emptied in place under a running verifier: every command is 'busy'": lambda o, t,
-    w: (t == "audit verify exited 1, not 5" and o.long_running and o.kind == "ledger_truncate"),
     # test_a_byte_flipped_in_the_ledger_schema_is_a_crash_not_integrity
     "a byte flipped in ledger.db's schema: unexpected UnicodeDecodeError": lambda o, t, w: (
         "UnicodeDecodeError" in t or (t == "audit verify exited 1, not 5"
@@ -1587,14 +1584,7 @@ def test_an_unsealed_status_dir_makes_revoke_write_outside_the_home(
     assert sorted(p.name for p in elsewhere.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: ledger.db emptied in place (`: > ledger.db`) while a "
-    "verifier holds it: every other command waits out the busy timeout and fails "
-    "'the ledger is busy, retry' (exit 1) - revoke included - while the running "
-    "verifier, whose change detection watches the inode only, goes on allowing",
-)
-def test_a_ledger_emptied_under_a_running_verifier_blocks_revocation_as_busy(
+def test_a_ledger_emptied_under_a_running_verifier_is_integrity_not_busy(
     ready: Cli, paths: Paths, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ledger, "BUSY_TIMEOUT_MS", 200)
