@@ -445,6 +445,7 @@ def _finish_key(step: Change, record: dict[str, Any]) -> bool:
             trust = {**trust, "keys": {k: v for k, v in trust["keys"].items() if k != old}}
             keystore.write("trust", trust)
             step.state.kids = sorted(trust["keys"])
+            _revoke_signed_by(step, str(old))
         return False
     pinned = record.get("trusted")
     if record["kid"] not in trust["keys"] and isinstance(pinned, dict):
@@ -454,6 +455,17 @@ def _finish_key(step: Change, record: dict[str, Any]) -> bool:
     if record.get("config_sha256") == config_digest(load_config(step.paths)):
         step.state.config = record["config_sha256"]
     return True
+
+
+def _revoke_signed_by(step: Change, kid: str) -> None:
+    """Every grant a compromised key signed that could still be used: revoked and logged."""
+    now = int(time.time())
+    live = [g for g in step.ledger.live_ids(now=now, kid=kid) if g not in step.state.revoked]
+    grants = [g for g in map(step.ledger.get, live) if g is not None]
+    if grants:
+        step.write([event("grant.revoked", agent=g.agent, grant=g.id, expires_at=g.expires_at,
+                          reason="signing key compromised") for g in grants])  # fmt: skip
+        step.revoke(grants, now=now, reason="signing key compromised")
 
 
 def _finish_config(step: Change, record: dict[str, Any]) -> bool:
