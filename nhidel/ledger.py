@@ -160,6 +160,15 @@ class Ledger:
             raise IntegrityError(
                 f"the ledger {self.path} is corrupt: {exc}", "restore it from a backup"
             ) from None
+        except UnicodeDecodeError:  # SQLite's error quoted bytes that are not UTF-8 (its schema)
+            raise IntegrityError(
+                f"the ledger {self.path} is corrupt: it holds text that is not UTF-8",
+                "restore it from a backup",
+            ) from None
+        except sqlite3.Error as exc:  # anything else SQLite can raise about the file
+            raise IntegrityError(
+                f"the ledger {self.path} is unusable: {exc}", "restore it from a backup"
+            ) from None
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

@@ -28,13 +28,14 @@ if TYPE_CHECKING:
 
 
 def safe(text: object) -> str:
-    """Escape control and formatting characters (C0, C1, DEL, bidi overrides) visibly."""
+    """Escape control and formatting characters (C0, C1, DEL, bidi overrides) visibly, and
+    lone surrogates (which no output encoding can write)."""
     text = str(text)
     if text.isprintable():  # nothing to escape: every escaped category is unprintable
         return text
     out = []
     for ch in text:
-        if ch in "\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp"):
+        if ch in "\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Zl", "Zp"):
             out.append(ch)
         else:
             out.append(ch.encode("unicode_escape").decode("ascii"))
@@ -326,17 +327,21 @@ def _key_values(fields: dict[str, Any]) -> None:
 
 
 def audit_record_line(record: dict[str, Any], now: int) -> str:
-    """One readable line: local time, event, agent, grant, scopes, outcome."""
+    """One readable line: local time, event, agent, grant, scopes, outcome.
+
+    Whatever a field holds (an unchecked record may hold anything anywhere), the line is
+    made, and escaped."""
     from datetime import datetime
 
-    def local(stamp: str) -> str:
+    def local(stamp: object) -> str:
+        text = str(stamp)
         try:
-            when = datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone()
+            when = datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone()
             return when.strftime("%Y-%m-%d %H:%M:%S")
-        except ValueError:
-            return stamp
+        except (ValueError, OverflowError, OSError):
+            return text
 
-    parts = [local(str(record.get("time", ""))), f"#{record.get('seq')}",
+    parts = [local(record.get("time", "")), f"#{record.get('seq')}",
              str(record.get("event", "?")).ljust(14)]  # fmt: skip
     if record.get("agent"):
         parts.append(str(record["agent"]))
@@ -344,11 +349,11 @@ def audit_record_line(record: dict[str, Any], now: int) -> str:
         parts.append(str(record["grant"])[:SHORT_ID_LENGTH])
     scopes = record.get("requested") or record.get("scopes")
     if scopes:
-        parts.append(" ".join(str(s) for s in scopes))
+        parts.append(" ".join(str(s) for s in scopes) if isinstance(scopes, list) else str(scopes))
     if record.get("outcome"):
         parts.append(f"-> {record['outcome']}")
     if type(record.get("count")) is int:  # identical decisions of one group commit, as one
-        parts.append(f"x{record['count']} until {local(str(record.get('last_time', '')))}")
+        parts.append(f"x{record['count']} until {local(record.get('last_time', ''))}")
     if record.get("reason"):
         parts.append(f"({record['reason']})")
     return safe("  ".join(parts))

@@ -96,31 +96,70 @@ def tail(
     *,
     keep_following: bool = False,
     stop: Callable[[], bool] = lambda: False,
+    warn: Callable[[str], None] = lambda _: None,
 ) -> Iterator[dict[str, Any]]:
-    """The last `count` matching records, then (with `keep_following`) every new match."""
+    """The last `count` matching records, then (with `keep_following`) every new match.
+
+    When the keystore opens without asking for a passphrase, only sealed records are shown:
+    the lines that are not (forged, planted, a torn fragment) are skipped, and `warn` is told
+    how many (with -f, as they come). Otherwise records are shown unchecked, after a warning.
+    """
+    from ..errors import KeystoreError
+    from ..keystore import open_keystore
+    from ..principal import load_trust
+    from .reader import Position
+
     if count < 0:
         raise UsageError("-n must be zero or more", "e.g. -n 20")
     if count > MAX_TAIL:
         raise UsageError(f"-n {count} is too large", f"give at most {MAX_TAIL}, e.g. -n 20")
+    try:
+        key: bytes | None = load_trust(open_keystore(paths)).audit_key  # never prompts
+    except KeystoreError:
+        key = None
+    unchecked = key is None  # records to be shown unchecked, and not yet warned of it
+
+    def shown(record: dict[str, Any]) -> dict[str, Any]:
+        nonlocal unchecked
+        if unchecked:
+            warn("records not checked against their seals (the keystore is not available): "
+                 "run nhidel audit verify")  # fmt: skip
+            unchecked = False
+        return record
+
+    def matches(record: dict[str, Any]) -> bool:
+        try:
+            return wanted(record)
+        except (TypeError, ValueError, OverflowError, OSError):
+            return False  # an unchecked record of the wrong shape: it matches no filter
+
+    def skipped(number: int) -> None:
+        warn(f"skipped {number} line(s) that are not sealed records; run nhidel audit verify")
+
     last: deque[dict[str, Any]] = deque(maxlen=count)
     newest = 0
-    for record in records(paths):
+    end = Position()
+    for record in records(paths, key, skipped=skipped, end=end):
         newest = max(newest, record["seq"]) if type(record.get("seq")) is int else newest
-        if count and wanted(record):
+        if count and matches(record):
             last.append(record)
-    yield from last
+    for record in last:
+        yield shown(record)
     if keep_following:
-        for record in follow(paths, start_after=newest, stop=stop):
-            if wanted(record):
-                yield record
+        for record in follow(paths, start_after=newest, stop=stop, key=key, skipped=skipped,
+                             start=end):  # fmt: skip
+            if matches(record):
+                yield shown(record)
 
 
 def find_token(paths: Paths, keystore: KeyStore, token: str) -> list[dict[str, Any]]:
-    """Records about `token`, found by its keyed fingerprint (the log never holds tokens)."""
+    """Records about `token`, found by its keyed fingerprint (the log never holds tokens);
+    only sealed records (the key that finds them checks them)."""
     from ..principal import load_trust
 
-    fingerprint = token_fingerprint(load_trust(keystore).audit_key, token)
-    return [r for r in records(paths) if r.get("token_fp") == fingerprint]
+    key = load_trust(keystore).audit_key
+    fingerprint = token_fingerprint(key, token)
+    return [r for r in records(paths, key) if r.get("token_fp") == fingerprint]
 
 
 def prune(paths: Paths, keystore: KeyStore, *, keep: int) -> list[str]:

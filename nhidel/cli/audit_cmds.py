@@ -39,13 +39,15 @@ def tail(
     """Print the last records; with -f, follow new ones like tail -f."""
     from ..audit.operations import TailFilter
     from ..audit.operations import tail as tail_records
-    from ..render import audit_record_line
+    from ..render import audit_record_line, say
     from ..timefmt import parse_ago
 
     since_time = None if since is None else parse_ago(since, now=common.now(), what="--since")
     wanted = TailFilter(agent=agent, event=event, since=since_time)
+    shown = tail_records(common.paths(), count, wanted, keep_following=keep_following,
+                         warn=lambda message: say(f"warning: {message}"))  # fmt: skip
     try:
-        for record in tail_records(common.paths(), count, wanted, keep_following=keep_following):
+        for record in shown:
             if as_json:
                 line = json.dumps(record, sort_keys=True, separators=(",", ":"))
             else:
