@@ -36,14 +36,14 @@ from typing import Any
 from measure import PYTHON, isolated_env, nhidel_command, peak_rss, run_nhidel, secret_service
 
 from nhidel import __version__
-from nhidel.audit.checker import check_log
 from nhidel.audit.reader import follow
 from nhidel.audit.records import FORMAT_VERSION, event, line_hash
 from nhidel.audit.segments import all_segments
 from nhidel.audit.writer import MARK, AuditKeys, AuditLog
-from nhidel.config import Paths
-from nhidel.keystore import open_keystore
-from nhidel.principal import load_trust
+from nhidel.integrity.checker import check_log
+from nhidel.keys.keystore import open_keystore
+from nhidel.keys.principal import load_trust
+from nhidel.paths import Paths
 
 KEY = os.urandom(32)
 PASSPHRASE = "benchmark passphrase"  # noqa: S105 - a throw-away keystore
@@ -53,8 +53,8 @@ DEFAULT_CACHE = Path(tempfile.gettempdir()) / "nhidel-bench-cache"
 # Run in a child that reaches the Secret Service: store the entries given on stdin.
 _STORE_ENTRIES = """
 import json, sys
-from nhidel.config import Paths
-from nhidel.keystore import open_keystore
+from nhidel.paths import Paths
+from nhidel.keys.keystore import open_keystore
 store = open_keystore(Paths.from_env())
 for name, value in json.load(sys.stdin).items():
     store.write(name, value)

@@ -62,7 +62,7 @@ def prepare_home(nhidel: list[str], env: dict[str, str]) -> str:
 
 def time_kdf(home: Path, passphrase: bytes, runs: int) -> list[float]:
     """Seconds per scrypt derivation, in this process, with the keystore's own parameters."""
-    from nhidel import keystore
+    from nhidel.keys import keystore
 
     kdf = json.loads((home / "keystore.json").read_text())["kdf"]
     keystore._derive(passphrase, kdf)  # warm-up: imports and first allocation
@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "kdf": {
             "median_ms": kdf_ms,
             "times_s": kdf_times,
-            "note": "nhidel.keystore._derive in-process, the keystore's own scrypt parameters",
+            "note": "nhidel.keys.keystore._derive in-process, the keystore's own scrypt parameters",
         },
         "derived_ms": derived,
         "rss": rss,

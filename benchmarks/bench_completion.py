@@ -37,9 +37,9 @@ from measure import (
     summarise,
 )
 
-from nhidel.config import Paths
-from nhidel.ledger import Ledger
+from nhidel.ledger.store import Ledger
 from nhidel.models import Grant, new_grant_id
+from nhidel.paths import Paths
 from nhidel.scopes import parse_scopes
 
 HISTORY = "nhidel revoke g<TAB>, with expired history"

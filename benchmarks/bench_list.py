@@ -51,9 +51,9 @@ from measure import (
     summarise,
 )
 
-from nhidel.config import Paths
-from nhidel.ledger import Ledger
+from nhidel.ledger.store import Ledger
 from nhidel.models import new_grant_id
+from nhidel.paths import Paths
 
 SCREEN_LINES = 40
 RSS_RUNS = 3

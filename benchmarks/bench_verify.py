@@ -32,17 +32,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from nhidel.agents import add_agent
-from nhidel.config import Paths
-from nhidel.keys import b64url_decode
-from nhidel.keystore import KeyStore, open_keystore
-from nhidel.ledger import Ledger
+from nhidel.actions.agents import add_agent
+from nhidel.actions.keys import init_principal
+from nhidel.integrity.state import row_seal
+from nhidel.keys.keystore import KeyStore, open_keystore
+from nhidel.keys.material import b64url_decode
+from nhidel.keys.principal import load_signer
+from nhidel.ledger.store import Ledger
 from nhidel.models import Grant, new_grant_id
-from nhidel.principal import init_principal, load_signer
+from nhidel.paths import Paths
 from nhidel.scopes import parse_scopes
-from nhidel.state import row_seal
-from nhidel.tokens import mint, token_sha256
-from nhidel.verifier import Verifier
+from nhidel.tokens.jws import mint, token_sha256
+from nhidel.verifiers.local import Verifier
 
 SCOPE = "repo:read:acme/api"
 PASSPHRASE = "bench-passphrase"  # noqa: S105 - a throwaway keystore in a temp dir

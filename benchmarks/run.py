@@ -89,7 +89,9 @@ def run_suite(name: str, argv: list[str]) -> Suite:
         # exit status says whether their own goals were met; the JSON is what counts here.
         done = subprocess.run(  # noqa: S603 - our own scripts, with our own arguments
             [PYTHON, str(script), *argv, "--json", str(out)],
-            stdout=sys.stderr, stdin=subprocess.DEVNULL, check=False,
+            stdout=sys.stderr,
+            stdin=subprocess.DEVNULL,
+            check=False,
         )
         seconds = time.perf_counter() - start
         try:

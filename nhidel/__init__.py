@@ -19,13 +19,13 @@ __version__ = "0.1.0"
 __all__ = ["Decision", "Reason", "RemoteVerifier", "Verifier", "__version__", "verify"]
 
 if TYPE_CHECKING:
-    from .claims import Decision, Reason
-    from .remote import RemoteVerifier
-    from .verifier import Verifier, verify
+    from nhidel.tokens.claims import Decision, Reason
+    from nhidel.verifiers.local import Verifier, verify
+    from nhidel.verifiers.remote import RemoteVerifier
 
 _HOMES = {
-    "Decision": "claims", "Reason": "claims", "RemoteVerifier": "remote",
-    "Verifier": "verifier", "verify": "verifier",
+    "Decision": "tokens.claims", "Reason": "tokens.claims", "RemoteVerifier": "verifiers.remote",
+    "Verifier": "verifiers.local", "verify": "verifiers.local",
 }  # fmt: skip
 
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import IntegrityError, NhidelError, StorageError
+from nhidel.errors import IntegrityError, NhidelError, StorageError
 
 FILE_MODE = 0o600
 PUBLIC_FILE_MODE = 0o644

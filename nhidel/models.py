@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from .errors import UsageError
-from .scopes import Scope, join_scopes
-from .timefmt import format_duration, rfc3339
+from nhidel.errors import UsageError
+from nhidel.scopes import Scope, join_scopes
+from nhidel.timefmt import format_duration, rfc3339
 
 AGENT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 GRANT_ID = re.compile(r"g[a-z2-7]{26}")

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .errors import UsageError
+from nhidel.errors import UsageError
 
 MAX_SCOPE_LENGTH = 512
 MAX_SCOPES = 64  # per grant, ceiling or verify: keeps tokens and audit records small
@@ -78,7 +78,6 @@ def parse_scopes(texts: Iterable[str]) -> tuple[Scope, ...]:
             if len(seen) > MAX_SCOPES:
                 raise UsageError(f"more than {MAX_SCOPES} scopes", "ask for fewer, wider scopes")
     return tuple(seen)
-
 
 
 @lru_cache(maxsize=4096)

@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime
 from functools import lru_cache
 
-from .errors import UsageError
+from nhidel.errors import UsageError
 
 # Nothing nhidel does needs a span longer than this; anything longer is a typo.
 MAX_DURATION = 366 * 86400

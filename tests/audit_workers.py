@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from nhidel.audit import AuditKeys, AuditLog, event
-from nhidel.config import Paths
 from nhidel.errors import StorageError
+from nhidel.paths import Paths
 
 
 class FileMark:

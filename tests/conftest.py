@@ -13,11 +13,16 @@ import keyring
 import pytest
 from support import Cli, MemoryKeyring
 
-from nhidel.config import Paths
+from nhidel.paths import Paths
 
 NHIDEL_VARIABLES = (
-    "NHIDEL_HOME", "NHIDEL_KEYSTORE", "NHIDEL_PASSPHRASE", "NHIDEL_PASSPHRASE_FILE",
-    "NHIDEL_TOKEN", "NHIDEL_DEBUG", "NO_COLOR",
+    "NHIDEL_HOME",
+    "NHIDEL_KEYSTORE",
+    "NHIDEL_PASSPHRASE",
+    "NHIDEL_PASSPHRASE_FILE",
+    "NHIDEL_TOKEN",
+    "NHIDEL_DEBUG",
+    "NO_COLOR",
 )
 
 
@@ -54,6 +59,15 @@ def cli() -> Cli:
 def ready(cli: Cli) -> Cli:
     """An initialised principal ("alice") with one agent ("reviewer")."""
     cli.ok("init", "--principal", "alice")
-    cli.ok("agent", "add", "reviewer", "--allow", "repo:read:acme/*", "--allow",
-           "ticket:create:queue/*", "--max-ttl", "1h")
+    cli.ok(
+        "agent",
+        "add",
+        "reviewer",
+        "--allow",
+        "repo:read:acme/*",
+        "--allow",
+        "ticket:create:queue/*",
+        "--max-ttl",
+        "1h",
+    )
     return cli

@@ -28,17 +28,19 @@ from typing import Any
 
 from support import MemoryKeyring
 
-from nhidel.agents import add_agent, remove_agent
+from nhidel.actions.agents import add_agent, remove_agent
+from nhidel.actions.grants import GrantRequest, issue, revoke
+from nhidel.actions.keys import init_principal, rotate_key
 from nhidel.audit.records import canonical
-from nhidel.config import Paths, load_config
+from nhidel.config import load_config
 from nhidel.errors import NhidelError
-from nhidel.grants import GrantRequest, issue, revoke
-from nhidel.keystore import KeyStore, open_keystore
-from nhidel.principal import init_principal, load_trust, rotate_key
+from nhidel.integrity.state import config_digest
+from nhidel.keys.keystore import KeyStore, open_keystore
+from nhidel.keys.principal import load_trust
+from nhidel.paths import Paths
 from nhidel.scopes import not_covered, parse_scopes
-from nhidel.state import config_digest
 from nhidel.timefmt import parse_duration
-from nhidel.verifier import Verifier
+from nhidel.verifiers.local import Verifier
 
 PASSPHRASE = "tamper harness passphrase"
 AUD = "ci.example.com"
@@ -425,7 +427,7 @@ def build_world(
 
 def check_world(b: Builder) -> None:
     """The truth kept while building is what nhidel itself says, and the log is clean."""
-    from nhidel.audit.operations import verify_log
+    from nhidel.actions.audit_log import verify_log
 
     with Verifier(b.paths, b.keystore()) as verifier:
         for grant in b.truth.grants.values():

@@ -14,9 +14,9 @@ from support import Cli
 
 from nhidel.audit import AuditKeys, AuditLog, event
 from nhidel.audit.writer import TORN_MARK
-from nhidel.config import Paths
-from nhidel.keystore import open_keystore
-from nhidel.principal import load_trust
+from nhidel.keys.keystore import open_keystore
+from nhidel.keys.principal import load_trust
+from nhidel.paths import Paths
 
 
 def read_records(paths: Paths) -> list[dict[str, Any]]:

@@ -42,17 +42,18 @@ from audit_workers import (
 from processes import claims_of, command, isolated_env, ok
 from support import Cli
 
-from nhidel.agents import add_agent
+from nhidel.actions.agents import add_agent
+from nhidel.actions.audit_log import verify_log
+from nhidel.actions.grants import GrantRequest, issue, revoke
+from nhidel.actions.keys import init_principal
 from nhidel.audit import MARK, AuditKeys, AuditLog, event
-from nhidel.audit.checker import Report, check_log
-from nhidel.audit.operations import verify_log
 from nhidel.audit.records import BadRecord, open_line
 from nhidel.audit.segments import rotated_segments
-from nhidel.config import Paths
-from nhidel.grants import GrantRequest, issue, revoke
-from nhidel.keystore import KeyStore, open_keystore
-from nhidel.principal import audit_keys, init_principal, load_trust
-from nhidel.verifier import Verifier
+from nhidel.integrity.checker import Report, check_log
+from nhidel.keys.keystore import KeyStore, open_keystore
+from nhidel.keys.principal import load_trust
+from nhidel.paths import Paths
+from nhidel.verifiers.local import Verifier
 
 WORDS = ("edited", "deleted", "inserted", "reordered", "truncated", "forged", "replaced")
 SCOPE = "repo:read:acme/api"
@@ -158,7 +159,7 @@ def build_corpus(root: Path, seed: int, *, bulk: int) -> Corpus:
     revoke(paths, ids=doomed, reason="rotated out", now=now, keystore=keystore)
     snapshot()
     # Bulk: the same writer nhidel uses, with the real audit key from the keystore.
-    log = AuditLog(paths, audit_keys(keystore))
+    log = AuditLog(paths, AuditKeys.of(keystore))
     grants = [grant for _, (grant, _) in issued]
     written = 0
     while written < bulk:
@@ -375,7 +376,7 @@ def _write_clean_log(
     paths = Paths(root, root)
     keystore = open_keystore(paths, env={})
     init_principal(paths, keystore, principal="carol", issuer=None, now=int(time.time()))
-    log = AuditLog(paths, audit_keys(keystore))
+    log = AuditLog(paths, AuditKeys.of(keystore))
     for _ in range(rng.randrange(1, 60)):
         if not rotating and rng.random() < 0.1:
             # A crash's torn fragment (any bytes but a newline), repaired by the next append.
@@ -391,7 +392,7 @@ def _write_clean_log(
         ]  # fmt: skip
         log.append(batch, durable=rng.random() < 0.5)
     if rotating and seed % 2 == 0:
-        from nhidel.audit.operations import prune
+        from nhidel.actions.audit_log import prune
 
         prune(paths, keystore, keep=rng.randrange(0, 3))
     log.append([event("status.published")])  # durable, so the mark names the last record
@@ -634,7 +635,7 @@ def test_tail_follow_prints_a_grant_made_by_another_process_within_a_second(
     # The lag from an append to its line, measured from the appending side.
     paths = Paths.from_env({"NHIDEL_HOME": file_env["NHIDEL_HOME"]})
     seal = open_keystore(paths, env=file_env)
-    appended = AuditLog(paths, audit_keys(seal)).append([event("status.published")])
+    appended = AuditLog(paths, AuditKeys.of(seal)).append([event("status.published")])
     written = time.monotonic()
     arrived, record = follower.next(timeout=5)
     assert record["seq"] == appended[0]["seq"]
@@ -655,7 +656,7 @@ def rotating(monkeypatch: pytest.MonkeyPatch, ready: Cli, paths: Paths) -> Paths
         token = ready.ok("grant", "reviewer", "--scope", SCOPE, "--reason", f"r{number}").stdout
         ready.ok("verify", "-", "--scope", SCOPE, input=token)
         ready("verify", "-", "--scope", "repo:write:acme/api", input=token)
-    log = AuditLog(paths, audit_keys(open_keystore(paths, env={})))
+    log = AuditLog(paths, AuditKeys.of(open_keystore(paths, env={})))
     for number in range(40):
         log.append([event("status.published", reason=f"bulk {number} " + "z" * 120)])
     assert len(rotated_segments(paths)) >= 4
@@ -743,7 +744,7 @@ def test_tail_follow_keeps_following_across_rotations(
     assert Path(env["NHIDEL_HOME"]) == rotating.state_dir
     follower = follow(env, "-n", "1")
     _, last = follower.next(timeout=20)
-    log = AuditLog(rotating, audit_keys(open_keystore(rotating, env={})))
+    log = AuditLog(rotating, AuditKeys.of(open_keystore(rotating, env={})))
     segments = len(rotated_segments(rotating))
     seen = [last["seq"]]
     for number in range(30):  # about three rotations
@@ -808,7 +809,7 @@ PAGE = 4096
 def _fill_the_last_page(paths: Paths) -> None:
     """Append marked records until the log ends less than 100 bytes short of a page boundary,
     so a file system with no free page cannot take even a short record."""
-    log = AuditLog(paths, audit_keys(open_keystore(paths, env={})))
+    log = AuditLog(paths, AuditKeys.of(open_keystore(paths, env={})))
     padding = 0
     for _ in range(20):
         size = paths.audit_file.stat().st_size
@@ -845,8 +846,11 @@ def broken_log(request: pytest.FixtureRequest, ready: Cli, paths: Paths,
     _fill_the_last_page(paths)
     shutil.copyfile(paths.audit_file, tiny / "audit.jsonl")
     # A file of the full file system mounted in the log's place (nhidel follows no link).
-    mounted = subprocess.run(["mount", "--bind", str(tiny / "audit.jsonl"),
-                              str(paths.audit_file)], capture_output=True, check=False)
+    mounted = subprocess.run(
+        ["mount", "--bind", str(tiny / "audit.jsonl"), str(paths.audit_file)],
+        capture_output=True,
+        check=False,
+    )
     request.addfinalizer(
         lambda: [subprocess.run(["umount", "-l", str(where)], capture_output=True,
                                 timeout=10, check=False)
@@ -1123,7 +1127,7 @@ def test_tail_follow_misses_nothing_when_several_rotations_happen_between_polls(
 ) -> None:
     follower = follow(isolated_env(tmp_path), "-n", "1")
     _, last = follower.next(timeout=20)
-    log = AuditLog(rotating, audit_keys(open_keystore(rotating, env={})))
+    log = AuditLog(rotating, AuditKeys.of(open_keystore(rotating, env={})))
     for number in range(60):  # a burst: several 4 KiB segments in a few milliseconds
         log.append([event("verify.allowed", reason=f"burst {number} " + "w" * 300)],
                    durable=False)  # fmt: skip

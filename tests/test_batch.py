@@ -14,10 +14,10 @@ import processes
 import pytest
 from support import Cli
 
-from nhidel.batch import verify_lines
-from nhidel.claims import Decision, Reason
 from nhidel.errors import IntegrityError
-from nhidel.tokens import MAX_TOKEN_LENGTH
+from nhidel.tokens.claims import Decision, Reason
+from nhidel.tokens.jws import MAX_TOKEN_LENGTH
+from nhidel.verifiers.batch import verify_lines
 
 SCOPE = "repo:read:acme/api"
 
@@ -182,7 +182,9 @@ def test_lines_decided_before_a_failing_one_keep_their_verdicts() -> None:
         verify_lines(io.BytesIO(b"first\nsecond\ncorrupt\nnever\n"), sink, check)
     assert decided == ["first", "second"]
     assert [json.loads(line)["reason"] for line in sink.getvalue().splitlines()] == [
-        "malformed", "malformed"]
+        "malformed",
+        "malformed",
+    ]
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
@@ -214,7 +216,9 @@ def test_a_terminated_batch_still_audits_the_verdicts_it_gave(
         child.wait(timeout=30)
         child.stdin.close()
         child.stdout.close()
-    records = [json.loads(line) for line in
-               processes.ok(env, "audit", "tail", "-n", "20", "--json").stdout.splitlines()]
+    records = [
+        json.loads(line)
+        for line in processes.ok(env, "audit", "tail", "-n", "20", "--json").stdout.splitlines()
+    ]
     allowed = [r for r in records if r["event"] == "verify.allowed"]
     assert sum(r.get("count", 1) for r in allowed) == 3

@@ -36,6 +36,7 @@ def audit_lines(home: Path) -> list[dict[str, object]]:
 
 # -- exit 0 -------------------------------------------------------------------------------
 
+
 def test_grant_prints_the_token_alone_on_stdout_and_a_summary_on_stderr(ready: Cli) -> None:
     result = ready.ok("grant", "reviewer", "--scope", "repo:read:acme/api", "--ttl", "15m")
     token = result.stdout.strip()
@@ -48,8 +49,20 @@ def test_grant_prints_the_token_alone_on_stdout_and_a_summary_on_stderr(ready: C
 def test_grant_format_json_adds_the_token_to_the_grant_shape(ready: Cli) -> None:
     result = ready.ok("grant", "reviewer", "--scope", "repo:read:acme/api", "--format", "json")
     data = json.loads(result.stdout)
-    for key in ("id", "agent", "scopes", "aud", "status", "issued_at", "not_before",
-                "expires_at", "uses", "max_uses", "reason", "token"):
+    for key in (
+        "id",
+        "agent",
+        "scopes",
+        "aud",
+        "status",
+        "issued_at",
+        "not_before",
+        "expires_at",
+        "uses",
+        "max_uses",
+        "reason",
+        "token",
+    ):
         assert key in data
     assert data["scopes"] == ["repo:read:acme/api"] and data["status"] == "active"
 
@@ -77,10 +90,12 @@ def test_verify_json_has_the_spec_shape(ready: Cli) -> None:
 
 
 def test_list_shows_active_grants_and_all_adds_revoked(ready: Cli) -> None:
-    kept = json.loads(ready.ok("grant", "reviewer", "--scope", "repo:read:acme/a",
-                               "--format", "json").stdout)["id"]
-    gone = json.loads(ready.ok("grant", "reviewer", "--scope", "repo:read:acme/b",
-                               "--format", "json").stdout)["id"]
+    kept = json.loads(
+        ready.ok("grant", "reviewer", "--scope", "repo:read:acme/a", "--format", "json").stdout
+    )["id"]
+    gone = json.loads(
+        ready.ok("grant", "reviewer", "--scope", "repo:read:acme/b", "--format", "json").stdout
+    )["id"]
     ready.ok("revoke", gone)
     active = json.loads(ready.ok("list", "--json").stdout)
     everything = json.loads(ready.ok("list", "--all", "--json").stdout)
@@ -99,15 +114,17 @@ def test_list_filters_by_agent(ready: Cli) -> None:
 
 
 def test_show_resolves_a_case_insensitive_prefix(ready: Cli) -> None:
-    grant_id = json.loads(ready.ok("grant", "reviewer", "--scope", "repo:read:acme/a",
-                                   "--format", "json").stdout)["id"]
+    grant_id = json.loads(
+        ready.ok("grant", "reviewer", "--scope", "repo:read:acme/a", "--format", "json").stdout
+    )["id"]
     shown = json.loads(ready.ok("show", grant_id[:6].upper(), "--json").stdout)
     assert shown["id"] == grant_id
 
 
 def test_revoking_twice_is_not_an_error(ready: Cli) -> None:
-    grant_id = json.loads(ready.ok("grant", "reviewer", "--scope", "repo:read:acme/a",
-                                   "--format", "json").stdout)["id"]
+    grant_id = json.loads(
+        ready.ok("grant", "reviewer", "--scope", "repo:read:acme/a", "--format", "json").stdout
+    )["id"]
     ready.ok("revoke", grant_id)
     again = ready.ok("revoke", grant_id)
     assert "already revoked" in again.stderr
@@ -129,6 +146,7 @@ def test_version_and_help(cli: Cli) -> None:
 
 # -- exit 1: denied -----------------------------------------------------------------------
 
+
 def test_verify_denies_an_ungranted_scope_with_its_reason(ready: Cli) -> None:
     token = grant(ready, "--scope", "repo:read:acme/api")
     result = ready("verify", "-", "--scope", "repo:write:acme/api", "--json", input=token)
@@ -148,8 +166,9 @@ def test_verify_requires_the_audience_a_grant_names(ready: Cli) -> None:
     token = grant(ready, "--scope", "repo:read:acme/api", "--aud", "api.acme.test")
     no_aud = ready("verify", "-", "--scope", "repo:read:acme/api", "--json", input=token)
     assert no_aud.exit_code == 1 and json.loads(no_aud.stdout)["reason"] == "wrong_audience"
-    ok = ready("verify", "-", "--scope", "repo:read:acme/api", "--aud", "api.acme.test",
-               input=token)
+    ok = ready(
+        "verify", "-", "--scope", "repo:read:acme/api", "--aud", "api.acme.test", input=token
+    )
     assert ok.exit_code == 0
 
 
@@ -169,21 +188,25 @@ def test_verify_denies_garbage_as_malformed(ready: Cli) -> None:
 
 # -- exit 2: usage ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args", [
-    ("grant", "reviewer", "--scope", "Repo:Read"),
-    ("grant", "reviewer", "--scope", "repo:read:a b"),
-    ("grant", "reviewer", "--scope", "repo:read:acme/x", "--ttl", "-5m"),
-    ("grant", "reviewer", "--scope", "repo:read:acme/x", "--ttl", "forever"),
-    ("grant", "reviewer", "--scope", "repo:read:acme/x", "--ttl", "400d"),
-    ("grant", "reviewer", "--scope", "repo:read:acme/x", "--not-before", "+31d"),
-    ("grant", "reviewer", "--scope", "repo:read:acme/x", "--uses", "0"),
-    ("grant", "reviewer", "--scope", "repo:read:acme/x", "--format", "xml"),
-    ("grant", "reviewer"),
-    ("agent", "add", "Bad Name", "--allow", "a:b"),
-    ("agent", "add", "x", "--allow", "a:b", "--max-ttl", "10m", "--default-ttl", "1h"),
-    ("list", "--bogus"),
-    ("show", "gab"),
-])
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("grant", "reviewer", "--scope", "Repo:Read"),
+        ("grant", "reviewer", "--scope", "repo:read:a b"),
+        ("grant", "reviewer", "--scope", "repo:read:acme/x", "--ttl", "-5m"),
+        ("grant", "reviewer", "--scope", "repo:read:acme/x", "--ttl", "forever"),
+        ("grant", "reviewer", "--scope", "repo:read:acme/x", "--ttl", "400d"),
+        ("grant", "reviewer", "--scope", "repo:read:acme/x", "--not-before", "+31d"),
+        ("grant", "reviewer", "--scope", "repo:read:acme/x", "--uses", "0"),
+        ("grant", "reviewer", "--scope", "repo:read:acme/x", "--format", "xml"),
+        ("grant", "reviewer"),
+        ("agent", "add", "Bad Name", "--allow", "a:b"),
+        ("agent", "add", "x", "--allow", "a:b", "--max-ttl", "10m", "--default-ttl", "1h"),
+        ("list", "--bogus"),
+        ("show", "gab"),
+    ],
+)
 def test_bad_values_are_usage_errors_and_record_nothing(
     ready: Cli, nhidel_home: Path, args: tuple[str, ...]
 ) -> None:
@@ -213,6 +236,7 @@ def test_revoke_all_refuses_without_yes_when_not_on_a_terminal(ready: Cli) -> No
 
 # -- exit 3: not found --------------------------------------------------------------------
 
+
 def test_grant_for_an_unknown_agent_names_the_command_to_add_it(ready: Cli) -> None:
     result = ready("grant", "nobody", "--scope", "repo:read:acme/api")
     assert result.exit_code == 3
@@ -221,16 +245,21 @@ def test_grant_for_an_unknown_agent_names_the_command_to_add_it(ready: Cli) -> N
 
 
 def test_one_unknown_id_revokes_nothing(ready: Cli) -> None:
-    data = json.loads(ready.ok("grant", "reviewer", "--scope", "repo:read:acme/a",
-                               "--format", "json").stdout)
+    data = json.loads(
+        ready.ok("grant", "reviewer", "--scope", "repo:read:acme/a", "--format", "json").stdout
+    )
     result = ready("revoke", data["id"], "gzzzzzzz")
     assert result.exit_code == 3
     assert ready("verify", data["token"], "--any-scope").exit_code == 0
 
 
 def test_an_ambiguous_prefix_lists_the_candidates(ready: Cli, nhidel_home: Path) -> None:
-    ids = [json.loads(ready.ok("grant", "reviewer", "--scope", "repo:read:acme/a",
-                               "--format", "json").stdout)["id"] for _ in range(2)]
+    ids = [
+        json.loads(
+            ready.ok("grant", "reviewer", "--scope", "repo:read:acme/a", "--format", "json").stdout
+        )["id"]
+        for _ in range(2)
+    ]
     # Two random ids share only "g"; rewrite one so they share a longer prefix.
     with sqlite3.connect(nhidel_home / "ledger.db") as db:
         db.execute("UPDATE grants SET id = ? WHERE id = ?", ("gaaaa" + ids[1][5:], ids[1]))
@@ -241,14 +270,18 @@ def test_an_ambiguous_prefix_lists_the_candidates(ready: Cli, nhidel_home: Path)
 
 
 def test_unknown_agent_for_show_remove_and_revoke(ready: Cli) -> None:
-    for args in (("agent", "show", "ghost"), ("agent", "remove", "ghost"),
-                 ("revoke", "--agent", "ghost")):
+    for args in (
+        ("agent", "show", "ghost"),
+        ("agent", "remove", "ghost"),
+        ("revoke", "--agent", "ghost"),
+    ):
         result = ready(*args)
         assert result.exit_code == 3, args
         assert_one_error(result.stderr)
 
 
 # -- exit 4: keystore ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("args", [
     ("agent", "add", "reviewer", "--allow", "repo:read:acme/*"),
@@ -288,6 +321,7 @@ def test_unknown_keystore_kind_is_a_usage_error(cli: Cli) -> None:
 
 # -- exit 5: integrity --------------------------------------------------------------------
 
+
 def test_a_corrupt_ledger_is_an_integrity_failure(ready: Cli, nhidel_home: Path) -> None:
     grant(ready, "--scope", "repo:read:acme/api")
     for suffix in ("", "-wal", "-shm"):
@@ -308,12 +342,16 @@ def test_a_corrupt_config_is_an_integrity_failure(ready: Cli, nhidel_home: Path)
 
 # -- exit 6: policy -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("args", [
-    ("--scope", "repo:write:acme/api"),
-    ("--scope", "repo:read:other/api"),
-    ("--scope", "repo:*:acme/api"),
-    ("--scope", "repo:read:acme/api", "--ttl", "2h"),
-])
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--scope", "repo:write:acme/api"),
+        ("--scope", "repo:read:other/api"),
+        ("--scope", "repo:*:acme/api"),
+        ("--scope", "repo:read:acme/api", "--ttl", "2h"),
+    ],
+)
 def test_grants_beyond_the_ceiling_are_refused_and_record_nothing(
     ready: Cli, nhidel_home: Path, args: tuple[str, ...]
 ) -> None:
@@ -343,10 +381,21 @@ def test_audience_outside_the_agents_audiences_is_refused(cli: Cli) -> None:
 
 # -- text from users is escaped -----------------------------------------------------------
 
+
 def test_reasons_cannot_inject_terminal_control_or_markup(ready: Cli) -> None:
     hostile = "ok\x1b[2J\x1b]0;pwned\x07 [bold red]x[/bold red] \u202egnp.exe\nforged line"
-    data = json.loads(ready.ok("grant", "reviewer", "--scope", "repo:read:acme/a", "--reason",
-                               hostile, "--format", "json").stdout)
+    data = json.loads(
+        ready.ok(
+            "grant",
+            "reviewer",
+            "--scope",
+            "repo:read:acme/a",
+            "--reason",
+            hostile,
+            "--format",
+            "json",
+        ).stdout
+    )
     shown = ready.ok("show", data["id"]).stdout
     assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
     assert "forged line" in shown and "\nforged line" not in shown

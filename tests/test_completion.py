@@ -20,9 +20,9 @@ from support import Cli
 from nhidel.audit.records import EVENTS
 from nhidel.cli import complete
 from nhidel.cli.shell_scripts import FILES, script
-from nhidel.config import Paths
-from nhidel.ledger import Ledger
+from nhidel.ledger.store import Ledger
 from nhidel.models import AGENT_NAME
+from nhidel.paths import Paths
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPLETIONS = ROOT / "completions"

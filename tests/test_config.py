@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from nhidel.agents import add_agent
+from nhidel.actions.agents import add_agent
+from nhidel.actions.keys import init_principal
 from nhidel.config import (
     Config,
     Paths,
@@ -21,9 +22,8 @@ from nhidel.config import (
     without_agent,
 )
 from nhidel.errors import ExitStatus, IntegrityError, NotFoundError
-from nhidel.keystore import open_keystore
+from nhidel.keys.keystore import open_keystore
 from nhidel.models import Agent
-from nhidel.principal import init_principal
 from nhidel.scopes import parse_scopes
 
 T = 1_795_428_000

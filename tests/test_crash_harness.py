@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 from processes import Run, claims_of, isolated_env
 
-from nhidel import keystore
+from nhidel.keys import keystore
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ TIMEOUT = 60
 # ($NHIDEL_CRASH = "mode:n:record"), the crash hook installed before the command starts.
 CHILD = """\
 import os, sys
-from nhidel import keystore
+from nhidel.keys import keystore
 assert isinstance(keystore._SCRYPT, dict)
 keystore._SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 spec = os.environ.pop("NHIDEL_CRASH", "")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from support import Cli
 
-from nhidel.cli import gendocs
+from tools import gendocs
 
 ROOT = Path(__file__).resolve().parents[1]
 MAN_PAGE = ROOT / "man" / "nhidel.1"

@@ -12,8 +12,12 @@ HEAVY = ("typer", "rich", "cryptography", "jwt", "keyring", "sqlite3")
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-        env={**os.environ, **env}, check=False,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+        check=False,
     )
 
 
@@ -32,8 +36,13 @@ def test_version_imports_no_heavy_module() -> None:
 
 
 def test_python_dash_m_runs_the_cli() -> None:
-    result = subprocess.run([sys.executable, "-m", "nhidel", "--version"], capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "nhidel", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0 and result.stdout.startswith("nhidel ")
 
 
@@ -49,8 +58,9 @@ def test_files_are_private_even_with_a_permissive_umask(tmp_path: Path) -> None:
         "         or main(['agent', 'add', 'bot', '--allow', 'a:b'])\n"
         "         or main(['grant', 'bot', '--scope', 'a:b']))\n"
     )
-    result = run_python(code, NHIDEL_HOME=str(home), NHIDEL_KEYSTORE="file",
-                        NHIDEL_PASSPHRASE_FILE=str(passphrase))
+    result = run_python(
+        code, NHIDEL_HOME=str(home), NHIDEL_KEYSTORE="file", NHIDEL_PASSPHRASE_FILE=str(passphrase)
+    )
     assert result.returncode == 0, result.stderr
     assert home.stat().st_mode & 0o777 == 0o700
     created = [p for p in home.rglob("*")]
@@ -66,7 +76,10 @@ def test_an_unwritable_home_is_one_clear_line_without_a_traceback(tmp_path: Path
     blocker.write_text("not a directory")
     result = subprocess.run(
         [sys.executable, "-m", "nhidel", "list"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
         env={**os.environ, "NHIDEL_HOME": str(blocker)},
     )
     assert result.returncode == 1
@@ -88,15 +101,25 @@ run()
 
 
 def test_the_quick_exit_runs_atexit_handlers_and_flushes_output(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", QUICK_EXIT, str(tmp_path / "m"), "-"],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", QUICK_EXIT, str(tmp_path / "m"), "-"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0 and done.stdout.startswith("nhidel ")
     assert (tmp_path / "m.atexit").read_text() == "ran"
 
 
 def test_the_quick_exit_waits_for_a_running_thread(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", QUICK_EXIT, str(tmp_path / "m"), "thread"],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", QUICK_EXIT, str(tmp_path / "m"), "thread"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0
     assert (tmp_path / "m").read_text() == "joined"
     assert (tmp_path / "m.atexit").read_text() == "ran"
@@ -105,9 +128,13 @@ def test_the_quick_exit_waits_for_a_running_thread(tmp_path: Path) -> None:
 def test_a_reader_that_goes_away_is_exit_1_without_noise(tmp_path: Path) -> None:
     """`nhidel --help | head -1`: no 'Exception ignored' or traceback on stderr."""
     reader = subprocess.Popen(  # noqa: S602 - a fixed pipeline, no user input
-        f"{sys.executable} -m nhidel --help | head -c 1; echo \" ${{PIPESTATUS[0]}}\"",
-        shell=True, executable="/bin/bash", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env={**os.environ, "COLUMNS": "80", "NHIDEL_HOME": str(tmp_path)},
+        f'{sys.executable} -m nhidel --help | head -c 1; echo " ${{PIPESTATUS[0]}}"',
+        shell=True,
+        executable="/bin/bash",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "80", "NHIDEL_HOME": str(tmp_path)},
     )
     out, err = reader.communicate(timeout=60)
     assert out.split()[-1] in ("0", "1")
@@ -121,9 +148,15 @@ def test_output_that_cannot_be_written_is_one_error_and_exit_1(tmp_path: Path) -
     env["NHIDEL_HOME"] = str(tmp_path / "home")
     for args in (["--version"], ["list", "--json"]):
         with open("/dev/full", "w") as full:
-            done = subprocess.run([sys.executable, "-m", "nhidel", *args], stdout=full,
-                                  stderr=subprocess.PIPE, text=True, env=env, timeout=60,
-                                  check=False)
+            done = subprocess.run(
+                [sys.executable, "-m", "nhidel", *args],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                timeout=60,
+                check=False,
+            )
         assert done.returncode == 1, (args, done.stderr)
         lines = done.stderr.splitlines()
         assert len(lines) == 2 and lines[0].startswith("error: ") and "No space" in lines[0]

@@ -37,7 +37,7 @@ TIMEOUT = 30
 # `nhidel init` with a cheap scrypt for the keystore it creates (as tests/test_crash_harness.py).
 CHEAP_INIT = """\
 import sys
-from nhidel import keystore
+from nhidel.keys import keystore
 assert isinstance(keystore._SCRYPT, dict)
 keystore._SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 from nhidel.cli import main
@@ -296,13 +296,13 @@ def test_finding_4_a_ledger_row_that_no_grant_issued_record_made_fails_audit_ver
 # and prints the ledger row it would forge for it, sealed with the audit key from that copy.
 THIEF = """\
 import json, sys, time
-from nhidel.config import Paths
-from nhidel.keys import unb64
-from nhidel.keystore import open_keystore
+from nhidel.paths import Paths
+from nhidel.keys.material import unb64
+from nhidel.keys.keystore import open_keystore
 from nhidel.models import Grant, new_grant_id
 from nhidel.scopes import parse_scopes
-from nhidel.state import row_seal
-from nhidel.tokens import mint, token_sha256
+from nhidel.integrity.state import row_seal
+from nhidel.tokens.jws import mint, token_sha256
 
 stolen = open_keystore(Paths.from_env()).read("signing")
 now = int(time.time())

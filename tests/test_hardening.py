@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from processes import TIMEOUT, isolated_env
 
-from nhidel import keystore
-from nhidel.config import Paths
 from nhidel.hardening import PASSPHRASE_VARIABLE, withheld_from_environment
-from nhidel.keystore import open_keystore
+from nhidel.keys import keystore
+from nhidel.keys.keystore import open_keystore
+from nhidel.paths import Paths
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -32,8 +32,8 @@ TRUST = {"issuer": "nhidel:alice", "keys": {}}
 _READ_ONE_ENTRY = """
 import json, os, resource, subprocess, sys
 from nhidel import hardening
-from nhidel.config import Paths
-from nhidel.keystore import open_keystore
+from nhidel.paths import Paths
+from nhidel.keys.keystore import open_keystore
 
 def state():
     return {
@@ -176,9 +176,9 @@ if sys.argv[2] == "cli":
     from nhidel.cli import run
     run()
 else:  # the Python API, its keystore opened from a mapping: os.environ keeps the variable
-    from nhidel.audit.operations import verify_log
-    from nhidel.config import Paths
-    from nhidel.keystore import open_keystore
+    from nhidel.actions.audit_log import verify_log
+    from nhidel.paths import Paths
+    from nhidel.keys.keystore import open_keystore
     paths = Paths.from_env()
     given = {"NHIDEL_KEYSTORE": "file", "NHIDEL_PASSPHRASE": os.environ["NHIDEL_PASSPHRASE"]}
     assert verify_log(paths, open_keystore(paths, env=given)).problem is None

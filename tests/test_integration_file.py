@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from processes import assert_clean_error, claims_of, isolated_env, list_all, ok, run
 
-from nhidel.config import Paths
-from nhidel.keystore import EncryptedFileKeyStore, PassphraseSource
+from nhidel.keys.keystore import EncryptedFileKeyStore, PassphraseSource
+from nhidel.paths import Paths
 
 SCOPE = "repo:read:acme/api"
 

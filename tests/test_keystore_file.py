@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from processes import assert_clean_error, isolated_env, run
 
-from nhidel import keystore
-from nhidel.config import Paths
 from nhidel.errors import ExitStatus, IntegrityError, KeystoreError
-from nhidel.keystore import EncryptedFileKeyStore, KeyStore, OsKeyring, open_keystore
+from nhidel.keys import keystore
+from nhidel.keys.keystore import EncryptedFileKeyStore, KeyStore, OsKeyring, open_keystore
+from nhidel.paths import Paths
 
 PASSPHRASE = "correct horse battery staple"
 SEED = bytes(range(0x41, 0x61))  # a recognisable 32-byte "private key"

@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 from support import Cli
 
-from nhidel.agents import add_agent
-from nhidel.config import Paths
+from nhidel.actions.agents import add_agent
+from nhidel.actions.grants import GrantRequest, issue, revoke
+from nhidel.actions.keys import init_principal
 from nhidel.errors import ExitStatus, IntegrityError, NotFoundError, UsageError
-from nhidel.grants import GrantRequest, issue, revoke
-from nhidel.keystore import open_keystore
-from nhidel.ledger import Ledger
+from nhidel.keys.keystore import open_keystore
+from nhidel.ledger.store import Ledger
 from nhidel.models import Grant
-from nhidel.principal import init_principal
+from nhidel.paths import Paths
 from nhidel.scopes import parse_scopes
-from nhidel.tokens import token_sha256
+from nhidel.tokens.jws import token_sha256
 
 T = 1_795_428_000
 

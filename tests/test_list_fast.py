@@ -21,13 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import Cli
 
-from nhidel import render
-from nhidel.cli import grant_cmds
-from nhidel.config import Paths
+from nhidel.cli import grant_cmds, render
 from nhidel.errors import IntegrityError
-from nhidel.ledger import LIST_COLUMNS, Ledger
-from nhidel.listing import JsonRows, row_status
+from nhidel.ledger.rows import JsonRows, row_status
+from nhidel.ledger.store import LIST_COLUMNS, Ledger
 from nhidel.models import AGENT_NAME, GRANT_ID, Grant, GrantStatus
+from nhidel.paths import Paths
 from nhidel.scopes import MAX_SCOPES, parse_scopes
 
 T = 1_795_428_000

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 from support import Cli, Result
 
-from nhidel.config import Paths
 from nhidel.errors import IntegrityError, StorageError
 from nhidel.fsutil import (
     atomic_write,
@@ -34,6 +33,7 @@ from nhidel.fsutil import (
     open_private_append,
     read_private_file,
 )
+from nhidel.paths import Paths
 
 PASSPHRASE = "planted paths"
 SCOPE = "repo:read:acme/api"
@@ -51,6 +51,7 @@ PLANTS = ("symlink", "dangling", "hardlink", "fifo", "directory")
 FILE_KEYSTORE_PATHS = ("keystore.json", "keystore.lock", ".keystore.json.{pid}.tmp")
 
 Choose = Callable[[str], None]
+
 
 def _cases(phase: str) -> Iterator[object]:
     for name in STATE_FILES + TEMP_FILES:
@@ -200,7 +201,7 @@ def keystore_for(monkeypatch: pytest.MonkeyPatch) -> Choose:
             monkeypatch.setenv("NHIDEL_KEYSTORE", "file")
             monkeypatch.setenv("NHIDEL_PASSPHRASE", PASSPHRASE)
             # The shipped scrypt cost is ~0.4 s a derivation; these tests are about files.
-            monkeypatch.setattr("nhidel.keystore._SCRYPT", {"n": 2**14, "r": 8, "p": 1})
+            monkeypatch.setattr("nhidel.keys.keystore._SCRYPT", {"n": 2**14, "r": 8, "p": 1})
 
     return choose
 

@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 from support import Cli
 
-from nhidel.claims import MAX_LEEWAY
-from nhidel.config import Paths, load_config
-from nhidel.grants import GrantRequest, issue
-from nhidel.keystore import open_keystore
-from nhidel.ledger import SCHEMA_VERSION, Ledger
+from nhidel.actions.grants import GrantRequest, issue
+from nhidel.config import load_config
+from nhidel.keys.keystore import open_keystore
+from nhidel.ledger.store import SCHEMA_VERSION, Ledger
 from nhidel.models import Grant, new_grant_id
+from nhidel.paths import Paths
 from nhidel.scopes import parse_scopes
+from nhidel.tokens.claims import MAX_LEEWAY
 
 URI = "https://status.example.com/nhidel/status.jwt"
 SCOPE = "repo:read:acme/api"
@@ -251,8 +252,8 @@ def test_status_publish_into_a_missing_directory_says_so(ready: Cli, tmp_path: P
 def test_a_revoked_grant_long_expired_no_longer_marks_its_reused_index(
     ready: Cli, paths: Paths
 ) -> None:
-    from nhidel.principal import load_signer
-    from nhidel.publish import status_list_token
+    from nhidel.actions.publish import status_list_token
+    from nhidel.keys.principal import load_signer
 
     ready.ok("config", "set", "status-uri", URI)
     keystore = open_keystore(paths, env={})

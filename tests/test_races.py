@@ -37,8 +37,8 @@ from processes import (
 )
 
 from nhidel.audit import AuditKeys, AuditLog, event
-from nhidel.audit.checker import check_log
-from nhidel.config import Paths
+from nhidel.integrity.checker import check_log
+from nhidel.paths import Paths
 
 pytestmark = pytest.mark.slow
 

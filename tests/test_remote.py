@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from support import Cli, MemoryKeyring
 
-from nhidel.keys import b64url_encode, generate_private_key, public_jwk, public_x
-from nhidel.remote import RemoteVerifier
+from nhidel.keys.material import b64url_encode, generate_private_key, public_jwk, public_x
+from nhidel.verifiers.remote import RemoteVerifier
 
 SCOPE = "repo:read:acme/api"
 
@@ -201,8 +201,8 @@ def test_a_tampered_status_list_is_status_unavailable(ready: Cli, site: Path) ->
 def test_a_status_list_signed_by_an_unknown_key_is_status_unavailable(
     ready: Cli, site: Path, tmp_path: Path
 ) -> None:
-    from nhidel.statuslist import encode
-    from nhidel.tokens import mint
+    from nhidel.tokens.jws import mint
+    from nhidel.tokens.statuslist import encode
 
     token = ready.ok("grant", "reviewer", "--scope", SCOPE).stdout.strip()
     publish(ready, site)
@@ -210,7 +210,7 @@ def test_a_status_list_signed_by_an_unknown_key_is_status_unavailable(
     now = int(__import__("time").time())
     claims = {"sub": URI, "iat": now, "exp": now + 600, "ttl": 60,
               "status_list": {"bits": 1, "lst": encode([0] * 8, 1)}}  # fmt: skip
-    from nhidel.keys import thumbprint
+    from nhidel.keys.material import thumbprint
 
     x = public_x(seed)
     (site / "status.jwt").write_text(mint(claims, seed, thumbprint(x), typ="statuslist+jwt"))
@@ -337,10 +337,10 @@ def _signed_list(ready: Cli, site: Path, **claims: object) -> None:
     """Re-sign the published list with the principal's real key and some claims changed."""
     import base64
 
-    from nhidel.config import Paths
-    from nhidel.keystore import open_keystore
-    from nhidel.principal import load_signer
-    from nhidel.tokens import mint
+    from nhidel.keys.keystore import open_keystore
+    from nhidel.keys.principal import load_signer
+    from nhidel.paths import Paths
+    from nhidel.tokens.jws import mint
 
     payload = (site / "status.jwt").read_text().split(".")[1]
     listed = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))

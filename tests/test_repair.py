@@ -18,12 +18,11 @@ from typing import Any
 from processes import claims_of
 from support import Cli
 
-from nhidel.audit import event
+from nhidel.audit import AuditKeys, event
 from nhidel.audit.writer import AuditLog
-from nhidel.config import Paths
-from nhidel.keystore import open_keystore
+from nhidel.keys.keystore import open_keystore
 from nhidel.models import new_grant_id
-from nhidel.principal import audit_keys
+from nhidel.paths import Paths
 
 SCOPE = "repo:read:acme/api"
 
@@ -33,7 +32,7 @@ class Crash(Exception):
 
 
 def crash_after_writing(paths: Paths, *events: dict[str, Any]) -> None:
-    keys = audit_keys(open_keystore(paths))
+    keys = AuditKeys.of(open_keystore(paths))
     try:
         with AuditLog(paths, keys).session() as session:
             session.write(list(events))

@@ -9,7 +9,7 @@ import pytest
 from support import Cli, MemoryKeyring
 
 import nhidel.cli.common
-from nhidel.keystore import SIGNING, TRUST
+from nhidel.keys.keystore import SIGNING, TRUST
 
 SCOPE = "repo:read:acme/api"
 

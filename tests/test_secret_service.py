@@ -20,7 +20,7 @@ from keyring_service import (  # noqa: F401 - fixtures are used by name
 )
 from processes import assert_clean_error, isolated_env, ok, run
 
-from nhidel.secret_service import keyring_would_choose_secret_service
+from nhidel.keys.secret_service import keyring_would_choose_secret_service
 
 pytestmark = pytest.mark.keyring
 
@@ -50,13 +50,18 @@ def test_keys_written_directly_are_keyrings_items_and_back(env: dict[str, str]) 
 
 
 def test_the_users_keyring_choice_wins_over_the_direct_path(env: dict[str, str]) -> None:
-    refused = run({**env, "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring"},
-                  "init", "--principal", "alice")
+    refused = run(
+        {**env, "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring"},
+        "init",
+        "--principal",
+        "alice",
+    )
     assert "keyring chose keyring.backends.null" in assert_clean_error(refused, 4)
     config = Path(env["XDG_CONFIG_HOME"]) / "python_keyring"
     config.mkdir(parents=True)
     (config / "keyringrc.cfg").write_text(
-        "[backend]\ndefault-keyring=keyring.backends.fail.Keyring\n")
+        "[backend]\ndefault-keyring=keyring.backends.fail.Keyring\n"
+    )
     refused = run(env, "init", "--principal", "alice")
     assert "keyring.backends.fail" in assert_clean_error(refused, 4)
     assert keyring_get({**env, **VIA_KEYRING}, service_name(env), "signing") is None
@@ -86,9 +91,15 @@ def test_grant_and_verify_use_one_connection_and_one_session(env: dict[str, str]
     ok(env, "agent", "add", "bot", "--allow", "a:b")
 
     def counted(*args: str, stdin: str = "") -> tuple[str, dict[str, int]]:
-        done = subprocess.run([sys.executable, "-c", COUNT_CONNECTIONS, *args], env=env,
-                              input=stdin, capture_output=True, text=True, timeout=60,
-                              check=False)
+        done = subprocess.run(
+            [sys.executable, "-c", COUNT_CONNECTIONS, *args],
+            env=env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         report = json.loads(done.stderr.strip().splitlines()[-1])
         assert report.pop("status") == 0, done.stderr
         return done.stdout, report
@@ -108,16 +119,18 @@ def test_grant_and_verify_use_one_connection_and_one_session(env: dict[str, str]
         ({"XDG_CURRENT_DESKTOP": "KDE"}, False),
         ({"XDG_CURRENT_DESKTOP": "ubuntu:GNOME"}, True),
         ({"KEYRING_PROPERTY_SCHEME": "KeePassXC"}, False),
-        ({"KEYRING_PROPERTY_PREFERRED_COLLECTION": "/org/freedesktop/secrets/collection/x"},
-         False),
+        ({"KEYRING_PROPERTY_PREFERRED_COLLECTION": "/org/freedesktop/secrets/collection/x"}, False),
     ],
 )
 def test_when_keyring_would_choose_the_secret_service(
     tmp_path: Path, changes: dict[str, str], direct: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("keyring.core._keyring_backend", None)  # as in a fresh nhidel process
-    env = {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent", "XDG_CONFIG_HOME":
-           str(tmp_path), **changes}
+    env = {
+        "DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent",
+        "XDG_CONFIG_HOME": str(tmp_path),
+        **changes,
+    }
     expected = direct and sys.platform.startswith("linux")
     assert keyring_would_choose_secret_service(env) is expected
     (tmp_path / "python_keyring").mkdir()
@@ -129,16 +142,20 @@ def test_a_backend_set_by_the_program_is_used(tmp_path: Path) -> None:
     probe = (
         "import keyring, sys\n"
         "from keyring.backends import null\n"
-        "from nhidel.secret_service import keyring_would_choose_secret_service as direct\n"
+        "from nhidel.keys.secret_service import keyring_would_choose_secret_service as direct\n"
         "env = {'DBUS_SESSION_BUS_ADDRESS': 'unix:path=/x', 'XDG_CONFIG_HOME': sys.argv[1]}\n"
         "before = direct(env)\n"
         "keyring.set_keyring(null.Keyring())\n"
         "print(before, direct(env))\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True,
-                          text=True, timeout=60, check=True,
-                          env={k: v for k, v in os.environ.items()
-                               if k != "PYTHON_KEYRING_BACKEND"})
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHON_KEYRING_BACKEND"},
+    )
     assert done.stdout.split() == [str(sys.platform.startswith("linux")), "False"]
 
 

@@ -12,10 +12,10 @@ import pytest
 import tomli_w
 from support import Cli, MemoryKeyring
 
-from nhidel.config import Paths
-from nhidel.keys import b64url_encode, generate_private_key, public_x, thumbprint
-from nhidel.keystore import SIGNING, TRUST, open_keystore
-from nhidel.tokens import mint, token_sha256
+from nhidel.keys.keystore import SIGNING, TRUST, open_keystore
+from nhidel.keys.material import b64url_encode, generate_private_key, public_x, thumbprint
+from nhidel.paths import Paths
+from nhidel.tokens.jws import mint, token_sha256
 
 
 def private_key_forms(seed: bytes) -> list[bytes]:
@@ -32,10 +32,16 @@ def private_key_forms(seed: bytes) -> list[bytes]:
     der = key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
     pem_body = b"".join(pem.splitlines()[1:-1])
     return [
-        seed, der, pem, pem_body,
-        base64.b64encode(seed), base64.b64encode(seed).rstrip(b"="),
-        b64url_encode(seed).encode(), base64.urlsafe_b64encode(seed),
-        seed.hex().encode(), seed.hex().upper().encode(),
+        seed,
+        der,
+        pem,
+        pem_body,
+        base64.b64encode(seed),
+        base64.b64encode(seed).rstrip(b"="),
+        b64url_encode(seed).encode(),
+        base64.urlsafe_b64encode(seed),
+        seed.hex().encode(),
+        seed.hex().upper().encode(),
     ]
 
 
@@ -47,8 +53,9 @@ def signing_seed() -> bytes:
 
 
 @pytest.fixture(params=["keyring", "file"])
-def keystore_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
-                  tmp_path: Path) -> str:
+def keystore_kind(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> str:
     if request.param == "file":
         passphrase = tmp_path / "passphrase"
         passphrase.write_text("leak-test passphrase")
@@ -66,23 +73,42 @@ def test_no_private_key_or_token_leaks_into_files_or_output(
 ) -> None:
     ready = cli
     outputs = [cli.ok("init", "--principal", "alice").stdout]
-    outputs.append(cli.ok("agent", "add", "reviewer", "--allow", "repo:read:acme/*", "--allow",
-                          "ticket:create:queue/*").stderr)
+    outputs.append(
+        cli.ok(
+            "agent",
+            "add",
+            "reviewer",
+            "--allow",
+            "repo:read:acme/*",
+            "--allow",
+            "ticket:create:queue/*",
+        ).stderr
+    )
     tokens = []
     for scope in ("repo:read:acme/a", "repo:read:acme/b", "ticket:create:queue/x"):
         result = ready.ok("grant", "reviewer", "--scope", scope, "--reason", "leak test")
         tokens.append(result.stdout.strip())
         outputs += [result.stderr]
-    for args in (("list",), ("list", "--json", "--all"), ("key", "show"), ("key", "export"),
-                 ("key", "export", "--jwks"), ("agent", "list"), ("agent", "show", "reviewer")):
+    for args in (
+        ("list",),
+        ("list", "--json", "--all"),
+        ("key", "show"),
+        ("key", "export"),
+        ("key", "export", "--jwks"),
+        ("agent", "list"),
+        ("agent", "show", "reviewer"),
+    ):
         result = ready.ok(*args)
         outputs += [result.stdout, result.stderr]
     for token in tokens:
         result = ready("verify", "-", "--scope", "repo:read:acme/a", "--json", input=token)
         outputs += [result.stdout, result.stderr]
     grant_id = json.loads(ready.ok("list", "--json").stdout)[0]["id"]
-    outputs += [ready.ok("show", grant_id).stdout, ready.ok("revoke", grant_id).stderr,
-                ready.ok("revoke", "--all", "--yes").stderr]
+    outputs += [
+        ready.ok("show", grant_id).stdout,
+        ready.ok("revoke", grant_id).stderr,
+        ready.ok("revoke", "--all", "--yes").stderr,
+    ]
 
     forms = private_key_forms(signing_seed())
     assert len(forms[0]) == 32
@@ -111,14 +137,18 @@ def test_verify_ignores_a_key_planted_in_every_file_nhidel_keeps(
     ready: Cli, nhidel_home: Path
 ) -> None:
     """Someone who can write nhidel's files but not the keystore cannot get a token trusted."""
-    honest = json.loads(ready.ok("grant", "reviewer", "--scope", "repo:read:acme/a",
-                                 "--format", "json").stdout)
+    honest = json.loads(
+        ready.ok("grant", "reviewer", "--scope", "repo:read:acme/a", "--format", "json").stdout
+    )
     seed = generate_private_key()
     x = public_x(seed)
     kid = thumbprint(x)
     forged_id = "g" + "a" * 26
-    claims = {**{k: v for k, v in _claims_of(honest["token"]).items()}, "jti": forged_id,
-              "scope": "repo:*:*"}
+    claims = {
+        **{k: v for k, v in _claims_of(honest["token"]).items()},
+        "jti": forged_id,
+        "scope": "repo:*:*",
+    }
     forged = mint(claims, seed, kid)
 
     # config.toml: add the key as if nhidel had made it.
@@ -133,10 +163,11 @@ def test_verify_ignores_a_key_planted_in_every_file_nhidel_keeps(
         row = db.execute("SELECT * FROM grants WHERE id = ?", (honest["id"],)).fetchone()
         columns = [d[0] for d in db.execute("SELECT * FROM grants").description]
         values = dict(zip(columns, row, strict=True))
-        values.update(id=forged_id, kid=kid, token_sha256=token_sha256(forged),
-                      scope="repo:*:*")
-        db.execute(f"INSERT INTO grants ({', '.join(values)}) VALUES "
-                   f"({', '.join('?' * len(values))})", list(values.values()))
+        values.update(id=forged_id, kid=kid, token_sha256=token_sha256(forged), scope="repo:*:*")
+        db.execute(
+            f"INSERT INTO grants ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+            list(values.values()),
+        )
     # The lock files too (appending to the audit log is tampering that is reported as exit 5).
     for path in every_file(nhidel_home):
         if path.suffix == ".lock":
@@ -154,8 +185,7 @@ def test_the_pinned_trust_entry_is_what_verify_reads(
     ready: Cli, memory_keyring: MemoryKeyring
 ) -> None:
     token = ready.ok("grant", "reviewer", "--scope", "repo:read:acme/a").stdout.strip()
-    (service, _), entry = next((k, v) for k, v in memory_keyring.entries.items()
-                               if k[1] == TRUST)
+    (service, _), entry = next((k, v) for k, v in memory_keyring.entries.items() if k[1] == TRUST)
     trust = json.loads(entry)
     trust["keys"] = {}
     memory_keyring.entries[(service, TRUST)] = json.dumps(trust)
@@ -175,28 +205,40 @@ def test_pyjwt_verifies_tokens_and_rejects_a_wrong_key(ready: Cli) -> None:
     import jwt
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    token = ready.ok("grant", "reviewer", "--scope", "repo:read:acme/api", "--uses", "2",
-                     "--reason", "caf\u00e9 \"quoted\"").stdout.strip()
+    token = ready.ok(
+        "grant",
+        "reviewer",
+        "--scope",
+        "repo:read:acme/api",
+        "--uses",
+        "2",
+        "--reason",
+        'caf\u00e9 "quoted"',
+    ).stdout.strip()
     jwks = json.loads(ready.ok("key", "export", "--jwks").stdout)
     key = jwt.PyJWK.from_dict(jwks["keys"][0])
     assert jwt.get_unverified_header(token) == {
-        "alg": "EdDSA", "kid": jwks["keys"][0]["kid"], "typ": "nhidel+jwt"}
+        "alg": "EdDSA",
+        "kid": jwks["keys"][0]["kid"],
+        "typ": "nhidel+jwt",
+    }
     claims = jwt.decode(token, key, algorithms=["EdDSA"], options={"verify_aud": False})
     assert claims["act"] == {"sub": "reviewer"} and claims["max_uses"] == 2
     other = Ed25519PrivateKey.generate().public_key()
     with pytest.raises(jwt.InvalidSignatureError):
         jwt.decode(token, other, algorithms=["EdDSA"])
 
+
 def test_a_second_jose_library_verifies_tokens_with_the_exported_jwks(ready: Cli) -> None:
     """joserfc shares no code with nhidel's verifier: the token is a standard EdDSA JWT."""
     from joserfc import jwt
     from joserfc.jwk import KeySet
 
-    token = ready.ok("grant", "reviewer", "--scope", "repo:read:acme/api", "--aud",
-                     "api.acme.test").stdout.strip()
+    token = ready.ok(
+        "grant", "reviewer", "--scope", "repo:read:acme/api", "--aud", "api.acme.test"
+    ).stdout.strip()
     jwks = json.loads(ready.ok("key", "export", "--jwks").stdout)
-    assert all(set(key) >= {"kty", "crv", "x", "kid"} and "d" not in key
-               for key in jwks["keys"])
+    assert all(set(key) >= {"kty", "crv", "x", "kid"} and "d" not in key for key in jwks["keys"])
     with warnings.catch_warnings():
         # joserfc warns that RFC 9864 prefers "Ed25519" to "EdDSA"; SPEC.md fixes EdDSA.
         warnings.simplefilter("ignore")

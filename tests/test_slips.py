@@ -22,8 +22,8 @@ from processes import claims_of, isolated_env, list_all, ok
 from support import Cli
 
 from nhidel.audit.records import token_fingerprint
-from nhidel.remote import RemoteVerifier
-from nhidel.tokens import TokenDecoder, TokenRejected, token_sha256
+from nhidel.tokens.jws import TokenDecoder, TokenRejected, token_sha256
+from nhidel.verifiers.remote import RemoteVerifier
 
 SCOPE = "repo:read:acme/api"
 MALFORMED = {"allowed": False, "reason": "malformed", "grant": None}
@@ -245,7 +245,7 @@ def respellings(token: str) -> list[str]:
 def test_a_non_canonical_base64url_spelling_is_malformed_locally_and_remotely(
     ready: Cli, tmp_path: Path
 ) -> None:
-    from nhidel.principal import load_trust
+    from nhidel.keys.principal import load_trust
 
     jwks = tmp_path / "jwks.json"
     jwks.write_text(ready.ok("key", "export", "--jwks").stdout)
@@ -259,9 +259,9 @@ def test_a_non_canonical_base64url_spelling_is_malformed_locally_and_remotely(
             result = ready("verify", "-", "--scope", SCOPE, "--json", *where, input=text)
             assert result.exit_code == 1 and json.loads(result.stdout) == MALFORMED, where
     # The same through the library: the local decoder and the remote verifier.
-    from nhidel.config import Paths
-    from nhidel.keys import public_key
-    from nhidel.keystore import open_keystore
+    from nhidel.keys.keystore import open_keystore
+    from nhidel.keys.material import public_key
+    from nhidel.paths import Paths
 
     trust = load_trust(open_keystore(Paths.from_env()))
     decoder = TokenDecoder({kid: public_key(info["x"]) for kid, info in trust.keys.items()})
@@ -298,8 +298,8 @@ def test_an_integrity_denial_is_exit_5_and_any_other_exit_1(
     import contextlib
     from collections.abc import Iterator
 
-    from nhidel.claims import Decision
     from nhidel.cli import verify_cmds
+    from nhidel.tokens.claims import Decision
 
     reason = "integrity"
 

@@ -32,13 +32,19 @@ print(json.dumps({"status": status, "modules": sorted(sys.modules)}), file=sys.s
 
 def run_probe(home: Path, *args: str, stdin: str = "") -> tuple[int, set[str], str]:
     env = {
-        key: value for key, value in os.environ.items()
+        key: value
+        for key, value in os.environ.items()
         if not key.startswith(("NHIDEL_", "DBUS_", "PYTHON_KEYRING"))
     }
     env.update(NHIDEL_HOME=str(home), NHIDEL_KEYSTORE="file", NHIDEL_PASSPHRASE="start-up test")
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, *args], input=stdin, capture_output=True, text=True,
-        env=env, timeout=120, check=False,
+        [sys.executable, "-c", PROBE, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
     report = json.loads(result.stderr.strip().splitlines()[-1])
     return report["status"], set(report["modules"]), result.stdout
@@ -47,8 +53,10 @@ def run_probe(home: Path, *args: str, stdin: str = "") -> tuple[int, set[str], s
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("startup") / "home"
-    for args in (("init", "--principal", "alice"),
-                 ("agent", "add", "bot", "--allow", "a:b", "--max-ttl", "1h")):
+    for args in (
+        ("init", "--principal", "alice"),
+        ("agent", "add", "bot", "--allow", "a:b", "--max-ttl", "1h"),
+    ):
         status, _, _ = run_probe(home, *args)
         assert status == 0
     return home
@@ -68,7 +76,8 @@ def test_grant_verify_and_list_import_nothing_they_do_not_use(home: Path) -> Non
         for heavy in NEVER:
             assert not loaded(imported, heavy), (name, heavy)
         others = {f"nhidel.cli.{m}" for m in COMMAND_MODULES.values()} - {
-            f"nhidel.cli.{COMMAND_MODULES[name]}"}
+            f"nhidel.cli.{COMMAND_MODULES[name]}"
+        }
         assert not others & imported, (name, sorted(others & imported))
 
 
@@ -76,15 +85,16 @@ def test_list_without_a_keystore_reads_no_crypto(home: Path) -> None:
     status, modules, out = run_probe(home, "list", "--json")
     assert status == 0 and json.loads(out)
     assert not loaded(modules, "cryptography")
-    assert not {"nhidel.keystore", "secrets"} & modules
+    assert not {"nhidel.keys.keystore", "secrets"} & modules
 
 
 def test_every_command_is_in_the_lazy_table() -> None:
     assert set(command().commands) == set(COMMAND_MODULES)
     for name, module in COMMAND_MODULES.items():
         assert name in command([name]).commands
-        assert set(command([name]).commands) == {n for n, m in COMMAND_MODULES.items()
-                                                 if m == module}
+        assert set(command([name]).commands) == {
+            n for n, m in COMMAND_MODULES.items() if m == module
+        }
 
 
 def test_help_and_unknown_commands_still_see_every_command(cli: Cli) -> None:
@@ -99,14 +109,17 @@ def test_help_and_unknown_commands_still_see_every_command(cli: Cli) -> None:
     [
         (("grant", "bot", "--scope", "a:b", "--uses", "abc"), "'abc' is not a whole number"),
         (("grant", "bot", "--scope", "a:b", "--uses", "1.5"), "'1.5' is not a whole number"),
-        (("grant", "bot", "--scope", "a:b", "--format", "xml"),
-         "'xml' is not one of 'token', 'json', 'env'"),
+        (
+            ("grant", "bot", "--scope", "a:b", "--format", "xml"),
+            "'xml' is not one of 'token', 'json', 'env'",
+        ),
         (("audit", "tail", "-n", "ten"), "'ten' is not a whole number"),
         (("config", "set", "colour", "x"), "'colour' is not one of 'status-uri', 'status-dir'"),
     ],
 )
-def test_bad_values_are_one_line_usage_errors(cli: Cli, args: tuple[str, ...],
-                                              message: str) -> None:
+def test_bad_values_are_one_line_usage_errors(
+    cli: Cli, args: tuple[str, ...], message: str
+) -> None:
     result = cli(*args)
     assert result.exit_code == 2
     first, hint = result.stderr.splitlines()
@@ -116,6 +129,7 @@ def test_bad_values_are_one_line_usage_errors(cli: Cli, args: tuple[str, ...],
 
 def test_plain_converters_cover_every_parameter_nhidel_has() -> None:
     """A new parameter type would silently bring pydantic back: it must get a converter."""
+
     def parameters(cmd: object) -> list[object]:
         found = list(getattr(cmd, "params", []))
         for sub in getattr(cmd, "commands", {}).values():
@@ -140,6 +154,14 @@ def test_flags_read_text_as_click_does() -> None:
     convert = converter_for(bool)
     assert convert is not None
     assert [convert(v) for v in (True, "yes", "On", "1", False, "no", "0", "off")] == [
-        True, True, True, True, False, False, False, False]
+        True,
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
     with pytest.raises(ValueError, match="true or false"):
         convert("maybe")

@@ -7,9 +7,18 @@ import zlib
 
 import pytest
 
-from nhidel import statuslist
-from nhidel.keys import b64url_encode
-from nhidel.statuslist import INVALID, SUSPENDED, VALID, decode, encode, pack, status_of, unpack
+from nhidel.keys.material import b64url_encode
+from nhidel.tokens import statuslist
+from nhidel.tokens.statuslist import (
+    INVALID,
+    SUSPENDED,
+    VALID,
+    decode,
+    encode,
+    pack,
+    status_of,
+    unpack,
+)
 
 # draft-ietf-oauth-status-list, section 4.1: the examples for 1 and 2 bits per status.
 KAT_1BIT = [1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0, 1, 0, 1]

@@ -23,14 +23,14 @@ import pytest
 from processes import command, isolated_env, ok
 from support import Cli
 
-from nhidel import keystore
-from nhidel.audit import AuditLog, event
-from nhidel.audit.operations import TailFilter, tail
+from nhidel.actions.audit_log import TailFilter, tail
+from nhidel.audit import AuditKeys, AuditLog, event
 from nhidel.audit.reader import Position, follow, records
 from nhidel.audit.segments import rotated_segments
-from nhidel.config import Paths
-from nhidel.keystore import open_keystore
-from nhidel.principal import audit_keys, load_trust
+from nhidel.keys import keystore
+from nhidel.keys.keystore import open_keystore
+from nhidel.keys.principal import load_trust
+from nhidel.paths import Paths
 
 SKIPPED = "warning: skipped {} line(s) that are not sealed records; run nhidel audit verify"
 UNCHECKED = (
@@ -335,7 +335,7 @@ def test_follow_goes_on_from_where_records_stopped_across_a_rotation(
     monkeypatch.setenv("NHIDEL_AUDIT_SEGMENT_BYTES", "4096")
     key = load_trust(open_keystore(paths)).audit_key
     _append_fragment(paths.audit_file, _forged(paths.audit_file))
-    log = AuditLog(paths, audit_keys(open_keystore(paths)))
+    log = AuditLog(paths, AuditKeys.of(open_keystore(paths)))
     log.append([event("status.published")])  # ends the fragment: an unsealed line
     counted: list[int] = []
     end = Position()

@@ -76,15 +76,16 @@ from tamper_support import (
     write_private,
 )
 
-from nhidel import keystore, ledger
-from nhidel.audit.operations import TailFilter, tail, verify_log
+from nhidel.actions.audit_log import TailFilter, tail, verify_log
+from nhidel.actions.grants import GrantRequest, issue, revoke
 from nhidel.cli.app import COMMAND_MODULES, command
-from nhidel.config import Paths
 from nhidel.errors import NhidelError
-from nhidel.grants import GrantRequest, issue, revoke
-from nhidel.keystore import open_keystore
+from nhidel.keys import keystore
+from nhidel.keys.keystore import open_keystore
+from nhidel.ledger import store as ledger
 from nhidel.models import new_grant_id
-from nhidel.verifier import Verifier
+from nhidel.paths import Paths
+from nhidel.verifiers.local import Verifier
 
 SPEC_EXITS = frozenset(range(7))
 CLI_SHARE = 0.35  # cases run through the CLI (the rest through the library)

@@ -20,18 +20,19 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nhidel.agents import add_agent
-from nhidel.config import Paths
+from nhidel.actions.agents import add_agent
+from nhidel.actions.grants import GrantRequest, issue, new_grant_id, revoke
+from nhidel.actions.keys import init_principal
 from nhidel.errors import UsageError
-from nhidel.grants import GrantRequest, issue, new_grant_id, revoke
-from nhidel.keys import private_key, thumbprint
-from nhidel.keystore import KeyStore, open_keystore
-from nhidel.ledger import Ledger
+from nhidel.keys.keystore import KeyStore, open_keystore
+from nhidel.keys.material import private_key, thumbprint
+from nhidel.keys.principal import Signer, load_signer, load_trust
+from nhidel.ledger.store import Ledger
 from nhidel.models import Grant
-from nhidel.principal import Signer, init_principal, load_signer, load_trust
-from nhidel.tokens import TokenRejected, mint
-from nhidel.tokens import decode_verified as check
-from nhidel.verifier import Decision, Reason, Verifier
+from nhidel.paths import Paths
+from nhidel.tokens.jws import TokenRejected, mint
+from nhidel.tokens.jws import decode_verified as check
+from nhidel.verifiers.local import Decision, Reason, Verifier
 
 T = 1_795_428_000  # 2026-11-23T10:00:00Z
 SCOPE = "repo:read:acme/api"
@@ -503,11 +504,12 @@ def test_junk_headers_do_not_crowd_the_real_one_out_of_the_decoders_memory(
 ) -> None:
     """The decoder remembers header verdicts; a flood of made-up headers must not leave the
     signer's own header out of that memory for good (a slower gateway, not a wrong one)."""
-    from nhidel.tokens import TokenDecoder
+    from nhidel.tokens.jws import TokenDecoder
 
     _, token = granted
-    trusted = {world.signer.kid: Ed25519PrivateKey.from_private_bytes(
-        world.signer.seed).public_key()}
+    trusted = {
+        world.signer.kid: Ed25519PrivateKey.from_private_bytes(world.signer.seed).public_key()
+    }
     decoder = TokenDecoder(trusted)
     for n in range(100):
         junk = b64url(json.dumps({"alg": "EdDSA", "n": n}).encode())

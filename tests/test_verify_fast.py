@@ -20,14 +20,14 @@ from typing import Any
 import pytest
 from test_tokens import SCOPE, T, World, assert_denied, claims_of, forge, world  # noqa: F401
 
-from nhidel.audit.operations import verify_log
-from nhidel.claims import Reason
-from nhidel.config import Paths
-from nhidel.ledger import Ledger
-from nhidel.ledger_probe import CommitProbe
+from nhidel.actions.audit_log import verify_log
+from nhidel.ledger.commit_probe import CommitProbe
+from nhidel.ledger.store import Ledger
 from nhidel.models import Grant
-from nhidel.tokens import TokenDecoder, TokenRejected
-from nhidel.verifier import Verifier
+from nhidel.paths import Paths
+from nhidel.tokens.claims import Reason
+from nhidel.tokens.jws import TokenDecoder, TokenRejected
+from nhidel.verifiers.local import Verifier
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,7 +46,8 @@ def probe_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     kind: str = request.param
     if kind == "data_version":
         monkeypatch.setattr(
-            "nhidel.verifier.CommitProbe", functools.partial(CommitProbe, use_wal_index=False)
+            "nhidel.verifiers.local.CommitProbe",
+            functools.partial(CommitProbe, use_wal_index=False),
         )
     return kind
 
@@ -63,7 +64,7 @@ def in_another_process(paths: Paths, code: str) -> None:
     """Run `code` (with `ledger` open on the same file) in a separate Python process."""
     script = (
         "import sys\nfrom pathlib import Path\nfrom nhidel.config import Paths\n"
-        "from nhidel.ledger import Ledger\n"
+        "from nhidel.ledger.store import Ledger\n"
         f"with Ledger(Paths(Path({str(paths.config_dir)!r}), Path({str(paths.state_dir)!r}))) "
         "as ledger, ledger.transaction():\n"
         + "".join(f"    {line}\n" for line in code.splitlines())
@@ -261,7 +262,7 @@ def test_the_header_verdict_is_remembered_but_every_signature_is_checked(world: 
 
 
 def _public(of: World) -> Any:
-    from nhidel.keys import private_key
+    from nhidel.keys.material import private_key
 
     return private_key(of.signer.seed).public_key()
 
@@ -321,7 +322,7 @@ def test_a_tampered_count_is_detected(world: World) -> None:  # noqa: F811
 
 
 def test_audit_tail_shows_the_count(world: World) -> None:  # noqa: F811
-    from nhidel.render import audit_record_line
+    from nhidel.cli.render import audit_record_line
 
     _, token = world.issue(ttl="15m")
     with Verifier(world.paths, world.keystore, clock=lambda: T) as check:

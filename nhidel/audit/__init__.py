@@ -9,7 +9,7 @@
 Never put a token or a secret in a record: callers pass claims, ids and token fingerprints.
 """
 
-from .records import EVENTS, event
-from .writer import MARK, AuditKeys, AuditLog
+from nhidel.audit.records import EVENTS, event
+from nhidel.audit.writer import MARK, AuditKeys, AuditLog
 
 __all__ = ["EVENTS", "MARK", "AuditKeys", "AuditLog", "event"]

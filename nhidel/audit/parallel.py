@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .records import BadRecord, check_seal, line_hash, sealed_fields
+from nhidel.audit.records import BadRecord, check_seal, line_hash, sealed_fields
 
 MIN_PARALLEL_BYTES = 8 * 1024 * 1024
 _CHUNK_BYTES = 16 * 1024 * 1024
@@ -98,7 +98,7 @@ def check_in_parallel(
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from ..hardening import (
+    from nhidel.hardening import (
         PASSPHRASE_VARIABLES,
         protect_secrets_in_memory,
         withheld_from_environment,

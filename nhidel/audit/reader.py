@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ..config import Paths
-from ..errors import IntegrityError
-from ..fsutil import open_private_read
-from .records import BadRecord, open_line, parse_unchecked
-from .segments import all_segments, rotated_segments, segment_first_seq
+from nhidel.audit.records import BadRecord, open_line, parse_unchecked
+from nhidel.audit.segments import all_segments, rotated_segments, segment_first_seq
+from nhidel.errors import IntegrityError
+from nhidel.fsutil import open_private_read
+from nhidel.paths import Paths
 
 FOLLOW_INTERVAL = 0.1  # seconds between polls: well under the 250 ms lag goal
 

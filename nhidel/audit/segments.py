@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..config import Paths
+from nhidel.paths import Paths
 
 _ROTATED = re.compile(r"audit\.(\d{12})\.jsonl")
 

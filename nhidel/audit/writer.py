@@ -26,16 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import Paths
-from ..errors import IntegrityError
-from ..fsutil import (
-    ensure_private_dir,
-    exclusive_lock,
-    fsync_dir,
-    open_private_append,
-    storage_error,
-)
-from .records import (
+from nhidel.audit.records import (
     FORMAT_VERSION,
     GENESIS,
     BadRecord,
@@ -46,10 +37,19 @@ from .records import (
     parse_unchecked,
     seal_line,
 )
-from .segments import rotated_segments, segment_name
+from nhidel.audit.segments import rotated_segments, segment_name
+from nhidel.errors import IntegrityError
+from nhidel.fsutil import (
+    ensure_private_dir,
+    exclusive_lock,
+    fsync_dir,
+    open_private_append,
+    storage_error,
+)
+from nhidel.paths import Paths
 
 if TYPE_CHECKING:
-    from ..keystore import KeyStore
+    from nhidel.keys.keystore import KeyStore
 
 MARK = "audit-mark"
 # Ends a torn fragment's line: JSON followed by it never parses, so no reader takes the
@@ -71,6 +71,13 @@ class AuditKeys:
 
     def __repr__(self) -> str:  # keep the key out of tracebacks
         return "AuditKeys(...)"
+
+    @classmethod
+    def of(cls, keystore: KeyStore) -> AuditKeys:
+        """The audit key (from the pinned trust entry) and where the high-water mark goes."""
+        from nhidel.keys.principal import load_trust
+
+        return cls(load_trust(keystore).audit_key, keystore)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +159,9 @@ class Session:
     state_seq: int
     durable: bool = True
     written: list[dict[str, Any]] = field(default_factory=list)
-    # Names this session in its records: a crash leaves one session's records after the
-    # mark; several sessions' state changes there mean the keystore was put back (nhidel.state).
+    # Names this session in its records: a crash leaves one session's records after the mark;
+    # several sessions' state changes there mean the keystore was put back
+    # (nhidel.integrity.state).
     sid: str = field(default_factory=lambda: os.urandom(4).hex())
 
     def write(self, events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -228,7 +236,7 @@ class AuditLog:
         self.path = paths.audit_file
         self.keys = keys
         # Called, with the session, when the records after the mark include a state change
-        # (nhidel.state finishes it in the ledger). Without it such a log is refused.
+        # (nhidel.integrity.state finishes it in the ledger). Without it such a log is refused.
         self.finish_residue = finish_residue
         self.rotated_to = ""
         self.torn: bytes | None = None  # an unterminated fragment the next write ends
@@ -408,7 +416,7 @@ class AuditLog:
 
 
 # Events whose effect is in the ledger, config.toml or the keystore, not only in the log: a
-# crash between their record and that effect leaves work for nhidel.state to finish.
+# crash between their record and that effect leaves work for nhidel.integrity.state to finish.
 STATE_EVENTS = frozenset({
     "key.created", "key.rotated", "agent.added", "agent.removed", "grant.issued",
     "grant.revoked", "grant.used", "state.repaired", "log.loss_accepted", "config.updated",
@@ -439,7 +447,7 @@ def _anchor_in_syslog(seq: int, digest: str) -> None:
 
 
 def _version() -> str:
-    from .. import __version__
+    from nhidel import __version__
 
     return __version__
 

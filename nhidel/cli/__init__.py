@@ -19,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     shell = os.environ.get("_NHIDEL_COMPLETE")
     if shell is not None:
-        from .complete import SHELLS, run
+        from nhidel.cli.complete import SHELLS, run
 
         if shell in SHELLS:  # our scripts; Typer's own instructions (complete_bash, ...) go on
             return run(shell, args)
@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Everything nhidel creates is private, whatever the caller's umask.
     os.umask(0o077)
     _hold_closed_standard_descriptors()
-    from .app import command
+    from nhidel.cli.app import command
 
     return int(command(args).main(args=args, prog_name="nhidel", standalone_mode=False) or 0)
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import common
+from nhidel.cli import common
 
 
 def register(app: typer.Typer) -> None:
@@ -45,9 +45,9 @@ def add(
     ] = None,
 ) -> None:
     """Register an agent and its ceiling."""
-    from ..agents import add_agent
-    from ..render import say
-    from ..timefmt import format_duration
+    from nhidel.actions.agents import add_agent
+    from nhidel.cli.render import say
+    from nhidel.timefmt import format_duration
 
     where = common.paths()
     agent = add_agent(
@@ -70,8 +70,8 @@ def list_agents(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
     """List the registered agents."""
-    from ..config import load_config
-    from ..render import agents_table, print_json, say
+    from nhidel.cli.render import agents_table, print_json, say
+    from nhidel.config import load_config
 
     agents = sorted(load_config(common.paths()).agents.values(), key=lambda a: a.name)
     if as_json:
@@ -85,8 +85,8 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one agent and its ceiling."""
-    from ..config import load_config
-    from ..render import agent_details, print_json
+    from nhidel.cli.render import agent_details, print_json
+    from nhidel.config import load_config
 
     agent = load_config(common.paths()).agent(name)
     if as_json:
@@ -99,8 +99,8 @@ def remove(
     name: Annotated[str, typer.Argument(help="The agent's name.")],
 ) -> None:
     """Remove an agent, revoking every grant of it that is still live."""
-    from ..agents import remove_agent
-    from ..render import say
+    from nhidel.actions.agents import remove_agent
+    from nhidel.cli.render import say
 
     where = common.paths()
     store = common.keystore(where)

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from .. import __version__
-from .coercion import use_plain_coercion
-from .errors import exit_status_for
+from nhidel import __version__
+from nhidel.cli.coercion import use_plain_coercion
+from nhidel.cli.errors import exit_status_for
 
 
 class NhidelGroup(TyperGroup):
@@ -82,7 +82,7 @@ def build_app(args: Sequence[str] | None = None) -> typer.Typer:
     for name in modules:
         _register(app, name)
     if chosen is None:
-        from . import shell_scripts
+        from nhidel.cli import shell_scripts
 
         shell_scripts.use_in_typer()
     return app

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from ..errors import ExitStatus, UsageError
-from . import common
+from nhidel.cli import common
+from nhidel.errors import ExitStatus, UsageError
 
 
 def register(app: typer.Typer) -> None:
@@ -37,10 +37,10 @@ def tail(
     ] = None,
 ) -> None:
     """Print the last records; with -f, follow new ones like tail -f."""
-    from ..audit.operations import TailFilter
-    from ..audit.operations import tail as tail_records
-    from ..render import audit_record_line, say
-    from ..timefmt import parse_ago
+    from nhidel.actions.audit_log import TailFilter
+    from nhidel.actions.audit_log import tail as tail_records
+    from nhidel.cli.render import audit_record_line, say
+    from nhidel.timefmt import parse_ago
 
     since_time = None if since is None else parse_ago(since, now=common.now(), what="--since")
     wanted = TailFilter(agent=agent, event=event, since=since_time)
@@ -65,8 +65,8 @@ def verify(
     ] = False,
 ) -> None:
     """Check every record, the chain, the seals, the high-water mark and the ledger."""
-    from ..audit.operations import verify_log
-    from ..render import print_json, say
+    from nhidel.actions.audit_log import verify_log
+    from nhidel.cli.render import print_json, say
 
     where = common.paths()
     report = verify_log(where, common.keystore(where))
@@ -87,8 +87,8 @@ def find_token(
     as_json: Annotated[bool, typer.Option("--json", help="Raw JSON lines.")] = False,
 ) -> None:
     """Read a token on stdin and print the audit records about it."""
-    from ..audit.operations import find_token as find
-    from ..render import audit_record_line, say
+    from nhidel.actions.audit_log import find_token as find
+    from nhidel.cli.render import audit_record_line, say
 
     token = sys.stdin.read().strip()
     if not token:
@@ -108,8 +108,8 @@ def prune(
     keep: Annotated[int, typer.Option("--keep", help="Rotated segments to keep.")],
 ) -> None:
     """Delete old rotated segments, recording the pruning in the log."""
-    from ..audit.operations import prune as prune_segments
-    from ..render import say
+    from nhidel.actions.audit_log import prune as prune_segments
+    from nhidel.cli.render import say
 
     where = common.paths()
     removed = prune_segments(where, common.keystore(where), keep=keep)

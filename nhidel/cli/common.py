@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from ..config import Paths
+from nhidel.paths import Paths
 
 if TYPE_CHECKING:
-    from ..keystore import KeyStore
+    from nhidel.keys.keystore import KeyStore
 
 
 def now() -> int:
@@ -22,7 +22,7 @@ def paths() -> Paths:
 def keystore(where: Paths) -> KeyStore:
     import getpass
 
-    from ..keystore import open_keystore  # not for commands that only read the ledger
+    from nhidel.keys.keystore import open_keystore  # not for commands that only read the ledger
 
     return open_keystore(where, prompt=getpass.getpass)
 
@@ -31,15 +31,15 @@ def republish(where: Paths, store: KeyStore, *, changed: bool) -> None:
     """After revocations or a key rotation, which verifiers elsewhere learn of only from a
     newly published list: publish into the configured status directory, or say to publish.
     """
-    from ..errors import NhidelError, StorageError
-    from ..principal import audit_keys
-    from ..publish import republish as publish_again
-    from ..render import say
-    from ..state import sealed_config
+    from nhidel.actions.publish import republish as publish_again
+    from nhidel.audit import AuditKeys
+    from nhidel.cli.render import say
+    from nhidel.errors import NhidelError, StorageError
+    from nhidel.integrity.state import sealed_config
 
     if not changed:
         return
-    config = sealed_config(where, audit_keys(store))  # where to publish is sealed
+    config = sealed_config(where, AuditKeys.of(store))  # where to publish is sealed
     if config.status_uri is None:
         return
     if config.status_dir is None:

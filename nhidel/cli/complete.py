@@ -23,7 +23,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from .command_table import COMMANDS, EVENTS
+from nhidel.cli.command_table import COMMANDS, EVENTS
 
 SHELLS = ("bash", "zsh", "fish")
 # Enough for any menu a person reads; typing more of the id narrows the query itself.
@@ -179,7 +179,7 @@ def _agent_names(positionals: list[str], incomplete: str, now: int) -> list[Cand
 
 def _scopes(positionals: list[str], incomplete: str, now: int) -> list[Candidate]:
     """The scopes of the named agent's ceiling (config.toml may have been edited by hand)."""
-    from ..scopes import parse_scope
+    from nhidel.scopes import parse_scope
 
     agent = positionals[0] if positionals else ""
     found = []
@@ -232,7 +232,7 @@ def _agents() -> dict[str, list[str]]:
 
 
 def _relative(timestamp: int, now: int) -> str:
-    from ..timefmt import relative
+    from nhidel.timefmt import relative
 
     return relative(int(timestamp), now=now)
 

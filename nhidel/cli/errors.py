@@ -6,11 +6,11 @@ import os
 import sys
 import traceback
 
-from ..errors import ExitStatus, NhidelError
+from nhidel.errors import ExitStatus, NhidelError
 
 
 def report(message: str, hint: str | None) -> None:
-    from ..render import safe
+    from nhidel.cli.render import safe
 
     if sys.stderr is None:  # closed when nhidel started: the exit status is all there is
         return

@@ -8,18 +8,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..errors import UsageError
-from ..models import SHORT_ID_LENGTH
-from . import common
+from nhidel.cli import common
+from nhidel.errors import UsageError
+from nhidel.models import SHORT_ID_LENGTH
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from pathlib import Path
     from typing import NoReturn, TextIO
 
-    from ..config import Paths
-    from ..keystore import KeyStore
-    from ..models import Grant
+    from nhidel.keys.keystore import KeyStore
+    from nhidel.models import Grant
+    from nhidel.paths import Paths
 
 
 class TokenFormat(StrEnum):
@@ -76,8 +76,8 @@ def grant(
     A token that cannot be written out (stdout closed, a full disk, a reader gone) reached no
     one: its grant is revoked at once (reason `undelivered`) and the error names it.
     """
-    from ..grants import GrantRequest, issue
-    from ..render import grant_summary, json_text, say
+    from nhidel.actions.grants import GrantRequest, issue
+    from nhidel.cli.render import grant_summary, json_text, say
 
     where = common.paths()
     now = common.now()
@@ -112,8 +112,8 @@ def _deliver(text: str) -> None:
 
 def _revoke_undelivered(where: Paths, store: KeyStore, issued: Grant, exc: Exception) -> NoReturn:
     """Revoke a grant whose token could not be written out, then fail naming it."""
-    from ..errors import NhidelError
-    from ..grants import revoke
+    from nhidel.actions.grants import revoke
+    from nhidel.errors import NhidelError
 
     why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
     try:
@@ -139,18 +139,18 @@ def list_grants(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
     """List active and pending grants (soonest to expire first)."""
-    from ..ledger import Ledger
+    from nhidel.ledger.store import Ledger
 
     now = common.now()
     where = common.paths()
     with Ledger(where) as ledger:
         rows = ledger.grant_rows(now=now, agent=agent, include_all=include_all)
         if as_json:
-            from ..listing import JsonRows
+            from nhidel.ledger.rows import JsonRows
 
             _stream_json_array(JsonRows(now).lines(rows), spool_dir=where.state_dir)
             return
-        from ..render import grants_table, say
+        from nhidel.cli.render import grants_table, say
 
         if not grants_table(rows, now, show_status=include_all):
             say("no grants" if include_all else "no active grants (see --all)")
@@ -170,7 +170,7 @@ def _stream_json_array(items: Iterable[str], *, spool_dir: Path) -> None:
     """
     import tempfile
 
-    from ..errors import StorageError
+    from nhidel.errors import StorageError
 
     held: list[str] = []
     size = 0
@@ -224,15 +224,15 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one grant."""
-    from ..ledger import Ledger
-    from ..render import grant_details, grant_fields, print_json
+    from nhidel.cli.render import grant_details, grant_fields, print_json
+    from nhidel.ledger.store import Ledger
 
     now = common.now()
     with Ledger(common.paths()) as ledger:
         try:
             (found,) = ledger.resolve([grant_id])
         except (TypeError, ValueError, AttributeError):  # a row no Grant can hold (a blob)
-            from ..listing import corrupt_row
+            from nhidel.ledger.rows import corrupt_row
 
             raise corrupt_row(grant_id, "a value of the wrong type") from None
     if as_json:
@@ -253,8 +253,8 @@ def revoke(
     reason: Annotated[str | None, typer.Option("--reason", help="Why; recorded.")] = None,
 ) -> None:
     """Revoke grants: by id (all resolved first), by agent, or all."""
-    from ..grants import revoke as revoke_grants
-    from ..render import say
+    from nhidel.actions.grants import revoke as revoke_grants
+    from nhidel.cli.render import say
 
     ids = grant_ids or []
     if everything and not yes:

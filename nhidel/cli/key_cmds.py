@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from . import common
+from nhidel.cli import common
 
 
 def register(app: typer.Typer) -> None:
@@ -39,9 +39,9 @@ def init(
     ] = None,
 ) -> None:
     """Create your signing key in the keystore; print its kid and public key."""
-    from ..keys import public_pem
-    from ..principal import init_principal
-    from ..render import say
+    from nhidel.actions.keys import init_principal
+    from nhidel.cli.render import say
+    from nhidel.keys.material import public_pem
 
     where = common.paths()
     store = common.keystore(where)
@@ -56,9 +56,9 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the public keys verify trusts, with their states (active, retired, expired)."""
-    from ..principal import public_keys
-    from ..render import print_json, safe
-    from ..timefmt import local_clock, rfc3339
+    from nhidel.cli.render import print_json, safe
+    from nhidel.keys.principal import public_keys
+    from nhidel.timefmt import local_clock, rfc3339
 
     where = common.paths()
     now = common.now()
@@ -82,9 +82,9 @@ def export(
     jwks: Annotated[bool, typer.Option("--jwks", help="Print a JWKS instead of PEM.")] = False,
 ) -> None:
     """Print the active public key (PEM), or a JWKS of every key whose grants may be live."""
-    from ..keys import public_pem
-    from ..principal import public_keys
-    from ..publish import jwks_json
+    from nhidel.actions.publish import jwks_json
+    from nhidel.keys.material import public_pem
+    from nhidel.keys.principal import public_keys
 
     where = common.paths()
     if jwks:
@@ -105,9 +105,9 @@ def rotate(
     ] = False,
 ) -> None:
     """Make a new active signing key; the old one verifies its grants until they expire."""
-    from ..principal import rotate_key
-    from ..render import say
-    from ..timefmt import local_clock, relative
+    from nhidel.actions.keys import rotate_key
+    from nhidel.cli.render import say
+    from nhidel.timefmt import local_clock, relative
 
     where = common.paths()
     now = common.now()

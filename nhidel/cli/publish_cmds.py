@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from . import common
+from nhidel.cli import common
 
 
 class Setting(StrEnum):
@@ -36,8 +36,8 @@ def config_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show the principal, the issuer and the settings."""
-    from ..config import load_config
-    from ..render import print_json, safe
+    from nhidel.cli.render import print_json, safe
+    from nhidel.config import load_config
 
     config = load_config(common.paths())
     shown = {"principal": config.principal, "issuer": config.issuer,
@@ -60,8 +60,8 @@ def config_set(
     value: Annotated[str, typer.Argument(metavar="VALUE", help="Its new value.")],
 ) -> None:
     """Set status-uri (where the status list is served) or status-dir (where revoke publishes)."""
-    from ..render import say
-    from ..settings import set_status_dir, set_status_uri
+    from nhidel.actions.settings import set_status_dir, set_status_uri
+    from nhidel.cli.render import say
 
     where = common.paths()
     store = common.keystore(where)
@@ -75,8 +75,8 @@ def config_set(
 
 def config_unset(name: SettingArgument) -> None:
     """Clear a setting."""
-    from ..render import say
-    from ..settings import set_status_dir, set_status_uri
+    from nhidel.actions.settings import set_status_dir, set_status_uri
+    from nhidel.cli.render import say
 
     where = common.paths()
     store = common.keystore(where)
@@ -102,8 +102,8 @@ CacheTtlOption = Annotated[
 
 
 def _durations(ttl: str | None, cache_ttl: str | None) -> tuple[int, int]:
-    from ..publish import DEFAULT_CACHE_TTL, DEFAULT_TTL
-    from ..timefmt import parse_duration
+    from nhidel.actions.publish import DEFAULT_CACHE_TTL, DEFAULT_TTL
+    from nhidel.timefmt import parse_duration
 
     return (
         parse_duration(ttl, what="--ttl") if ttl else DEFAULT_TTL,
@@ -117,8 +117,8 @@ def status_publish(
     cache_ttl: CacheTtlOption = None,
 ) -> None:
     """Write the signed status list token (statuslist+jwt), marking every revoked grant."""
-    from ..publish import publish_status
-    from ..render import say
+    from nhidel.actions.publish import publish_status
+    from nhidel.cli.render import say
 
     where = common.paths()
     seconds, cache = _durations(ttl, cache_ttl)
@@ -136,8 +136,8 @@ def publish(
     cache_ttl: CacheTtlOption = None,
 ) -> None:
     """Write jwks.json and status.jwt into a directory, ready for a static web host."""
-    from ..publish import JWKS_FILE, STATUS_FILE, publish_site
-    from ..render import say
+    from nhidel.actions.publish import JWKS_FILE, STATUS_FILE, publish_site
+    from nhidel.cli.render import say
 
     where = common.paths()
     seconds, cache = _durations(ttl, cache_ttl)

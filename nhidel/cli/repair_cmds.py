@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import common
+from nhidel.cli import common
 
 
 def register(app: typer.Typer) -> None:
@@ -30,8 +30,8 @@ def repair(
     rolled back gets back every revocation and use the log holds. Either way the repair is
     itself a sealed audit record.
     """
-    from ..render import say
-    from ..repair import repair as bring_in_step
+    from nhidel.actions.repair import repair as bring_in_step
+    from nhidel.cli.render import say
 
     where = common.paths()
     report = bring_in_step(where, common.keystore(where), accept_loss=accept_loss,

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..errors import ExitStatus, UsageError
-from ..tokens import MAX_TOKEN_LENGTH
-from . import common
+from nhidel.cli import common
+from nhidel.errors import ExitStatus, UsageError
+from nhidel.tokens.jws import MAX_TOKEN_LENGTH
 
 if TYPE_CHECKING:
-    from ..claims import Decision
-    from ..scopes import Scope
+    from nhidel.scopes import Scope
+    from nhidel.tokens.claims import Decision
 
 
 def register(app: typer.Typer) -> None:
@@ -77,9 +77,9 @@ def verify(
 
     --batch exits 0 only when every line was allowed; --consume counts a use per allowed line.
     """
-    from ..claims import requested_scopes
-    from ..render import grant_fields, print_json, say
-    from ..timefmt import parse_duration
+    from nhidel.cli.render import grant_fields, print_json, say
+    from nhidel.timefmt import parse_duration
+    from nhidel.tokens.claims import requested_scopes
 
     # Checked (and parsed) before the token is read or a keystore opened.
     requested = requested_scopes(scope or [], any_scope)
@@ -96,7 +96,7 @@ def verify(
     checking = _checker(requested, any_scope=any_scope, aud=aud, consume=consume, leeway=skew,
                         jwks=jwks, status_list=status_list, issuer=issuer)  # fmt: skip
     if batch:
-        from ..batch import verify_lines
+        from nhidel.verifiers.batch import verify_lines
 
         with _closing_on_termination(), checking as check:
             if not verify_lines(sys.stdin.buffer, sys.stdout.buffer, check):
@@ -137,12 +137,12 @@ def _checker(
     in the keystore and the local ledger, whose verifier is closed (its decisions written)
     at the end."""
     if jwks is not None:
-        from ..remote import RemoteVerifier
+        from nhidel.verifiers.remote import RemoteVerifier
 
         remote = RemoteVerifier(jwks, status_list, issuer=issuer, leeway=leeway)
         yield lambda text: remote.check(text, requested, any_scope=any_scope, aud=aud)
         return
-    from ..verifier import Verifier
+    from nhidel.verifiers.local import Verifier
 
     where = common.paths()
     with Verifier(where, common.keystore(where), leeway=leeway) as verifier:

@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import Paths
-from ..errors import IntegrityError
-from .reader import lines
-from .records import (
+from nhidel.audit.reader import lines
+from nhidel.audit.records import (
     GENESIS,
     BadRecord,
     check_seal,
@@ -28,8 +26,10 @@ from .records import (
     parse_unchecked,
     sealed_fields,
 )
-from .segments import all_segments
-from .writer import STATE_EVENTS, TORN_MARK
+from nhidel.audit.segments import all_segments
+from nhidel.audit.writer import STATE_EVENTS, TORN_MARK
+from nhidel.errors import IntegrityError
+from nhidel.paths import Paths
 
 # Events whose content `audit verify` compares with the ledger; only these are parsed in full.
 _NOTEWORTHY = re.compile(
@@ -38,7 +38,7 @@ _NOTEWORTHY = re.compile(
 )
 
 if TYPE_CHECKING:
-    from ..ledger import Ledger
+    from nhidel.ledger.store import Ledger
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +153,7 @@ def _check_fast(
     paths: Paths, key: bytes, mark: dict[str, Any] | None, report: Report, facts: _Facts
 ) -> int | None:
     """A large, clean log checked on every core; None when the sequential scan must run."""
-    from .parallel import MIN_PARALLEL_BYTES, check_in_parallel
+    from nhidel.audit.parallel import MIN_PARALLEL_BYTES, check_in_parallel
 
     segments = all_segments(paths)
     if (os.cpu_count() or 1) < 2 or sum(p.stat().st_size for p in segments) < MIN_PARALLEL_BYTES:
@@ -331,9 +331,9 @@ def _check_sealed_state(
     """The sealed state is fresh (not older than the mark, not newer than the log), config.toml
     and the keystore's pins are as it seals them, it holds every revocation and use the log
     holds, and every row is sealed, was issued, and says what the sealed state says."""
-    from ..claims import MAX_LEEWAY
-    from ..config import load_config
-    from ..state import (
+    from nhidel.audit.writer import Mark
+    from nhidel.config import load_config
+    from nhidel.integrity.state import (
         check_fresh,
         check_keys,
         config_digest,
@@ -341,7 +341,7 @@ def _check_sealed_state(
         open_state,
         row_is_sealed,
     )
-    from .writer import Mark
+    from nhidel.tokens.claims import MAX_LEEWAY
 
     def stop(why: str) -> _Stop:
         return _Stop(Problem("ledger", 0, None, why))

@@ -22,7 +22,7 @@ from collections.abc import Hashable
 from datetime import UTC, datetime
 from typing import Any
 
-from .writer import AuditLog
+from nhidel.audit.writer import AuditLog
 
 MAX_DELAY = 1.0  # seconds a decision may wait in memory
 MAX_BUFFERED = 10_000  # records (a coalesced run is one)

@@ -23,16 +23,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from .config import Paths
-from .errors import IntegrityError, KeystoreError, UsageError
-from .fsutil import atomic_write, exclusive_lock
-from .hardening import PASSPHRASE_VARIABLE, protect_secrets_in_memory, take_from_environment
-from .keys import b64, unb64
-from .secret_service import (
+from nhidel.errors import IntegrityError, KeystoreError, UsageError
+from nhidel.fsutil import atomic_write, exclusive_lock
+from nhidel.hardening import PASSPHRASE_VARIABLE, protect_secrets_in_memory, take_from_environment
+from nhidel.keys.material import b64, unb64
+from nhidel.keys.secret_service import (
     SecretService,
     SecretServiceUnavailable,
     keyring_would_choose_secret_service,
 )
+from nhidel.paths import Paths
 
 SIGNING = "signing"
 TRUST = "trust"

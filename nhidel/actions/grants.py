@@ -6,19 +6,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import state
-from .audit import AuditKeys, event
-from .audit.records import token_fingerprint
-from .claims import MAX_LEEWAY
-from .config import Config, Paths, load_config
-from .errors import IntegrityError, KeystoreError, PolicyError, UsageError
-from .keystore import KeyStore, open_keystore
-from .ledger import Ledger
-from .models import Agent, Grant, check_audience, new_grant_id
-from .principal import NO_KEY_HINT, audit_keys, load_signer
-from .scopes import Scope, not_covered, parse_scopes
-from .timefmt import format_duration, parse_duration, parse_time
-from .tokens import MAX_TOKEN_LENGTH, mint, token_sha256
+from nhidel.audit import AuditKeys, event
+from nhidel.audit.records import token_fingerprint
+from nhidel.config import Config, load_config
+from nhidel.errors import IntegrityError, KeystoreError, PolicyError, UsageError
+from nhidel.integrity import state
+from nhidel.keys.keystore import KeyStore, open_keystore
+from nhidel.keys.principal import NO_KEY_HINT, load_signer
+from nhidel.ledger.store import Ledger
+from nhidel.models import Agent, Grant, check_audience, new_grant_id
+from nhidel.paths import Paths
+from nhidel.scopes import Scope, not_covered, parse_scopes
+from nhidel.timefmt import format_duration, parse_duration, parse_time
+from nhidel.tokens.claims import MAX_LEEWAY
+from nhidel.tokens.jws import MAX_TOKEN_LENGTH, mint, token_sha256
 
 MAX_NOT_BEFORE = 30 * 86400
 MAX_USES = 1_000_000_000
@@ -230,7 +231,7 @@ def revoke(
         )
     config = load_config(paths)
     principal = config.principal
-    keys = audit_keys(keystore or open_keystore(paths))
+    keys = AuditKeys.of(keystore or open_keystore(paths))
     with Ledger(paths) as ledger:
         targets = [grant.id for grant in ledger.resolve(ids)] if ids else []
         with state.change(paths, keys, ledger, now=now) as step:

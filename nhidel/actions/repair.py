@@ -2,7 +2,7 @@
 
 Always toward the more restrictive state, and always sealed in the log:
 - a crash's residue (records after the mark that the ledger lacks) is finished as every
-  writer would (nhidel.state.finish_residue);
+  writer would (nhidel.integrity.state.finish_residue);
 - a ledger rolled back while the log kept its records gets them back: every revocation and use
   the sealed log holds is applied again, and grants the ledger lost come back as revoked
   tombstones (`state.repaired`);
@@ -16,18 +16,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import state
-from .audit import event
-from .audit.reader import lines
-from .audit.records import BadRecord, open_line
-from .audit.writer import AuditLog
-from .config import Paths, load_config
-from .errors import IntegrityError
-from .fsutil import exclusive_lock
-from .keystore import KeyStore
-from .ledger import Ledger
-from .models import Grant
-from .principal import audit_keys
+from nhidel.audit import AuditKeys, event
+from nhidel.audit.reader import lines
+from nhidel.audit.records import BadRecord, open_line
+from nhidel.audit.writer import AuditLog
+from nhidel.config import load_config
+from nhidel.errors import IntegrityError
+from nhidel.fsutil import exclusive_lock
+from nhidel.integrity import state
+from nhidel.keys.keystore import KeyStore
+from nhidel.ledger.store import Ledger
+from nhidel.models import Grant
+from nhidel.paths import Paths
 
 
 @dataclass(slots=True)
@@ -45,7 +45,7 @@ class RepairReport:
 def repair(paths: Paths, keystore: KeyStore, *, accept_loss: bool, now: int) -> RepairReport:
     """Bring log, ledger and mark back in step; raise IntegrityError (with the hint to accept
     the loss) when something was lost for good and `accept_loss` is not given."""
-    keys = audit_keys(keystore)
+    keys = AuditKeys.of(keystore)
     report = RepairReport()
     log = AuditLog(paths, keys)
     with exclusive_lock(paths.config_lock), Ledger(paths) as ledger:

@@ -15,7 +15,7 @@ import os
 import struct
 import threading
 
-from .ledger import Ledger
+from nhidel.ledger.store import Ledger
 
 _HEADER_BYTES = 96  # the two copies of the 48-byte WalIndexHdr
 _WAL_INDEX_VERSION = 3007000

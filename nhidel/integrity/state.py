@@ -34,16 +34,25 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from .audit.records import BadRecord, canonical, check_seal, event, seal_line
-from .audit.writer import STATE_EVENTS, AuditKeys, AuditLog, Mark, Session, log_head, read_mark
-from .claims import MAX_LEEWAY
-from .config import Config, Paths, load_config, save_config, without_agent
-from .errors import IntegrityError
-from .models import Grant
+from nhidel.audit.records import BadRecord, canonical, check_seal, event, seal_line
+from nhidel.audit.writer import (
+    STATE_EVENTS,
+    AuditKeys,
+    AuditLog,
+    Mark,
+    Session,
+    log_head,
+    read_mark,
+)
+from nhidel.config import Config, load_config, save_config, without_agent
+from nhidel.errors import IntegrityError
+from nhidel.models import Grant
+from nhidel.paths import Paths
+from nhidel.tokens.claims import MAX_LEEWAY
 
 if TYPE_CHECKING:
-    from .keystore import KeyStore
-    from .ledger import Ledger
+    from nhidel.keys.keystore import KeyStore
+    from nhidel.ledger.store import Ledger
 
 STATE_FORMAT = 1
 REPAIR_HINT = "run nhidel repair (nhidel repair --accept-loss if files were lost for good)"
@@ -184,7 +193,7 @@ def read_checked(
 def sealed_config(paths: Paths, keys: AuditKeys) -> Config:
     """config.toml, checked against the sealed state (itself checked fresh): for commands that
     act on a setting outside a state change (publishing after a revocation)."""
-    from .ledger import Ledger
+    from nhidel.ledger.store import Ledger
 
     with Ledger(paths) as ledger:
         sealed = read_checked(paths, keys, ledger)
@@ -301,7 +310,7 @@ def residue_finisher(paths: Paths, keys: AuditKeys) -> Callable[[Session], None]
     left in the log, in its own ledger transaction, before their records are written."""
 
     def finish(session: Session) -> None:
-        from .ledger import Ledger
+        from nhidel.ledger.store import Ledger
 
         now = int(time.time())
         with Ledger(paths) as ledger, ledger.transaction():
@@ -497,7 +506,7 @@ def _revoke_orphans(step: Change, record: dict[str, Any], *, now: int) -> None:
 
 def tombstone(record: dict[str, Any]) -> Grant:
     """The grant a sealed grant.issued record describes, for a row that must be revoked."""
-    from .scopes import parse_scopes
+    from nhidel.scopes import parse_scopes
 
     expires = int(record.get("expires_at") or 0)
     return Grant(

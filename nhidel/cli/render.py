@@ -17,9 +17,9 @@ from collections.abc import Iterable
 from itertools import islice
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .listing import GrantRow, ScopeCache, corrupt_row, row_status
-from .models import SHORT_ID_LENGTH, Agent, Grant
-from .timefmt import format_duration, local_clock, relative
+from nhidel.ledger.rows import GrantRow, ScopeCache, corrupt_row, row_status
+from nhidel.models import SHORT_ID_LENGTH, Agent, Grant
+from nhidel.timefmt import format_duration, local_clock, relative
 
 AGENT_WIDTH = 20  # `list` folds longer agent names (up to 64 characters) onto more lines
 

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO
 
-from .claims import Decision
-from .tokens import MAX_TOKEN_LENGTH
+from nhidel.tokens.claims import Decision
+from nhidel.tokens.jws import MAX_TOKEN_LENGTH
 
 READ_SIZE = 64 * 1024
 _MAX_REMEMBERED = 4096

@@ -13,11 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .config import Paths
-from .errors import IntegrityError, NotFoundError, StorageError, UsageError
-from .fsutil import check_sqlite_files, create_private_file
-from .models import GRANT_ID_PREFIX, SHORT_ID_LENGTH, Grant
-from .scopes import parse_scope_text
+from nhidel.errors import IntegrityError, NotFoundError, StorageError, UsageError
+from nhidel.fsutil import check_sqlite_files, create_private_file
+from nhidel.models import GRANT_ID_PREFIX, SHORT_ID_LENGTH, Grant
+from nhidel.paths import Paths
+from nhidel.scopes import parse_scope_text
 
 SCHEMA_VERSION = 4
 MIN_PREFIX = 4
@@ -54,8 +54,8 @@ CREATE INDEX grants_by_issue ON grants (issued_at, id);
 -- Bumped by `revoke --all`, `revoke --agent` and `key rotate`: a grant minted meanwhile is refused.
 CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO meta VALUES ('revocation_epoch', 0);
--- What verify trusts about revocations, uses and keys: one sealed document (nhidel.state),
--- bound to the audit log's high-water mark in the keystore.
+-- What verify trusts about revocations, uses and keys: one sealed document
+-- (nhidel.integrity.state), bound to the audit log's high-water mark in the keystore.
 CREATE TABLE sealed_state (id INTEGER PRIMARY KEY CHECK (id = 1), body BLOB NOT NULL);
 """
 # Each schema version's upgrade from the one before it, run in one transaction.
@@ -71,8 +71,9 @@ _MIGRATIONS = {
         "WHERE revoked_at IS NULL AND (max_uses IS NULL OR uses < max_uses)",
         "CREATE INDEX grants_by_issue ON grants (issued_at, id)",
     ),
-    # 4: each row sealed, and the sealed state (nhidel.state). Older rows stay unsealed, and
-    # verify refuses them: `nhidel repair --accept-loss` starts the sealed state afresh.
+    # 4: each row sealed, and the sealed state (nhidel.integrity.state). Older rows stay
+    # unsealed, and verify refuses them: `nhidel repair --accept-loss` starts the sealed
+    # state afresh.
     4: (
         "ALTER TABLE grants ADD COLUMN seal TEXT",
         "CREATE TABLE sealed_state (id INTEGER PRIMARY KEY CHECK (id = 1), body BLOB NOT NULL)",
@@ -218,7 +219,7 @@ class Ledger:
             )
 
     def sealed_state(self) -> bytes | None:
-        """The sealed state document as stored (nhidel.state checks and reads it)."""
+        """The sealed state document as stored (nhidel.integrity.state checks and reads it)."""
         with self._errors():
             row = self.db.execute("SELECT body FROM sealed_state WHERE id = 1").fetchone()
         return None if row is None else bytes(row[0])
@@ -307,7 +308,7 @@ class Ledger:
         """Grants as raw rows of LIST_COLUMNS: by default the active and pending ones, soonest to
         expire first; with `include_all` every grant, in order of issue. Streams.
 
-        For `nhidel list`, which turns each row straight into text (nhidel.listing) and so
+        For `nhidel list`, which turns each row straight into text (nhidel.ledger.rows) and so
         needs no Grant per row.
         """
         where: list[str] = []
@@ -340,8 +341,8 @@ class Ledger:
         *,
         revoked_reason: str | None = None,
     ) -> None:
-        """Insert a grant's row, sealed by nhidel.state (verify refuses a row without a seal);
-        `revoked_reason`: born revoked, a repair's tombstone."""
+        """Insert a grant's row, sealed by nhidel.integrity.state (verify refuses a row without
+        a seal); `revoked_reason`: born revoked, a repair's tombstone."""
         with self._errors():
             self.db.execute(
                 "INSERT INTO grants (id, agent, scope, aud, issued_at, not_before, expires_at, "
@@ -431,7 +432,7 @@ class Ledger:
 
     def live_ids(self, *, now: int, agent: str | None = None, kid: str | None = None) -> list[str]:
         """Ids of grants not yet expired (pending included), revoked or not: whether one is
-        revoked is the sealed state's to say (nhidel.state), since a row can be edited."""
+        revoked is the sealed state's to say (nhidel.integrity.state), since a row can be edited."""
         sql = "SELECT id FROM grants WHERE expires_at > ?"
         params: list[Any] = [now]
         if agent is not None:

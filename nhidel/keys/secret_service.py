@@ -21,7 +21,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import KeystoreError
+from nhidel.errors import KeystoreError
 
 # What keyring's Secret Service backend files its items under.
 _APPLICATION = "Python keyring library"

@@ -14,12 +14,20 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from . import state
-from .audit import AuditKeys, event
-from .audit.group_commit import DecisionLog
-from .audit.records import token_fingerprint
-from .audit.writer import log_head, read_mark
-from .claims import (
+from nhidel.audit import AuditKeys, event
+from nhidel.audit.decision_log import DecisionLog
+from nhidel.audit.records import token_fingerprint
+from nhidel.audit.writer import log_head, read_mark
+from nhidel.errors import IntegrityError
+from nhidel.integrity import state
+from nhidel.keys.material import public_key
+from nhidel.keys.principal import load_trust
+from nhidel.ledger.commit_probe import CommitProbe
+from nhidel.ledger.store import Ledger
+from nhidel.models import Grant
+from nhidel.paths import Paths
+from nhidel.scopes import Scope
+from nhidel.tokens.claims import (
     Decision,
     Denied,
     Reason,
@@ -28,20 +36,12 @@ from .claims import (
     claims_shape,
     requested_scopes,
 )
-from .config import Paths
-from .errors import IntegrityError
-from .keys import public_key
-from .ledger import Ledger
-from .ledger_probe import CommitProbe
-from .models import Grant
-from .principal import load_trust
-from .scopes import Scope
-from .tokens import TokenDecoder, TokenRejected, token_sha256
+from nhidel.tokens.jws import TokenDecoder, TokenRejected, token_sha256
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from .keystore import KeyStore
+    from nhidel.keys.keystore import KeyStore
 
 
 CACHE_SIZE = 4096  # tokens whose verified claims and ledger verdict are kept
@@ -72,7 +72,7 @@ class Verifier:
         audit: bool = True,
         cache_size: int = CACHE_SIZE,
     ) -> None:
-        from .keystore import open_keystore
+        from nhidel.keys.keystore import open_keystore
 
         self.paths = paths or Paths.from_env()
         store = keystore or open_keystore(self.paths)

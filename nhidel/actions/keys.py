@@ -1,60 +1,22 @@
-"""The principal's signing key: created once by `init`, read only to sign, pinned for verify."""
+"""Creating the principal's signing key (`init`) and replacing it (`key rotate`)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import Any
 
-from . import state
-from .audit import AuditKeys, event
-from .config import Config, Paths, load_config
-from .errors import KeystoreError, PolicyError, UsageError
-from .fsutil import exclusive_lock
-from .keys import b64, generate_private_key, public_x, thumbprint, unb64
-from .keystore import NO_KEYRING_HINT, SIGNING, TRUST, KeyStore
-from .ledger import Ledger
-from .models import Grant, is_plain_text
-from .timefmt import rfc3339
-
-NO_KEY_HINT = "create one with: nhidel init"
-
-
-@dataclass(frozen=True, slots=True)
-class Signer:
-    """What signing needs, loaded in one keystore read. Never printed, logged or stored."""
-
-    principal: str
-    issuer: str
-    kid: str
-    seed: bytes
-    audit_key: bytes
-
-    def __repr__(self) -> str:  # keep the key out of tracebacks and debug output
-        return f"Signer(principal={self.principal!r}, kid={self.kid!r})"
-
-
-@dataclass(frozen=True, slots=True)
-class Trust:
-    """The issuer and public keys verify accepts, as pinned in the keystore."""
-
-    issuer: str
-    keys: dict[str, dict[str, Any]]  # kid -> {"x": ..., "state": ..., "created_at": ...}
-    audit_key: bytes
-
-    def __repr__(self) -> str:  # the audit key is a secret
-        return f"Trust(issuer={self.issuer!r}, keys={sorted(self.keys)!r})"
-
-
-@dataclass(frozen=True, slots=True)
-class PublicKeyInfo:
-    principal: str
-    issuer: str
-    kid: str
-    x: str
-    state: str
-    created_at: str | None
-    live_until: int | None = None
+from nhidel.audit import AuditKeys, event
+from nhidel.config import Config, load_config
+from nhidel.errors import KeystoreError, PolicyError, UsageError
+from nhidel.fsutil import exclusive_lock
+from nhidel.integrity import state
+from nhidel.keys.keystore import NO_KEYRING_HINT, SIGNING, TRUST, KeyStore
+from nhidel.keys.material import b64, generate_private_key, public_x, thumbprint, unb64
+from nhidel.keys.principal import PublicKeyInfo, key_state, load_signer, load_trust
+from nhidel.ledger.store import Ledger
+from nhidel.models import Grant, is_plain_text
+from nhidel.paths import Paths
+from nhidel.timefmt import rfc3339
 
 
 def init_principal(
@@ -138,61 +100,6 @@ def _create_key(
     return kid, x, created, audit_key
 
 
-def load_signer(keystore: KeyStore) -> Signer:
-    entry = keystore.read(SIGNING)
-    if entry is None:
-        raise KeystoreError(f"no signing key in {keystore.description}", NO_KEY_HINT)
-    return Signer(
-        entry["principal"],
-        entry["issuer"],
-        entry["kid"],
-        unb64(entry["private_key"]),
-        unb64(entry["audit_key"]),
-    )
-
-
-def load_trust(keystore: KeyStore) -> Trust:
-    entry = keystore.read(TRUST)
-    if entry is None:
-        raise KeystoreError(f"no trusted keys in {keystore.description}", NO_KEY_HINT)
-    return Trust(entry["issuer"], dict(entry["keys"]), unb64(entry["audit_key"]))
-
-
-def audit_keys(keystore: KeyStore) -> AuditKeys:
-    """The audit key (from the pinned trust entry) and where the high-water mark goes."""
-    return AuditKeys(load_trust(keystore).audit_key, keystore)
-
-
-def public_keys(paths: Paths, keystore: KeyStore, *, now: int) -> list[PublicKeyInfo]:
-    """Every pinned public key with its state, newest first.
-
-    States: `active` (signs new grants), `retired` (rotated out; verifies its grants until the
-    last of them expires, `live_until`), `expired` (retired, and none of its grants is live:
-    it leaves the JWKS and, at the next rotation, the keystore).
-    """
-    trust = load_trust(keystore)
-    principal = load_config(paths).principal or ""
-    infos = [
-        PublicKeyInfo(
-            principal,
-            trust.issuer,
-            kid,
-            info["x"],
-            _state(info, now),
-            info.get("created_at"),
-            info.get("live_until"),
-        )
-        for kid, info in trust.keys.items()
-    ]
-    return sorted(infos, key=lambda info: info.created_at or "", reverse=True)
-
-
-def _state(info: dict[str, Any], now: int) -> str:
-    if info.get("state") == "retired" and int(info.get("live_until", 0)) <= now:
-        return "expired"
-    return str(info.get("state", "active"))
-
-
 @dataclass(frozen=True, slots=True)
 class Rotation:
     old_kid: str
@@ -227,7 +134,7 @@ def rotate_key(paths: Paths, keystore: KeyStore, *, now: int, compromised: bool)
                 else:
                     live_until = ledger.last_expiry(signer.kid, now=now)
                 pinned = {k: v for k, v in trust.keys.items()
-                          if k != signer.kid and _state(v, now) != "expired"}  # fmt: skip
+                          if k != signer.kid and key_state(v, now) != "expired"}  # fmt: skip
                 if live_until is not None and signer.kid in trust.keys:
                     pinned[signer.kid] = {**trust.keys[signer.kid], "state": "retired",
                                           "live_until": live_until}  # fmt: skip

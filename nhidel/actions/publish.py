@@ -15,17 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import state
-from .audit import AuditKeys, event
-from .claims import MAX_LEEWAY
-from .config import Paths, load_config
-from .errors import UsageError
-from .fsutil import atomic_write, file_kind, storage_error
-from .keystore import KeyStore
-from .ledger import Ledger
-from .principal import Signer, load_signer, public_keys
-from .statuslist import INVALID, encode
-from .tokens import mint
+from nhidel.audit import AuditKeys, event
+from nhidel.config import load_config
+from nhidel.errors import UsageError
+from nhidel.fsutil import atomic_write, file_kind, storage_error
+from nhidel.integrity import state
+from nhidel.keys.keystore import KeyStore
+from nhidel.keys.principal import Signer, load_signer, public_keys
+from nhidel.ledger.store import Ledger
+from nhidel.paths import Paths
+from nhidel.tokens.claims import MAX_LEEWAY
+from nhidel.tokens.jws import mint
+from nhidel.tokens.statuslist import INVALID, encode
 
 STATUS_TOKEN_TYPE = "statuslist+jwt"  # noqa: S105 - a media type, not a secret
 JWKS_FILE = "jwks.json"
@@ -54,7 +55,7 @@ class StatusList:
 
 def jwks_json(paths: Paths, keystore: KeyStore, *, now: int) -> str:
     """The JWKS of every key whose grants may still be live (what `key export --jwks` prints)."""
-    from .keys import public_jwk
+    from nhidel.keys.material import public_jwk
 
     live = [public_jwk(i.x) for i in public_keys(paths, keystore, now=now) if i.state != "expired"]
     return json.dumps({"keys": live}, indent=2) + "\n"

@@ -12,7 +12,7 @@ import re
 from enum import Enum
 from typing import Any
 
-from .gendocs import choices, command_tree, names, params, summary
+from tools.command_tree import choices, command_tree, names, params, summary
 
 # The date in the page's footer: that of the release named by nhidel.__version__. A constant,
 # not today's date, so that regenerating the page changes nothing; bump it with the version.
@@ -108,7 +108,7 @@ def _option_label(option: Any) -> str:
 
 
 def man_page(readme: str) -> str:
-    from .. import __version__
+    from nhidel import __version__
 
     out = [
         f'.TH NHIDEL 1 "{RELEASE_DATE}" "nhidel {__version__}" "User Commands"',

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .claims import (
+from nhidel.keys.material import b64url_decode, public_key, thumbprint
+from nhidel.scopes import Scope
+from nhidel.tokens.claims import (
     Decision,
     Denied,
     Reason,
@@ -28,9 +30,7 @@ from .claims import (
     claims_shape,
     requested_scopes,
 )
-from .keys import b64url_decode, public_key, thumbprint
-from .scopes import Scope
-from .tokens import TokenRejected, decode_verified
+from nhidel.tokens.jws import TokenRejected, decode_verified
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -219,7 +219,7 @@ class RemoteVerifier:
     def _check_status(
         self, claims: dict[str, Any], keys: dict[str, Ed25519PublicKey], now: int
     ) -> None:
-        from .statuslist import INVALID, SUSPENDED, VALID, status_of
+        from nhidel.tokens.statuslist import INVALID, SUSPENDED, VALID, status_of
 
         reference = claims.get("status")
         entry = reference.get("status_list") if isinstance(reference, dict) else None

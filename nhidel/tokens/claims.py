@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from .errors import UsageError
-from .models import GRANT_ID, Grant
-from .scopes import Scope, covered_by_any, parse_scope_text, parse_scopes
+from nhidel.errors import UsageError
+from nhidel.models import GRANT_ID, Grant
+from nhidel.scopes import Scope, covered_by_any, parse_scope_text, parse_scopes
 
 MAX_LEEWAY = 3600
 

@@ -3,7 +3,7 @@
 `status-uri` goes into every new grant (where verifiers elsewhere learn revocations) and
 `status-dir` is where revocations publish: an agent that could point either elsewhere could hide
 revocations from remote verifiers, or have nhidel write into a directory of its choosing. So
-changing them needs the keystore and is a sealed `config.updated` record (nhidel.state).
+changing them needs the keystore and is a sealed `config.updated` record (nhidel.integrity.state).
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from . import state
-from .audit import event
-from .config import Config, Paths, check_status_dir, check_status_uri
-from .fsutil import exclusive_lock
-from .keystore import KeyStore
-from .ledger import Ledger
-from .principal import audit_keys
+from nhidel.audit import AuditKeys, event
+from nhidel.config import Config, check_status_dir, check_status_uri
+from nhidel.fsutil import exclusive_lock
+from nhidel.integrity import state
+from nhidel.keys.keystore import KeyStore
+from nhidel.ledger.store import Ledger
+from nhidel.paths import Paths
 
 
 def set_status_uri(paths: Paths, keystore: KeyStore, uri: str | None, *, now: int) -> Config:
@@ -35,7 +35,7 @@ def set_status_dir(paths: Paths, keystore: KeyStore, directory: str | None, *, n
 
 
 def _change(paths: Paths, keystore: KeyStore, name: str, value: str | None, *, now: int) -> Config:
-    keys = audit_keys(keystore)
+    keys = AuditKeys.of(keystore)
     with exclusive_lock(paths.config_lock), Ledger(paths) as ledger:
         with state.change(paths, keys, ledger, now=now) as step:
             before = step.config()

@@ -5,17 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import state
-from .audit import event
-from .config import Config, Paths, with_agent, without_agent
-from .errors import NotFoundError, PolicyError, UsageError
-from .fsutil import exclusive_lock
-from .keystore import KeyStore, open_keystore
-from .ledger import Ledger
-from .models import Agent, check_agent_name, check_audience
-from .principal import audit_keys
-from .scopes import parse_scopes
-from .timefmt import format_duration, parse_duration
+from nhidel.audit import AuditKeys, event
+from nhidel.config import Config, with_agent, without_agent
+from nhidel.errors import NotFoundError, PolicyError, UsageError
+from nhidel.fsutil import exclusive_lock
+from nhidel.integrity import state
+from nhidel.keys.keystore import KeyStore, open_keystore
+from nhidel.ledger.store import Ledger
+from nhidel.models import Agent, check_agent_name, check_audience
+from nhidel.paths import Paths
+from nhidel.scopes import parse_scopes
+from nhidel.timefmt import format_duration, parse_duration
 
 DEFAULT_MAX_TTL = "1h"
 DEFAULT_TTL = "15m"
@@ -61,7 +61,7 @@ def add_agent(
             )
         return with_agent(config, agent)
 
-    keys = audit_keys(keystore or open_keystore(paths))  # no keystore, no change
+    keys = AuditKeys.of(keystore or open_keystore(paths))  # no keystore, no change
     with exclusive_lock(paths.config_lock), Ledger(paths) as ledger:
         with state.change(paths, keys, ledger, now=now) as step:
             config = register(step.config())
@@ -90,7 +90,7 @@ def remove_agent(paths: Paths, name: str, *, now: int, keystore: KeyStore | None
     name that is no longer registered still revokes grants left live by an interrupted removal.
     """
     check_agent_name(name)
-    keys = audit_keys(keystore or open_keystore(paths))
+    keys = AuditKeys.of(keystore or open_keystore(paths))
     with exclusive_lock(paths.config_lock), Ledger(paths) as ledger:
         with state.change(paths, keys, ledger, now=now) as step:
             before = step.config()

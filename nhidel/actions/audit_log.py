@@ -11,21 +11,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from ..config import Paths
-from ..errors import UsageError
-from ..fsutil import fsync_dir, storage_error
-from ..keystore import KeyStore
-from ..ledger import Ledger
-from .checker import Problem, Report, check_log
-from .reader import follow, records
-from .records import EVENTS, event, line_hash, token_fingerprint
-from .segments import rotated_segments
-from .writer import AuditKeys, read_mark
+from nhidel.audit.reader import follow, records
+from nhidel.audit.records import EVENTS, event, line_hash, token_fingerprint
+from nhidel.audit.segments import rotated_segments
+from nhidel.audit.writer import AuditKeys, read_mark
+from nhidel.errors import UsageError
+from nhidel.fsutil import fsync_dir, storage_error
+from nhidel.integrity.checker import Problem, Report, check_log
+from nhidel.keys.keystore import KeyStore
+from nhidel.ledger.store import Ledger
+from nhidel.paths import Paths
 
 
 def verify_log(paths: Paths, keystore: KeyStore) -> Report:
     """Check every record, the chain, the seals, the high-water mark and the ledger."""
-    from ..principal import load_trust
+    from nhidel.keys.principal import load_trust
 
     mark = read_mark(keystore)  # before the log: an append in flight only makes it longer
     pinned = None if mark is None else mark.to_json()
@@ -104,10 +104,10 @@ def tail(
     the lines that are not (forged, planted, a torn fragment) are skipped, and `warn` is told
     how many (with -f, as they come). Otherwise records are shown unchecked, after a warning.
     """
-    from ..errors import KeystoreError
-    from ..keystore import open_keystore
-    from ..principal import load_trust
-    from .reader import Position
+    from nhidel.audit.reader import Position
+    from nhidel.errors import KeystoreError
+    from nhidel.keys.keystore import open_keystore
+    from nhidel.keys.principal import load_trust
 
     if count < 0:
         raise UsageError("-n must be zero or more", "e.g. -n 20")
@@ -155,7 +155,7 @@ def tail(
 def find_token(paths: Paths, keystore: KeyStore, token: str) -> list[dict[str, Any]]:
     """Records about `token`, found by its keyed fingerprint (the log never holds tokens);
     only sealed records (the key that finds them checks them)."""
-    from ..principal import load_trust
+    from nhidel.keys.principal import load_trust
 
     key = load_trust(keystore).audit_key
     fingerprint = token_fingerprint(key, token)
@@ -164,17 +164,17 @@ def find_token(paths: Paths, keystore: KeyStore, token: str) -> list[dict[str, A
 
 def prune(paths: Paths, keystore: KeyStore, *, keep: int) -> list[str]:
     """Delete all but the `keep` newest rotated segments; log it first. Returns the names."""
-    from ..principal import audit_keys
+    from nhidel.audit import AuditKeys
 
     if keep < 0:
         raise UsageError("--keep must be zero or more", "e.g. --keep 4")
-    keys: AuditKeys = audit_keys(keystore)
+    keys: AuditKeys = AuditKeys.of(keystore)
     doomed = rotated_segments(paths)[: max(0, len(rotated_segments(paths)) - keep)]
     if not doomed:
         return []
     last_line = _last_line(doomed[-1].read_bytes())
     through = json.loads(last_line)["seq"]
-    from ..state import audit_log
+    from nhidel.integrity.state import audit_log
 
     audit_log(paths, keys).append([event(
         "log.pruned", pruned_through=through, pruned_head=line_hash(last_line),

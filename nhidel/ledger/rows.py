@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable, Iterator
 from json.encoder import encode_basestring
 from typing import Any
 
-from .errors import IntegrityError, UsageError
-from .models import GrantStatus
-from .scopes import parse_scopes
-from .timefmt import rfc3339_minute
+from nhidel.errors import IntegrityError, UsageError
+from nhidel.models import GrantStatus
+from nhidel.scopes import parse_scopes
+from nhidel.timefmt import rfc3339_minute
 
 # Caches are cleared when they reach this size, so memory never grows with the ledger.
 _CACHE_LIMIT = 4096
@@ -26,7 +26,7 @@ _CACHE_LIMIT = 4096
 # The end of a JSON time for each second of a minute; a fraction (a corrupt row) is no index.
 _SECONDS = tuple(f'{second:02d}Z"' for second in range(60))
 
-# A row of nhidel.ledger.LIST_COLUMNS, from Ledger.grant_rows.
+# A row of nhidel.ledger.store.LIST_COLUMNS, from Ledger.grant_rows.
 GrantRow = tuple[Any, ...]
 
 # json.dumps's own string escaping with ensure_ascii=False (the C version when there is one).

@@ -1,0 +1,1 @@
+"""Developer tools, not shipped: the docs generator (`python3 -m tools.gendocs`)."""
