@@ -1,7 +1,11 @@
 """Shared fixtures: every test gets its own nhidel home and an in-memory keyring.
 
 No test touches the real home directory or the real OS keyring; the real Secret Service is
-started on purpose, under a private D-Bus session, by the fixtures in tests/keyring_service.py.
+started on purpose, under a private D-Bus session, by tests/helpers/keyring_service.py.
+
+Layout: unit/ mirrors the nhidel package, cli/ drives the command line, integration/ runs real
+processes, the real keyring and real shells, and helpers/ holds what they share (no test
+module imports another).
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from pathlib import Path
 
 import keyring
 import pytest
-from support import Cli, MemoryKeyring
+from helpers.support import Cli, MemoryKeyring
+from helpers.token_world import World, make_world
 
+from nhidel.models import Grant
 from nhidel.paths import Paths
 
 NHIDEL_VARIABLES = (
@@ -71,3 +77,15 @@ def ready(cli: Cli) -> Cli:
         "1h",
     )
     return cli
+
+
+@pytest.fixture
+def world(paths: Paths) -> World:
+    """A principal, the agent `reviewer` and a verifier at a fixed time (helpers.token_world)."""
+    return make_world(paths)
+
+
+@pytest.fixture
+def granted(world: World) -> tuple[Grant, str]:
+    """A 15-minute grant of SCOPE to `reviewer`: (the grant, its token)."""
+    return world.issue(ttl="15m")

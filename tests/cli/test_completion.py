@@ -1,0 +1,669 @@
+"""Shell completion: the fast path's answers, its imports, the shipped scripts in real shells."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.support import Cli
+
+from nhidel.audit.records import EVENTS
+from nhidel.cli import complete
+from nhidel.cli.shell_scripts import FILES, script
+from nhidel.ledger.store import Ledger
+from nhidel.models import AGENT_NAME
+from nhidel.paths import Paths
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPLETIONS = ROOT / "completions"
+
+
+def grant(cli: Cli, *args: str) -> str:
+    """Mint a grant for reviewer; return its full id."""
+    result = cli.ok("grant", "reviewer", "--format", "json", *args)
+    return str(json.loads(result.stdout)["id"])
+
+
+def values(words: list[str], now: int | None = None) -> list[str]:
+    found = complete.candidates(words, now=int(time.time()) if now is None else now)
+    return [value for value, _ in found]
+
+
+def run(shell: str, *words: str) -> str:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert complete.run(shell, list(words)) == 0
+    return out.getvalue()
+
+
+@pytest.fixture
+def live(ready: Cli) -> dict[str, str]:
+    """Grants in every state: two active, one pending; one revoked, one used up, one short."""
+    ids = {
+        "active": grant(ready, "--scope", "repo:read:acme/api", "--ttl", "30m"),
+        "other": grant(ready, "--scope", "ticket:create:queue/support", "--ttl", "20m"),
+        "pending": grant(ready, "--scope", "repo:read:acme/web", "--not-before", "+5m"),
+        "revoked": grant(ready, "--scope", "repo:read:acme/api"),
+        "short": grant(ready, "--scope", "repo:read:acme/api", "--ttl", "1m"),
+    }
+    ready.ok("revoke", ids["revoked"])
+    token = ready.ok("grant", "reviewer", "--scope", "repo:read:acme/api", "--uses", "1").stdout
+    ready.ok("verify", "-", "--any-scope", "--consume", input=token)
+    return ids
+
+
+# -- what is offered ----------------------------------------------------------------------
+
+
+def test_revoke_and_show_offer_only_live_grants_soonest_to_expire_first(
+    live: dict[str, str],
+) -> None:
+    later = int(time.time()) + 120  # the 1-minute grant has expired by then
+    expected = [live["other"], live["active"]]
+    for command in ("revoke", "show"):
+        offered = values([command, ""], now=later)
+        assert set(offered) == {live["active"], live["other"], live["pending"]}
+        assert [g for g in offered if g in expected] == expected
+    assert live["short"] in values(["revoke", ""])
+
+
+def test_grant_descriptions_name_the_agent_scopes_and_relative_expiry(
+    live: dict[str, str],
+) -> None:
+    described = dict(complete.candidates(["revoke", ""], now=int(time.time())))
+    assert described[live["active"]] == "reviewer repo:read:acme/api, expires in 30m"
+    assert described[live["pending"]].startswith("reviewer repo:read:acme/web, pending, starts in")
+
+
+def test_revoke_completes_a_typed_prefix_and_skips_ids_already_given(
+    live: dict[str, str],
+) -> None:
+    assert values(["revoke", live["active"][:6]]) == [live["active"]]
+    assert live["active"] not in values(["revoke", live["active"], ""])
+    assert values(["show", live["active"], ""]) == []  # show takes one id
+
+
+@pytest.mark.parametrize("words", [
+    ["grant", ""], ["agent", "show", ""], ["agent", "remove", ""], ["revoke", "--agent", ""],
+    ["list", "--agent", ""], ["list", "--agent="], ["audit", "tail", "--agent", ""],
+])  # fmt: skip
+def test_agent_names_complete_where_an_agent_is_expected(ready: Cli, words: list[str]) -> None:
+    ready.ok("agent", "add", "release-bot", "--allow", "release:publish")
+    expected = ["reviewer", "release-bot"]
+    if words[-1].startswith("--agent="):
+        expected = [f"--agent={name}" for name in expected]
+    assert values(words) == expected
+
+
+def test_grant_scope_completes_the_scopes_of_that_agents_ceiling(ready: Cli) -> None:
+    assert values(["grant", "reviewer", "--scope", ""]) == [
+        "repo:read:acme/*",
+        "ticket:create:queue/*",
+    ]
+    assert values(["grant", "reviewer", "--ttl", "5m", "--scope", "tic"]) == [
+        "ticket:create:queue/*"
+    ]
+    assert values(["grant", "nobody", "--scope", ""]) == []
+
+
+def test_audit_tail_event_completes_every_event_name() -> None:
+    assert values(["audit", "tail", "--event", ""]) == list(EVENTS)
+
+
+def test_commands_options_and_choices_come_from_the_command_table() -> None:
+    assert values(["ag"]) == ["agent"]
+    assert values(["agent", ""]) == ["add", "list", "show", "remove"]
+    assert "--scope" in values(["grant", "reviewer", "--"])
+    assert values(["grant", "reviewer", "--format", ""]) == ["token", "json", "env"]
+    assert values(["--ver"]) == ["--version"]
+
+
+def test_bash_gets_words_split_at_colons_rejoined_and_answers_trimmed(ready: Cli) -> None:
+    # Bash splits `repo:re` into `repo`, `:`, `re` and replaces only the text after the colon.
+    assert run("bash", "grant", "reviewer", "--scope", "repo", ":", "") == "read:acme/\\*\n"
+    assert run("bash", "grant", "reviewer", "--scope", "ticket", ":", "cre") == (
+        "create:queue/\\*\n"
+    )
+    assert run("bash", "list", "--agent", "=", "rev") == "reviewer\n"
+
+
+def test_zsh_and_fish_get_descriptions_with_zsh_colons_escaped(ready: Cli) -> None:
+    assert run("zsh", "grant", "reviewer", "--scope", "rep") == (
+        "repo\\:read\\:acme/*:allowed for reviewer\n"
+    )
+    assert run("fish", "grant", "reviewer", "--scope", "rep") == (
+        "repo:read:acme/*\tallowed for reviewer\n"
+    )
+
+
+def test_hostile_ledger_text_cannot_reach_the_terminal_or_break_lines(
+    ready: Cli, paths: Paths
+) -> None:
+    Ledger(paths).close()  # the schema
+    db = sqlite3.connect(paths.ledger_file)
+    with db:
+        db.execute(
+            "INSERT INTO grants (id, agent, scope, issued_at, not_before, expires_at, kid, "
+            "token_sha256) VALUES (?, ?, ?, 0, 0, ?, 'k', 'h')",
+            ("g" + "a" * 26, "evil\x1b]0;pwned\x07\nagent", "x:y\u202e\r", int(time.time()) + 60),
+        )
+    db.close()
+    for shell in ("bash", "zsh", "fish"):
+        out = run(shell, "revoke", "")
+        assert out.count("\n") == 1
+        assert not any(ch in out for ch in "\x1b\x07\r\u202e")
+
+
+def test_a_missing_or_corrupt_home_offers_nothing_and_creates_nothing(
+    nhidel_home: Path,
+) -> None:
+    assert run("bash", "revoke", "") == ""
+    assert not nhidel_home.exists()
+    nhidel_home.mkdir()
+    (nhidel_home / "ledger.db").write_bytes(b"not a database" * 100)
+    (nhidel_home / "config.toml").write_text("[agents\n")
+    assert run("bash", "revoke", "") == ""
+    assert run("zsh", "grant", "") == ""
+    assert sorted(p.name for p in nhidel_home.iterdir()) == ["config.toml", "ledger.db"]
+
+
+@pytest.mark.parametrize("env", [
+    {"NHIDEL_HOME": "/srv/nh"},
+    {"HOME": "/home/u"},
+    {"HOME": "/home/u", "XDG_CONFIG_HOME": "/cfg", "XDG_STATE_HOME": "/state"},
+    {"HOME": "/home/u", "XDG_CONFIG_HOME": "relative", "XDG_STATE_HOME": ""},
+])  # fmt: skip
+def test_the_fast_path_finds_the_same_files_as_nhidel_config(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("NHIDEL_HOME", "XDG_CONFIG_HOME", "XDG_STATE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    paths = Paths.from_env()
+    assert complete._dirs() == (paths.config_dir, paths.state_dir)
+
+
+# -- the process: fast, light, and Typer's completion still there -------------------------
+
+
+def completion_env(shell: str, **extra: str) -> dict[str, str]:
+    return {**os.environ, "_NHIDEL_COMPLETE": shell, **extra}
+
+
+def test_the_completion_path_imports_no_heavy_module(live: dict[str, str]) -> None:
+    probe = (
+        "import sys\n"
+        "from nhidel.cli import main\n"
+        "main(['revoke', ''])\n"
+        "main(['grant', 'reviewer', '--scope', ''])\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            env=completion_env("fish"), timeout=60, check=True)  # fmt: skip
+    *answers, modules = result.stdout.splitlines()
+    assert any(line.startswith(live["active"]) for line in answers)
+    assert "repo:read:acme/*\tallowed for reviewer" in answers
+    loaded = set(eval(modules))  # noqa: S307 - our own probe's repr of a list of names
+    assert loaded.isdisjoint({"cryptography", "jwt", "keyring", "rich", "typer", "click"})
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_typers_source_instruction_gives_the_shipped_script(shell: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "nhidel"], capture_output=True, text=True, timeout=60,
+        check=True, env=completion_env(f"source_{shell}"),
+    )  # fmt: skip
+    assert result.stdout.strip() == script(shell).strip()
+    assert f"complete_{shell}" not in result.stdout  # not Typer's own script
+
+
+def test_typers_own_completion_instructions_still_work() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "nhidel"], capture_output=True, text=True, timeout=60, check=True,
+        env=completion_env("complete_bash", COMP_WORDS="nhidel gr", COMP_CWORD="1"),
+    )  # fmt: skip
+    assert result.stdout.split() == ["grant"]
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_show_and_install_completion_give_the_shipped_script(shell: str, tmp_path: Path) -> None:
+    env = {**os.environ, "HOME": str(tmp_path), "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    shown = subprocess.run(
+        [sys.executable, "-m", "nhidel", "--show-completion", shell],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    shipped = (COMPLETIONS / FILES[shell]).read_text()
+    assert shipped == script(shell)
+    assert shown.stdout.strip() == shipped.strip()
+    subprocess.run(
+        [sys.executable, "-m", "nhidel", "--install-completion", shell],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    installed = {
+        "bash": tmp_path / ".bash_completions" / "nhidel.sh",
+        "zsh": tmp_path / ".zfunc" / "_nhidel",
+        "fish": tmp_path / ".config" / "fish" / "completions" / "nhidel.fish",
+    }[shell]
+    assert installed.read_text() == shipped  # whole, down to the final newline
+
+
+# -- the shipped scripts in real shells ---------------------------------------------------
+
+
+@pytest.fixture
+def shell_env(tmp_path: Path, nhidel_home: Path) -> dict[str, str]:
+    """`nhidel` on PATH running this checkout, and the test's NHIDEL_HOME."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "nhidel"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m nhidel "$@"\n')
+    wrapper.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "NHIDEL_HOME": str(nhidel_home), "HOME": str(tmp_path)}  # fmt: skip
+
+
+def need(program: str) -> str:
+    """The program's path; a skip if it is missing, or a failure under NHIDEL_REQUIRE_SHELLS=1
+    (tests/run.sh sets it in CI, where a silent skip would hide a broken script)."""
+    path = shutil.which(program)
+    if path is None:
+        reason = f"{program} is not installed (tests/run.sh installs it with apt-get as root)"
+        if os.environ.get("NHIDEL_REQUIRE_SHELLS") == "1":
+            pytest.fail(f"{reason}; NHIDEL_REQUIRE_SHELLS=1 forbids skipping")
+        pytest.skip(reason)
+    return path
+
+
+def live_ids(live: dict[str, str]) -> set[str]:
+    return {live["active"], live["other"], live["pending"], live["short"]}
+
+
+def test_bash_script_completes_revoke_with_the_live_grant_ids(
+    live: dict[str, str], shell_env: dict[str, str]
+) -> None:
+    driver = (
+        f"source {COMPLETIONS / 'nhidel.bash'}\n"
+        'COMP_WORDS=(nhidel revoke ""); COMP_CWORD=2\n'
+        "_nhidel_completion nhidel\n"
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+        'COMP_WORDS=(nhidel grant reviewer --scope repo : ""); COMP_CWORD=6\n'
+        "_nhidel_completion nhidel\n"
+        'printf "scope %s\\n" "${COMPREPLY[@]}"\n'
+        "complete -p nhidel\n"
+    )
+    result = subprocess.run(
+        [need("bash"), "--norc", "--noprofile", "-c", driver],
+        capture_output=True,
+        text=True,
+        env=shell_env,
+        timeout=60,
+        check=True,
+    )
+    lines = result.stdout.splitlines()
+    assert set(lines[:-2]) == live_ids(live)
+    assert lines[-2:] == ["scope read:acme/\\*", "complete -F _nhidel_completion nhidel"]
+
+
+def test_fish_script_completes_revoke_with_ids_and_descriptions(
+    live: dict[str, str], shell_env: dict[str, str]
+) -> None:
+    fish = need("fish")
+    driver = f"source {COMPLETIONS / 'nhidel.fish'}; complete -C 'nhidel revoke '"
+    result = subprocess.run([fish, "--no-config", "-c", driver], capture_output=True, text=True,
+                            env=shell_env, timeout=60, check=True)  # fmt: skip
+    offered = dict(line.split("\t", 1) for line in result.stdout.splitlines())
+    assert set(offered) == live_ids(live)
+    assert offered[live["active"]] == "reviewer repo:read:acme/api, expires in 30m"
+
+
+# zsh completes only inside its line editor: drive an interactive zsh on a pseudo-terminal.
+ZSH_DRIVER = r"""
+zmodload zsh/zpty
+zpty -b z zsh -f -i
+zpty -w z "PS1='> '; $1; print READY"
+zpty -r -m z out '*READY*'
+zpty -w -n z "$3"$'\t'
+local all=""
+for i in {1..150}; do
+    zpty -r -t z chunk && all+=$chunk
+    [[ $all == *"$2"* ]] && break
+    (( i % 10 )) || zpty -w -n z $'\t'
+    sleep 0.1
+done
+print -r -- "$all"
+zpty -d z
+"""
+ZSH_SETUPS = {
+    "sourced": f"autoload -Uz compinit; compinit -u -D; source {COMPLETIONS / '_nhidel'}",
+    "autoloaded": f"fpath=({COMPLETIONS} $fpath); autoload -Uz compinit; compinit -u -D",
+}
+
+
+@pytest.mark.parametrize("setup", sorted(ZSH_SETUPS))
+def test_zsh_script_lists_revoke_candidates_with_descriptions(
+    setup: str, live: dict[str, str], shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    zsh = need("zsh")
+    driver = tmp_path / "drive.zsh"
+    driver.write_text(ZSH_DRIVER)
+    result = subprocess.run(
+        [zsh, "-f", str(driver), ZSH_SETUPS[setup], "expires in 30m", "nhidel revoke "],
+        capture_output=True, text=True, env=shell_env, timeout=60, check=True,
+    )  # fmt: skip
+    screen = result.stdout.replace("\r", "")
+    for grant_id in live_ids(live):
+        assert grant_id in screen
+    assert f"{live['active']}  -- reviewer repo:read:acme/api, expires in 30m" in screen
+    assert live["revoked"] not in screen
+
+
+# -- issue 4: hostile values, word breaks, case, quotes, side effects, cost, order ---------
+
+HOSTILE_ID = "gz$(touch${IFS}/tmp/PWNED3)"
+
+
+def insert_grant(paths: Paths, grant_id: str, *, expires_in: int, agent: str = "reviewer") -> None:
+    """A row written straight into the ledger, as a hostile or hand-edited one would be."""
+    Ledger(paths).close()  # the schema
+    db = sqlite3.connect(paths.ledger_file)
+    with db:
+        db.execute(
+            "INSERT INTO grants (id, agent, scope, issued_at, not_before, expires_at, kid, "
+            "token_sha256) VALUES (?, ?, 'repo:read:acme/api', 0, 0, ?, 'k', 'h')",
+            (grant_id, agent, int(time.time()) + expires_in),
+        )
+    db.close()
+
+
+def add_to_config(paths: Paths, text: str) -> None:
+    config = paths.config_dir / "config.toml"
+    config.write_text(config.read_text() + text)
+
+
+def test_values_outside_their_grammar_are_never_offered(ready: Cli, paths: Paths) -> None:
+    insert_grant(paths, HOSTILE_ID, expires_in=60)
+    insert_grant(paths, "G" + "A" * 26, expires_in=60)  # upper case: not an id nhidel mints
+    good = "g" + "b" * 26
+    insert_grant(paths, good, expires_in=60)
+    add_to_config(paths, '\n[agents."x$(reboot)"]\nallow = ["repo:read:*"]\n'
+                         '[agents.Upper]\nallow = ["repo:read:*"]\n')  # fmt: skip
+    for shell in ("bash", "zsh", "fish"):
+        assert [line.split("\t")[0].split(":")[0] for line in
+                run(shell, "revoke", "").splitlines()] == [good]  # fmt: skip
+        assert run(shell, "grant", "").split("\n")[0].split("\t")[0].split(":")[0] == "reviewer"
+        assert len(run(shell, "grant", "").splitlines()) == 1
+    assert AGENT_NAME.pattern == complete.AGENT_NAME.pattern
+
+
+def test_hand_edited_ceiling_scopes_are_checked_and_escaped_for_bash(
+    ready: Cli, paths: Paths
+) -> None:
+    config = paths.config_dir / "config.toml"
+    config.write_text(config.read_text().replace(
+        '"ticket:create:queue/*"', '"ticket:create:queue/*", "x:y:$(touch)", "bad scope", "a"'
+    ))  # fmt: skip
+    assert values(["grant", "reviewer", "--scope", ""]) == [
+        "repo:read:acme/*", "ticket:create:queue/*", "x:y:$(touch)",
+    ]  # fmt: skip
+    assert run("bash", "grant", "reviewer", "--scope", "") == (
+        "repo:read:acme/\\*\nticket:create:queue/\\*\nx:y:\\$\\(touch\\)\n"
+    )
+
+
+def test_bash_inserts_hostile_text_literally(
+    ready: Cli, paths: Paths, shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Type what bash completes, press Enter (eval): the value arrives as one literal word."""
+    insert_grant(paths, HOSTILE_ID, expires_in=60)
+    config = paths.config_dir / "config.toml"
+    marker = tmp_path / "PWNED"
+    config.write_text(config.read_text().replace(
+        '"ticket:create:queue/*"', f'"x:y:a;touch${{IFS}}{marker}"'
+    ))  # fmt: skip
+    driver = (
+        f"source {COMPLETIONS / 'nhidel.bash'}\n"
+        'COMP_WORDS=(nhidel revoke ""); COMP_CWORD=2\n'
+        "_nhidel_completion nhidel\n"
+        'echo "ids ${#COMPREPLY[@]}"\n'
+        'COMP_WORDS=(nhidel grant reviewer --scope ""); COMP_CWORD=4\n'
+        "_nhidel_completion nhidel\n"
+        'for reply in "${COMPREPLY[@]}"; do eval "printf \'%s\\n\' $reply"; done\n'
+    )
+    result = subprocess.run([need("bash"), "--norc", "--noprofile", "-c", driver],
+                            capture_output=True, text=True, env=shell_env, timeout=60,
+                            check=True, cwd=tmp_path)  # fmt: skip
+    assert result.stdout.splitlines() == [
+        "ids 0",
+        "repo:read:acme/*",
+        f"x:y:a;touch${{IFS}}{marker}",
+    ]
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("wordbreaks", ["\"'><;|&(", "\"'><;|&(:"])  # without ':', then '='
+def test_bash_rejoins_and_trims_only_at_its_actual_word_breaks(
+    ready: Cli, wordbreaks: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("_NHIDEL_WORDBREAKS", wordbreaks)
+    if ":" in wordbreaks:
+        assert run("bash", "grant", "reviewer", "--scope", "repo", ":", "re") == "read:acme/\\*\n"
+    else:
+        assert run("bash", "grant", "reviewer", "--scope", "repo:re") == "repo:read:acme/\\*\n"
+    assert run("bash", "list", "--agent=rev") == "--agent=reviewer\n"
+
+
+@pytest.mark.parametrize("remove", [":", "="])
+def test_bash_script_passes_comp_wordbreaks(
+    ready: Cli, shell_env: dict[str, str], remove: str
+) -> None:
+    driver = (
+        f"source {COMPLETIONS / 'nhidel.bash'}\n"
+        f"COMP_WORDBREAKS=${{COMP_WORDBREAKS//{remove}/}}\n"
+        "COMP_WORDS=(nhidel grant reviewer --scope repo:re); COMP_CWORD=4\n"
+        "_nhidel_completion nhidel\n"
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+        "COMP_WORDS=(nhidel list --agent=rev); COMP_CWORD=2\n"
+        "_nhidel_completion nhidel\n"
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    result = subprocess.run([need("bash"), "--norc", "--noprofile", "-c", driver],
+                            capture_output=True, text=True, env=shell_env, timeout=60,
+                            check=True)  # fmt: skip
+    if remove == ":":  # `repo:re` is one word to bash: all of it is replaced
+        assert result.stdout.splitlines() == ["repo:read:acme/\\*", "reviewer"]
+    else:  # `--agent=rev` is one word to bash
+        assert result.stdout.splitlines() == ["read:acme/\\*", "--agent=reviewer"]
+
+
+def test_upper_case_id_prefixes_complete(live: dict[str, str]) -> None:
+    assert values(["revoke", live["active"][:6].upper()]) == [live["active"]]
+    assert values(["revoke", live["active"][:2].upper()]) == values(["revoke", live["active"][:2]])
+    assert run("bash", "revoke", live["active"][:8].upper()) == live["active"] + "\n"
+
+
+def test_bash_completes_a_word_opened_with_a_quote(ready: Cli) -> None:
+    assert run("bash", "grant", "reviewer", "--scope", "'rep") == "repo:read:acme/*\n"
+    assert run("bash", "grant", "reviewer", "--scope", "'repo:re") == "repo:read:acme/*\n"
+    assert run("bash", "grant", "reviewer", "--scope", '"tic') == "ticket:create:queue/*\n"
+
+
+def test_fish_completes_a_word_opened_with_a_quote(ready: Cli, shell_env: dict[str, str]) -> None:
+    driver = (f"source {COMPLETIONS / 'nhidel.fish'}; "
+              "complete -C \"nhidel grant reviewer --scope 'rep\"")  # fmt: skip
+    result = subprocess.run([need("fish"), "--no-config", "-c", driver], capture_output=True,
+                            text=True, env=shell_env, timeout=60, check=True)  # fmt: skip
+    assert result.stdout == "repo:read:acme/*\tallowed for reviewer\n"
+
+
+def test_completion_leaves_the_ledger_directory_as_it_was(
+    live: dict[str, str], paths: Paths
+) -> None:
+    ledger_dir = paths.ledger_file.parent
+    assert not Path(f"{paths.ledger_file}-wal").exists()
+    before = sorted(p.name for p in ledger_dir.iterdir())
+    assert run("bash", "revoke", "")
+    assert run("fish", "revoke", live["active"][:6])
+    assert sorted(p.name for p in ledger_dir.iterdir()) == before
+
+
+def test_short_prefixes_walk_the_expiry_index_not_expired_history(
+    live: dict[str, str], paths: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        db: sqlite3.Connection = connect(*args, **kwargs)
+        db.set_trace_callback(statements.append)
+        return db
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    plans = {}
+    for prefix in ("", "g", live["active"][:3], live["active"][:6]):
+        statements.clear()
+        assert live["active"] in values(["revoke", prefix])
+        (sql,) = [s for s in statements if s.startswith("SELECT")]
+        db = connect(paths.ledger_file)
+        plans[prefix] = " ".join(str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        db.close()
+    for prefix, plan in plans.items():
+        # An expiry index: since schema 3, grants_live, which holds the live grants alone.
+        index = "grants_live" if len(prefix) < complete.RANGE_PREFIX else "autoindex"
+        assert index in plan, (prefix, plan)
+
+
+# Bash lists candidates in the order given only when told not to sort: drive it interactively.
+BASH_PTY = r"""
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], [sys.argv[1], "--norc", "--noprofile", "-i"])
+def read(seconds):
+    out, end = b"", time.time() + seconds
+    while time.time() < end:
+        if select.select([fd], [], [], 0.05)[0]:
+            try:
+                out += os.read(fd, 65536)
+            except OSError:
+                break
+    return out
+setup = ["PS1='> '", "bind 'set completion-display-width 0'", "bind 'set page-completions off'",
+         "bind 'set show-all-if-ambiguous on'", "source " + sys.argv[2], "echo READY"]
+os.write(fd, ("; ".join(setup) + "\n").encode())
+seen = b""
+for _ in range(100):
+    seen += read(0.1)
+    if seen.count(b"READY") >= 2:
+        break
+os.write(fd, sys.argv[3].encode() + b"\t")  # the line typed, then TAB
+out = b""
+for _ in range(100):
+    out += read(0.1)
+    if sys.argv[4].encode() in out:  # what the completion should bring up
+        break
+sys.stdout.write(out.decode(errors="replace"))
+os.kill(pid, 9)
+"""
+
+
+def test_bash_lists_grants_soonest_to_expire_first(
+    paths: Paths, shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    soonest_last_alphabetically = ["gz" + "a" * 25, "gm" + "a" * 25, "ga" + "a" * 25]
+    for n, grant_id in enumerate(soonest_last_alphabetically):
+        insert_grant(paths, grant_id, expires_in=600 * (n + 1))
+    probe = tmp_path / "drive_bash.py"
+    probe.write_text(BASH_PTY)
+    result = subprocess.run(
+        [sys.executable, str(probe), need("bash"), str(COMPLETIONS / "nhidel.bash"),
+         "nhidel revoke ", soonest_last_alphabetically[-1] + "\r\n"],
+        capture_output=True, text=True, env=shell_env, timeout=60, check=True,
+    )  # fmt: skip
+    listed = [line.strip() for line in result.stdout.replace("\r", "").splitlines()]
+    assert [line for line in listed if line in soonest_last_alphabetically] == (
+        soonest_last_alphabetically
+    )
+
+
+def test_a_missing_shell_fails_when_shells_are_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NHIDEL_REQUIRE_SHELLS", "1")
+    with pytest.raises(pytest.fail.Exception):
+        need("no-such-shell-nhidel")
+    monkeypatch.delenv("NHIDEL_REQUIRE_SHELLS")
+    with pytest.raises(pytest.skip.Exception):
+        need("no-such-shell-nhidel")
+
+
+def test_zsh_completes_a_word_opened_with_a_quote(
+    ready: Cli, shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    zsh = need("zsh")
+    driver = tmp_path / "drive.zsh"
+    driver.write_text(ZSH_DRIVER)
+    line = "nhidel grant reviewer --scope 'rep"
+    result = subprocess.run(
+        [zsh, "-f", str(driver), ZSH_SETUPS["sourced"], "acme/*", line],
+        capture_output=True, text=True, env=shell_env, timeout=60, check=True,
+    )  # fmt: skip
+    assert "'repo:read:acme/*" in result.stdout.replace("\r", "")
+
+
+def test_zsh_completes_an_upper_case_id_prefix(
+    live: dict[str, str], shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    zsh = need("zsh")
+    driver = tmp_path / "drive.zsh"
+    driver.write_text(ZSH_DRIVER)
+    wanted = live["active"]
+    line = f"nhidel revoke {wanted[:8].upper()}"
+    result = subprocess.run(
+        [zsh, "-f", str(driver), ZSH_SETUPS["sourced"], wanted, line],
+        capture_output=True, text=True, env=shell_env, timeout=60, check=True,
+    )  # fmt: skip
+    assert wanted in result.stdout.replace("\r", "")
+
+
+def test_fish_completes_an_upper_case_id_prefix(
+    live: dict[str, str], shell_env: dict[str, str]
+) -> None:
+    typed = live["active"][:8].upper()
+    driver = f"source {COMPLETIONS / 'nhidel.fish'}; complete -C 'nhidel revoke {typed}'"
+    result = subprocess.run([need("fish"), "--no-config", "-c", driver], capture_output=True,
+                            text=True, env=shell_env, timeout=60, check=True)  # fmt: skip
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == [live["active"]]
+
+
+@pytest.mark.parametrize(("typed", "completed"), [
+    ("'rep", "'repo:read:acme/*'"),  # bash closes the quote it was given
+    ("repo:read:ac", "repo:read:acme/\\*"),  # after the last ':', the '*' escaped
+])  # fmt: skip
+def test_bash_completes_scopes_interactively(
+    ready: Cli, shell_env: dict[str, str], tmp_path: Path, typed: str, completed: str
+) -> None:
+    probe = tmp_path / "drive_bash.py"
+    probe.write_text(BASH_PTY)
+    result = subprocess.run(
+        [sys.executable, str(probe), need("bash"), str(COMPLETIONS / "nhidel.bash"),
+         f"nhidel grant reviewer --scope {typed}", f"--scope {completed}"],
+        capture_output=True, text=True, env=shell_env, timeout=60, check=True,
+    )  # fmt: skip
+    assert f"nhidel grant reviewer --scope {completed}" in result.stdout

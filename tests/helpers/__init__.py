@@ -1,0 +1,1 @@
+"""What many tests share: fakes, process runners, seeded worlds, auditors' readers."""
