@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install everything the tests need, then run them. The README's test command and .ci/run.
+# Install everything the tests need, lint, then run the tests. The README's test command and
+# .ci/run.
 #
 # The real-keyring tests need gnome-keyring and dbus, the shell-completion tests bash, zsh and
 # fish, the man page lint groff: installed here through apt-get when run as root on
@@ -30,4 +31,9 @@ python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 if [ "${CI:-}" = "true" ]; then
     export NHIDEL_REQUIRE_KEYRING=1 NHIDEL_REQUIRE_SHELLS=1
 fi
+# Lint first: it takes seconds, and a tree that fails it does not land.
+lint_paths=(nhidel tests tools benchmarks)
+python3 -m ruff check "${lint_paths[@]}"
+python3 -m ruff format --check "${lint_paths[@]}"
+python3 -m mypy --strict
 exec python3 -m pytest "$@"
