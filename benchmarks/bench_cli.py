@@ -9,8 +9,9 @@ Run on demand, never as a test:
 Every row is a separate process started by hyperfine with -N (no intermediate shell), after a few
 warm-up runs; the figures are medians because the machine is shared and noisy. The encrypted-file
 keystore and the real Secret Service (gnome-keyring under a private D-Bus session, started with
-tests/keyring_service.py) each get their own throw-away NHIDEL_HOME prepared with `nhidel init` and
-`nhidel agent add bot --allow a:b --max-ttl 1h`. Nothing outside the temp dirs is touched.
+tests/helpers/keyring_service.py) each get their own throw-away NHIDEL_HOME prepared with
+`nhidel init` and `nhidel agent add bot --allow a:b --max-ttl 1h`. Nothing outside the temp dirs
+is touched.
 
 Needs hyperfine (Debian/Ubuntu: apt-get install hyperfine; elsewhere: cargo install hyperfine),
 and for the Secret Service rows dbus-daemon and gnome-keyring-daemon

@@ -201,7 +201,7 @@ def secret_service() -> Iterator[dict[str, str] | None]:
     if str(REPO / "tests") not in sys.path:
         sys.path.insert(0, str(REPO / "tests"))
     try:
-        from keyring_service import running_secret_service
+        from helpers.keyring_service import running_secret_service
     except ImportError as exc:
         print(f"  skipping the Secret Service rows: {exc}", file=sys.stderr)
         yield None
