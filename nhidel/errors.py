@@ -1,7 +1,7 @@
 """Every failure nhidel reports: one tree, each class carrying its exit code and a hint.
 
 The exit codes are the contract in SPEC.md; the CLI maps an error to a status in exactly one
-place (`nhidel.cli.main`), so a new error only has to pick its class here.
+place (`nhidel/cli/errors.py`), so a new error only has to pick its class here.
 """
 
 from __future__ import annotations
@@ -17,6 +17,12 @@ class ExitStatus(IntEnum):
     KEYSTORE = 4
     INTEGRITY = 5
     POLICY = 6
+    INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
+
+
+def signal_exit_status(signum: int) -> int:
+    """The status of a process ended by signal `signum`, as shells report it: 128 + N."""
+    return 128 + signum
 
 
 class NhidelError(Exception):

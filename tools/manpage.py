@@ -12,7 +12,8 @@ import re
 from enum import Enum
 from typing import Any
 
-from tools.command_tree import choices, command_tree, names, params, summary
+from nhidel.cli.typer_seam import argument_usage, option_value_name
+from tools.command_tree import command_tree, names, params, summary
 
 # The date in the page's footer: that of the release named by nhidel.__version__. A constant,
 # not today's date, so that regenerating the page changes nothing; bump it with the version.
@@ -78,11 +79,6 @@ def _bullets(section: str) -> tuple[str, list[str]]:
     return " ".join(intro), items
 
 
-def _synopsis_argument(argument: Any) -> str:
-    name = argument.metavar or argument.name.upper()
-    return name if argument.required or argument.metavar else f"[{name}]"
-
-
 def _option_text(option: Any) -> str:
     """The option's help, then whether it is required, or its default when it has one."""
     text = option.help or ""
@@ -101,10 +97,8 @@ def _option_text(option: Any) -> str:
 
 def _option_label(option: Any) -> str:
     label = ", ".join("\\fB" + name.replace("-", "\\-") + "\\fR" for name in names(option))
-    if option.is_flag:
-        return label
-    value = "|".join(choices(option)) or names(option)[-1].lstrip("-").upper().replace("-", "_")
-    return f"{label} \\fI{value}\\fR"
+    value = option_value_name(option)
+    return label if value is None else f"{label} \\fI{value}\\fR"
 
 
 def man_page(readme: str) -> str:
@@ -129,12 +123,12 @@ def man_page(readme: str) -> str:
         else:
             if ".SH COMMANDS" not in out:
                 out.append(".SH COMMANDS")
-            usage = " ".join(["[\\fIOPTIONS\\fR]"] + [_synopsis_argument(a) for a in arguments])
+            usage = " ".join(["[\\fIOPTIONS\\fR]"] + [argument_usage(a) for a in arguments])
             out += [f'.SS "nhidel {path}"', f".B nhidel {path}", usage, ".PP"]
             out.append(_roff(summary(command)))
             for argument in arguments:
                 if argument.help:
-                    out += [".TP", f"\\fI{_synopsis_argument(argument)}\\fR", _roff(argument.help)]
+                    out += [".TP", f"\\fI{argument_usage(argument)}\\fR", _roff(argument.help)]
         for option in options:
             out += [".TP", _option_label(option), _roff(_option_text(option))]
     out.append(".SH ENVIRONMENT")

@@ -21,27 +21,36 @@ def register(app: typer.Typer) -> None:
 
 
 def add(
-    name: Annotated[str, typer.Argument(help="The agent's name, e.g. release-bot.")],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="The agent's name, e.g. release-bot.")
+    ],
     allow: Annotated[
         list[str],
         typer.Option(
             "--allow",
+            metavar="SCOPE",
             help="A scope the agent may ever be granted (repeat for more).",
         ),
     ],
     max_ttl: Annotated[
-        str | None, typer.Option("--max-ttl", help="Longest grant allowed (default 1h).")
+        str | None,
+        typer.Option("--max-ttl", metavar="DURATION", help="Longest grant allowed (default 1h)."),
     ] = None,
     default_ttl: Annotated[
         str | None,
         typer.Option(
             "--default-ttl",
+            metavar="DURATION",
             help="TTL when grant has no --ttl (default 15m, at most --max-ttl).",
         ),
     ] = None,
     aud: Annotated[
         list[str] | None,
-        typer.Option("--aud", help="An audience the agent's grants may name (repeat for more)."),
+        typer.Option(
+            "--aud",
+            metavar="AUDIENCE",
+            help="An audience the agent's grants may name (repeat for more).",
+        ),
     ] = None,
 ) -> None:
     """Register an agent and its ceiling."""
@@ -81,7 +90,7 @@ def list_agents(
 
 
 def show(
-    name: Annotated[str, typer.Argument(help="The agent's name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The agent's name.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one agent and its ceiling."""
@@ -96,7 +105,7 @@ def show(
 
 
 def remove(
-    name: Annotated[str, typer.Argument(help="The agent's name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The agent's name.")],
 ) -> None:
     """Remove an agent, revoking every grant of it that is still live."""
     from nhidel.actions.agents import remove_agent

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -10,12 +12,13 @@ import typer
 from typer.core import TyperGroup
 
 from nhidel import __version__
-from nhidel.cli.coercion import use_plain_coercion
-from nhidel.cli.errors import exit_status_for
+from nhidel.cli import typer_seam
+from nhidel.cli.errors import Terminated, exit_status_for, terminating_signals_raise
 
 
 class NhidelGroup(TyperGroup):
-    """Runs Typer without its own error printing, so every failure is one line and one status."""
+    """Runs Typer without its own error printing, so every failure is one line and one status,
+    and every way a command ends (signals too) goes through `cli/errors.py`."""
 
     def main(  # type: ignore[override]
         self,
@@ -27,19 +30,42 @@ class NhidelGroup(TyperGroup):
     ) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         try:
-            result = super().main(
-                args=argv,
-                prog_name=prog_name,
-                complete_var=complete_var,
-                standalone_mode=False,
-                **extra,
-            )
+            with terminating_signals_raise():
+                result = super().main(
+                    args=argv,
+                    prog_name=prog_name,
+                    complete_var=complete_var,
+                    standalone_mode=False,
+                    **extra,
+                )
             status = result if isinstance(result, int) else 0
-        except (Exception, KeyboardInterrupt) as exc:
-            status = exit_status_for(exc, debug="--debug" in argv)
+        except (Exception, KeyboardInterrupt, Terminated) as exc:
+            status = exit_status_for(
+                exc, debug="--debug" in argv, command=self._command_named(argv)
+            )
         if standalone_mode:
             sys.exit(status)
         return status
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # Typer would end Ctrl-C with an exit of its own; the error tree says how it ends.
+            raise Terminated(signal.SIGINT) from None
+
+    def _command_named(self, argv: Sequence[str]) -> str:
+        """`nhidel grant`, `nhidel key show`: the command `argv` names, for a hint."""
+        words, group = ["nhidel"], self
+        for arg in argv:
+            child = getattr(group, "commands", {}).get(arg)
+            if child is None:
+                if not arg.startswith("-"):
+                    break
+                continue
+            words.append(arg)
+            group = child
+        return " ".join(words)
 
 
 # The module defining each top-level command, in the order they are registered. A command loads
@@ -65,7 +91,7 @@ _ROOT_FLAGS = frozenset({"--debug"})
 def build_app(args: Sequence[str] | None = None) -> typer.Typer:
     """The Typer app. Given the command line, only the command it names is registered;
     anything else (help, the completion options, an unknown command) gets every command."""
-    use_plain_coercion()
+    typer_seam.install()
     app = typer.Typer(
         cls=NhidelGroup,
         name="nhidel",
@@ -82,9 +108,7 @@ def build_app(args: Sequence[str] | None = None) -> typer.Typer:
     for name in modules:
         _register(app, name)
     if chosen is None:
-        from nhidel.cli import shell_scripts
-
-        shell_scripts.use_in_typer()
+        typer_seam.serve_completion_scripts()
     return app
 
 
@@ -101,6 +125,22 @@ def _register(app: typer.Typer, module_name: str) -> None:
 
     module = import_module(f"{__package__}.{module_name}")
     module.register(app)
+    _reflow_docstrings(app)
+
+
+def _reflow_docstrings(app: typer.Typer) -> None:
+    """Give each command its docstring as help, one line per paragraph.
+
+    Typer's help keeps a docstring's line breaks after the first paragraph, so a paragraph
+    wrapped at the source's width came out broken mid-sentence in a terminal's width.
+    """
+    for info in app.registered_commands:
+        if info.help is None and info.callback is not None and info.callback.__doc__:
+            paragraphs = inspect.cleandoc(info.callback.__doc__).split("\n\n")
+            info.help = "\n\n".join(" ".join(p.split()) for p in paragraphs)
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            _reflow_docstrings(group.typer_instance)
 
 
 def _version(value: bool) -> None:

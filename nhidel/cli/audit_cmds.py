@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from nhidel.cli import common
-from nhidel.errors import ExitStatus, UsageError
+from nhidel.cli.errors import ExitQuietly
+from nhidel.errors import ExitStatus, IntegrityError, NotFoundError, UsageError
 
 
 def register(app: typer.Typer) -> None:
@@ -22,17 +23,25 @@ def register(app: typer.Typer) -> None:
 
 
 def tail(
-    count: Annotated[int, typer.Option("-n", "--lines", help="How many records.")] = 10,
+    count: Annotated[
+        int, typer.Option("-n", "--lines", metavar="COUNT", help="How many records.")
+    ] = 10,
     keep_following: Annotated[
         bool, typer.Option("-f", "--follow", help="Keep printing new records until interrupted.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Raw JSON lines.")] = False,
-    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent.")] = None,
-    event: Annotated[str | None, typer.Option("--event", help="Only this event.")] = None,
+    agent: Annotated[
+        str | None, typer.Option("--agent", metavar="AGENT", help="Only this agent.")
+    ] = None,
+    event: Annotated[
+        str | None, typer.Option("--event", metavar="EVENT", help="Only this event.")
+    ] = None,
     since: Annotated[
         str | None,
         typer.Option(
-            "--since", help="Only records after a time: RFC 3339, or a duration ago (1h)."
+            "--since",
+            metavar="TIME",
+            help="Only records after a time: RFC 3339, or a duration ago (1h).",
         ),
     ] = None,
 ) -> None:
@@ -77,10 +86,14 @@ def verify(
             say(f"warning: {warning}")
         if report.ok:
             say(f"ok: {report.records} records; head seq {report.head_seq} {report.head_hash}")
-        else:
-            say(f"error: audit log integrity failure at {report.problem}")
-    if not report.ok:
-        raise typer.Exit(int(ExitStatus.INTEGRITY))
+    if report.ok:
+        return
+    if quiet:
+        raise ExitQuietly(ExitStatus.INTEGRITY)
+    raise IntegrityError(
+        f"audit log integrity failure at {report.problem}",
+        "keep a copy of the home for review before anything writes to it; see nhidel repair --help",
+    )
 
 
 def find_token(
@@ -88,7 +101,7 @@ def find_token(
 ) -> None:
     """Read a token on stdin and print the audit records about it."""
     from nhidel.actions.audit_log import find_token as find
-    from nhidel.cli.render import audit_record_line, say
+    from nhidel.cli.render import audit_record_line
 
     token = sys.stdin.read().strip()
     if not token:
@@ -100,12 +113,14 @@ def find_token(
                 else audit_record_line(record, now=common.now()))  # fmt: skip
         sys.stdout.write(line + "\n")
     if not found:
-        say("no records mention that token")
-        raise typer.Exit(int(ExitStatus.NOT_FOUND))
+        raise NotFoundError(
+            "no records mention that token",
+            "only grants minted from this nhidel home appear in its audit log",
+        )
 
 
 def prune(
-    keep: Annotated[int, typer.Option("--keep", help="Rotated segments to keep.")],
+    keep: Annotated[int, typer.Option("--keep", metavar="COUNT", help="Rotated segments to keep.")],
 ) -> None:
     """Delete old rotated segments, recording the pruning in the log."""
     from nhidel.actions.audit_log import prune as prune_segments

@@ -1,12 +1,60 @@
-"""The one place that turns exceptions into a message and an exit status."""
+"""The one place that turns exceptions into a message and an exit status.
+
+Every way a command ends comes through `exit_status_for`: nhidel's own errors (each knows its
+status and hint), the option parser's (`error:` and `hint:` like nhidel's own), Ctrl-C (130),
+a terminating signal (128 + N), an outcome the command has reported in its own form
+(`ExitQuietly`), and anything unexpected (a bug: said so, exit 1).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import os
+import signal
 import sys
 import traceback
+from collections.abc import Iterator
 
-from nhidel.errors import ExitStatus, NhidelError
+from nhidel.errors import ExitStatus, NhidelError, signal_exit_status
+
+
+class ExitQuietly(Exception):  # noqa: N818 - not an error: how a reported outcome ends
+    """The command has said all there is to say (verify's verdict, a report); end with `status`."""
+
+    def __init__(self, status: ExitStatus) -> None:
+        super().__init__(status.name)
+        self.status = status
+
+
+class Terminated(BaseException):
+    """A terminating signal arrived (Ctrl-C's SIGINT too, once a command runs). A BaseException,
+    like KeyboardInterrupt, so that no `except Exception` swallows it; cleanup (`finally`,
+    context managers, the audit log's pending decisions) still runs on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def terminating_signals_raise() -> Iterator[None]:
+    """While a command runs, SIGTERM and SIGHUP end it as Ctrl-C does: by an exception, so a
+    long-running verifier closes and writes the decisions it holds, and the exit status says
+    which signal it was. By default these signals end the process at once, mid-write."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Terminated(signum)
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            previous[sig] = signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def report(message: str, hint: str | None) -> None:
@@ -20,20 +68,28 @@ def report(message: str, hint: str | None) -> None:
     sys.stderr.flush()
 
 
-def exit_status_for(exc: BaseException, *, debug: bool) -> int:
-    """Report `exc` on stderr (a traceback only with --debug) and return its exit status."""
+def exit_status_for(exc: BaseException, *, debug: bool, command: str = "nhidel") -> int:
+    """Report `exc` on stderr (a traceback only with --debug) and return its exit status.
+
+    `command` is the command that ran (`nhidel grant`), for the hint of a parser error that
+    does not know it."""
     from typer import Abort
 
+    if isinstance(exc, ExitQuietly):
+        return int(exc.status)
+    if isinstance(exc, Terminated):
+        return signal_exit_status(exc.signum)
     if debug or os.environ.get("NHIDEL_DEBUG", "") not in ("", "0"):
         traceback.print_exception(exc)
     if isinstance(exc, NhidelError):
         report(exc.message, exc.hint)
         return int(exc.exit_status)
     if _is_click_error(exc):
-        return _report_click_error(exc)
+        return _report_click_error(exc, command)
     if isinstance(exc, Abort | KeyboardInterrupt):
-        sys.stderr.write("aborted\n")
-        return 130
+        if sys.stderr is not None:
+            sys.stderr.write("aborted\n")
+        return int(ExitStatus.INTERRUPTED)
     if isinstance(exc, BrokenPipeError):
         return int(ExitStatus.DENIED)
     if isinstance(exc, OSError):  # files are StorageErrors already: this is stdin or stdout
@@ -56,13 +112,32 @@ def _is_click_error(exc: BaseException) -> bool:
     )
 
 
-def _report_click_error(exc: BaseException) -> int:
-    message: str = exc.format_message()  # type: ignore[attr-defined]
+def _report_click_error(exc: BaseException, command: str) -> int:
+    """The option parser's complaint in nhidel's words: `error:` lower case, `hint:` the help,
+    and its guess (`--uses`, `'list'`) in the hint."""
     if type(exc).__name__ == "NoArgsIsHelpError":
-        sys.stderr.write(message + "\n")  # the group's help, as click would show it
+        sys.stderr.write(exc.format_message() + "\n")  # type: ignore[attr-defined]
         return int(ExitStatus.USAGE)
     ctx = getattr(exc, "ctx", None)
-    command = getattr(ctx, "command_path", None) or "nhidel"
-    report(message, f"see {command} --help")
+    hint = f"see {getattr(ctx, 'command_path', None) or command} --help"
+    guesses = getattr(exc, "possibilities", None)
+    if guesses:  # no such option: the closest of the parser's guesses
+        message = str(getattr(exc, "message", ""))
+        name = str(getattr(exc, "option_name", ""))
+        guess = difflib.get_close_matches(name, guesses, n=1, cutoff=0)[0]
+    else:
+        message, _, guess = exc.format_message().partition(" Did you mean ")  # type: ignore[attr-defined]
+        guess = guess.removesuffix("?")
+    if guess:
+        hint = f"did you mean {guess}? {hint}"
+    report(_in_nhidels_words(message), hint)
     code: int = exc.exit_code  # type: ignore[attr-defined]
     return code
+
+
+def _in_nhidels_words(message: str) -> str:
+    """`Missing option '--scope'.` -> `missing option '--scope'`: lower case, no full stop."""
+    message = message.strip().removesuffix(".")
+    if message[:1].isupper() and not message[1:2].isupper():
+        message = message[0].lower() + message[1:]
+    return message

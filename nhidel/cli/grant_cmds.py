@@ -36,32 +36,48 @@ def register(app: typer.Typer) -> None:
 
 
 def grant(
-    agent: Annotated[str, typer.Argument(help="The registered agent to grant to.")],
+    agent: Annotated[
+        str, typer.Argument(metavar="AGENT", help="The registered agent to grant to.")
+    ],
     scope: Annotated[
         list[str],
         typer.Option(
-            "--scope", help="A scope to grant, within the agent's ceiling (repeat for more)."
+            "--scope",
+            metavar="SCOPE",
+            help="A scope to grant, within the agent's ceiling (repeat for more).",
         ),
     ],
     ttl: Annotated[
         str | None,
-        typer.Option("--ttl", help="How long the grant lives, e.g. 15m (default: the agent's)."),
+        typer.Option(
+            "--ttl",
+            metavar="DURATION",
+            help="How long the grant lives, e.g. 15m (default: the agent's).",
+        ),
     ] = None,
     aud: Annotated[
-        str | None, typer.Option("--aud", help="The audience (service) the token is for.")
+        str | None,
+        typer.Option("--aud", metavar="AUDIENCE", help="The audience (service) the token is for."),
     ] = None,
     not_before: Annotated[
         str | None,
         typer.Option(
             "--not-before",
+            metavar="TIME",
             help="When it starts: RFC 3339 or +5m (at most 30 days ahead).",
         ),
     ] = None,
     uses: Annotated[
-        int | None, typer.Option("--uses", help="How many times verify --consume may count it.")
+        int | None,
+        typer.Option(
+            "--uses", metavar="COUNT", help="How many times verify --consume may count it."
+        ),
     ] = None,
     reason: Annotated[
-        str | None, typer.Option("--reason", help="Why: recorded in the ledger and the audit log.")
+        str | None,
+        typer.Option(
+            "--reason", metavar="TEXT", help="Why: recorded in the ledger and the audit log."
+        ),
     ] = None,
     output: Annotated[
         TokenFormat,
@@ -132,7 +148,9 @@ def _revoke_undelivered(where: Paths, store: KeyStore, issued: Grant, exc: Excep
 
 
 def list_grants(
-    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent's grants.")] = None,
+    agent: Annotated[
+        str | None, typer.Option("--agent", metavar="AGENT", help="Only this agent's grants.")
+    ] = None,
     include_all: Annotated[
         bool, typer.Option("--all", help="Also expired, revoked and exhausted grants.")
     ] = False,
@@ -243,14 +261,17 @@ def show(
 
 def revoke(
     grant_ids: Annotated[
-        list[str] | None, typer.Argument(metavar="[ID]...", help="Grant ids or unique prefixes.")
+        list[str] | None, typer.Argument(metavar="ID", help="Grant ids or unique prefixes.")
     ] = None,
     agent: Annotated[
-        str | None, typer.Option("--agent", help="Revoke every live grant of this agent.")
+        str | None,
+        typer.Option("--agent", metavar="AGENT", help="Revoke every live grant of this agent."),
     ] = None,
     everything: Annotated[bool, typer.Option("--all", help="Revoke every live grant.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (for --all).")] = False,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why; recorded.")] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", metavar="TEXT", help="Why; recorded.")
+    ] = None,
 ) -> None:
     """Revoke grants: by id (all resolved first), by agent, or all."""
     from nhidel.actions.grants import revoke as revoke_grants

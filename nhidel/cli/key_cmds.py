@@ -27,6 +27,7 @@ def init(
         str | None,
         typer.Option(
             "--principal",
+            metavar="NAME",
             help="Who you are: the accountable human (default: your user name).",
         ),
     ] = None,
@@ -34,6 +35,7 @@ def init(
         str | None,
         typer.Option(
             "--issuer",
+            metavar="ISSUER",
             help="The tokens' iss (default: nhidel:PRINCIPAL).",
         ),
     ] = None,

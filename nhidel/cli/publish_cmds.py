@@ -90,12 +90,15 @@ def config_unset(name: SettingArgument) -> None:
 
 TtlOption = Annotated[
     str | None,
-    typer.Option("--ttl", help="How long the list is valid: its exp (default 1h)."),
+    typer.Option(
+        "--ttl", metavar="DURATION", help="How long the list is valid: its exp (default 1h)."
+    ),
 ]
 CacheTtlOption = Annotated[
     str | None,
     typer.Option(
         "--cache-ttl",
+        metavar="DURATION",
         help="How long a verifier may cache it: its ttl claim (default 5m).",
     ),
 ]
@@ -112,7 +115,9 @@ def _durations(ttl: str | None, cache_ttl: str | None) -> tuple[int, int]:
 
 
 def status_publish(
-    out: Annotated[Path, typer.Option("--out", help="The file to write (mode 0644).")],
+    out: Annotated[
+        Path, typer.Option("--out", metavar="FILE", help="The file to write (mode 0644).")
+    ],
     ttl: TtlOption = None,
     cache_ttl: CacheTtlOption = None,
 ) -> None:
@@ -130,7 +135,10 @@ def status_publish(
 
 def publish(
     out: Annotated[
-        Path, typer.Option("--out", help="The directory to write jwks.json and status.jwt into.")
+        Path,
+        typer.Option(
+            "--out", metavar="DIR", help="The directory to write jwks.json and status.jwt into."
+        ),
     ],
     ttl: TtlOption = None,
     cache_ttl: CacheTtlOption = None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from nhidel.cli import common
+from nhidel.cli.errors import ExitQuietly
 from nhidel.errors import ExitStatus, UsageError
 from nhidel.tokens.jws import MAX_TOKEN_LENGTH
 
@@ -28,39 +28,61 @@ def verify(
     token: Annotated[
         str | None,
         typer.Argument(
+            metavar="TOKEN",
             help="The token, or - to read it from stdin (default: $NHIDEL_TOKEN). Prefer stdin or "
-            "the variable: an argument is visible to other processes."
+            "the variable: an argument is visible to other processes.",
         ),
     ] = None,
     scope: Annotated[
         list[str] | None,
-        typer.Option("--scope", help="A scope the action needs (repeat: all must be granted)."),
+        typer.Option(
+            "--scope",
+            metavar="SCOPE",
+            help="A scope the action needs (repeat: all must be granted).",
+        ),
     ] = None,
     any_scope: Annotated[
         bool, typer.Option("--any-scope", help="Accept the grant whatever its scopes.")
     ] = False,
     aud: Annotated[
         str | None,
-        typer.Option("--aud", help="This verifier's audience; required for grants that name one."),
+        typer.Option(
+            "--aud",
+            metavar="AUDIENCE",
+            help="This verifier's audience; required for grants that name one.",
+        ),
     ] = None,
     consume: Annotated[
         bool, typer.Option("--consume", help="Count one use of the grant (only when allowed).")
     ] = False,
     leeway: Annotated[
         str | None,
-        typer.Option("--leeway", help="Clock skew to tolerate, e.g. 30s (default none)."),
+        typer.Option(
+            "--leeway", metavar="DURATION", help="Clock skew to tolerate, e.g. 30s (default none)."
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
     jwks: Annotated[
         str | None,
-        typer.Option("--jwks", help="Verify remotely: trust this JWKS (file or URL), no ledger."),
+        typer.Option(
+            "--jwks",
+            metavar="FILE|URL",
+            help="Verify remotely: trust this JWKS (file or URL), no ledger.",
+        ),
     ] = None,
     status_list: Annotated[
         str | None,
-        typer.Option("--status-list", help="With --jwks: learn revocations from this status list."),
+        typer.Option(
+            "--status-list",
+            metavar="URL",
+            help="With --jwks: learn revocations from this status list.",
+        ),
     ] = None,
     issuer: Annotated[
-        str | None, typer.Option("--iss", help="With --jwks: the issuer the tokens must name.")
+        str | None,
+        typer.Option(
+            "--iss", metavar="ISSUER", help="With --jwks: the issuer the tokens must name."
+        ),
     ] = None,
     batch: Annotated[
         bool,
@@ -98,9 +120,9 @@ def verify(
     if batch:
         from nhidel.verifiers.batch import verify_lines
 
-        with _closing_on_termination(), checking as check:
+        with checking as check:
             if not verify_lines(sys.stdin.buffer, sys.stdout.buffer, check):
-                raise typer.Exit(1)
+                raise ExitQuietly(ExitStatus.DENIED)
         return
     with checking as check:
         decision = check(text)
@@ -118,7 +140,7 @@ def verify(
         return
     say(f"denied: {decision.reason}: {decision.detail}")
     # SPEC: `integrity` (nhidel's own state failed a check) is exit 5; any other denial is 1.
-    raise typer.Exit(ExitStatus.INTEGRITY if decision.reason == "integrity" else 1)
+    raise ExitQuietly(ExitStatus.INTEGRITY if decision.reason == "integrity" else ExitStatus.DENIED)
 
 
 @contextlib.contextmanager
@@ -147,23 +169,6 @@ def _checker(
     where = common.paths()
     with Verifier(where, common.keystore(where), leeway=leeway) as verifier:
         yield verifier.checker(requested, any_scope=any_scope, aud=aud, consume=consume)
-
-
-@contextlib.contextmanager
-def _closing_on_termination() -> Iterator[None]:
-    """SIGTERM and SIGHUP end a batch as Ctrl-C does: the verifier closes and writes the
-    decisions it holds (up to a second's worth) to the audit log. By default these signals
-    would end the process at once, and the log would miss verdicts a gateway acted on."""
-
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _read_token(argument: str | None) -> str:

@@ -16,7 +16,7 @@ import pytest
 from helpers.support import Cli
 
 from nhidel.cli.app import COMMAND_MODULES, command
-from nhidel.cli.coercion import converter_for
+from nhidel.cli.typer_seam import converter_for
 
 # Imported by a command, these would cost tens of milliseconds and serve nothing it does.
 NEVER = ("pydantic", "jwt", "keyring", "rich", "asyncio")

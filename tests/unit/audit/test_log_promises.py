@@ -996,7 +996,7 @@ def test_audit_verify_on_an_edited_record_exits_5_naming_its_line_and_seq(
     assert result.exit_code == 5
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("hint: ")
     assert "audit.jsonl line 2" in lines[0] and "edited" in lines[0]
 
 
