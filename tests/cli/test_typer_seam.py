@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import processes
 from helpers.support import Cli
 
 from nhidel.cli import shell_scripts, typer_seam
@@ -215,3 +218,27 @@ def test_plain_converters_refuse_what_typer_refuses(annotation: Any, text: str) 
     assert convert is not None
     with pytest.raises(ValueError, match="is not"):
         convert(text)
+
+
+MOVED = """
+import sys
+import typer._coercion
+del typer._coercion.RuntimeParam  # as if a Typer release had moved it
+from nhidel.cli import main
+status = main(sys.argv[1:])
+print("pydantic" in sys.modules, file=sys.stderr)
+sys.exit(status)
+"""
+
+
+def test_a_typer_that_moved_what_the_seam_patches_still_runs_nhidel(tmp_path: Path) -> None:
+    env = processes.isolated_env(tmp_path, NHIDEL_KEYSTORE="file", NHIDEL_PASSPHRASE="p4ss-w0rd")
+    processes.ok(env, "init", "--principal", "alice")
+    processes.ok(env, "agent", "add", "bot", "--allow", "a:b", "--max-ttl", "1h")
+    result = subprocess.run(
+        [sys.executable, "-c", MOVED, "grant", "bot", "--scope", "a:b", "--uses", "2"],
+        env=env, cwd=env["HOME"], capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(".") == 2  # a token
+    assert result.stderr.splitlines()[-1] == "True"  # Typer's own conversion did the work
