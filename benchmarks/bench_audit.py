@@ -24,7 +24,7 @@ import multiprocessing
 import os
 import shutil
 import statistics
-import subprocess  # noqa: S404 - nhidel and python children, never a shell
+import subprocess
 import sys
 import tempfile
 import threading
@@ -152,7 +152,7 @@ class AuditHome:
         names = ("signing", "trust", "audit-mark")
         entries = {name: store.read(name) for name in names}
         env = {**service_env, "NHIDEL_HOME": self.env["NHIDEL_HOME"], "NO_COLOR": "1"}
-        subprocess.run(  # noqa: S603
+        subprocess.run(
             [PYTHON, "-c", _STORE_ENTRIES], input=json.dumps(entries).encode(), env=env,
             capture_output=True, check=True, timeout=60,
         )  # fmt: skip

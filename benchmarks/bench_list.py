@@ -32,7 +32,7 @@ import json
 import os
 import random
 import statistics
-import subprocess  # noqa: S404 - runs nhidel, never a shell
+import subprocess
 import sys
 import tempfile
 import time
@@ -98,9 +98,7 @@ def first_screen(argv: list[str], env: dict[str, str], runs: int) -> dict[str, A
     screens, totals = [], []
     for _ in range(runs + 1):  # the first is a warm-up
         start = time.perf_counter()
-        child = subprocess.Popen(  # noqa: S603
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
-        )
+        child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         assert child.stdout is not None
         seen = 0
         while seen < SCREEN_LINES and child.stdout.readline():
@@ -157,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         counts = fill_ledger(Path(env["NHIDEL_HOME"]), args.grants, args.active, now)
         fill_ledger(Path(small_env["NHIDEL_HOME"]), args.active, args.active, now)
         fill_s = time.perf_counter() - started
-        listed = json.loads(subprocess.check_output([*nhidel, "list", "--json"], env=env))  # noqa: S603
+        listed = json.loads(subprocess.check_output([*nhidel, "list", "--json"], env=env))
         assert len(listed) == args.active, f"{len(listed)} grants listed"
         commands = {
             "python -c pass": [PYTHON, "-c", "pass"],

@@ -12,7 +12,7 @@ import os
 import shlex
 import shutil
 import statistics
-import subprocess  # noqa: S404 - runs hyperfine, git and nhidel, never a shell
+import subprocess
 import sys
 import tempfile
 import time
@@ -80,7 +80,7 @@ def isolated_env(root: Path, **extra: str) -> dict[str, str]:
 
 def run_nhidel(nhidel: Sequence[str], env: Mapping[str, str], *args: str) -> str:
     """Run one nhidel command to prepare a benchmark; its stdout, or exit naming the failure."""
-    done = subprocess.run(  # noqa: S603
+    done = subprocess.run(
         [*nhidel, *args],
         env=dict(env),
         stdin=subprocess.DEVNULL,
@@ -99,7 +99,7 @@ def find_hyperfine() -> tuple[str, str] | None:
     exe = shutil.which("hyperfine")
     if exe is None:
         return None
-    version = subprocess.run(  # noqa: S603
+    version = subprocess.run(
         [exe, "--version"], capture_output=True, text=True, check=True
     ).stdout.strip()
     return exe, version
@@ -121,9 +121,7 @@ def hyperfine(
         argv += ["--command-name", name, shlex.join(command)]
     print(f"  timing: {', '.join(name for name, _ in commands)}", file=sys.stderr, flush=True)
     # hyperfine's progress goes to the terminal, never into a caller's captured stdout.
-    done = subprocess.run(  # noqa: S603
-        argv, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr, check=False
-    )
+    done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr, check=False)
     if done.returncode != 0:
         sys.exit(f"hyperfine failed (exit {done.returncode}); a benchmarked command must exit 0")
     results = json.loads(out.read_text())["results"]
@@ -176,7 +174,7 @@ def peak_rss(
     """
     with tempfile.TemporaryDirectory(prefix="nhidel-rss-") as tmp:
         report = Path(tmp) / "rusage"
-        done = subprocess.run(  # noqa: S603
+        done = subprocess.run(
             [PYTHON, "-I", "-S", "-c", _WAIT4, str(report), *argv],
             env=dict(env),
             input=stdin,
@@ -210,7 +208,7 @@ def secret_service() -> Iterator[dict[str, str] | None]:
     manager = running_secret_service()
     try:
         service_env = manager.__enter__()
-    except BaseException as exc:  # noqa: BLE001 - pytest's Skipped is a BaseException
+    except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
         print(f"  skipping the Secret Service rows: {exc}", file=sys.stderr)
@@ -228,13 +226,13 @@ def source_revision() -> str:
     if git is None:
         return "unknown"
     try:
-        head = subprocess.run(  # noqa: S603
+        head = subprocess.run(
             [git, "-C", str(REPO), "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
-        dirty = subprocess.run(  # noqa: S603
+        dirty = subprocess.run(
             [git, "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
             text=True,

@@ -23,7 +23,7 @@ import importlib.metadata
 import json
 import os
 import statistics
-import subprocess  # noqa: S404 - runs the suites, never a shell
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,7 +87,7 @@ def run_suite(name: str, argv: list[str]) -> Suite:
         out = Path(scratch) / "figures.json"
         # The suites print their own tables: to stderr here, so stdout holds only ours. Their
         # exit status says whether their own goals were met; the JSON is what counts here.
-        done = subprocess.run(  # noqa: S603 - our own scripts, with our own arguments
+        done = subprocess.run(
             [PYTHON, str(script), *argv, "--json", str(out)],
             stdout=sys.stderr,
             stdin=subprocess.DEVNULL,

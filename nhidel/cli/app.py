@@ -39,7 +39,7 @@ class NhidelGroup(TyperGroup):
                     **extra,
                 )
             status = result if isinstance(result, int) else 0
-        except (Exception, KeyboardInterrupt, Terminated) as exc:
+        except (Exception, KeyboardInterrupt, Terminated) as exc:  # noqa: BLE001 - the error tree
             status = exit_status_for(
                 exc, debug="--debug" in argv, command=self._command_named(argv)
             )

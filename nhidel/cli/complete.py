@@ -60,7 +60,7 @@ def run(shell: str, words: Sequence[str], *, now: int | None = None) -> int:
             quote, words[-1] = words[-1][0], words[-1][1:]
     try:
         found = candidates(words, now=int(time.time()) if now is None else now)
-    except Exception:  # a corrupt ledger or config must not spill a traceback into a prompt
+    except Exception:  # noqa: BLE001 - a corrupt ledger must not spill a traceback at a prompt
         found = []
     lines = (_format(shell, value, about, words[-1], breaks, quote) for value, about in found)
     sys.stdout.write("".join(line for line in lines if line))
@@ -186,7 +186,7 @@ def _scopes(positionals: list[str], incomplete: str, now: int) -> list[Candidate
     for scope in _agents().get(agent, []):
         try:
             valid = str(parse_scope(scope)) == scope
-        except Exception:
+        except Exception:  # noqa: BLE001 - any scope the grammar refuses is simply not offered
             valid = False
         if valid and _clean_value(scope) == scope:
             found.append((scope, f"allowed for {agent}"))

@@ -189,7 +189,7 @@ def test_show_on_a_corrupt_ledger_row_is_exit_5_naming_the_grant(
     token = ready.ok("grant", "reviewer", "--scope", "repo:read:acme/api").stdout.strip()
     grant_id = claims_of(token)["jti"]
     with sqlite3.connect(nhidel_home / "ledger.db") as db:
-        db.execute(f"UPDATE grants SET {corruption}")  # noqa: S608 - fixed test text
+        db.execute(f"UPDATE grants SET {corruption}")
     db.close()
     for args in (["show", grant_id], ["show", grant_id, "--json"], ["show", grant_id[:6]]):
         result = ready(*args)
@@ -209,7 +209,7 @@ def test_verify_on_a_corrupt_ledger_row_is_exit_5_not_a_crash(
 ) -> None:
     token = ready.ok("grant", "reviewer", "--scope", SCOPE).stdout.strip()
     with sqlite3.connect(nhidel_home / "ledger.db") as db:
-        db.execute(f"UPDATE grants SET {corruption}")  # noqa: S608 - fixed test text
+        db.execute(f"UPDATE grants SET {corruption}")
     db.close()
     for extra in ([], ["--json"]):
         result = ready("verify", "-", "--scope", SCOPE, *extra, input=token)

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from helpers.processes import Run, claims_of, command, isolated_env, list_all, ok, run
 
-PASSPHRASE = "findings passphrase"  # noqa: S105 - a test keystore's
+PASSPHRASE = "findings passphrase"
 SCOPE = "repo:read:acme/api"
 TIMEOUT = 30
 
@@ -265,7 +265,7 @@ def test_finding_4_an_edited_use_limit_does_not_give_a_spent_grant_another_use(
     token, grant_id = grant(env, "--uses", "1")
     assert verify(env, token, "--consume").code == 0
     assert_denied(verify(env, token, "--consume"), "uses_exhausted")
-    assert sql(env, f"UPDATE grants SET {edit} WHERE id = ?", grant_id) == 1  # noqa: S608
+    assert sql(env, f"UPDATE grants SET {edit} WHERE id = ?", grant_id) == 1
     assert_denied(verify(env, token, "--consume"), "uses_exhausted")
     assert_denied(verify(env, token), "uses_exhausted")
     assert audit_verify(env).code == 5
@@ -281,7 +281,7 @@ def test_finding_4_a_ledger_row_that_no_grant_issued_record_made_fails_audit_ver
         "agent, scope, aud, issued_at, not_before, expires_at, max_uses, uses, reason, kid, "
         "token_sha256, revoked_at, revoke_reason, status_idx, seal"
     )
-    copy = f"INSERT INTO grants (id, {columns}) SELECT ?, {columns} FROM grants WHERE id = ?"  # noqa: S608
+    copy = f"INSERT INTO grants (id, {columns}) SELECT ?, {columns} FROM grants WHERE id = ?"
     copied = sql(env, copy, forged, grant_id)
     assert copied == 1
     result = audit_verify(env)
@@ -343,7 +343,7 @@ def test_finding_5_a_token_signed_by_a_key_rotated_out_after_compromise_stays_de
     forged = json.loads(thief.stdout)
     row = forged["row"]
     names = ", ".join(row)
-    sql(env, f"INSERT INTO grants ({names}) VALUES ({', '.join('?' * len(row))})", *row.values())  # noqa: S608
+    sql(env, f"INSERT INTO grants ({names}) VALUES ({', '.join('?' * len(row))})", *row.values())
     wide = run(env, "verify", "-", "--scope", "repo:write:acme/api", "--json",
                input=forged["token"] + "\n")  # fmt: skip
     assert_denied(wide, "unknown_key")

@@ -42,7 +42,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 TESTS = REPO / "tests"
 SCOPE = "repo:read:acme/api"
-PASSPHRASE = "crash harness passphrase"  # noqa: S105 - a test keystore's
+PASSPHRASE = "crash harness passphrase"
 WORKERS = 2
 TIMEOUT = 60
 

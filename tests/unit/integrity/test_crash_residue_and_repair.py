@@ -27,7 +27,7 @@ from nhidel.paths import Paths
 SCOPE = "repo:read:acme/api"
 
 
-class Crash(Exception):
+class Crash(Exception):  # noqa: N818 - a simulated kill, not an error
     """Stands for the process dying right after the records reached the disk."""
 
 

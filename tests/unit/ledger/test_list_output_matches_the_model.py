@@ -10,7 +10,7 @@ import errno
 import io
 import json
 import sqlite3
-import subprocess  # noqa: S404 - runs nhidel in a fresh interpreter
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -400,9 +400,7 @@ def test_listing_imports_neither_rich_nor_pydantic(every_status: Paths) -> None:
         "    assert main(args) == 0\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rich', 'pydantic')))\n"
     )
-    done = subprocess.run(  # noqa: S603
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.splitlines()[-1] == "[]"
     assert "gpendingaa" in done.stdout
 

@@ -53,7 +53,7 @@ def probe_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.fixture
-def verifier(world: World, probe_kind: str) -> Iterator[tuple[Verifier, Clock]]:  # noqa: F811
+def verifier(world: World, probe_kind: str) -> Iterator[tuple[Verifier, Clock]]:
     clock = Clock(T)
     with Verifier(world.paths, world.keystore, clock=clock) as opened:
         assert opened._probe.reads_wal_index is (probe_kind == "wal-index")
@@ -83,7 +83,7 @@ def decision_records(paths: Paths) -> list[dict[str, Any]]:
 
 
 def test_a_revocation_by_another_process_is_seen_by_the_very_next_cached_check(
-    world: World,  # noqa: F811
+    world: World,
     verifier: tuple[Verifier, Clock],
 ) -> None:
     check, _ = verifier
@@ -95,7 +95,7 @@ def test_a_revocation_by_another_process_is_seen_by_the_very_next_cached_check(
 
 
 def test_a_use_by_another_connection_exhausts_the_grant_for_the_next_cached_check(
-    world: World,  # noqa: F811
+    world: World,
     verifier: tuple[Verifier, Clock],
 ) -> None:
     check, _ = verifier
@@ -108,7 +108,7 @@ def test_a_use_by_another_connection_exhausts_the_grant_for_the_next_cached_chec
 
 
 def test_a_token_unknown_to_the_ledger_is_known_once_another_process_records_it(
-    world: World,  # noqa: F811
+    world: World,
     verifier: tuple[Verifier, Clock],
 ) -> None:
     check, _ = verifier
@@ -131,7 +131,7 @@ def test_a_token_unknown_to_the_ledger_is_known_once_another_process_records_it(
 
 
 def test_expiry_is_checked_on_every_call_against_the_clock(
-    world: World,  # noqa: F811
+    world: World,
     verifier: tuple[Verifier, Clock],
 ) -> None:
     check, clock = verifier
@@ -144,7 +144,7 @@ def test_expiry_is_checked_on_every_call_against_the_clock(
 
 
 def test_not_before_is_checked_on_every_call_against_the_clock(
-    world: World,  # noqa: F811
+    world: World,
     verifier: tuple[Verifier, Clock],
 ) -> None:
     check, clock = verifier
@@ -155,7 +155,7 @@ def test_not_before_is_checked_on_every_call_against_the_clock(
 
 
 def test_each_calls_scopes_and_audience_are_decided_for_that_call(
-    world: World,  # noqa: F811
+    world: World,
     verifier: tuple[Verifier, Clock],
 ) -> None:
     check, _ = verifier
@@ -173,7 +173,7 @@ def test_each_calls_scopes_and_audience_are_decided_for_that_call(
 
 
 def test_the_remembered_decisions_match_a_new_verifiers_for_every_reason(
-    world: World,  # noqa: F811
+    world: World,
     verifier: tuple[Verifier, Clock],
 ) -> None:
     check, clock = verifier
@@ -198,7 +198,7 @@ def test_the_remembered_decisions_match_a_new_verifiers_for_every_reason(
 
 
 def test_consume_counts_every_use_in_the_ledger_and_plain_checks_see_it(
-    world: World,  # noqa: F811
+    world: World,
     verifier: tuple[Verifier, Clock],
 ) -> None:
     check, _ = verifier
@@ -217,7 +217,7 @@ def test_consume_counts_every_use_in_the_ledger_and_plain_checks_see_it(
 
 
 def test_consume_after_a_revocation_by_another_process_is_denied(
-    world: World,  # noqa: F811
+    world: World,
     verifier: tuple[Verifier, Clock],
 ) -> None:
     check, _ = verifier
@@ -231,7 +231,7 @@ def test_consume_after_a_revocation_by_another_process_is_denied(
 # -- bounded ---------------------------------------------------------------------------
 
 
-def test_the_token_memory_is_bounded_least_recently_used_first_out(world: World) -> None:  # noqa: F811
+def test_the_token_memory_is_bounded_least_recently_used_first_out(world: World) -> None:
     tokens = [world.issue(ttl="15m")[1] for _ in range(3)]
     with Verifier(world.paths, world.keystore, clock=lambda: T, cache_size=2) as check:
         for token in tokens[:2]:
@@ -244,7 +244,7 @@ def test_the_token_memory_is_bounded_least_recently_used_first_out(world: World)
         assert len(check._known) == 2
 
 
-def test_the_header_verdict_is_remembered_but_every_signature_is_checked(world: World) -> None:  # noqa: F811
+def test_the_header_verdict_is_remembered_but_every_signature_is_checked(world: World) -> None:
     claims = claims_of(world.issue(ttl="15m")[1])
     token = forge(world.header(), claims, world.sign)
     decoder = TokenDecoder({world.signer.kid: _public(world)})
@@ -270,7 +270,7 @@ def _public(of: World) -> Any:
 # -- coalesced decisions add up, under the seal -----------------------------------------
 
 
-def test_coalesced_decisions_add_up_and_the_log_verifies(world: World) -> None:  # noqa: F811
+def test_coalesced_decisions_add_up_and_the_log_verifies(world: World) -> None:
     _, token = world.issue(ttl="15m")
     other_grant, other = world.issue(ttl="15m")
     asked: dict[tuple[str, str], int] = {}
@@ -308,7 +308,7 @@ def test_coalesced_decisions_add_up_and_the_log_verifies(world: World) -> None: 
     assert report.ok, str(report.problem)
 
 
-def test_a_tampered_count_is_detected(world: World) -> None:  # noqa: F811
+def test_a_tampered_count_is_detected(world: World) -> None:
     _, token = world.issue(ttl="15m")
     with Verifier(world.paths, world.keystore, clock=lambda: T) as check:
         for _ in range(5):
@@ -321,7 +321,7 @@ def test_a_tampered_count_is_detected(world: World) -> None:  # noqa: F811
     assert report.problem is not None and "seal" in report.problem.why
 
 
-def test_audit_tail_shows_the_count(world: World) -> None:  # noqa: F811
+def test_audit_tail_shows_the_count(world: World) -> None:
     from nhidel.cli.render import audit_record_line
 
     _, token = world.issue(ttl="15m")
@@ -333,7 +333,7 @@ def test_audit_tail_shows_the_count(world: World) -> None:  # noqa: F811
     assert " x3 until " in audit_record_line(record, T)
 
 
-def test_consumed_uses_are_never_coalesced(world: World) -> None:  # noqa: F811
+def test_consumed_uses_are_never_coalesced(world: World) -> None:
     grant, token = world.issue(ttl="15m", uses=3)
     with Verifier(world.paths, world.keystore, clock=lambda: T) as check:
         for _ in range(3):
@@ -358,7 +358,7 @@ def test_the_probe_changes_when_another_connection_commits(paths: Paths) -> None
         probe.close()
 
 
-def test_grant_objects_from_the_lean_lookup_equal_the_plain_ones(world: World) -> None:  # noqa: F811
+def test_grant_objects_from_the_lean_lookup_equal_the_plain_ones(world: World) -> None:
     grant, _ = world.issue(ttl="15m", uses=4, reason="why", aud="api.example.com")
     with Ledger(world.paths) as ledger:
         found = ledger.lookup(grant.id)
@@ -369,7 +369,7 @@ def test_grant_objects_from_the_lean_lookup_equal_the_plain_ones(world: World) -
 
 @pytest.mark.parametrize("token", [None, b"bytes", ["a", "list"], 42])
 def test_a_token_that_is_not_a_string_is_malformed_not_a_crash(
-    world: World,  # noqa: F811
+    world: World,
     token: Any,
 ) -> None:
     with Verifier(world.paths, world.keystore, clock=lambda: T) as check:

@@ -283,7 +283,7 @@ def test_a_jwks_over_plain_http_to_another_host_is_refused_before_fetching(ready
 
 def test_a_redirect_may_not_downgrade_the_jwks_to_plain_http(ready: Cli) -> None:
     class Redirect(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        def do_GET(self) -> None:
             self.send_response(302)
             self.send_header("Location", "http://keys.example.invalid/jwks.json")
             self.end_headers()
