@@ -28,14 +28,13 @@ from nhidel.models import Grant
 from nhidel.paths import Paths
 from nhidel.scopes import Scope
 from nhidel.tokens.claims import (
-    Decision,
     Denied,
-    Reason,
     check_audience_and_scopes,
     check_leeway,
     claims_shape,
     requested_scopes,
 )
+from nhidel.tokens.decision import Decision, Reason
 from nhidel.tokens.jws import TokenDecoder, TokenRejected, token_sha256
 
 if TYPE_CHECKING:
@@ -271,7 +270,7 @@ class Verifier:
         try:
             claims = self._decoder.decode(token)
         except TokenRejected as rejected:
-            denied = Decision(False, Reason(rejected.reason), rejected.detail)
+            denied = Decision(False, rejected.reason, rejected.detail)
             raise _Unknowable(denied, {}, fingerprint) from None
         try:
             grant_id = claims_shape(claims)
