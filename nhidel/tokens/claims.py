@@ -45,11 +45,29 @@ def requested_scopes(scopes: Sequence[str | Scope] | str, any_scope: bool) -> tu
     return requested
 
 
+def time_fault(exp: int, nbf: int, now: int, leeway: int) -> Reason | None:
+    """Whether a grant is outside its times at `now`: `Reason.EXPIRED` from `exp` on,
+    `Reason.NOT_YET_VALID` before `nbf`, each moved `leeway` seconds in the grant's favour
+    (clocks differ); None while it is valid. Every verifier decides times with this alone."""
+    if now >= exp + leeway:
+        return Reason.EXPIRED
+    if now + leeway < nbf:
+        return Reason.NOT_YET_VALID
+    return None
+
+
+# What a denial for each time fault says.
+TIME_DETAIL = {
+    Reason.EXPIRED: "the grant has expired",
+    Reason.NOT_YET_VALID: "the grant is not valid yet",
+}
+
+
 def check_times(claims: dict[str, Any], now: int, leeway: int) -> None:
-    if now >= claims["exp"] + leeway:
-        raise Denied(Reason.EXPIRED, "the grant has expired")
-    if now + leeway < claims["nbf"]:
-        raise Denied(Reason.NOT_YET_VALID, "the grant is not valid yet")
+    """Raise Denied when the claims' times (`exp`, `nbf`) do not hold at `now`."""
+    fault = time_fault(claims["exp"], claims["nbf"], now, leeway)
+    if fault is not None:
+        raise Denied(fault, TIME_DETAIL[fault])
 
 
 def check_audience_and_scopes(
