@@ -461,21 +461,18 @@ class _Outcome:
         act = claims.get("act") or {}
         outcome = "allowed" if decision.reason is None else decision.reason.value
         self.decision = decision
-        # The fields of event(); built here because a busy gateway builds one per decision.
-        self.content = {
-            "event": "verify.allowed" if decision.allowed else "verify.denied",
-            "principal": claims.get("sub"),
-            "agent": grant.agent if grant else act.get("sub"),
-            "grant": grant.id if grant else claims.get("jti"),
-            "scopes": None,
-            "expires_at": grant.expires_at if grant else claims.get("exp"),
-            "reason": None,
+        self.content = event(
+            "verify.allowed" if decision.allowed else "verify.denied",
+            principal=claims.get("sub"),
+            agent=grant.agent if grant else act.get("sub"),
+            grant=grant.id if grant else claims.get("jti"),
+            expires_at=grant.expires_at if grant else claims.get("exp"),
             # Lets `audit find-token` find this decision; the token itself is never logged.
-            "token_fp": fingerprint,
-            "requested": request.listed,
-            "aud": aud,
-            "outcome": outcome,
-        }
+            token_fp=fingerprint,
+            requested=request.listed,
+            aud=aud,
+            outcome=outcome,
+        )
         self.key = (
             outcome, fingerprint, request.names, aud, self.content["principal"],
             self.content["agent"], self.content["grant"], self.content["expires_at"],
