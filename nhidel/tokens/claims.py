@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from nhidel.errors import UsageError
-from nhidel.models import GRANT_ID, Grant
+from nhidel.models import Grant
+from nhidel.names import GRANT_ID
 from nhidel.scopes import Scope, covered_by_any, parse_scope_text, parse_scopes
 from nhidel.tokens.decision import Decision, Reason
 
