@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from nhidel.keys.material import b64url_encode, private_key
+from nhidel.base64url import b64url_encode
+from nhidel.keys.material import private_key
 from nhidel.tokens.decision import Reason
 
 if TYPE_CHECKING:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nhidel.keys.material import b64url_decode, public_key, thumbprint
+from nhidel.base64url import b64url_decode
+from nhidel.keys.material import public_key, thumbprint
 from nhidel.scopes import Scope
 from nhidel.tokens.claims import (
     Denied,
