@@ -34,9 +34,9 @@ from typing import Any
 
 from nhidel.actions.agents import add_agent
 from nhidel.actions.keys import init_principal
+from nhidel.base64url import b64url_decode
 from nhidel.integrity.state import row_seal
 from nhidel.keys.keystore import KeyStore, open_keystore
-from nhidel.keys.material import b64url_decode
 from nhidel.keys.principal import load_signer
 from nhidel.ledger.store import Ledger
 from nhidel.models import Grant, new_grant_id

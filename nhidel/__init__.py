@@ -19,12 +19,13 @@ __version__ = "0.1.0"
 __all__ = ["Decision", "Reason", "RemoteVerifier", "Verifier", "__version__", "verify"]
 
 if TYPE_CHECKING:
-    from nhidel.tokens.claims import Decision, Reason
+    from nhidel.tokens.decision import Decision, Reason
     from nhidel.verifiers.local import Verifier, verify
     from nhidel.verifiers.remote import RemoteVerifier
 
 _HOMES = {
-    "Decision": "tokens.claims", "Reason": "tokens.claims", "RemoteVerifier": "verifiers.remote",
+    "Decision": "tokens.decision", "Reason": "tokens.decision",
+    "RemoteVerifier": "verifiers.remote",
     "Verifier": "verifiers.local", "verify": "verifiers.local",
 }  # fmt: skip
 

@@ -1,16 +1,19 @@
-"""Where nhidel keeps its files. Standard library only: shell completion reads it at every <TAB>."""
+"""Where nhidel keeps its files. Standard library only: shell completion reads it at every <TAB>.
+
+`Paths` is a NamedTuple rather than a dataclass because importing `dataclasses` (and the
+`inspect` it loads) would cost completion a few milliseconds at every TAB.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Paths:
+class Paths(NamedTuple):
     """Every file nhidel keeps. `$NHIDEL_HOME` puts them all in one directory."""
 
     config_dir: Path

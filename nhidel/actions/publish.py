@@ -17,7 +17,7 @@ from typing import Any
 
 from nhidel.audit import AuditKeys, event
 from nhidel.config import load_config
-from nhidel.errors import UsageError
+from nhidel.errors import NhidelError, StorageError, UsageError
 from nhidel.fsutil import atomic_write, file_kind, storage_error
 from nhidel.integrity import state
 from nhidel.keys.keystore import KeyStore
@@ -212,15 +212,34 @@ def _record(paths: Paths, keystore: KeyStore, signer: Signer, published: StatusL
     )
 
 
-def republish(paths: Paths, keystore: KeyStore, *, now: int) -> Path | None:
-    """After a revocation or key rotation: republish into the configured status directory.
+@dataclass(frozen=True, slots=True)
+class Republished:
+    """What `republish` did: wrote jwks.json and status.jwt into `directory`; or found no
+    status directory, so the list is the principal's to publish (`by_hand`); or nothing, when
+    no status URI is set (no verifier elsewhere checks a list)."""
 
-    Returns the directory, or None when no status directory (or no status URI) is configured.
+    directory: Path | None = None
+    by_hand: bool = False
+
+
+def republish(paths: Paths, keystore: KeyStore, *, now: int) -> Republished:
+    """After revocations or a key rotation, which verifiers elsewhere learn of only from a
+    newly published list: publish into the configured status directory, if there is one.
+
+    A failure is StorageError saying the change itself stands, and how to publish it.
     """
-    signer = load_signer(keystore)
-    config = state.sealed_config(paths, AuditKeys(signer.audit_key, keystore))
-    if config.status_dir is None or config.status_uri is None:
-        return None
+    config = state.sealed_config(paths, AuditKeys.of(keystore))  # where to publish is sealed
+    if config.status_uri is None:
+        return Republished()
+    if config.status_dir is None:
+        return Republished(by_hand=True)
     directory = Path(config.status_dir)
-    publish_site(paths, keystore, directory, now=now)
-    return directory
+    try:
+        publish_site(paths, keystore, directory, now=now)
+    except NhidelError as exc:
+        raise StorageError(
+            f"done, but the status list could not be published to {config.status_dir}: "
+            f"{exc.message}",
+            f"fix that, then run: nhidel publish --out {config.status_dir}",
+        ) from None
+    return Republished(directory)

@@ -80,7 +80,7 @@ COMMAND_MODULES = {
     "revoke": "grant_cmds",
     "verify": "verify_cmds",
     "audit": "audit_cmds",
-    "config": "publish_cmds",
+    "config": "config_cmds",
     "status": "publish_cmds",
     "publish": "publish_cmds",
     "repair": "repair_cmds",

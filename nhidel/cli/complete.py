@@ -4,9 +4,11 @@ The scripts in completions/ run `_NHIDEL_COMPLETE=<shell> nhidel WORD...`, passi
 after `nhidel` up to the one being completed (the last, possibly empty). This module answers
 from `command_table` (generated from the Typer app), the ledger (read-only SQLite, opened so
 that nothing is written) and, only for agent names and ceilings, config.toml. It imports nothing
-heavy: no Typer, Rich, cryptography, PyJWT or keyring; of nhidel's own modules only the
-stdlib-only `timefmt` and `scopes` (and their `errors`), so a TAB costs little more than
-starting Python. Whatever goes wrong, it prints nothing rather than an error into a prompt.
+heavy: no Typer, Rich, cryptography, PyJWT or keyring; of nhidel's own modules only those made
+for it, standard library only: `paths` (where the files are), `names` (what a name or an id
+looks like), `ledger.columns` (the live-grant condition), and when needed `timefmt` and `scopes`
+(and their `errors`). So a TAB costs little more than starting Python, and says nothing those
+modules do not. Whatever goes wrong, it prints nothing rather than an error into a prompt.
 
 Every value offered ends up on a command line, so a value read from the ledger or config that
 does not match its grammar is dropped, and bash gets values with shell metacharacters escaped.
@@ -20,10 +22,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 from nhidel.cli.command_table import COMMANDS, EVENTS
+from nhidel.ledger.columns import LIVE_GRANT_SQL
+from nhidel.names import AGENT_NAME, GRANT_ID
+from nhidel.paths import Paths
 
 SHELLS = ("bash", "zsh", "fish")
 # Enough for any menu a person reads; typing more of the id narrows the query itself.
@@ -37,9 +41,6 @@ _BASH_BREAKS = ":="
 # history and is already in order. From one more character on, the id index narrows to 1 grant
 # in 32 or better, and is faster (benchmarks/README.md has the figures).
 RANGE_PREFIX = 2
-# The grammars of values read from the ledger and config.toml: nothing else is offered.
-GRANT_ID = re.compile(r"g[a-z2-7]{26}")
-AGENT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # nhidel.models.AGENT_NAME (a test checks)
 # Outside quotes, bash takes these literally; any other character is escaped with a backslash.
 _BASH_UNSAFE = re.compile(r"([^A-Za-z0-9_./:=@%+,-])")
 # Inside double quotes, these still mean something to bash.
@@ -136,23 +137,28 @@ def _option_values(
     return source(positionals, incomplete, now) if source else []
 
 
+def _live_grants_query(prefix: str, now: int) -> tuple[str, list[object]]:
+    """The SQL (and its parameters) for live grants whose id starts with `prefix`, soonest to
+    expire first: live as `ledger.columns.LIVE_GRANT_SQL` says, and not expired at `now`."""
+    columns = "SELECT id, agent, scope, not_before, expires_at FROM grants WHERE "
+    if len(prefix) >= RANGE_PREFIX:  # the id index; `+expires_at` keeps the planner off the other
+        sql = f"{columns}+expires_at > ? AND {LIVE_GRANT_SQL} AND id >= ? AND id < ?"
+        params: list[object] = [now, prefix, prefix + "\U0010ffff"]
+        return f"{sql} ORDER BY +expires_at LIMIT {MAX_GRANTS}", params
+    # The expiry index (grants_live): live grants only, already in order; the caller stops at
+    # MAX_GRANTS matches.
+    return f"{columns}expires_at > ? AND {LIVE_GRANT_SQL} ORDER BY expires_at", [now]
+
+
 def _grants(positionals: list[str], incomplete: str, now: int) -> list[Candidate]:
     """Live grants (not revoked, expired or used up), soonest to expire first."""
     import sqlite3
 
-    ledger = _state_dir() / "ledger.db"
+    ledger = Paths.from_env().ledger_file
     if not ledger.is_file():
         return []
-    live = "revoked_at IS NULL AND {e} > ? AND (max_uses IS NULL OR uses < max_uses)"
-    columns = "SELECT id, agent, scope, not_before, expires_at FROM grants WHERE "
     prefix = incomplete.strip().lower()
-    if len(prefix) >= RANGE_PREFIX:  # the id index; `+expires_at` keeps the planner off the other
-        sql = columns + live.format(e="+expires_at") + " AND id >= ? AND id < ?"
-        sql += f" ORDER BY +expires_at LIMIT {MAX_GRANTS}"
-        params: list[object] = [now, prefix, prefix + "\U0010ffff"]
-    else:  # the expiry index: live grants only, already in order; stop at MAX_GRANTS matches
-        sql = columns + live.format(e="expires_at") + " ORDER BY expires_at"
-        params = [now]
+    sql, params = _live_grants_query(prefix, now)
     # Reading must leave the directory as it was: a read-only connection to a WAL database still
     # creates -wal and -shm files unless it is told nothing can change (no writer is around).
     wal = ledger.with_name(ledger.name + "-wal")
@@ -220,7 +226,7 @@ def _agents() -> dict[str, list[str]]:
     import tomllib
 
     try:
-        data = tomllib.loads((_config_dir() / "config.toml").read_text("utf-8"))
+        data = tomllib.loads(Paths.from_env().config_file.read_text("utf-8"))
     except FileNotFoundError:
         return {}
     agents = data.get("agents", {})
@@ -235,36 +241,6 @@ def _relative(timestamp: int, now: int) -> str:
     from nhidel.timefmt import relative
 
     return relative(int(timestamp), now=now)
-
-
-def _config_dir() -> Path:
-    return _dirs()[0]
-
-
-def _state_dir() -> Path:
-    return _dirs()[1]
-
-
-def _dirs() -> tuple[Path, Path]:
-    """The same directories as `nhidel.config.Paths.from_env`, without importing it (a test
-    keeps the two in step)."""
-    env = os.environ
-    if env.get("NHIDEL_HOME"):
-        home = Path(env["NHIDEL_HOME"]).expanduser().absolute()
-        return home, home
-    user_home = Path(env.get("HOME") or Path.home())
-    if sys.platform == "darwin":
-        base = user_home / "Library" / "Application Support" / "nhidel"
-        return base, base
-
-    def xdg(name: str, default: Path) -> Path:
-        value = env.get(name)
-        return Path(value) if value and Path(value).is_absolute() else default
-
-    return (
-        xdg("XDG_CONFIG_HOME", user_home / ".config") / "nhidel",
-        xdg("XDG_STATE_HOME", user_home / ".local" / "state") / "nhidel",
-    )
 
 
 def _clean(text: str) -> str:

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from itertools import islice
 from typing import TYPE_CHECKING, Any, TextIO
 
+from nhidel.ledger.columns import AGENT, EXPIRES_AT, ID, MAX_USES, SCOPE, USES
 from nhidel.ledger.rows import GrantRow, ScopeCache, corrupt_row, row_status
 from nhidel.models import SHORT_ID_LENGTH, Agent, Grant
 from nhidel.timefmt import format_duration, local_clock, relative
@@ -121,10 +122,10 @@ class _TableCells:
         self.scope_cache = ScopeCache()
 
     def row(self, row: GrantRow) -> list[str]:
-        grant_id, agent, stored_scope, expires_at, max_uses, uses = (
-            row[0], row[1], row[2], row[6], row[7], row[8]
+        grant_id, agent, expires_at, max_uses, uses = (
+            row[ID], row[AGENT], row[EXPIRES_AT], row[MAX_USES], row[USES]
         )  # fmt: skip
-        scopes = self.scope_cache.scopes(grant_id, stored_scope)
+        scopes, _ = self.scope_cache.lookup(grant_id, row[SCOPE])
         try:
             shown = [
                 safe(grant_id[:SHORT_ID_LENGTH]),
@@ -258,29 +259,14 @@ def _styled(stream: TextIO) -> bool:
         return False
 
 
-# A Grant's fields by the type a ledger row must hold for each (a hand-edited row may hold
-# text, a fraction or a blob anywhere: SQLite keeps what it is given).
-_INTEGERS = ("issued_at", "not_before", "expires_at", "uses")
-_OPTIONAL_INTEGERS = ("max_uses", "revoked_at")
-_TEXTS = ("id", "agent", "kid")
-_OPTIONAL_TEXTS = ("aud", "reason", "revoke_reason")
-
-
 def grant_fields(grant: Grant, now: int) -> dict[str, Any]:
     """`grant.to_json(now)`, or IntegrityError (exit 5, as `list` says) naming the grant when
-    its ledger row holds what no grant can: text where a time belongs, a time out of range."""
+    its ledger row holds a time out of range. (What each field holds was checked when the row
+    was read: nhidel.ledger.store refuses a row no Grant can hold.)"""
     try:
-        shaped = (
-            all(type(getattr(grant, name)) is int for name in _INTEGERS)
-            and all(type(getattr(grant, name)) in (int, type(None)) for name in _OPTIONAL_INTEGERS)
-            and all(type(getattr(grant, name)) is str for name in _TEXTS)
-            and all(type(getattr(grant, name)) in (str, type(None)) for name in _OPTIONAL_TEXTS)
-        )
-        if shaped:
-            return grant.to_json(now)
+        return grant.to_json(now)
     except (TypeError, ValueError, OverflowError, OSError):
-        pass
-    raise corrupt_row(grant.id, "a value of the wrong type or out of range")
+        raise corrupt_row(grant.id, "a value of the wrong type or out of range") from None
 
 
 def grant_details(grant: Grant, now: int) -> None:

@@ -13,11 +13,12 @@ import typer
 from nhidel.cli import common
 from nhidel.cli.errors import ExitQuietly
 from nhidel.errors import ExitStatus, UsageError
+from nhidel.tokens.decision import Reason
 from nhidel.tokens.jws import MAX_TOKEN_LENGTH
 
 if TYPE_CHECKING:
     from nhidel.scopes import Scope
-    from nhidel.tokens.claims import Decision
+    from nhidel.tokens.decision import Decision
 
 
 def register(app: typer.Typer) -> None:
@@ -140,7 +141,9 @@ def verify(
         return
     say(f"denied: {decision.reason}: {decision.detail}")
     # SPEC: `integrity` (nhidel's own state failed a check) is exit 5; any other denial is 1.
-    raise ExitQuietly(ExitStatus.INTEGRITY if decision.reason == "integrity" else ExitStatus.DENIED)
+    raise ExitQuietly(
+        ExitStatus.INTEGRITY if decision.reason is Reason.INTEGRITY else ExitStatus.DENIED
+    )
 
 
 @contextlib.contextmanager

@@ -3,10 +3,14 @@
 `nhidel list` may walk tens of thousands of rows, and building a Grant, its Scopes and a dict per
 row, then formatting four times through datetime, costs about 10 µs a row. Here a row becomes its
 JSON text with C-level string escaping, a cached time prefix per minute and cached scope lists
-(the same few scope strings recur across many grants), about 1.5 µs a row. The text is the exact
-`json.dumps(grant.to_json(now), ensure_ascii=False)` of the same grant, byte for byte
-(tests/test_list_fast.py checks that over random grants). A row that `Grant` could not hold
-(a malformed scope, a time that is not an integer) raises IntegrityError naming the grant.
+(the same few scope strings recur across many grants), about 1.5 µs a row. What it says comes
+from the model's own definitions: the columns from `ledger.columns`, the status from
+`models.grant_status`, the scopes from the scope grammar's parser. The text is the exact
+`json.dumps(grant.to_json(now), ensure_ascii=False)` of the same grant, byte for byte: its keys
+are spelled out in the f-string (taking them from one list costs about a sixth more a row), and
+tests/unit/ledger/test_list_output_matches_the_model.py checks the two over random grants. A
+row that `Grant` could not hold (a malformed scope, a time that is not an integer) raises
+IntegrityError naming the grant.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from json.encoder import encode_basestring
 from typing import Any
 
 from nhidel.errors import IntegrityError, UsageError
-from nhidel.models import GrantStatus
-from nhidel.scopes import parse_scopes
+from nhidel.ledger.columns import EXPIRES_AT, MAX_USES, NOT_BEFORE, REVOKED_AT, USES
+from nhidel.models import grant_status
+from nhidel.scopes import parse_scope_text
 from nhidel.timefmt import rfc3339_minute
 
 # Caches are cleared when they reach this size, so memory never grows with the ledger.
@@ -26,49 +31,41 @@ _CACHE_LIMIT = 4096
 # The end of a JSON time for each second of a minute; a fraction (a corrupt row) is no index.
 _SECONDS = tuple(f'{second:02d}Z"' for second in range(60))
 
-# A row of nhidel.ledger.store.LIST_COLUMNS, from Ledger.grant_rows.
+# A row of `ledger.columns.LIST_COLUMNS`, from Ledger.grant_rows.
 GrantRow = tuple[Any, ...]
 
 # json.dumps's own string escaping with ensure_ascii=False (the C version when there is one).
 _quote: Callable[[str], str] = encode_basestring
 
 
-# The values of GrantStatus, looked up once: an enum member's `.value` is slow in a loop.
-_REVOKED, _EXPIRED, _EXHAUSTED, _PENDING, _ACTIVE = (
-    GrantStatus.REVOKED.value, GrantStatus.EXPIRED.value, GrantStatus.EXHAUSTED.value,
-    GrantStatus.PENDING.value, GrantStatus.ACTIVE.value,
-)  # fmt: skip
-
-
 def row_status(row: GrantRow, now: int) -> str:
     """Grant.status(now) of a listed row, as its string value."""
-    if row[11] is not None:  # revoked_at
-        return _REVOKED
-    if now >= row[6]:  # expires_at
-        return _EXPIRED
-    if row[7] is not None and row[8] >= row[7]:  # uses reached max_uses
-        return _EXHAUSTED
-    if now < row[5]:  # not_before
-        return _PENDING
-    return _ACTIVE
+    status = grant_status(
+        now, row[REVOKED_AT], row[EXPIRES_AT], row[MAX_USES], row[USES], row[NOT_BEFORE]
+    )
+    return status._value_
 
 
 class ScopeCache:
-    """Each stored scope string, checked once with the scope grammar, as its parsed scopes."""
+    """Each stored scope text of a listing, checked once with the scope grammar, as the scope
+    names the table shows and the JSON array `list --json` prints: a listing's one scope cache."""
 
     def __init__(self) -> None:
-        self._seen: dict[str, tuple[str, ...]] = {}
+        # Cleared, never replaced, when full: JsonRows keeps a reference to it.
+        self.seen: dict[str, tuple[tuple[str, ...], str]] = {}
 
-    def scopes(self, grant_id: object, stored: Any) -> tuple[str, ...]:
-        found = self._seen.get(stored) if isinstance(stored, str) else None
+    def lookup(self, grant_id: object, stored: Any) -> tuple[tuple[str, ...], str]:
+        """(the scope names, their JSON array text) of a row's stored scope text."""
+        found = self.seen.get(stored) if isinstance(stored, str) else None
         if found is None:
             try:
-                found = tuple(str(scope) for scope in parse_scopes([stored]))
+                names = tuple(str(scope) for scope in parse_scope_text(stored))
             except (UsageError, AttributeError, TypeError):
                 raise corrupt_row(grant_id, "a malformed scope") from None
-            if len(self._seen) >= _CACHE_LIMIT:
-                self._seen.clear()
-            self._seen[stored] = found
+            found = (names, "[" + ", ".join(_quote(name) for name in names) + "]")
+            if len(self.seen) >= _CACHE_LIMIT:
+                self.seen.clear()
+            self.seen[stored] = found
         return found
 
 
@@ -78,7 +75,7 @@ class JsonRows:
     def __init__(self, now: int) -> None:
         self.now = now
         self.scope_cache = ScopeCache()
-        self._scope_json: dict[str, str] = {}
+        self._scopes_seen = self.scope_cache.seen
         self._minutes: dict[int, str] = {}
 
     def _time(self, timestamp: int) -> str:
@@ -93,22 +90,20 @@ class JsonRows:
         self._minutes[minute] = prefix
         return prefix
 
-    def _scopes(self, grant_id: object, stored: Any) -> str:
-        scopes = self.scope_cache.scopes(grant_id, stored)
-        text = "[" + ", ".join(_quote(scope) for scope in scopes) + "]"
-        if len(self._scope_json) >= _CACHE_LIMIT:
-            self._scope_json.clear()
-        self._scope_json[stored] = text
-        return text
-
     def line(self, row: GrantRow) -> str:
         """json.dumps(grant.to_json(now), ensure_ascii=False) for the grant in `row`."""
+        # Unpacked in LIST_COLUMNS order, the quickest way to read a row (the byte-for-byte
+        # tests would see any other order).
         (grant_id, agent, stored_scope, aud, issued_at, not_before, expires_at, max_uses, uses,
          reason, kid, revoked_at, revoke_reason) = row  # fmt: skip
         minutes = self._minutes
         try:
             # Only strings are ever cached, so a value of another type always takes the check.
-            scopes = self._scope_json.get(stored_scope) or self._scopes(grant_id, stored_scope)
+            scopes = (
+                self._scopes_seen.get(stored_scope)
+                or self.scope_cache.lookup(grant_id, stored_scope)
+            )[1]
+            status = grant_status(self.now, revoked_at, expires_at, max_uses, uses, not_before)
             minute, second = divmod(issued_at, 60)
             issued = (minutes.get(minute) or self._minute(minute)) + _SECONDS[second]
             minute, second = divmod(expires_at, 60)
@@ -116,7 +111,7 @@ class JsonRows:
             return (
                 f'{{"id": {_quote(grant_id)}, "agent": {_quote(agent)}, "scopes": {scopes}, '
                 f'"aud": {"null" if aud is None else _quote(aud)}, '
-                f'"status": "{row_status(row, self.now)}", '
+                f'"status": "{status._value_}", '
                 f'"issued_at": {issued}, '
                 f'"not_before": {issued if not_before == issued_at else self._time(not_before)}, '
                 f'"expires_at": {expires}, "uses": {uses:d}, '

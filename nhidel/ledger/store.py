@@ -15,7 +15,9 @@ from typing import Any
 
 from nhidel.errors import IntegrityError, NotFoundError, StorageError, UsageError
 from nhidel.fsutil import check_sqlite_files, create_private_file
-from nhidel.models import GRANT_ID_PREFIX, SHORT_ID_LENGTH, Grant
+from nhidel.ledger.columns import AGENT, GRANT_COLUMNS, ID, LIST_COLUMNS, LIVE_GRANT_SQL
+from nhidel.models import SHORT_ID_LENGTH, Grant
+from nhidel.names import GRANT_ID_PREFIX
 from nhidel.paths import Paths
 from nhidel.scopes import parse_scope_text
 
@@ -23,7 +25,7 @@ SCHEMA_VERSION = 4
 MIN_PREFIX = 4
 BUSY_TIMEOUT_MS = 10_000
 
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE grants (
     id            TEXT PRIMARY KEY,
     agent         TEXT NOT NULL,
@@ -49,7 +51,7 @@ CREATE INDEX grants_by_status_idx ON grants (status_idx, expires_at);
 -- history (SQLite uses it only for a query that repeats this WHERE's terms). And every grant in
 -- `list --all` order, so its first rows come without sorting the whole ledger.
 CREATE INDEX grants_live ON grants (expires_at, id)
-    WHERE revoked_at IS NULL AND (max_uses IS NULL OR uses < max_uses);
+    WHERE {LIVE_GRANT_SQL};
 CREATE INDEX grants_by_issue ON grants (issued_at, id);
 -- Bumped by `revoke --all`, `revoke --agent` and `key rotate`: a grant minted meanwhile is refused.
 CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -67,8 +69,7 @@ _MIGRATIONS = {
     ),
     # 3: indexes that let `nhidel list` stream its rows in order (see _SCHEMA).
     3: (
-        "CREATE INDEX grants_live ON grants (expires_at, id) "
-        "WHERE revoked_at IS NULL AND (max_uses IS NULL OR uses < max_uses)",
+        f"CREATE INDEX grants_live ON grants (expires_at, id) WHERE {LIVE_GRANT_SQL}",
         "CREATE INDEX grants_by_issue ON grants (issued_at, id)",
     ),
     # 4: each row sealed, and the sealed state (nhidel.integrity.state). Older rows stay
@@ -79,15 +80,8 @@ _MIGRATIONS = {
         "CREATE TABLE sealed_state (id INTEGER PRIMARY KEY CHECK (id = 1), body BLOB NOT NULL)",
     ),
 }
-_COLUMNS = (
-    "id, agent, scope, aud, issued_at, not_before, expires_at, max_uses, uses, reason, kid, "
-    "revoked_at, revoke_reason, status_idx"
-)
-# What `nhidel list` shows of each grant, in this order: Grant.to_json's fields, nothing more.
-LIST_COLUMNS = (
-    "id, agent, scope, aud, issued_at, not_before, expires_at, max_uses, uses, reason, kid, "
-    "revoked_at, revoke_reason"
-)
+_COLUMNS = ", ".join(GRANT_COLUMNS)
+_LIST_COLUMNS = ", ".join(LIST_COLUMNS)
 
 _LOOKUP = f"SELECT {_COLUMNS}, token_sha256, seal FROM grants WHERE id = ?"
 
@@ -295,7 +289,9 @@ class Ledger:
         if not rows:
             raise NotFoundError(f"no grant {prefix!r}", "see nhidel list --all for grant ids")
         if len(rows) > 1:
-            shown = ", ".join(f"{row[0][: SHORT_ID_LENGTH + 2]} ({row[1]})" for row in rows[:5])
+            shown = ", ".join(
+                f"{row[ID][: SHORT_ID_LENGTH + 2]} ({row[AGENT]})" for row in rows[:5]
+            )
             raise NotFoundError(
                 f"grant id {prefix!r} is ambiguous: {shown}{', ...' if len(rows) > 5 else ''}",
                 "give more characters of the id",
@@ -305,8 +301,9 @@ class Ledger:
     def grant_rows(
         self, *, now: int, agent: str | None = None, include_all: bool = False
     ) -> Iterator[tuple[Any, ...]]:
-        """Grants as raw rows of LIST_COLUMNS: by default the active and pending ones, soonest to
-        expire first; with `include_all` every grant, in order of issue. Streams.
+        """Grants as raw rows of `columns.LIST_COLUMNS`: by default the live ones (active and
+        pending), soonest to expire first; with `include_all` every grant, in order of issue.
+        Streams.
 
         For `nhidel list`, which turns each row straight into text (nhidel.ledger.rows) and so
         needs no Grant per row.
@@ -315,9 +312,7 @@ class Ledger:
         params: list[object] = []
         if not include_all:
             # Walks grants_by_expiry (or grants_by_agent) from `now` on, already in order.
-            where.append(
-                "revoked_at IS NULL AND expires_at > ? AND (max_uses IS NULL OR uses < max_uses)"
-            )
+            where.append(f"expires_at > ? AND {LIVE_GRANT_SQL}")
             params.append(now)
         if agent is not None:
             where.append("agent = ?")
@@ -326,7 +321,7 @@ class Ledger:
         order = "expires_at, id" if not include_all else "issued_at, id"
         with self._errors():
             cursor = self.db.execute(
-                f"SELECT {LIST_COLUMNS} FROM grants {clause} ORDER BY {order}", params
+                f"SELECT {_LIST_COLUMNS} FROM grants {clause} ORDER BY {order}", params
             )
             while batch := cursor.fetchmany(512):
                 yield from batch
@@ -485,6 +480,7 @@ def _refuse_emptied(path: Path) -> None:
 
 
 def _grant(row: tuple[Any, ...]) -> Grant:
+    """The Grant a row of GRANT_COLUMNS holds, or IntegrityError for a row edited by hand."""
     (
         grant_id,
         agent,

@@ -1,4 +1,4 @@
-"""What every verifier checks in a grant token's claims, and the verdict it gives.
+"""What every verifier checks in a grant token's claims.
 
 Shared by the local verifier (keys pinned in the keystore, the ledger) and the remote one
 (a JWKS and a status list), so both give the same reason codes for the same faults.
@@ -7,50 +7,15 @@ Shared by the local verifier (keys pinned in the keystore, the ledger) and the r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from nhidel.errors import UsageError
-from nhidel.models import GRANT_ID, Grant
+from nhidel.models import Grant
+from nhidel.names import GRANT_ID
 from nhidel.scopes import Scope, covered_by_any, parse_scope_text, parse_scopes
+from nhidel.tokens.decision import Decision, Reason
 
 MAX_LEEWAY = 3600
-
-
-class Reason(StrEnum):
-    """Why a token was denied; the same codes on the command line, in JSON and here."""
-
-    MALFORMED = "malformed"
-    BAD_SIGNATURE = "bad_signature"
-    UNKNOWN_KEY = "unknown_key"
-    WRONG_TYPE = "wrong_type"
-    WRONG_ISSUER = "wrong_issuer"
-    EXPIRED = "expired"
-    NOT_YET_VALID = "not_yet_valid"
-    REVOKED = "revoked"
-    WRONG_AUDIENCE = "wrong_audience"
-    SCOPE_NOT_GRANTED = "scope_not_granted"
-    USES_EXHAUSTED = "uses_exhausted"
-    UNKNOWN_GRANT = "unknown_grant"
-    STATUS_UNAVAILABLE = "status_unavailable"
-    # nhidel's own state failed an integrity check: nothing is allowed until it is repaired.
-    INTEGRITY = "integrity"
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    allowed: bool
-    reason: Reason | None
-    detail: str
-    grant: Grant | None = None
-
-    def to_json(self, now: int) -> dict[str, Any]:
-        return {
-            "allowed": self.allowed,
-            "reason": None if self.reason is None else self.reason.value,
-            "grant": None if self.grant is None else self.grant.to_json(now),
-        }
 
 
 class Denied(Exception):  # noqa: N818 - control flow inside a verifier's check
@@ -81,11 +46,29 @@ def requested_scopes(scopes: Sequence[str | Scope] | str, any_scope: bool) -> tu
     return requested
 
 
+def time_fault(exp: int, nbf: int, now: int, leeway: int) -> Reason | None:
+    """Whether a grant is outside its times at `now`: `Reason.EXPIRED` from `exp` on,
+    `Reason.NOT_YET_VALID` before `nbf`, each moved `leeway` seconds in the grant's favour
+    (clocks differ); None while it is valid. Every verifier decides times with this alone."""
+    if now >= exp + leeway:
+        return Reason.EXPIRED
+    if now + leeway < nbf:
+        return Reason.NOT_YET_VALID
+    return None
+
+
+# What a denial for each time fault says.
+TIME_DETAIL = {
+    Reason.EXPIRED: "the grant has expired",
+    Reason.NOT_YET_VALID: "the grant is not valid yet",
+}
+
+
 def check_times(claims: dict[str, Any], now: int, leeway: int) -> None:
-    if now >= claims["exp"] + leeway:
-        raise Denied(Reason.EXPIRED, "the grant has expired")
-    if now + leeway < claims["nbf"]:
-        raise Denied(Reason.NOT_YET_VALID, "the grant is not valid yet")
+    """Raise Denied when the claims' times (`exp`, `nbf`) do not hold at `now`."""
+    fault = time_fault(claims["exp"], claims["nbf"], now, leeway)
+    if fault is not None:
+        raise Denied(fault, TIME_DETAIL[fault])
 
 
 def check_audience_and_scopes(

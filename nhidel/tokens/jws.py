@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from nhidel.keys.material import b64url_encode, private_key
+from nhidel.base64url import b64url_encode
+from nhidel.keys.material import private_key
+from nhidel.tokens.decision import Reason
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -39,9 +41,9 @@ _CANONICAL_LAST = {
 
 
 class TokenRejected(Exception):  # noqa: N818 - a verdict, not a crash
-    """A token failed a structural or cryptographic check; `reason` is a SPEC.md reason code."""
+    """A token failed a structural or cryptographic check; `reason` says which (SPEC.md)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
@@ -96,10 +98,10 @@ class TokenDecoder:
     def decode(self, token: str) -> dict[str, Any]:
         """The claims of `token`, or TokenRejected with its reason code (see the module doc)."""
         if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
-            raise TokenRejected("malformed", "not a token")
+            raise TokenRejected(Reason.MALFORMED, "not a token")
         parts = _TOKEN.fullmatch(token.strip())
         if parts is None:
-            raise TokenRejected("malformed", "a token is three dot-separated base64url parts")
+            raise TokenRejected(Reason.MALFORMED, "a token is three dot-separated base64url parts")
         head, payload, signature = parts.groups()
         key = self._headers.get(head)
         if key is None:
@@ -123,18 +125,19 @@ class TokenDecoder:
         except TokenRejected as rejected:
             return rejected
         if header.get("alg") != ALGORITHM:
-            return TokenRejected("bad_signature", f"algorithm {header.get('alg')!r} is not EdDSA")
+            alg = header.get("alg")
+            return TokenRejected(Reason.BAD_SIGNATURE, f"algorithm {alg!r} is not EdDSA")
         chosen = _KEY_CHOOSING_HEADERS.intersection(header)
         if chosen:
-            return TokenRejected("bad_signature", f"refused header {sorted(chosen)[0]!r}")
+            return TokenRejected(Reason.BAD_SIGNATURE, f"refused header {sorted(chosen)[0]!r}")
         if "crit" in header:
-            return TokenRejected("malformed", "refused header 'crit'")
+            return TokenRejected(Reason.MALFORMED, "refused header 'crit'")
         if not isinstance(header.get("typ"), str) or header["typ"].lower() != self.typ:
-            return TokenRejected("wrong_type", f"typ {header.get('typ')!r} is not {self.typ}")
+            return TokenRejected(Reason.WRONG_TYPE, f"typ {header.get('typ')!r} is not {self.typ}")
         kid = header.get("kid")
         key = self.trusted.get(kid) if isinstance(kid, str) else None
         if key is None:
-            return TokenRejected("unknown_key", "signed by a key this verifier does not trust")
+            return TokenRejected(Reason.UNKNOWN_KEY, "signed by a key this verifier does not trust")
         return key
 
 
@@ -149,8 +152,8 @@ def _signature_rejection(signature: str) -> TokenRejected:
     try:
         _b64url(signature)
     except ValueError:
-        return TokenRejected("malformed", "the signature is not canonical base64url")
-    return TokenRejected("bad_signature", "the signature does not match")
+        return TokenRejected(Reason.MALFORMED, "the signature is not canonical base64url")
+    return TokenRejected(Reason.BAD_SIGNATURE, "the signature does not match")
 
 
 def _b64url(segment: str) -> bytes:
@@ -170,7 +173,8 @@ def _json_object(segment: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(_b64url(segment).decode("utf-8"))
     except (ValueError, RecursionError):
-        raise TokenRejected("malformed", f"the {what} is not canonical base64url JSON") from None
+        garbled = f"the {what} is not canonical base64url JSON"
+        raise TokenRejected(Reason.MALFORMED, garbled) from None
     if not isinstance(value, dict):
-        raise TokenRejected("malformed", f"the {what} is not a JSON object")
+        raise TokenRejected(Reason.MALFORMED, f"the {what} is not a JSON object")
     return value

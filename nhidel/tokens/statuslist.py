@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nhidel.keys.material import b64url_decode, b64url_encode
+from nhidel.base64url import b64url_decode, b64url_encode
 
 VALID = 0
 INVALID = 1

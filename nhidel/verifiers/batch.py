@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO
 
-from nhidel.tokens.claims import Decision
+from nhidel.tokens.decision import Decision
 from nhidel.tokens.jws import MAX_TOKEN_LENGTH
 
 READ_SIZE = 64 * 1024

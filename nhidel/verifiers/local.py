@@ -28,14 +28,15 @@ from nhidel.models import Grant
 from nhidel.paths import Paths
 from nhidel.scopes import Scope
 from nhidel.tokens.claims import (
-    Decision,
+    TIME_DETAIL,
     Denied,
-    Reason,
     check_audience_and_scopes,
     check_leeway,
     claims_shape,
     requested_scopes,
+    time_fault,
 )
+from nhidel.tokens.decision import Decision, Reason
 from nhidel.tokens.jws import TokenDecoder, TokenRejected, token_sha256
 
 if TYPE_CHECKING:
@@ -46,8 +47,7 @@ if TYPE_CHECKING:
 
 CACHE_SIZE = 4096  # tokens whose verified claims and ledger verdict are kept
 _MAX_REQUESTS = 256  # distinct scope lists remembered parsed
-_MAX_OUTCOMES = 64  # per token: distinct (scopes, audience, time) questions remembered
-_VALID, _EXPIRED, _NOT_YET_VALID = 0, 1, 2
+_MAX_OUTCOMES = 64  # per token: distinct (scopes, audience, time fault) questions remembered
 
 
 class Verifier:
@@ -235,17 +235,11 @@ class Verifier:
                 self._known.popitem(last=False)
         else:
             self._known.move_to_end(token)
-        leeway = self.leeway
-        if now >= known.exp + leeway:
-            timing = _EXPIRED
-        elif now + leeway < known.nbf:
-            timing = _NOT_YET_VALID
-        else:
-            timing = _VALID
-        question = (request, aud, timing)
+        fault = time_fault(known.exp, known.nbf, now, self.leeway)
+        question = (request, aud, fault)
         outcome = known.outcomes.get(question)
         if outcome is None:
-            outcome = self._outcome(known, request, aud, timing)
+            outcome = self._outcome(known, request, aud, fault)
             if len(known.outcomes) >= _MAX_OUTCOMES:
                 known.outcomes.clear()
             known.outcomes[question] = outcome
@@ -271,7 +265,7 @@ class Verifier:
         try:
             claims = self._decoder.decode(token)
         except TokenRejected as rejected:
-            denied = Decision(False, Reason(rejected.reason), rejected.detail)
+            denied = Decision(False, rejected.reason, rejected.detail)
             raise _Unknowable(denied, {}, fingerprint) from None
         try:
             grant_id = claims_shape(claims)
@@ -325,13 +319,13 @@ class Verifier:
             return None, Decision(False, Reason.INTEGRITY, untrusted)
         return grant, None
 
-    def _outcome(self, known: _Known, request: _Request, aud: str | None, timing: int) -> _Outcome:
-        """Decide one question about a known token, in the order of SPEC.md's checks: times,
-        then the ledger, then audience and scopes."""
-        if timing == _EXPIRED:
-            decision = Decision(False, Reason.EXPIRED, "the grant has expired")
-        elif timing == _NOT_YET_VALID:
-            decision = Decision(False, Reason.NOT_YET_VALID, "the grant is not valid yet")
+    def _outcome(
+        self, known: _Known, request: _Request, aud: str | None, fault: Reason | None
+    ) -> _Outcome:
+        """Decide one question about a known token, in the order of SPEC.md's checks: times
+        (`fault`, from `time_fault`), then the ledger, then audience and scopes."""
+        if fault is not None:
+            decision = Decision(False, fault, TIME_DETAIL[fault])
         elif known.denial is not None:
             decision = known.denial
         else:
@@ -350,14 +344,8 @@ class Verifier:
             known = self._learn(token)
         except _Unknowable as unknowable:
             return self._record_once(unknowable, request, aud)
-        timing = (
-            _EXPIRED
-            if now >= known.exp + self.leeway
-            else _NOT_YET_VALID
-            if now + self.leeway < known.nbf
-            else _VALID
-        )
-        decision = self._outcome(known, request, aud, timing).decision
+        fault = time_fault(known.exp, known.nbf, now, self.leeway)
+        decision = self._outcome(known, request, aud, fault).decision
         outcome = _Outcome(decision, request, aud, known.claims, known.fingerprint)
         if not decision.allowed:
             if self.decisions is not None:
@@ -378,10 +366,11 @@ class Verifier:
         with state.change(self.paths, self.audit_keys, self.ledger, now=now) as step:
             sealed = step.state
             uses = sealed.uses(grant.id)
+            fault = time_fault(grant.expires_at, grant.not_before, now, self.leeway)
             if grant.id in sealed.revoked:
                 decision = Decision(False, Reason.REVOKED, "the grant was revoked", grant)
-            elif now - self.leeway >= grant.expires_at:
-                decision = Decision(False, Reason.EXPIRED, "the grant has expired", grant)
+            elif fault is not None:
+                decision = Decision(False, fault, TIME_DETAIL[fault], grant)
             elif max_uses is not None and uses >= max_uses:
                 decision = Decision(False, Reason.USES_EXHAUSTED, "the grant has no uses left",
                                     replace(grant, uses=uses))  # fmt: skip
@@ -444,7 +433,7 @@ class _Known:
         self.grant = grant
         self.denial = denial  # unknown_grant, revoked or uses_exhausted; None when it holds
         self.fingerprint = fingerprint
-        self.outcomes: dict[tuple[_Request, str | None, int], _Outcome] = {}
+        self.outcomes: dict[tuple[_Request, str | None, Reason | None], _Outcome] = {}
 
 
 class _Unknowable(Exception):  # noqa: N818 - control flow: denied before the ledger is asked
@@ -472,21 +461,18 @@ class _Outcome:
         act = claims.get("act") or {}
         outcome = "allowed" if decision.reason is None else decision.reason.value
         self.decision = decision
-        # The fields of event(); built here because a busy gateway builds one per decision.
-        self.content = {
-            "event": "verify.allowed" if decision.allowed else "verify.denied",
-            "principal": claims.get("sub"),
-            "agent": grant.agent if grant else act.get("sub"),
-            "grant": grant.id if grant else claims.get("jti"),
-            "scopes": None,
-            "expires_at": grant.expires_at if grant else claims.get("exp"),
-            "reason": None,
+        self.content = event(
+            "verify.allowed" if decision.allowed else "verify.denied",
+            principal=claims.get("sub"),
+            agent=grant.agent if grant else act.get("sub"),
+            grant=grant.id if grant else claims.get("jti"),
+            expires_at=grant.expires_at if grant else claims.get("exp"),
             # Lets `audit find-token` find this decision; the token itself is never logged.
-            "token_fp": fingerprint,
-            "requested": request.listed,
-            "aud": aud,
-            "outcome": outcome,
-        }
+            token_fp=fingerprint,
+            requested=request.listed,
+            aud=aud,
+            outcome=outcome,
+        )
         self.key = (
             outcome, fingerprint, request.names, aud, self.content["principal"],
             self.content["agent"], self.content["grant"], self.content["expires_at"],

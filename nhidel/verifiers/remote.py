@@ -18,18 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nhidel.keys.material import b64url_decode, public_key, thumbprint
+from nhidel.base64url import b64url_decode
+from nhidel.keys.material import public_key, thumbprint
 from nhidel.scopes import Scope
 from nhidel.tokens.claims import (
-    Decision,
     Denied,
-    Reason,
     check_audience_and_scopes,
     check_leeway,
     check_times,
     claims_shape,
     requested_scopes,
 )
+from nhidel.tokens.decision import Decision, Reason
 from nhidel.tokens.jws import TokenRejected, decode_verified
 
 if TYPE_CHECKING:
@@ -180,7 +180,7 @@ class RemoteVerifier:
             try:
                 claims = decode_verified(token, keys)
             except TokenRejected as rejected:
-                if rejected.reason != "unknown_key" or not self._may_refresh(now):
+                if rejected.reason is not Reason.UNKNOWN_KEY or not self._may_refresh(now):
                     raise
                 # Signed by a key newer than our copy of the JWKS (a rotation): fetch it again.
                 keys = self._keys(now, refresh=True)
@@ -188,7 +188,7 @@ class RemoteVerifier:
         except Unavailable as exc:
             raise Denied(Reason.UNKNOWN_KEY, str(exc)) from None
         except TokenRejected as rejected:
-            raise Denied(Reason(rejected.reason), rejected.detail) from None
+            raise Denied(rejected.reason, rejected.detail) from None
         claims_shape(claims)
         if self.issuer is not None and claims["iss"] != self.issuer:
             raise Denied(Reason.WRONG_ISSUER, f"issued by {claims['iss']!r}")
@@ -252,7 +252,7 @@ class RemoteVerifier:
                 try:
                     listed = decode_verified(raw, keys, typ=STATUS_LIST_TYPE)
                 except TokenRejected as rejected:
-                    if rejected.reason != "unknown_key" or not self._may_refresh(now):
+                    if rejected.reason is not Reason.UNKNOWN_KEY or not self._may_refresh(now):
                         raise
                     listed = decode_verified(raw, self._keys(now, refresh=True),
                                              typ=STATUS_LIST_TYPE)  # fmt: skip

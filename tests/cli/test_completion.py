@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 from helpers.support import Cli
 
+from nhidel import names
 from nhidel.audit.records import EVENTS
 from nhidel.cli import complete
 from nhidel.cli.shell_scripts import FILES, script
+from nhidel.ledger.columns import LIVE_GRANT_SQL
 from nhidel.ledger.store import Ledger
-from nhidel.models import AGENT_NAME
 from nhidel.paths import Paths
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,21 +178,29 @@ def test_a_missing_or_corrupt_home_offers_nothing_and_creates_nothing(
     assert sorted(p.name for p in nhidel_home.iterdir()) == ["config.toml", "ledger.db"]
 
 
-@pytest.mark.parametrize("env", [
-    {"NHIDEL_HOME": "/srv/nh"},
-    {"HOME": "/home/u"},
-    {"HOME": "/home/u", "XDG_CONFIG_HOME": "/cfg", "XDG_STATE_HOME": "/state"},
-    {"HOME": "/home/u", "XDG_CONFIG_HOME": "relative", "XDG_STATE_HOME": ""},
-])  # fmt: skip
-def test_the_fast_path_finds_the_same_files_as_nhidel_config(
-    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("xdg", [False, True])
+def test_the_fast_path_reads_the_files_where_paths_puts_them(
+    xdg: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("NHIDEL_HOME", "XDG_CONFIG_HOME", "XDG_STATE_HOME"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("NHIDEL_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name in ("XDG_CONFIG_HOME", "XDG_STATE_HOME"):
+        if xdg:
+            monkeypatch.setenv(name, str(tmp_path / name.lower()))
     paths = Paths.from_env()
-    assert complete._dirs() == (paths.config_dir, paths.state_dir)
+    assert paths.config_dir != paths.state_dir  # two directories: each file must be found
+    paths.config_dir.mkdir(parents=True)
+    (paths.config_dir / "config.toml").write_text('[agents.reviewer]\nallow = ["a:b"]\n')
+    paths.state_dir.mkdir(parents=True)
+    insert_grant(paths, "g" + "c" * 26, expires_in=60)
+    assert run("bash", "revoke", "") == "g" + "c" * 26 + "\n"
+    assert run("bash", "grant", "") == "reviewer\n"
+
+
+def test_the_fast_path_holds_values_to_the_shared_patterns() -> None:
+    # complete.py restates neither: a name or id nhidel would refuse is never offered.
+    assert complete.AGENT_NAME is names.AGENT_NAME
+    assert complete.GRANT_ID is names.GRANT_ID
 
 
 # -- the process: fast, light, and Typer's completion still there -------------------------
@@ -411,7 +420,6 @@ def test_values_outside_their_grammar_are_never_offered(ready: Cli, paths: Paths
                 run(shell, "revoke", "").splitlines()] == [good]  # fmt: skip
         assert run(shell, "grant", "").split("\n")[0].split("\t")[0].split(":")[0] == "reviewer"
         assert len(run(shell, "grant", "").splitlines()) == 1
-    assert AGENT_NAME.pattern == complete.AGENT_NAME.pattern
 
 
 def test_hand_edited_ceiling_scopes_are_checked_and_escaped_for_bash(
@@ -542,6 +550,7 @@ def test_short_prefixes_walk_the_expiry_index_not_expired_history(
         statements.clear()
         assert live["active"] in values(["revoke", prefix])
         (sql,) = [s for s in statements if s.startswith("SELECT")]
+        assert LIVE_GRANT_SQL in sql  # the ledger's own words for a live grant
         db = connect(paths.ledger_file)
         plans[prefix] = " ".join(str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {sql}"))
         db.close()

@@ -299,17 +299,17 @@ def test_an_integrity_denial_is_exit_5_and_any_other_exit_1(
     from collections.abc import Iterator
 
     from nhidel.cli import verify_cmds
-    from nhidel.tokens.claims import Decision
+    from nhidel.tokens.decision import Decision, Reason
 
-    reason = "integrity"
+    reason = Reason.INTEGRITY
 
     @contextlib.contextmanager
     def checker(*_args: Any, **_kwargs: Any) -> Iterator[Any]:
-        yield lambda _text: Decision(False, reason, "the ledger row was edited")  # type: ignore[arg-type]
+        yield lambda _text: Decision(False, reason, "the ledger row was edited")
 
     monkeypatch.setattr(verify_cmds, "_checker", checker)
     result = ready("verify", "--any-scope", "x.y.z")
     assert result.exit_code == 5
     assert result.stderr == "denied: integrity: the ledger row was edited\n"
-    reason = "revoked"
+    reason = Reason.REVOKED
     assert ready("verify", "--any-scope", "x.y.z").exit_code == 1

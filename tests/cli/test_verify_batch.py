@@ -15,7 +15,7 @@ from helpers import processes
 from helpers.support import Cli
 
 from nhidel.errors import IntegrityError
-from nhidel.tokens.claims import Decision, Reason
+from nhidel.tokens.decision import Decision, Reason
 from nhidel.tokens.jws import MAX_TOKEN_LENGTH
 from nhidel.verifiers.batch import verify_lines
 

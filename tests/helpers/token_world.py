@@ -24,7 +24,8 @@ from nhidel.keys.principal import Signer, load_signer
 from nhidel.ledger.store import Ledger
 from nhidel.models import Grant
 from nhidel.paths import Paths
-from nhidel.verifiers.local import Decision, Reason, Verifier
+from nhidel.tokens.decision import Decision, Reason
+from nhidel.verifiers.local import Verifier
 
 T = 1_795_428_000  # 2026-11-23T10:00:00Z
 SCOPE = "repo:read:acme/api"

@@ -12,8 +12,9 @@ import pytest
 import tomli_w
 from helpers.support import Cli, MemoryKeyring
 
+from nhidel.base64url import b64url_encode
 from nhidel.keys.keystore import SIGNING, TRUST, open_keystore
-from nhidel.keys.material import b64url_encode, generate_private_key, public_x, thumbprint
+from nhidel.keys.material import generate_private_key, public_x, thumbprint
 from nhidel.paths import Paths
 from nhidel.tokens.jws import mint, token_sha256
 

@@ -15,6 +15,7 @@ import pytest
 from helpers.support import Cli
 
 from nhidel.actions.grants import GrantRequest, issue
+from nhidel.actions.publish import Republished, republish
 from nhidel.config import load_config
 from nhidel.keys.keystore import open_keystore
 from nhidel.ledger.store import SCHEMA_VERSION, Ledger
@@ -374,3 +375,16 @@ def test_a_relative_status_dir_is_stored_absolute(
     assert load_config(paths).status_dir == str(tmp_path / "site")
     ready.ok("config", "unset", "status-dir")
     assert load_config(paths).status_dir is None
+
+
+def test_republish_decides_from_the_sealed_settings_alone(
+    ready: Cli, paths: Paths, tmp_path: Path
+) -> None:
+    keystore = open_keystore(paths)
+    assert republish(paths, keystore, now=T0) == Republished()  # no status URI: nothing to do
+    ready.ok("config", "set", "status-uri", URI)
+    assert republish(paths, keystore, now=T0) == Republished(by_hand=True)
+    site = tmp_path / "www"
+    ready.ok("config", "set", "status-dir", str(site))
+    assert republish(paths, keystore, now=T0) == Republished(site)
+    assert sorted(p.name for p in site.iterdir()) == ["jwks.json", "status.jwt"]

@@ -23,9 +23,12 @@ from hypothesis import strategies as st
 
 from nhidel.cli import grant_cmds, render
 from nhidel.errors import IntegrityError
+from nhidel.ledger import columns
+from nhidel.ledger.columns import GRANT_COLUMNS, LIST_COLUMNS
 from nhidel.ledger.rows import JsonRows, row_status
-from nhidel.ledger.store import LIST_COLUMNS, Ledger
-from nhidel.models import AGENT_NAME, GRANT_ID, Grant, GrantStatus
+from nhidel.ledger.store import Ledger
+from nhidel.models import Grant, GrantStatus
+from nhidel.names import AGENT_NAME, GRANT_ID
 from nhidel.paths import Paths
 from nhidel.scopes import MAX_SCOPES, parse_scopes
 
@@ -131,6 +134,11 @@ def test_fast_json_is_byte_for_byte_what_to_json_gives(
         assert [row_status(row, now) for row in rows] == [
             by_id[row[0]].status(now).value for row in rows
         ]
+        # The live-grant condition in SQL admits exactly the grants Grant.status calls live.
+        live = {row[0] for row in ledger.grant_rows(now=now)}
+        assert live == {
+            g.id for g in drawn if g.status(now) in (GrantStatus.ACTIVE, GrantStatus.PENDING)
+        }
 
 
 @settings(max_examples=30, deadline=None)
@@ -387,9 +395,18 @@ def test_list_columns_are_what_to_json_needs(paths: Paths) -> None:
     with Ledger(paths) as ledger:
         insert_grant(ledger, grant)
         (row,) = ledger.grant_rows(now=T)
-    fields = [name.strip() for name in LIST_COLUMNS.split(",")]
-    assert dict(zip(fields, row, strict=True))["reason"] == "r"
+    listed = dict(zip(LIST_COLUMNS, row, strict=True))
+    assert listed == {
+        name: grant.scope_claim if name == "scope" else getattr(grant, name)
+        for name in LIST_COLUMNS
+    }
     assert json.loads(JsonRows(T).line(row)) == grant.to_json(T)
+
+
+def test_each_column_position_names_its_column() -> None:
+    for position, name in enumerate(GRANT_COLUMNS):
+        assert getattr(columns, name.upper()) == position
+    assert LIST_COLUMNS == GRANT_COLUMNS[: len(LIST_COLUMNS)]
 
 
 def test_listing_imports_neither_rich_nor_pydantic(every_status: Paths) -> None:

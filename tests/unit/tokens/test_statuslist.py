@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 
-from nhidel.keys.material import b64url_encode
+from nhidel.base64url import b64url_encode
 from nhidel.tokens import statuslist
 from nhidel.tokens.statuslist import (
     INVALID,

@@ -25,7 +25,7 @@ from nhidel.ledger.commit_probe import CommitProbe
 from nhidel.ledger.store import Ledger
 from nhidel.models import Grant
 from nhidel.paths import Paths
-from nhidel.tokens.claims import Reason
+from nhidel.tokens.decision import Reason
 from nhidel.tokens.jws import TokenDecoder, TokenRejected
 from nhidel.verifiers.local import Verifier
 
@@ -253,12 +253,12 @@ def test_the_header_verdict_is_remembered_but_every_signature_is_checked(world: 
     assert resigned.split(".")[0] == token.split(".")[0]  # the same, remembered, header
     with pytest.raises(TokenRejected) as rejected:
         decoder.decode(resigned)
-    assert rejected.value.reason == "bad_signature"
+    assert rejected.value.reason is Reason.BAD_SIGNATURE
     critical = forge(world.header(crit=["exp"]), claims, world.sign)
     for _ in range(2):  # a remembered refusal is still a refusal
         with pytest.raises(TokenRejected) as refused:
             decoder.decode(critical)
-        assert refused.value.reason == "malformed"
+        assert refused.value.reason is Reason.MALFORMED
 
 
 def _public(of: World) -> Any:

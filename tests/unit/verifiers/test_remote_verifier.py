@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from helpers.support import Cli, MemoryKeyring
 
-from nhidel.keys.material import b64url_encode, generate_private_key, public_jwk, public_x
+from nhidel.base64url import b64url_encode
+from nhidel.keys.material import generate_private_key, public_jwk, public_x
 from nhidel.verifiers.remote import RemoteVerifier
 
 SCOPE = "repo:read:acme/api"
