@@ -5,8 +5,10 @@ every Rich call disables markup, so nothing typed by a user can recolour, move t
 forge a line. Rich honours NO_COLOR and drops colour when the stream is not a terminal. The grants
 table of `nhidel list` is written here without Rich, streamed, and follows the same rules.
 
-Times: relative ones and local wall-clock ones come from nhidel.timefmt alone, so every command
-says them alike.
+Colour marks what people look for rather than read: a grant's status in `list` and `show`, a
+denial in `audit tail`. It is plain ANSI (Rich would cost `list` ~30 ms of start-up), added after
+`safe`, and only on a terminal without NO_COLOR (`styled`). Times: relative ones and local
+wall-clock ones come from nhidel.timefmt alone, so every command says them alike.
 """
 
 from __future__ import annotations
@@ -86,11 +88,37 @@ def grant_summary(grant: Grant, now: int) -> str:
     return line
 
 
+# What each status looks like on a terminal (SGR codes); an active grant about to expire
+# (EXPIRING_SOON seconds or less) is marked as well.
+_STATUS_COLOURS = {
+    "active": "32",  # green
+    "pending": "36",  # cyan
+    "revoked": "31",  # red
+    "exhausted": "35",  # magenta
+    "expired": "2",  # faint
+}
+_EXPIRING_COLOUR = "33"  # yellow
+EXPIRING_SOON = 60
+_DENIED_COLOUR = "1;31"  # bold red
+
+
 def status_text(status: str, not_before: int, now: int) -> str:
     """A grant's status as `list` and `show` write it: a pending grant says when it starts."""
     if status == "pending":
         return f"pending, starts {relative(not_before, now=now)}"
     return status
+
+
+def status_colour(status: str, expires_at: int, now: int) -> str:
+    """The SGR code that marks a grant's status (yellow: active, but for a minute at most)."""
+    if status == "active" and expires_at - now <= EXPIRING_SOON:
+        return _EXPIRING_COLOUR
+    return _STATUS_COLOURS.get(status, "")
+
+
+def paint(text: str, sgr: str) -> str:
+    """`text` in the colour `sgr` (already escaped text only: see `safe`)."""
+    return f"\x1b[{sgr}m{text}\x1b[0m" if sgr else text
 
 
 def grants_table(rows: Iterable[GrantRow], now: int) -> int:
@@ -99,16 +127,17 @@ def grants_table(rows: Iterable[GrantRow], now: int) -> int:
     The column widths come from the first screenful of rows, which is printed before any more
     are read, so the first screen never waits for the whole listing. A later, wider agent name
     or scope list folds within its column; a wider expiry, use count or status widens only its
-    line.
+    line. On a terminal the header is bold and each status in its colour.
     """
-    cells = _TableCells(now)
+    out = sys.stdout
+    colour = styled(out)
+    cells = _TableCells(now, colour=colour)
     remaining = iter(rows)
     first = [cells.row(row) for row in islice(remaining, FIRST_SCREEN_ROWS)]
     if not first:
         return 0
-    out = sys.stdout
     layout = _TableLayout(first)
-    out.write(layout.header(styled=_styled(out)))
+    out.write(layout.header(styled=colour))
     out.writelines(layout.lines(row) for row in first)
     out.flush()
     count = len(first)
@@ -130,11 +159,12 @@ _CACHE_LIMIT = 4096
 
 
 class _TableCells:
-    """One listed row's cells as people read them, escaped: ID, AGENT, SCOPES, EXPIRES, USES,
-    STATUS."""
+    """One listed row's cells as people read them, escaped (ID, AGENT, SCOPES, EXPIRES, USES,
+    STATUS), then the SGR code of its status ("" without colour), which takes no column."""
 
-    def __init__(self, now: int) -> None:
+    def __init__(self, now: int, *, colour: bool) -> None:
         self.now = now
+        self.colour = colour
         self.scope_cache = ScopeCache()
 
     def row(self, row: GrantRow) -> list[str]:
@@ -152,6 +182,7 @@ class _TableCells:
                 relative(expires_at, now=now),
                 f"{uses:d}" if max_uses is None else f"{uses:d}/{max_uses:d}",
                 status_text(status, row[NOT_BEFORE], now),
+                status_colour(status, expires_at, now) if self.colour else "",
             ]
         except (TypeError, ValueError):
             raise corrupt_row(grant_id, "a value of the wrong type") from None
@@ -186,23 +217,26 @@ class _TableLayout:
 
     def lines(self, row: list[str]) -> str:
         """The row's text lines, each ending in a newline (more than one when a cell folds)."""
-        agent = self._fold(row[1], self.widths[1])
-        scopes = self._fold(row[2], self.widths[2])
+        *cells, sgr = row
+        agent = self._fold(cells[1], self.widths[1])
+        scopes = self._fold(cells[2], self.widths[2])
         if len(agent) == 1 and len(scopes) == 1:
-            return self._join(row) + "\n"
+            return self._join(cells, sgr) + "\n"
         out = []
         for index in range(max(len(agent), len(scopes))):
-            line = list(row) if index == 0 else [""] * len(row)
+            line = cells if index == 0 else [""] * len(cells)
             line[1] = agent[index] if index < len(agent) else ""
             line[2] = scopes[index] if index < len(scopes) else ""
-            out.append(self._join(line) + "\n")
+            out.append(self._join(line, sgr) + "\n")
         return "".join(out)
 
-    def _join(self, cells: list[str]) -> str:
+    def _join(self, cells: list[str], sgr: str = "") -> str:
         padded = [
             _pad(cell, width, right=column == 4)
             for column, (cell, width) in enumerate(zip(cells, self.widths, strict=True))
         ]
+        if sgr and cells[-1]:  # the status, last: its padding would be stripped anyway
+            return _GAP.join(padded[:-1]) + _GAP + paint(cells[-1], sgr)
         return _GAP.join(padded).rstrip(" ")
 
     def _fold(self, text: str, width: int) -> list[str]:
@@ -263,9 +297,10 @@ def _pad(text: str, width: int, *, right: bool) -> str:
     return fill + text if right else text + fill
 
 
-def _styled(stream: TextIO) -> bool:
-    """Bold headers only on a terminal, and never with NO_COLOR set or TERM=dumb."""
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+def styled(stream: TextIO) -> bool:
+    """Whether to colour (or embolden) what goes to `stream`: only on a terminal, and never
+    with NO_COLOR set (to any value, even empty) or TERM=dumb."""
+    if "NO_COLOR" in os.environ or os.environ.get("TERM") == "dumb":
         return False
     try:
         return stream.isatty()
@@ -284,10 +319,12 @@ def grant_fields(grant: Grant, now: int) -> dict[str, Any]:
 
 
 def grant_details(grant: Grant, now: int) -> None:
-    """`show`: one field a line, times relative and local (`in 15m (2026-12-04 09:30 CET)`)."""
+    """`show`: one field a line, times relative and local (`in 15m (2026-12-04 09:30 CET)`),
+    the status in its colour on a terminal."""
     fields = grant_fields(grant, now)
     fields["scopes"] = " ".join(fields["scopes"])
-    fields["status"] = status_text(fields["status"], grant.not_before, now)
+    status = fields["status"]
+    fields["status"] = status_text(status, grant.not_before, now)
     try:
         for key, stamp in (
             ("issued_at", grant.issued_at),
@@ -299,7 +336,8 @@ def grant_details(grant: Grant, now: int) -> None:
                 fields[key] = relative_with_clock(stamp, now=now)
     except (ValueError, OverflowError, OSError):  # in range for UTC, not in the local zone
         raise corrupt_row(grant.id, "a time out of range") from None
-    _key_values(fields)
+    colours = {"status": status_colour(status, grant.expires_at, now)} if styled(sys.stdout) else {}
+    _key_values(fields, colours)
 
 
 def agents_table(agents: Iterable[Agent]) -> int:
@@ -332,16 +370,19 @@ def agent_details(agent: Agent) -> None:
     _key_values(fields)
 
 
-def _key_values(fields: dict[str, Any]) -> None:
+def _key_values(fields: dict[str, Any], colours: dict[str, str] | None = None) -> None:
+    """`key  value` lines, the keys aligned; a value named in `colours` painted so."""
     width = max(len(key) for key in fields)
     for key, value in fields.items():
         shown = "-" if value is None else safe(value)
+        if colours and key in colours:
+            shown = paint(shown, colours[key])
         sys.stdout.write(f"{key.ljust(width)}  {shown}\n")
 
 
-def audit_record_line(record: dict[str, Any], now: int) -> str:
+def audit_record_line(record: dict[str, Any], now: int, *, colour: bool = False) -> str:
     """One readable line: local time (to the second, with its zone), event, agent, grant,
-    scopes, outcome.
+    scopes, outcome; with `colour`, a denial (`verify.denied`, any `*.denied`) in bold red.
 
     Whatever a field holds (an unchecked record may hold anything anywhere), the line is
     made, and escaped."""
@@ -362,4 +403,6 @@ def audit_record_line(record: dict[str, Any], now: int) -> str:
         )
     if record.get("reason"):
         parts.append(f"({record['reason']})")
-    return safe("  ".join(parts))
+    line = safe("  ".join(parts))
+    denied = str(record.get("event", "")).endswith(".denied")
+    return paint(line, _DENIED_COLOUR) if colour and denied else line

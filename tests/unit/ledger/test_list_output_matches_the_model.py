@@ -331,7 +331,7 @@ def test_long_agents_and_scopes_fold_within_the_terminal(monkeypatch: pytest.Mon
     assert lines[-1].split() == ["gbbbbbbbbb", "short", "a:b", "in", "1m", "30s", "0", "active"]
 
 
-def test_the_header_is_bold_only_on_a_terminal_without_no_color(
+def test_styling_is_only_for_a_terminal_without_no_color_set_to_any_value(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     class Tty(io.StringIO):
@@ -340,9 +340,13 @@ def test_the_header_is_bold_only_on_a_terminal_without_no_color(
 
     monkeypatch.delenv("NO_COLOR", raising=False)
     monkeypatch.delenv("TERM", raising=False)
-    assert render._styled(Tty()) and not render._styled(io.StringIO())
-    monkeypatch.setenv("NO_COLOR", "1")
-    assert not render._styled(Tty())
+    assert render.styled(Tty()) and not render.styled(io.StringIO())
+    for value in ("1", ""):  # set, even empty, is enough
+        monkeypatch.setenv("NO_COLOR", value)
+        assert not render.styled(Tty())
+    monkeypatch.delenv("NO_COLOR")
+    monkeypatch.setenv("TERM", "dumb")
+    assert not render.styled(Tty())
 
 
 # -- the ledger: indexes and migration ------------------------------------------------------------
