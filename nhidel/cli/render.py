@@ -293,6 +293,8 @@ def _cut(word: str, width: int) -> tuple[str, str]:
 
 
 def _pad(text: str, width: int, *, right: bool) -> str:
+    if text.isascii():  # one column a character: str's own padding, the common case
+        return text.rjust(width) if right else text.ljust(width)
     fill = " " * max(width - _cells(text), 0)
     return fill + text if right else text + fill
 
