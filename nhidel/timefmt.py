@@ -114,8 +114,8 @@ def rfc3339_minute(minute: int) -> str:
 
 # How finely a span is told, by its length: seconds under 10 minutes (where they matter, and
 # where whole minutes would round a 90s grant to "2m", then "1m" a second later), minutes
-# under a day, hours beyond. Never more than two units, so none is finer than 1/60 of the span
-# (1/24 beyond a day).
+# under a day, hours beyond. So at most two units are shown, and rounding never moves a time
+# by more than 5% of the span (30s of 10 minutes, 30 minutes of a day).
 _PRECISION = ((600, 1), (86400, 60))
 _COARSEST = 3600
 
