@@ -112,27 +112,71 @@ def rfc3339_minute(minute: int) -> str:
     return datetime.fromtimestamp(minute * 60, UTC).strftime("%Y-%m-%dT%H:%M:")
 
 
+# How finely a span is told, by its length: seconds under 10 minutes (where they matter, and
+# where whole minutes would round a 90s grant to "2m", then "1m" a second later), minutes
+# under a day, hours beyond. So at most two units are shown, and rounding never moves a time
+# by more than 5% of the span (30s of 10 minutes, 30 minutes of a day).
+_PRECISION = ((600, 1), (86400, 60))
+_COARSEST = 3600
+
+
 def relative(timestamp: int, *, now: int) -> str:
-    """'in 14m', '3h ago', 'now': the largest unit, rounded, as people read it."""
+    """'in 1h 30m', '3m ago', 'in 45s', 'now': at most two units, rounded to the nearest.
+
+    The span is rounded half up to its precision (seconds under 10 minutes, minutes under a
+    day, hours beyond), never truncated, so what `grant` prints and what `list` prints a second
+    later agree: a 90m grant reads 'in 1h 30m' both times, a 15m grant 'in 15m'. A unit that
+    rounds to zero is left out ('in 2h', not 'in 2h 0m').
+    """
     delta = timestamp - now
     span = abs(delta)
     if span < 1:
         return "now"
+    step = next((step for below, step in _PRECISION if span < below), _COARSEST)
+    # Rounding may carry into the next unit up (23h59m40s is 1d), which then holds it exactly.
+    span = (span + step // 2) // step * step
     units = list(_UNIT_SECONDS.items())
     for index, (unit, size) in enumerate(units):
         if span >= size:
-            # Round to the nearest unit: a 15m grant read a second later is still "in 15m",
-            # and 59m40s reads "1h", not "60m".
-            count = (span + size // 2) // size
-            if index > 0 and count * size >= units[index - 1][1]:
-                unit, count = units[index - 1][0], 1
+            count, rest = divmod(span, size)
             amount = f"{count}{unit}"
+            if rest:  # a multiple of the next unit down, which is no finer than `step`
+                smaller, smaller_size = units[index + 1]
+                amount += f" {rest // smaller_size}{smaller}"
             break
     return f"in {amount}" if delta > 0 else f"{amount} ago"
 
 
-def local_clock(timestamp: int, *, now: int) -> str:
-    """A local wall-clock time: 'HH:MM' today, else 'YYYY-MM-DD HH:MM'."""
-    when = datetime.fromtimestamp(timestamp).astimezone()
-    today = datetime.fromtimestamp(now).astimezone().date()
-    return when.strftime("%H:%M" if when.date() == today else "%Y-%m-%d %H:%M")
+def local_clock(timestamp: int, *, now: int | None = None, seconds: bool = False) -> str:
+    """The local wall-clock time with its date and zone: '2026-12-04 09:15 CET' ('UTC' when
+    the local zone is UTC), with `seconds` '2026-12-04 09:15:42 CET'. Every absolute time
+    people read is written so; JSON keeps RFC 3339 UTC (`rfc3339`).
+
+    `now` is not needed (the date is always written, so a line read tomorrow still says which
+    day); it is accepted so that every caller's call stays as it was.
+    """
+    return _local(datetime.fromtimestamp(timestamp, UTC), seconds=seconds)
+
+
+def local_clock_of(text: object, *, seconds: bool = False) -> str:
+    """`local_clock` of a time stored as RFC 3339 text (an audit record's, a key's creation);
+    anything else (an unchecked record may hold anything) is returned as it is."""
+    shown = str(text)
+    try:
+        when = datetime.fromisoformat(shown)
+        if when.tzinfo is None:  # no zone: not a time nhidel wrote, so not one to convert
+            return shown
+        return _local(when, seconds=seconds)
+    except (ValueError, OverflowError, OSError):
+        return shown
+
+
+def relative_with_clock(timestamp: int, *, now: int) -> str:
+    """A time as people read it in a message: 'in 1h 30m (2026-12-04 09:15 CET)'."""
+    return f"{relative(timestamp, now=now)} ({local_clock(timestamp)})"
+
+
+def _local(when: datetime, *, seconds: bool) -> str:
+    local = when.astimezone()  # the zone as the C library sees it now (TZ, /etc/localtime)
+    zone = local.strftime("%Z") or local.strftime("%z")
+    return local.strftime("%Y-%m-%d %H:%M:%S " if seconds else "%Y-%m-%d %H:%M ") + zone

@@ -48,19 +48,20 @@ def tail(
     """Print the last records; with -f, follow new ones like tail -f."""
     from nhidel.actions.audit_log import TailFilter
     from nhidel.actions.audit_log import tail as tail_records
-    from nhidel.cli.render import audit_record_line, say
+    from nhidel.cli.render import audit_record_line, say, styled
     from nhidel.timefmt import parse_ago
 
     since_time = None if since is None else parse_ago(since, now=common.now(), what="--since")
     wanted = TailFilter(agent=agent, event=event, since=since_time)
     shown = tail_records(common.paths(), count, wanted, keep_following=keep_following,
                          warn=lambda message: say(f"warning: {message}"))  # fmt: skip
+    colour = not as_json and styled(sys.stdout)
     try:
         for record in shown:
             if as_json:
                 line = json.dumps(record, sort_keys=True, separators=(",", ":"))
             else:
-                line = audit_record_line(record, now=common.now())
+                line = audit_record_line(record, now=common.now(), colour=colour)
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
     except KeyboardInterrupt:
@@ -101,16 +102,17 @@ def find_token(
 ) -> None:
     """Read a token on stdin and print the audit records about it."""
     from nhidel.actions.audit_log import find_token as find
-    from nhidel.cli.render import audit_record_line
+    from nhidel.cli.render import audit_record_line, styled
 
     token = sys.stdin.read().strip()
     if not token:
         raise UsageError("no token on stdin", 'pipe it in: echo "$TOKEN" | nhidel audit find-token')
     where = common.paths()
     found = find(where, common.keystore(where), token)
+    colour = not as_json and styled(sys.stdout)
     for record in found:
         line = (json.dumps(record, sort_keys=True, separators=(",", ":")) if as_json
-                else audit_record_line(record, now=common.now()))  # fmt: skip
+                else audit_record_line(record, now=common.now(), colour=colour))  # fmt: skip
         sys.stdout.write(line + "\n")
     if not found:
         raise NotFoundError(

@@ -139,15 +139,16 @@ def _option_values(
 
 def _live_grants_query(prefix: str, now: int) -> tuple[str, list[object]]:
     """The SQL (and its parameters) for live grants whose id starts with `prefix`, soonest to
-    expire first: live as `ledger.columns.LIVE_GRANT_SQL` says, and not expired at `now`."""
+    expire first and ties by id, as `nhidel list` orders them: live as
+    `ledger.columns.LIVE_GRANT_SQL` says, and not expired at `now`."""
     columns = "SELECT id, agent, scope, not_before, expires_at FROM grants WHERE "
     if len(prefix) >= RANGE_PREFIX:  # the id index; `+expires_at` keeps the planner off the other
         sql = f"{columns}+expires_at > ? AND {LIVE_GRANT_SQL} AND id >= ? AND id < ?"
         params: list[object] = [now, prefix, prefix + "\U0010ffff"]
-        return f"{sql} ORDER BY +expires_at LIMIT {MAX_GRANTS}", params
+        return f"{sql} ORDER BY +expires_at, id LIMIT {MAX_GRANTS}", params
     # The expiry index (grants_live): live grants only, already in order; the caller stops at
     # MAX_GRANTS matches.
-    return f"{columns}expires_at > ? AND {LIVE_GRANT_SQL} ORDER BY expires_at", [now]
+    return f"{columns}expires_at > ? AND {LIVE_GRANT_SQL} ORDER BY expires_at, id", [now]
 
 
 def _grants(positionals: list[str], incomplete: str, now: int) -> list[Candidate]:

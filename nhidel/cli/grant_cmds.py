@@ -152,11 +152,16 @@ def list_grants(
         str | None, typer.Option("--agent", metavar="AGENT", help="Only this agent's grants.")
     ] = None,
     include_all: Annotated[
-        bool, typer.Option("--all", help="Also expired, revoked and exhausted grants.")
+        bool,
+        typer.Option("--all", help="Also expired, revoked and exhausted grants (same order)."),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
-    """List active and pending grants (soonest to expire first)."""
+    """List active and pending grants with their status, soonest to expire first.
+
+    With --all, every grant, in the same order (so expired grants come before live ones);
+    --json lists in that order too.
+    """
     from nhidel.ledger.store import Ledger
 
     now = common.now()
@@ -170,7 +175,7 @@ def list_grants(
             return
         from nhidel.cli.render import grants_table, say
 
-        if not grants_table(rows, now, show_status=include_all):
+        if not grants_table(rows, now):
             say("no grants" if include_all else "no active grants (see --all)")
 
 

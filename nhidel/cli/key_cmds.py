@@ -60,7 +60,7 @@ def show(
     """List the public keys verify trusts, with their states (active, retired, expired)."""
     from nhidel.cli.render import print_json, safe
     from nhidel.keys.principal import public_keys
-    from nhidel.timefmt import local_clock, rfc3339
+    from nhidel.timefmt import local_clock_of, relative_with_clock, rfc3339
 
     where = common.paths()
     now = common.now()
@@ -74,9 +74,11 @@ def show(
         ])  # fmt: skip
         return
     for info in infos:
-        line = f"{info.kid}  {info.state}  created {info.created_at}  issuer {safe(info.issuer)}"
+        created = local_clock_of(info.created_at)
+        line = f"{info.kid}  {info.state}  created {safe(created)}  issuer {safe(info.issuer)}"
         if info.live_until is not None:
-            line += f"  verifies its grants until {local_clock(info.live_until, now=now)}"
+            line += (f"  verifies its grants until they expire, "
+                     f"{relative_with_clock(info.live_until, now=now)}")  # fmt: skip
         sys.stdout.write(line + "\n")
 
 
@@ -109,7 +111,7 @@ def rotate(
     """Make a new active signing key; the old one verifies its grants until they expire."""
     from nhidel.actions.keys import rotate_key
     from nhidel.cli.render import say
-    from nhidel.timefmt import local_clock, relative
+    from nhidel.timefmt import relative_with_clock
 
     where = common.paths()
     now = common.now()
@@ -117,9 +119,8 @@ def rotate(
     rotation = rotate_key(where, store, now=now, compromised=now_)
     message = f"rotated: new signing key {rotation.new_kid}; "
     if rotation.old_live_until is not None:
-        until = rotation.old_live_until
-        message += (f"{rotation.old_kid} verifies its grants until "
-                    f"{local_clock(until, now=now)} ({relative(until, now=now)})")  # fmt: skip
+        message += (f"{rotation.old_kid} verifies its grants until they expire, "
+                    f"{relative_with_clock(rotation.old_live_until, now=now)}")  # fmt: skip
     else:
         message += f"{rotation.old_kid} is no longer trusted"
         if rotation.revoked:

@@ -4,6 +4,11 @@ Text from users (reasons, scopes, names) goes through `safe` before it reaches a
 every Rich call disables markup, so nothing typed by a user can recolour, move the cursor or
 forge a line. Rich honours NO_COLOR and drops colour when the stream is not a terminal. The grants
 table of `nhidel list` is written here without Rich, streamed, and follows the same rules.
+
+Colour marks what people look for rather than read: a grant's status in `list` and `show`, a
+denial in `audit tail`. It is plain ANSI (Rich would cost `list` ~30 ms of start-up), added after
+`safe`, and only on a terminal without NO_COLOR (`styled`). Times: relative ones and local
+wall-clock ones come from nhidel.timefmt alone, so every command says them alike.
 """
 
 from __future__ import annotations
@@ -17,10 +22,16 @@ from collections.abc import Iterable
 from itertools import islice
 from typing import TYPE_CHECKING, Any, TextIO
 
-from nhidel.ledger.columns import AGENT, EXPIRES_AT, ID, MAX_USES, SCOPE, USES
+from nhidel.ledger.columns import AGENT, EXPIRES_AT, ID, MAX_USES, NOT_BEFORE, SCOPE, USES
 from nhidel.ledger.rows import GrantRow, ScopeCache, corrupt_row, row_status
 from nhidel.models import SHORT_ID_LENGTH, Agent, Grant
-from nhidel.timefmt import format_duration, local_clock, relative
+from nhidel.timefmt import (
+    format_duration,
+    local_clock,
+    local_clock_of,
+    relative,
+    relative_with_clock,
+)
 
 AGENT_WIDTH = 20  # `list` folds longer agent names (up to 64 characters) onto more lines
 
@@ -65,34 +76,68 @@ def print_json(value: Any) -> None:
 
 
 def grant_summary(grant: Grant, now: int) -> str:
+    """`granted ID to AGENT: SCOPES; expires in 15m (2026-12-04 09:30 CET)`, and when a pending
+    grant starts and how many uses it has."""
     scopes = " ".join(str(s) for s in grant.scopes)
-    expires = local_clock(grant.expires_at, now=now)
-    line = (
-        f"granted {grant.short_id} to {grant.agent}: {scopes}; "
-        f"expires {expires} ({relative(grant.expires_at, now=now)})"
-    )
+    line = f"granted {grant.short_id} to {grant.agent}: {scopes}; "
     if grant.not_before > now:
-        line += f", valid from {relative(grant.not_before, now=now)}"
+        line += f"starts {relative_with_clock(grant.not_before, now=now)}, "
+    line += f"expires {relative_with_clock(grant.expires_at, now=now)}"
     if grant.max_uses is not None:
         line += f", {grant.max_uses} use{'s' if grant.max_uses != 1 else ''}"
     return line
 
 
-def grants_table(rows: Iterable[GrantRow], now: int, *, show_status: bool) -> int:
+# What each status looks like on a terminal (SGR codes); an active grant about to expire
+# (EXPIRING_SOON seconds or less) is marked as well.
+_STATUS_COLOURS = {
+    "active": "32",  # green
+    "pending": "36",  # cyan
+    "revoked": "31",  # red
+    "exhausted": "35",  # magenta
+    "expired": "2",  # faint
+}
+_EXPIRING_COLOUR = "33"  # yellow
+EXPIRING_SOON = 60
+_DENIED_COLOUR = "1;31"  # bold red
+
+
+def status_text(status: str, not_before: int, now: int) -> str:
+    """A grant's status as `list` and `show` write it: a pending grant says when it starts."""
+    if status == "pending":
+        return f"pending, starts {relative(not_before, now=now)}"
+    return status
+
+
+def status_colour(status: str, expires_at: int, now: int) -> str:
+    """The SGR code that marks a grant's status (yellow: active, but for a minute at most)."""
+    if status == "active" and expires_at - now <= EXPIRING_SOON:
+        return _EXPIRING_COLOUR
+    return _STATUS_COLOURS.get(status, "")
+
+
+def paint(text: str, sgr: str) -> str:
+    """`text` in the colour `sgr` (already escaped text only: see `safe`)."""
+    return f"\x1b[{sgr}m{text}\x1b[0m" if sgr else text
+
+
+def grants_table(rows: Iterable[GrantRow], now: int) -> int:
     """Print listed rows (Ledger.grant_rows) as a table on stdout, streaming; return the count.
 
     The column widths come from the first screenful of rows, which is printed before any more
     are read, so the first screen never waits for the whole listing. A later, wider agent name
-    or scope list folds within its column; a wider expiry or use count widens only its line.
+    or scope list folds within its column; a wider expiry, use count or status widens only its
+    line. On a terminal the header is bold and each status in its colour.
     """
-    cells = _TableCells(now, show_status=show_status)
+    out = sys.stdout
+    colour = styled(out)
+    cells = _TableCells(now, colour=colour)
     remaining = iter(rows)
     first = [cells.row(row) for row in islice(remaining, FIRST_SCREEN_ROWS)]
     if not first:
         return 0
-    out = sys.stdout
-    layout = _TableLayout(first, show_status=show_status)
-    out.write(layout.header(styled=_styled(out)))
+    layout = _TableLayout(first)
+    out.write(layout.header(styled=colour))
     out.writelines(layout.lines(row) for row in first)
     out.flush()
     count = len(first)
@@ -114,11 +159,12 @@ _CACHE_LIMIT = 4096
 
 
 class _TableCells:
-    """One listed row's cells as people read them, escaped: ID, AGENT, SCOPES, EXPIRES, USES."""
+    """One listed row's cells as people read them, escaped (ID, AGENT, SCOPES, EXPIRES, USES,
+    STATUS), then the SGR code of its status ("" without colour), which takes no column."""
 
-    def __init__(self, now: int, *, show_status: bool) -> None:
+    def __init__(self, now: int, *, colour: bool) -> None:
         self.now = now
-        self.show_status = show_status
+        self.colour = colour
         self.scope_cache = ScopeCache()
 
     def row(self, row: GrantRow) -> list[str]:
@@ -126,19 +172,20 @@ class _TableCells:
             row[ID], row[AGENT], row[EXPIRES_AT], row[MAX_USES], row[USES]
         )  # fmt: skip
         scopes, _ = self.scope_cache.lookup(grant_id, row[SCOPE])
+        now = self.now
         try:
-            shown = [
+            status = row_status(row, now)
+            return [
                 safe(grant_id[:SHORT_ID_LENGTH]),
                 safe(agent),
                 safe(" ".join(scopes)),
-                relative(expires_at, now=self.now),
+                relative(expires_at, now=now),
                 f"{uses:d}" if max_uses is None else f"{uses:d}/{max_uses:d}",
+                status_text(status, row[NOT_BEFORE], now),
+                status_colour(status, expires_at, now) if self.colour else "",
             ]
-            if self.show_status:
-                shown.append(row_status(row, self.now))
         except (TypeError, ValueError):
             raise corrupt_row(grant_id, "a value of the wrong type") from None
-        return shown
 
 
 class _TableLayout:
@@ -148,10 +195,8 @@ class _TableLayout:
     name folds at AGENT_WIDTH, and scopes fold into whatever the terminal has left.
     """
 
-    def __init__(self, first: list[list[str]], *, show_status: bool) -> None:
-        self.headers = ["ID", "AGENT", "SCOPES", "EXPIRES", "USES"] + (
-            ["STATUS"] if show_status else []
-        )
+    def __init__(self, first: list[list[str]]) -> None:
+        self.headers = ["ID", "AGENT", "SCOPES", "EXPIRES", "USES", "STATUS"]
         widths = [
             max(_cells(header), *(_cells(row[column]) for row in first))
             for column, header in enumerate(self.headers)
@@ -172,23 +217,26 @@ class _TableLayout:
 
     def lines(self, row: list[str]) -> str:
         """The row's text lines, each ending in a newline (more than one when a cell folds)."""
-        agent = self._fold(row[1], self.widths[1])
-        scopes = self._fold(row[2], self.widths[2])
+        *cells, sgr = row
+        agent = self._fold(cells[1], self.widths[1])
+        scopes = self._fold(cells[2], self.widths[2])
         if len(agent) == 1 and len(scopes) == 1:
-            return self._join(row) + "\n"
+            return self._join(cells, sgr) + "\n"
         out = []
         for index in range(max(len(agent), len(scopes))):
-            line = list(row) if index == 0 else [""] * len(row)
+            line = cells if index == 0 else [""] * len(cells)
             line[1] = agent[index] if index < len(agent) else ""
             line[2] = scopes[index] if index < len(scopes) else ""
-            out.append(self._join(line) + "\n")
+            out.append(self._join(line, sgr) + "\n")
         return "".join(out)
 
-    def _join(self, cells: list[str]) -> str:
+    def _join(self, cells: list[str], sgr: str = "") -> str:
         padded = [
             _pad(cell, width, right=column == 4)
             for column, (cell, width) in enumerate(zip(cells, self.widths, strict=True))
         ]
+        if sgr and cells[-1]:  # the status, last: its padding would be stripped anyway
+            return _GAP.join(padded[:-1]) + _GAP + paint(cells[-1], sgr)
         return _GAP.join(padded).rstrip(" ")
 
     def _fold(self, text: str, width: int) -> list[str]:
@@ -245,13 +293,16 @@ def _cut(word: str, width: int) -> tuple[str, str]:
 
 
 def _pad(text: str, width: int, *, right: bool) -> str:
+    if text.isascii():  # one column a character: str's own padding, the common case
+        return text.rjust(width) if right else text.ljust(width)
     fill = " " * max(width - _cells(text), 0)
     return fill + text if right else text + fill
 
 
-def _styled(stream: TextIO) -> bool:
-    """Bold headers only on a terminal, and never with NO_COLOR set or TERM=dumb."""
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+def styled(stream: TextIO) -> bool:
+    """Whether to colour (or embolden) what goes to `stream`: only on a terminal, and never
+    with NO_COLOR set (to any value, even empty) or TERM=dumb."""
+    if "NO_COLOR" in os.environ or os.environ.get("TERM") == "dumb":
         return False
     try:
         return stream.isatty()
@@ -270,10 +321,25 @@ def grant_fields(grant: Grant, now: int) -> dict[str, Any]:
 
 
 def grant_details(grant: Grant, now: int) -> None:
+    """`show`: one field a line, times relative and local (`in 15m (2026-12-04 09:30 CET)`),
+    the status in its colour on a terminal."""
     fields = grant_fields(grant, now)
     fields["scopes"] = " ".join(fields["scopes"])
-    fields["expires_at"] = f"{fields['expires_at']} ({relative(grant.expires_at, now=now)})"
-    _key_values(fields)
+    status = fields["status"]
+    fields["status"] = status_text(status, grant.not_before, now)
+    try:
+        for key, stamp in (
+            ("issued_at", grant.issued_at),
+            ("not_before", grant.not_before),
+            ("expires_at", grant.expires_at),
+            ("revoked_at", grant.revoked_at),
+        ):
+            if stamp is not None:
+                fields[key] = relative_with_clock(stamp, now=now)
+    except (ValueError, OverflowError, OSError):  # in range for UTC, not in the local zone
+        raise corrupt_row(grant.id, "a time out of range") from None
+    colours = {"status": status_colour(status, grant.expires_at, now)} if styled(sys.stdout) else {}
+    _key_values(fields, colours)
 
 
 def agents_table(agents: Iterable[Agent]) -> int:
@@ -302,32 +368,27 @@ def agent_details(agent: Agent) -> None:
     fields = agent.to_json()
     fields["allow"] = " ".join(fields["allow"])
     fields["aud"] = " ".join(fields["aud"]) or None
+    fields["created_at"] = local_clock(agent.created_at)
     _key_values(fields)
 
 
-def _key_values(fields: dict[str, Any]) -> None:
+def _key_values(fields: dict[str, Any], colours: dict[str, str] | None = None) -> None:
+    """`key  value` lines, the keys aligned; a value named in `colours` painted so."""
     width = max(len(key) for key in fields)
     for key, value in fields.items():
         shown = "-" if value is None else safe(value)
+        if colours and key in colours:
+            shown = paint(shown, colours[key])
         sys.stdout.write(f"{key.ljust(width)}  {shown}\n")
 
 
-def audit_record_line(record: dict[str, Any], now: int) -> str:
-    """One readable line: local time, event, agent, grant, scopes, outcome.
+def audit_record_line(record: dict[str, Any], now: int, *, colour: bool = False) -> str:
+    """One readable line: local time (to the second, with its zone), event, agent, grant,
+    scopes, outcome; with `colour`, a denial (`verify.denied`, any `*.denied`) in bold red.
 
     Whatever a field holds (an unchecked record may hold anything anywhere), the line is
     made, and escaped."""
-    from datetime import datetime
-
-    def local(stamp: object) -> str:
-        text = str(stamp)
-        try:
-            when = datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone()
-            return when.strftime("%Y-%m-%d %H:%M:%S")
-        except (ValueError, OverflowError, OSError):
-            return text
-
-    parts = [local(record.get("time", "")), f"#{record.get('seq')}",
+    parts = [local_clock_of(record.get("time", ""), seconds=True), f"#{record.get('seq')}",
              str(record.get("event", "?")).ljust(14)]  # fmt: skip
     if record.get("agent"):
         parts.append(str(record["agent"]))
@@ -339,7 +400,11 @@ def audit_record_line(record: dict[str, Any], now: int) -> str:
     if record.get("outcome"):
         parts.append(f"-> {record['outcome']}")
     if type(record.get("count")) is int:  # identical decisions of one group commit, as one
-        parts.append(f"x{record['count']} until {local(record.get('last_time', ''))}")
+        parts.append(
+            f"x{record['count']} until {local_clock_of(record.get('last_time', ''), seconds=True)}"
+        )
     if record.get("reason"):
         parts.append(f"({record['reason']})")
-    return safe("  ".join(parts))
+    line = safe("  ".join(parts))
+    denied = str(record.get("event", "")).endswith(".denied")
+    return paint(line, _DENIED_COLOUR) if colour and denied else line

@@ -302,8 +302,8 @@ class Ledger:
         self, *, now: int, agent: str | None = None, include_all: bool = False
     ) -> Iterator[tuple[Any, ...]]:
         """Grants as raw rows of `columns.LIST_COLUMNS`: by default the live ones (active and
-        pending), soonest to expire first; with `include_all` every grant, in order of issue.
-        Streams.
+        pending), with `include_all` every grant; either way soonest to expire first, ties by
+        id (the one order `list`, `list --json` and completion share). Streams.
 
         For `nhidel list`, which turns each row straight into text (nhidel.ledger.rows) and so
         needs no Grant per row.
@@ -318,10 +318,11 @@ class Ledger:
             where.append("agent = ?")
             params.append(agent)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        order = "expires_at, id" if not include_all else "issued_at, id"
         with self._errors():
+            # With `include_all`, grants_by_expiry (or grants_by_agent) gives the order, and
+            # SQLite sorts only the grants that expire in the same second: it still streams.
             cursor = self.db.execute(
-                f"SELECT {_LIST_COLUMNS} FROM grants {clause} ORDER BY {order}", params
+                f"SELECT {_LIST_COLUMNS} FROM grants {clause} ORDER BY expires_at, id", params
             )
             while batch := cursor.fetchmany(512):
                 yield from batch

@@ -43,7 +43,7 @@ def test_grant_prints_the_token_alone_on_stdout_and_a_summary_on_stderr(ready: C
     assert result.stdout == token + "\n" and token.count(".") == 2
     summary = result.stderr.strip()
     assert summary.startswith("granted g") and "reviewer" in summary
-    assert "repo:read:acme/api" in summary and "(in 15m)" in summary
+    assert "repo:read:acme/api" in summary and "expires in 15m (" in summary
 
 
 def test_grant_format_json_adds_the_token_to_the_grant_shape(ready: Cli) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from helpers.local_zone import BERLIN, pinned_zone
+from helpers.local_zone import UTC as UTC_ZONE
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -12,9 +14,12 @@ from nhidel.errors import UsageError
 from nhidel.timefmt import (
     MAX_DURATION,
     format_duration,
+    local_clock,
+    local_clock_of,
     parse_duration,
     parse_time,
     relative,
+    relative_with_clock,
     rfc3339,
 )
 
@@ -197,8 +202,20 @@ def test_rfc3339_round_trips_through_parse_time(timestamp: int) -> None:
     [
         (900, "in 15m"),
         (899, "in 15m"),  # read a second later, a 15m grant still says 15m
-        (-3 * 3600, "3h ago"),
+        (5400, "in 1h 30m"),
+        (5399, "in 1h 30m"),  # a 90m grant a second later: not "in 1h", nor "in 1h 29m"
+        (5369, "in 1h 29m"),  # 1h 29m 29s: rounded to the nearest minute
+        (-3 * 3600, "3h ago"),  # a unit that rounds to zero is left out
+        (-192, "3m 12s ago"),  # seconds under 10 minutes
+        (-180, "3m ago"),
+        (90, "in 1m 30s"),  # not "in 2m", then "in 1m" a second later
+        (89, "in 1m 29s"),
+        (599, "in 9m 59s"),
+        (629, "in 10m"),  # from 10 minutes on, whole minutes, rounded half up
+        (630, "in 11m"),
+        (86399, "in 1d"),  # 23h 59m 59s rounds up into the next unit
         (2 * 86400, "in 2d"),
+        (2 * 86400 + 5 * 3600 + 1800, "in 2d 6h"),  # hours beyond a day
         (45, "in 45s"),
         (-45, "45s ago"),
         (0, "now"),
@@ -206,6 +223,53 @@ def test_rfc3339_round_trips_through_parse_time(timestamp: int) -> None:
 )
 def test_relative_reads_like_people_say_it(delta: int, expected: str) -> None:
     assert relative(NOW + delta, now=NOW) == expected
+
+
+@given(st.integers(min_value=1, max_value=MAX_DURATION - 3600), st.booleans())
+def test_relative_is_at_most_two_units_and_off_by_at_most_half_its_precision(
+    span: int, future: bool
+) -> None:
+    text = relative(NOW + span if future else NOW - span, now=NOW)
+    amount = text.removeprefix("in ") if future else text.removesuffix(" ago")
+    assert text == (f"in {amount}" if future else f"{amount} ago")
+    assert 1 <= len(amount.split(" ")) <= 2
+    precision = 1 if span < 600 else 60 if span < 86400 else 3600
+    assert abs(parse_duration(amount.replace(" ", "")) - span) <= precision // 2
+
+
+@given(st.integers(min_value=2, max_value=MAX_DURATION - 3600))
+def test_relative_never_grows_as_the_moment_comes_closer(span: int) -> None:
+    """Read a second later, a time never says it is further away: no "in 2h" then "in 2h 1m"."""
+    sooner = parse_duration(relative(NOW + span - 1, now=NOW).removeprefix("in ").replace(" ", ""))
+    later = parse_duration(relative(NOW + span, now=NOW).removeprefix("in ").replace(" ", ""))
+    assert sooner <= later
+
+
+def test_local_clock_writes_the_date_the_minute_and_the_zone_abbreviation() -> None:
+    summer = NOW + 200 * 86400  # 2027-06-11: daylight saving time
+    with pinned_zone(BERLIN):
+        assert local_clock(NOW) == "2026-11-23 11:00 CET"
+        assert local_clock(summer) == "2027-06-11 12:00 CEST"
+        assert local_clock(NOW + 42, seconds=True) == "2026-11-23 11:00:42 CET"
+        assert local_clock(NOW, now=NOW + 86400) == "2026-11-23 11:00 CET"  # a date, even today
+    with pinned_zone(UTC_ZONE):
+        assert local_clock(NOW) == "2026-11-23 10:00 UTC"
+
+
+def test_local_clock_of_converts_rfc3339_text_and_leaves_anything_else_alone() -> None:
+    with pinned_zone(BERLIN):
+        assert local_clock_of("2026-11-23T10:00:00Z") == "2026-11-23 11:00 CET"
+        assert local_clock_of("2026-11-23T10:00:07.123456Z", seconds=True) == (
+            "2026-11-23 11:00:07 CET"
+        )
+        for other in ("", "garbage", "2026-11-23", "2026-11-23T10:00:00", 12, None):
+            assert local_clock_of(other) == str(other)
+
+
+def test_relative_with_clock_says_how_far_then_when() -> None:
+    with pinned_zone(BERLIN):
+        assert relative_with_clock(NOW + 5400, now=NOW) == "in 1h 30m (2026-11-23 12:30 CET)"
+        assert relative_with_clock(NOW - 180, now=NOW) == "3m ago (2026-11-23 10:57 CET)"
 
 
 @given(st.integers(min_value=-(10**10), max_value=253402300799))
