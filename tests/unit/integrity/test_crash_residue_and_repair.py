@@ -151,6 +151,9 @@ def test_a_lost_log_is_refused_until_the_loss_is_accepted_which_revokes_live_gra
     assert grant_json(ready, grant_id)["status"] == "revoked"
     (accepted,) = records(ready, "log.loss_accepted")
     assert accepted["revoked"] == 1
+    (revoked,) = records(ready, "grant.revoked")  # shaped as every revocation record is
+    assert (revoked["agent"], revoked["scopes"], revoked["principal"]) == (
+        "reviewer", [SCOPE], "alice")  # fmt: skip
     assert ready("audit", "verify").exit_code == 0
     fresh, _ = issue(ready)  # writing resumes
     assert ready("verify", "-", "--scope", SCOPE, input=fresh).exit_code == 0
