@@ -44,6 +44,12 @@ class Config:
             ) from None
 
 
+def unknown_agent(name: str) -> NotFoundError:
+    """The error for a name no registered agent has, when it is no agent to create (showing,
+    changing, removing or revoking): the hint lists the agents rather than suggesting to add."""
+    return NotFoundError(f"no agent named {name!r}", "see the registered agents: nhidel agent list")
+
+
 def load_config(paths: Paths) -> Config:
     """Read config.toml; a missing file is an empty config, a corrupt one is exit 5."""
     try:

@@ -1,20 +1,22 @@
-"""Registering agents and their ceilings, and removing them (which revokes their grants)."""
+"""Registering agents and their ceilings, changing a ceiling (which revokes the grants it no
+longer covers), and removing agents (which revokes their grants)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nhidel.audit import AuditKeys, event
-from nhidel.config import Config, with_agent, without_agent
-from nhidel.errors import NotFoundError, PolicyError, UsageError
+from nhidel.ceilings import covers_grant, narrowing_of, overlaps
+from nhidel.config import Config, load_config, unknown_agent, with_agent, without_agent
+from nhidel.errors import PolicyError, UsageError
 from nhidel.fsutil import exclusive_lock
 from nhidel.integrity import state
 from nhidel.keys.keystore import KeyStore, open_keystore
 from nhidel.ledger.store import Ledger
-from nhidel.models import Agent, check_agent_name, check_audience
+from nhidel.models import Agent, Grant, check_agent_name, check_audience
 from nhidel.paths import Paths
-from nhidel.scopes import parse_scopes
+from nhidel.scopes import covered_by_any, covers, parse_scopes
 from nhidel.timefmt import format_duration, parse_duration
 
 DEFAULT_MAX_TTL = "1h"
@@ -95,12 +97,9 @@ def remove_agent(paths: Paths, name: str, *, now: int, keystore: KeyStore | None
         with state.change(paths, keys, ledger, now=now) as step:
             before = step.config()
             config = without_agent(before, name)
-            live = [g for g in ledger.live_ids(now=now, agent=name) if g not in step.state.revoked]
-            if name not in before.agents and not live:
-                raise NotFoundError(
-                    f"no agent named {name!r}", "see the registered agents: nhidel agent list"
-                )
-            grants = [g for g in (ledger.get(grant_id) for grant_id in live) if g is not None]
+            grants = state.live_grants(ledger, step.state, keys.seal_key, now=now, agent=name)
+            if name not in before.agents and not grants:
+                raise unknown_agent(name)
             principal = config.principal
             # One batch of records, then config.toml, then the ledger: a crash in between
             # leaves records that the next command finishes (the agent stays removed, and
@@ -108,10 +107,159 @@ def remove_agent(paths: Paths, name: str, *, now: int, keystore: KeyStore | None
             step.write(
                 [event("agent.removed", principal=principal, agent=name, revoked=len(grants),
                        config_sha256=state.config_digest(config))]
-                + [event("grant.revoked", principal=principal, agent=name, grant=g.id,
-                         expires_at=g.expires_at, reason="agent removed") for g in grants]
+                + [state.revocation(g, principal=principal, reason="agent removed")
+                   for g in grants]
             )  # fmt: skip
             if config != before:
                 step.save_config(config)
             step.revoke(grants, now=now, reason="agent removed")
     return Removal(name, [g.id for g in grants])
+
+
+@dataclass(frozen=True, slots=True)
+class CeilingChange:
+    """What `agent update` was asked for, as typed: scopes to add to the ceiling and to remove
+    from it, and settings that replace the agent's (None: keep it)."""
+
+    allow: Sequence[str] = ()
+    disallow: Sequence[str] = ()
+    max_ttl: str | None = None
+    default_ttl: str | None = None
+    audiences: Sequence[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """An agent's ceiling before and after, and the live grants the change revokes (those the
+    new ceiling no longer covers; none when it only widens)."""
+
+    before: Agent
+    after: Agent
+    revoked: list[Grant]
+
+    @property
+    def changed(self) -> bool:
+        return self.after != self.before
+
+
+def changed_ceiling(agent: Agent, change: CeilingChange) -> Agent:
+    """`agent` with `change` applied, every value checked; UsageError for a change that says
+    nothing, contradicts itself, or leaves the agent without a scope."""
+    if not (change.allow or change.disallow or change.max_ttl or change.default_ttl
+            or change.audiences is not None):  # fmt: skip
+        raise UsageError(
+            f"nothing to change for agent {agent.name}",
+            "give --allow, --disallow, --max-ttl, --default-ttl or --aud",
+        )
+    added, removed = parse_scopes(change.allow), parse_scopes(change.disallow)
+    for scope in added:
+        if scope in removed:
+            raise UsageError(
+                f"scope {scope} is both allowed and disallowed", "give it to one of the two"
+            )
+    # A disallowed scope takes every entry it covers. One that covers only part of an entry
+    # cannot narrow it (entries go whole); one that touches no entry is gone already, so
+    # running an update again changes nothing.
+    for scope in removed:
+        for entry in agent.allow:
+            if overlaps(scope, entry) and not covers(scope, entry):
+                raise UsageError(
+                    f"--disallow {scope} covers only part of {entry}, an entry of agent "
+                    f"{agent.name}'s ceiling",
+                    f"entries go whole: --disallow {entry}, then --allow what to keep of it",
+                )
+    kept = tuple(s for s in agent.allow if not covered_by_any(removed, s))
+    allow = kept + tuple(s for s in dict.fromkeys(added) if s not in kept)
+    if not allow:
+        raise UsageError(
+            f"that leaves agent {agent.name} no scope",
+            f"keep or allow one, or remove the agent: nhidel agent remove {agent.name}",
+        )
+    maximum = parse_duration(change.max_ttl, what="--max-ttl") if change.max_ttl else agent.max_ttl
+    # A lowered maximum lowers the default with it, unless a default is given.
+    default = (
+        parse_duration(change.default_ttl, what="--default-ttl")
+        if change.default_ttl
+        else min(agent.default_ttl, maximum)
+    )
+    if default > maximum:
+        raise UsageError(
+            f"--default-ttl {format_duration(default)} is longer than the maximum TTL "
+            f"{format_duration(maximum)}",
+            "make the default TTL no longer than the maximum (--max-ttl)",
+        )
+    audiences = (
+        agent.audiences
+        if change.audiences is None
+        else tuple(dict.fromkeys(check_audience(a) for a in change.audiences))
+    )
+    return replace(agent, allow=allow, max_ttl=maximum, default_ttl=default, audiences=audiences)
+
+
+def plan_update(
+    paths: Paths, name: str, change: CeilingChange, *, now: int, keystore: KeyStore
+) -> Update:
+    """What `update_agent` would do now, changing nothing: to say which grants it revokes
+    before asking."""
+    check_agent_name(name)
+    keys = AuditKeys.of(keystore)
+    with Ledger(paths) as ledger:
+        sealed = state.read_checked(paths, keys, ledger)
+        config = state.check_config(load_config(paths), sealed, paths)
+        return _update(config, ledger, sealed, keys.seal_key, name, change, now=now)
+
+
+def update_agent(
+    paths: Paths, name: str, change: CeilingChange, *, now: int, keystore: KeyStore | None = None
+) -> Update:
+    """Change `name`'s ceiling and revoke the live grants the new one no longer covers, in one
+    state change sealed as `agent.updated` (with the ceiling it asks for, so a crash is
+    finished toward it: see nhidel.integrity.state). A change that only widens revokes
+    nothing; one that changes nothing writes nothing."""
+    check_agent_name(name)
+    keys = AuditKeys.of(keystore or open_keystore(paths))
+    with exclusive_lock(paths.config_lock), Ledger(paths) as ledger:
+        with state.change(paths, keys, ledger, now=now) as step:
+            config = step.config()
+            update = _update(config, ledger, step.state, keys.seal_key, name, change, now=now)
+            if not update.changed:
+                return update
+            # Grants minted while this runs are refused (see actions.grants.issue): one checked
+            # against the old ceiling must not commit after the new one.
+            ledger.bump_revocation_epoch()
+            after, doomed = update.after, update.revoked
+            config = with_agent(config, after)
+            principal = config.principal
+            step.write(
+                [event("agent.updated", principal=principal, agent=name,
+                       scopes=[str(s) for s in after.allow], max_ttl=after.max_ttl,
+                       default_ttl=after.default_ttl, aud=list(after.audiences),
+                       revoked=len(doomed), as_of=now,
+                       config_sha256=state.config_digest(config))]
+                + [state.revocation(g, principal=principal, reason=state.NARROWED)
+                   for g in doomed]
+            )  # fmt: skip
+            step.save_config(config)
+            step.revoke(doomed, now=now, reason=state.NARROWED)
+    return update
+
+
+def _update(
+    config: Config,
+    ledger: Ledger,
+    sealed: state.SealedState,
+    audit_key: bytes,
+    name: str,
+    change: CeilingChange,
+    *,
+    now: int,
+) -> Update:
+    before = config.agents.get(name)
+    if before is None:
+        raise unknown_agent(name)
+    after = changed_ceiling(before, change)
+    if narrowing_of(before, after) == before:
+        return Update(before, after, [])  # it widens or changes nothing: every grant stays
+    doomed = state.live_grants(ledger, sealed, audit_key, now=now, agent=name,
+                               spared=lambda g: covers_grant(after, g, now=now))  # fmt: skip
+    return Update(before, after, doomed)

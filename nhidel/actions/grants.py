@@ -8,7 +8,7 @@ from typing import Any
 
 from nhidel.audit import AuditKeys, event
 from nhidel.audit.records import token_fingerprint
-from nhidel.config import Config, load_config
+from nhidel.config import Config, load_config, unknown_agent
 from nhidel.errors import IntegrityError, KeystoreError, PolicyError, UsageError
 from nhidel.integrity import state
 from nhidel.keys.keystore import KeyStore, open_keystore
@@ -211,6 +211,28 @@ class Revocation:
     already: list[str]  # were revoked before (not an error)
 
 
+def live_grants(
+    paths: Paths, keystore: KeyStore, *, now: int, agent: str | None = None, kid: str | None = None
+) -> list[Grant]:
+    """The live grants (of `agent`, or signed by `kid`) as they stand, changing nothing: what a
+    revocation of them would take, to say so before asking. An agent nhidel does not know is
+    NotFoundError, as it is for `revoke`."""
+    keys = AuditKeys.of(keystore)
+    with Ledger(paths) as ledger:
+        sealed = state.read_checked(paths, keys, ledger)
+        found = state.live_grants(ledger, sealed, keys.seal_key, now=now, agent=agent, kid=kid)
+        if agent is not None and not found:
+            check_known_agent(load_config(paths), ledger, agent)
+    return found
+
+
+def check_known_agent(config: Config, ledger: Ledger, name: str) -> None:
+    """NotFoundError unless `name` is registered or has grants in the ledger: a removed agent's
+    grants stay there, so filtering and revoking by its name still make sense."""
+    if name not in config.agents and not ledger.has_agent(name):
+        raise unknown_agent(name)
+
+
 def revoke(
     paths: Paths,
     *,
@@ -221,7 +243,8 @@ def revoke(
     now: int,
     keystore: KeyStore | None = None,
 ) -> Revocation:
-    """Revoke by ids (all resolved first: one bad id revokes nothing), by agent, or all."""
+    """Revoke by ids (all resolved first: one bad id revokes nothing), or every live grant
+    (of `agent`, or all of them): used-up, expired and revoked grants are left as they are."""
     if reason is not None and len(reason) > MAX_REASON:
         raise UsageError(f"--reason is longer than {MAX_REASON} characters", "shorten it")
     if sum((bool(ids), agent is not None, everything)) != 1:
@@ -236,19 +259,18 @@ def revoke(
         targets = [grant.id for grant in ledger.resolve(ids)] if ids else []
         with state.change(paths, keys, ledger, now=now) as step:
             if not ids:
-                targets = ledger.live_ids(now=now, agent=agent)
-                if agent is not None and agent not in config.agents and not targets:
-                    config.agent(agent)  # unknown, and no grants left by it: exit 3
+                live = state.live_grants(ledger, step.state, keys.seal_key, now=now, agent=agent)
+                if agent is not None and not live:
+                    check_known_agent(config, ledger, agent)
+                targets = [grant.id for grant in live]
                 # Grants minted while this runs are refused (see `issue`).
                 ledger.bump_revocation_epoch()
             # What counts is the sealed state, not a row's revoked_at (a row can be edited).
             newly = [t for t in targets if t not in step.state.revoked]
             grants = [g for g in (ledger.get(grant_id) for grant_id in newly) if g is not None]
             if grants:
-                step.write([event(
-                    "grant.revoked", principal=principal, agent=g.agent, grant=g.id,
-                    scopes=[str(s) for s in g.scopes], expires_at=g.expires_at, reason=reason,
-                ) for g in grants])  # fmt: skip
+                step.write([state.revocation(g, principal=principal, reason=reason)
+                            for g in grants])  # fmt: skip
                 step.revoke(grants, now=now, reason=reason)
     fresh = set(newly)
     return Revocation(newly, [t for t in targets if t not in fresh])

@@ -100,6 +100,16 @@ def _create_key(
     return kid, x, created, audit_key
 
 
+def compromise_revokes(paths: Paths, keystore: KeyStore, *, now: int) -> list[Grant]:
+    """The live grants `key rotate --now` would revoke (those the active key signed), changing
+    nothing: to say how many before asking."""
+    from nhidel.actions.grants import live_grants
+
+    pinned = load_trust(keystore).keys
+    active = [kid for kid, info in pinned.items() if key_state(info, now) == "active"]
+    return [grant for kid in active for grant in live_grants(paths, keystore, now=now, kid=kid)]
+
+
 @dataclass(frozen=True, slots=True)
 class Rotation:
     old_kid: str
@@ -128,9 +138,8 @@ def rotate_key(paths: Paths, keystore: KeyStore, *, now: int, compromised: bool)
                 doomed: list[Grant] = []
                 live_until = None
                 if compromised:
-                    live = [g for g in ledger.live_ids(now=now, kid=signer.kid)
-                            if g not in step.state.revoked]  # fmt: skip
-                    doomed = [g for g in map(ledger.get, live) if g is not None]
+                    doomed = state.live_grants(ledger, step.state, signer.audit_key, now=now,
+                                               kid=signer.kid)  # fmt: skip
                 else:
                     live_until = ledger.last_expiry(signer.kid, now=now)
                 pinned = {k: v for k, v in trust.keys.items()
@@ -150,8 +159,7 @@ def rotate_key(paths: Paths, keystore: KeyStore, *, now: int, compromised: bool)
                     [event("key.rotated", principal=signer.principal, old_kid=signer.kid,
                            kid=kid, compromised=compromised, live_until=live_until,
                            trusted=pinned, config_sha256=state.config_digest(config))]
-                    + [event("grant.revoked", principal=signer.principal, agent=g.agent,
-                             grant=g.id, expires_at=g.expires_at, reason=reason)
+                    + [state.revocation(g, principal=signer.principal, reason=reason)
                        for g in doomed]
                 )  # fmt: skip
                 # The private key, then its pin. Nothing signs in between (every grant waits

@@ -164,8 +164,9 @@ def _revoke_live(step: state.Change, *, now: int) -> list[str]:
     live = [g for g in ledger.live_ids(now=now) if g not in sealed.revoked]
     grants = [g for g in map(ledger.get, live) if g is not None]
     if grants:
-        step.write([event("grant.revoked", agent=g.agent, grant=g.id, expires_at=g.expires_at,
-                          reason="loss accepted") for g in grants])  # fmt: skip
+        principal = load_config(step.paths).principal
+        step.write([state.revocation(g, principal=principal, reason="loss accepted")
+                    for g in grants])  # fmt: skip
         step.revoke(grants, now=now, reason="loss accepted")
     return [g.id for g in grants]
 

@@ -22,7 +22,7 @@ EVENTS = (
     "key.created", "key.rotated", "agent.added", "agent.removed", "grant.issued",
     "grant.revoked", "grant.used", "verify.allowed", "verify.denied", "status.published",
     "log.recovered", "log.rotated", "log.pruned", "state.repaired", "log.loss_accepted",
-    "config.updated",
+    "config.updated", "agent.updated",
 )  # fmt: skip
 
 _SEAL_HEAD = b',"seal":"'

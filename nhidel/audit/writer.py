@@ -420,6 +420,7 @@ class AuditLog:
 STATE_EVENTS = frozenset({
     "key.created", "key.rotated", "agent.added", "agent.removed", "grant.issued",
     "grant.revoked", "grant.used", "state.repaired", "log.loss_accepted", "config.updated",
+    "agent.updated",
 })  # fmt: skip
 
 

@@ -214,6 +214,8 @@ _SOURCES: dict[tuple[str, str], Source] = {
     ("list", "--agent"): _agent_names,
     ("grant", ""): _agent_names,
     ("agent show", ""): _agent_names,
+    ("agent update", ""): _agent_names,
+    ("agent update", "--disallow"): _scopes,
     ("agent remove", ""): _agent_names,
     ("audit tail", "--agent"): _agent_names,
     ("grant", "--scope"): _scopes,

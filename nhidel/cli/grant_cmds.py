@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from nhidel.cli import common
-from nhidel.errors import UsageError
 from nhidel.models import SHORT_ID_LENGTH
 
 if TYPE_CHECKING:
@@ -167,6 +166,13 @@ def list_grants(
     now = common.now()
     where = common.paths()
     with Ledger(where) as ledger:
+        # An agent neither registered nor in the ledger is not found, as for `revoke --agent`
+        # (config.toml is read only then: listing a known agent's grants stays fast).
+        if agent is not None and not ledger.has_agent(agent):
+            from nhidel.config import load_config, unknown_agent
+
+            if agent not in load_config(where).agents:
+                raise unknown_agent(agent)
         rows = ledger.grant_rows(now=now, agent=agent, include_all=include_all)
         if as_json:
             from nhidel.ledger.rows import JsonRows
@@ -273,24 +279,29 @@ def revoke(
         typer.Option("--agent", metavar="AGENT", help="Revoke every live grant of this agent."),
     ] = None,
     everything: Annotated[bool, typer.Option("--all", help="Revoke every live grant.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (for --all).")] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", "-y", help="Do not ask before revoking by --agent or --all (for scripts)."
+        ),
+    ] = False,
     reason: Annotated[
         str | None, typer.Option("--reason", metavar="TEXT", help="Why; recorded.")
     ] = None,
 ) -> None:
-    """Revoke grants: by id (all resolved first), by agent, or all."""
+    """Revoke grants: by id (all resolved first), or every live grant of an agent, or all.
+
+    By --agent or --all, it says how many live grants it will revoke and asks first; without a
+    terminal it needs --yes. Used-up, expired and revoked grants are left as they are.
+    """
     from nhidel.actions.grants import revoke as revoke_grants
     from nhidel.cli.render import say
 
     ids = grant_ids or []
-    if everything and not yes:
-        if not sys.stdin.isatty():
-            raise UsageError(
-                "refusing to revoke every grant without --yes", "run nhidel revoke --all --yes"
-            )
-        typer.confirm("Revoke every live grant?", abort=True, err=True)
     where = common.paths()
     store = common.keystore(where)
+    if not (yes or ids) and everything != (agent is not None):  # (else revoke says what is wrong)
+        _confirm_bulk(where, store, agent=agent)
     result = revoke_grants(
         where,
         keystore=store,
@@ -309,3 +320,21 @@ def revoke(
     say(message)
     # Also when all were revoked before: running revoke again mends a failed publish.
     common.republish(where, store, changed=bool(result.revoked or result.already))
+
+
+def _confirm_bulk(where: Paths, store: KeyStore, *, agent: str | None) -> None:
+    """Say how many live grants `revoke --agent`/`--all` takes, and ask (nhidel.cli.confirm)."""
+    from nhidel.actions.grants import live_grants
+    from nhidel.cli.confirm import confirm, live_count
+
+    doomed = live_grants(where, store, now=common.now(), agent=agent)
+    if not doomed:
+        return
+    if agent is not None:
+        confirm(f"this revokes {live_count(len(doomed))} of agent {agent}",
+                again=f"nhidel revoke --agent {agent} --yes")  # fmt: skip
+        return
+    agents = sorted({grant.agent for grant in doomed})
+    of = f"agent{'s' if len(agents) != 1 else ''} {', '.join(agents)}"
+    confirm(f"this revokes every live grant ({len(doomed)}, of {of})",
+            again="nhidel revoke --all --yes")  # fmt: skip

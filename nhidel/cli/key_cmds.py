@@ -107,8 +107,15 @@ def rotate(
             help="After a compromise: drop the old key at once and revoke its grants.",
         ),
     ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask before revoking (for scripts).")
+    ] = False,
 ) -> None:
-    """Make a new active signing key; the old one verifies its grants until they expire."""
+    """Make a new active signing key; the old one verifies its grants until they expire.
+
+    With --now, when the old key signed live grants, it says how many it revokes and asks
+    first; without a terminal it needs --yes.
+    """
     from nhidel.actions.keys import rotate_key
     from nhidel.cli.render import say
     from nhidel.timefmt import relative_with_clock
@@ -116,6 +123,17 @@ def rotate(
     where = common.paths()
     now = common.now()
     store = common.keystore(where)
+    if now_ and not yes:
+        from nhidel.actions.keys import compromise_revokes
+        from nhidel.cli.confirm import confirm, live_count
+
+        doomed = compromise_revokes(where, store, now=now)
+        if doomed:
+            confirm(
+                "rotating now stops trusting the signing key at once and revokes the "
+                f"{live_count(len(doomed))} it signed",
+                again="nhidel key rotate --now --yes",
+            )
     rotation = rotate_key(where, store, now=now, compromised=now_)
     message = f"rotated: new signing key {rotation.new_kid}; "
     if rotation.old_live_until is not None:

@@ -44,10 +44,12 @@ from nhidel.audit.writer import (
     log_head,
     read_mark,
 )
-from nhidel.config import Config, load_config, save_config, without_agent
-from nhidel.errors import IntegrityError
-from nhidel.models import Grant
+from nhidel.ceilings import covers_grant, narrowing_of
+from nhidel.config import Config, load_config, save_config, with_agent, without_agent
+from nhidel.errors import IntegrityError, NhidelError
+from nhidel.models import Agent, Grant
 from nhidel.paths import Paths
+from nhidel.scopes import parse_scopes
 from nhidel.tokens.claims import MAX_LEEWAY
 
 if TYPE_CHECKING:
@@ -127,6 +129,42 @@ def row_seal(audit_key: bytes, grant: Grant, token_sha256: str) -> str:
 
 def row_is_sealed(audit_key: bytes, grant: Grant, token_sha256: str, seal: str | None) -> bool:
     return seal is not None and hmac.compare_digest(row_seal(audit_key, grant, token_sha256), seal)
+
+
+def live_grants(
+    ledger: Ledger,
+    state: SealedState,
+    audit_key: bytes,
+    *,
+    now: int,
+    agent: str | None = None,
+    kid: str | None = None,
+    spared: Callable[[Grant], bool] | None = None,
+) -> list[Grant]:
+    """The grants (of `agent`, signed by `kid`) that could still be used at `now`, pending ones
+    included: not expired and, as the sealed state says, neither revoked nor used up; less
+    those `spared` spares. A row is believed used up or spared only when it matches its seal:
+    an edited row never hides a grant from a revocation."""
+    found = []
+    for grant_id in ledger.live_ids(now=now, agent=agent, kid=kid):
+        row = None if grant_id in state.revoked else ledger.lookup(grant_id)
+        if row is None:
+            continue
+        grant, token_hash, seal = row
+        if row_is_sealed(audit_key, grant, token_hash, seal):
+            used_up = grant.max_uses is not None and state.uses(grant_id) >= grant.max_uses
+            if used_up or (spared is not None and spared(grant)):
+                continue
+        found.append(grant)
+    return found
+
+
+def revocation(grant: Grant, *, principal: str | None, reason: str | None) -> dict[str, Any]:
+    """The `grant.revoked` record of `grant`: every revocation carries the grant's agent and
+    scopes, so `audit tail --agent` and `--event` find it whatever revoked it."""
+    return event("grant.revoked", principal=principal, agent=grant.agent, grant=grant.id,
+                 scopes=[str(s) for s in grant.scopes], expires_at=grant.expires_at,
+                 reason=reason)  # fmt: skip
 
 
 def config_digest(config: Config) -> str:
@@ -362,7 +400,8 @@ def finish_residue(
     the mark, newer than the sealed state), toward the more restrictive state, and seal what
     was done. A grant whose row never committed is kept as a revoked tombstone (its token was
     never handed out); a logged revocation or use is applied; a removed agent stays removed;
-    an added agent or a rotated key counts only if config.toml or the keystore shows it."""
+    an updated agent keeps at least the narrowing asked for, and loses the grants it no longer
+    covers; an added agent or a rotated key counts only if config.toml or the keystore shows it."""
     pending = [r for r in session.residue
                if r.get("event") in STATE_EVENTS and r["seq"] > state.seq]  # fmt: skip
     if not pending:
@@ -433,6 +472,8 @@ def _finish_one(step: Change, record: dict[str, Any], *, now: int) -> bool:
         if kind == "agent.removed":
             _revoke_orphans(step, record, now=now)
         return finished
+    if kind == "agent.updated":
+        return _finish_update(step, record, now=now)
     if kind in ("key.created", "key.rotated"):
         return _finish_key(step, record)
     return False  # a repair's own record: what it listed was committed with it, or is here
@@ -454,7 +495,7 @@ def _finish_key(step: Change, record: dict[str, Any]) -> bool:
             trust = {**trust, "keys": {k: v for k, v in trust["keys"].items() if k != old}}
             keystore.write("trust", trust)
             step.state.kids = sorted(trust["keys"])
-            _revoke_signed_by(step, str(old))
+            _revoke_signed_by(step, str(old), principal=record.get("principal"))
         return False
     pinned = record.get("trusted")
     if record["kid"] not in trust["keys"] and isinstance(pinned, dict):
@@ -466,15 +507,14 @@ def _finish_key(step: Change, record: dict[str, Any]) -> bool:
     return True
 
 
-def _revoke_signed_by(step: Change, kid: str) -> None:
+def _revoke_signed_by(step: Change, kid: str, *, principal: str | None) -> None:
     """Every grant a compromised key signed that could still be used: revoked and logged."""
     now = int(time.time())
-    live = [g for g in step.ledger.live_ids(now=now, kid=kid) if g not in step.state.revoked]
-    grants = [g for g in map(step.ledger.get, live) if g is not None]
+    grants = live_grants(step.ledger, step.state, step.audit_key, now=now, kid=kid)
+    reason = "signing key compromised"
     if grants:
-        step.write([event("grant.revoked", agent=g.agent, grant=g.id, expires_at=g.expires_at,
-                          reason="signing key compromised") for g in grants])  # fmt: skip
-        step.revoke(grants, now=now, reason="signing key compromised")
+        step.write([revocation(g, principal=principal, reason=reason) for g in grants])
+        step.revoke(grants, now=now, reason=reason)
 
 
 def _finish_config(step: Change, record: dict[str, Any]) -> bool:
@@ -496,12 +536,57 @@ def _revoke_orphans(step: Change, record: dict[str, Any], *, now: int) -> None:
     """A removed agent keeps no live grant, even if the revocations that followed its record
     were torn off."""
     name = record.get("agent")
-    live = [g for g in step.ledger.live_ids(now=now, agent=name) if g not in step.state.revoked]
-    grants = [g for g in map(step.ledger.get, live) if g is not None]
+    grants = live_grants(step.ledger, step.state, step.audit_key, now=now, agent=name)
     if grants:
-        step.write([event("grant.revoked", agent=g.agent, grant=g.id, expires_at=g.expires_at,
-                          reason="agent removed") for g in grants])  # fmt: skip
+        principal = record.get("principal")
+        step.write([revocation(g, principal=principal, reason="agent removed") for g in grants])
         step.revoke(grants, now=now, reason="agent removed")
+
+
+NARROWED = "ceiling narrowed"  # the revocation reason of a grant an agent update no longer covers
+
+
+def _finish_update(step: Change, record: dict[str, Any], *, now: int) -> bool:
+    """An agent update counts whole once config.toml shows it. Before that, only its narrowing
+    is applied (a widening counts only once written, as an added agent does). Either way the
+    live grants the resulting ceiling no longer covers are revoked, judged as of the update's
+    own time, even if the revocations that followed its record were torn off."""
+    config = load_config(step.paths)
+    digest = config_digest(config)
+    name = record.get("agent")
+    current = config.agents.get(name) if isinstance(name, str) else None
+    if digest == record.get("config_sha256"):
+        step.state.config = digest
+    else:
+        if digest != step.state.config:
+            check_config(config, step.state, step.paths)  # edited besides: refuse, naming it
+        asked = _asked_ceiling(record, current)
+        if current is None or asked is None or narrowing_of(current, asked) == current:
+            return False
+        current = narrowing_of(current, asked)
+        step.save_config(with_agent(config, current))
+    if current is not None:
+        ceiling, as_of = current, record.get("as_of")
+        when = as_of if type(as_of) is int else now
+        doomed = live_grants(step.ledger, step.state, step.audit_key, now=now, agent=ceiling.name,
+                             spared=lambda g: covers_grant(ceiling, g, now=when))  # fmt: skip
+        if doomed:
+            principal = record.get("principal")
+            step.write([revocation(g, principal=principal, reason=NARROWED) for g in doomed])
+            step.revoke(doomed, now=now, reason=NARROWED)
+    return True
+
+
+def _asked_ceiling(record: dict[str, Any], current: Agent | None) -> Agent | None:
+    """The ceiling an `agent.updated` record asked for (None if the record cannot say)."""
+    if current is None:
+        return None
+    try:
+        return Agent(current.name, parse_scopes(record["scopes"]), int(record["max_ttl"]),
+                     int(record["default_ttl"]), tuple(str(a) for a in record["aud"]),
+                     current.created_at)  # fmt: skip
+    except (KeyError, TypeError, ValueError, NhidelError):
+        return None
 
 
 def tombstone(record: dict[str, Any]) -> Grant:

@@ -426,6 +426,12 @@ class Ledger:
                     newly.append(grant_id)
         return newly
 
+    def has_agent(self, agent: str) -> bool:
+        """Whether any grant of `agent` is in the ledger (a removed agent's grants stay)."""
+        with self._errors():
+            row = self.db.execute("SELECT 1 FROM grants WHERE agent = ? LIMIT 1", (agent,))
+            return row.fetchone() is not None
+
     def live_ids(self, *, now: int, agent: str | None = None, kid: str | None = None) -> list[str]:
         """Ids of grants not yet expired (pending included), revoked or not: whether one is
         revoked is the sealed state's to say (nhidel.integrity.state), since a row can be edited."""

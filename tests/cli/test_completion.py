@@ -95,7 +95,8 @@ def test_revoke_completes_a_typed_prefix_and_skips_ids_already_given(
 
 
 @pytest.mark.parametrize("words", [
-    ["grant", ""], ["agent", "show", ""], ["agent", "remove", ""], ["revoke", "--agent", ""],
+    ["grant", ""], ["agent", "show", ""], ["agent", "update", ""], ["agent", "remove", ""],
+    ["revoke", "--agent", ""],
     ["list", "--agent", ""], ["list", "--agent="], ["audit", "tail", "--agent", ""],
 ])  # fmt: skip
 def test_agent_names_complete_where_an_agent_is_expected(ready: Cli, words: list[str]) -> None:
@@ -117,13 +118,20 @@ def test_grant_scope_completes_the_scopes_of_that_agents_ceiling(ready: Cli) -> 
     assert values(["grant", "nobody", "--scope", ""]) == []
 
 
+def test_agent_update_disallow_completes_the_entries_of_that_agents_ceiling(ready: Cli) -> None:
+    assert values(["agent", "update", "reviewer", "--disallow", ""]) == [
+        "repo:read:acme/*",
+        "ticket:create:queue/*",
+    ]
+
+
 def test_audit_tail_event_completes_every_event_name() -> None:
     assert values(["audit", "tail", "--event", ""]) == list(EVENTS)
 
 
 def test_commands_options_and_choices_come_from_the_command_table() -> None:
     assert values(["ag"]) == ["agent"]
-    assert values(["agent", ""]) == ["add", "list", "show", "remove"]
+    assert values(["agent", ""]) == ["add", "list", "show", "update", "remove"]
     assert "--scope" in values(["grant", "reviewer", "--"])
     assert values(["grant", "reviewer", "--format", ""]) == ["token", "json", "env"]
     assert values(["--ver"]) == ["--version"]

@@ -133,7 +133,7 @@ def test_revoking_twice_is_not_an_error(ready: Cli) -> None:
 def test_agent_remove_revokes_its_grants_and_says_how_many(ready: Cli) -> None:
     grant(ready, "--scope", "repo:read:acme/a")
     grant(ready, "--scope", "repo:read:acme/b")
-    result = ready.ok("agent", "remove", "reviewer")
+    result = ready.ok("agent", "remove", "reviewer", "--yes")
     assert "revoked 2 grants" in result.stderr
     assert json.loads(ready.ok("list", "--json").stdout) == []
     assert ready("agent", "show", "reviewer").exit_code == 3

@@ -1,11 +1,11 @@
 """Seeded worlds for the tamper-then-write harness (tests/integration/test_tamper_then_write.py).
 
-A world is a home built only through nhidel's own code (init, agent add and remove, grant,
-verify --consume, revoke, key rotation after a compromise, many decisions), with a snapshot of
-every file (and of the OS keyring's entries) taken between the steps, and the ground truth kept
-alongside: which grants are revoked, how many uses each has spent, every agent's real ceiling and
-which signing keys were compromised. The harness copies a built world per case, tampers with it,
-runs legitimate commands and holds the results against that truth.
+A world is a home built only through nhidel's own code (init, agent add, update (a narrowing) and
+remove, grant, verify --consume, revoke, key rotation after a compromise, many decisions), with a
+snapshot of every file (and of the OS keyring's entries) taken between the steps, and the ground
+truth kept alongside: which grants are revoked, how many uses each has spent, every agent's real
+ceiling and which signing keys were compromised. The harness copies a built world per case,
+tampers with it, runs legitimate commands and holds the results against that truth.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from helpers.support import MemoryKeyring
-from nhidel.actions.agents import add_agent, remove_agent
+from nhidel.actions.agents import CeilingChange, add_agent, remove_agent, update_agent
 from nhidel.actions.grants import GrantRequest, issue, revoke
 from nhidel.actions.keys import init_principal, rotate_key
 from nhidel.audit.records import canonical
@@ -52,6 +52,9 @@ AGENTS = {
     "release-bot": (["release:publish"], "1h", [AUD]),
     "deployer": (["deploy:run:staging/*"], "2h", []),
 }
+# What `agent update` takes from reviewer's ceiling while a world is built (a grant of it is
+# revoked then, and beyond the real ceiling from then on).
+NARROWED = ("ticket:create:queue/*", "ticket:create:queue/support")
 # A scope within each agent's real ceiling, as a human would grant it.
 WITHIN = {
     "reviewer": "repo:read:acme/api",
@@ -333,10 +336,20 @@ class Builder:
                   audiences=auds, now=self.now, keystore=self.keystore())  # fmt: skip
         self.truth.ceilings[name] = Ceiling(tuple(allow), parse_duration(max_ttl), tuple(auds))
 
-    def grant(self, agent: str) -> GrantTruth:
+    def narrow(self, name: str, entry: str) -> None:
+        """`agent update NAME --disallow ENTRY`: the entry leaves the ceiling, with the live
+        grants it no longer covers."""
+        update = update_agent(self.paths, name, CeilingChange(disallow=[entry]), now=self.now,
+                              keystore=self.keystore())  # fmt: skip
+        allow = tuple(str(scope) for scope in update.after.allow)
+        self.truth.ceilings[name] = replace(self.truth.ceilings[name], allow=allow)
+        for grant in update.revoked:
+            self.truth.grants[grant.id].revoked = True
+
+    def grant(self, agent: str, scope: str | None = None) -> GrantTruth:
         uses = self.rng.choice([None, None, 1, 2, 3])
         aud = AUD if agent == "release-bot" else None
-        request = GrantRequest(agent, [WITHIN[agent]], ttl="45m", aud=aud, uses=uses,
+        request = GrantRequest(agent, [scope or WITHIN[agent]], ttl="45m", aud=aud, uses=uses,
                                reason=f"seeded {len(self.truth.grants)}")  # fmt: skip
         grant, token = issue(self.paths, self.keystore(), request, now=self.now)
         truth = GrantTruth(grant.id, token, agent, aud, uses, grant.kid)
@@ -398,6 +411,10 @@ def build_world(
         b.add("deployer")
         b.grant("deployer")
         b.snapshot("deployer")
+        lost = b.grant("reviewer", NARROWED[1])
+        b.narrow("reviewer", NARROWED[0])
+        assert b.truth.grants[lost.id].revoked
+        b.snapshot("narrowed")
         if compromised_rotation:
             rotation = rotate_key(b.paths, b.keystore(), now=b.now, compromised=True)
             b.truth.compromised.add(rotation.old_kid)

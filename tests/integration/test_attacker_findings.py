@@ -331,7 +331,7 @@ def test_finding_5_a_token_signed_by_a_key_rotated_out_after_compromise_stays_de
     stolen.mkdir(mode=0o700)
     shutil.copy2(h / "keystore.json", stolen / "keystore.json")  # before the compromise is known
     token, _ = grant(env)
-    ok(env, "key", "rotate", "--now")
+    ok(env, "key", "rotate", "--now", "--yes")
     assert_denied(verify(env, token), "revoked", "unknown_key")
 
     # The thief mints with the old key and forges the ledger row.
@@ -362,7 +362,7 @@ def test_finding_5_keystore_json_put_back_alone_fails_audit_verify(
 ) -> None:
     old = tmp_path / "keystore.json"
     shutil.copy2(home(env) / "keystore.json", old)
-    ok(env, "key", "rotate", "--now")
+    ok(env, "key", "rotate", "--now", "--yes")
     token, _ = grant(env)  # signed by the new key
     shutil.copy2(old, home(env) / "keystore.json")  # no forged row, nothing else touched
     assert audit_verify(env).code == 5
@@ -616,7 +616,7 @@ def test_finding_7_grant_on_a_full_disk_fails_between_the_log_and_the_ledger(
 
 def test_finding_7_agent_remove_killed_before_the_ledger_commit(env: dict[str, str]) -> None:
     token, grant_id = grant(env)
-    killed = crashing(env, "commit", "agent", "remove", "reviewer")
+    killed = crashing(env, "commit", "agent", "remove", "reviewer", "--yes")
     assert killed.code == -signal.SIGKILL, str(killed)
     assert [r["agent"] for r in logged(env, "agent.removed")] == ["reviewer"]
     assert_crash_is_not_tampering(env)

@@ -1,6 +1,7 @@
 """Crash harness (issue 10, item 4): kill -9 a state change at every write and fsync boundary.
 
-Each command under test (grant, revoke, agent remove, verify --consume, key rotate --now) runs
+Each command under test (grant, revoke, agent remove, agent update, verify --consume, key rotate
+--now) runs
 once in a child process with a counting hook (tests/helpers/crash_hook.py) to learn its boundaries:
 every `os.write`, `os.fsync`, `os.replace`, `os.rename` and SQLite `COMMIT` it crosses. Then,
 for every boundary, a fresh copy of a prepared home runs the same command and SIGKILLs itself
@@ -13,8 +14,10 @@ harness runs legitimate commands, unhooked, and checks SPEC.md "Durability" and 
 - a change is in both the ledger and the log, or in neither: a logged revocation denies at
   once and is never undone; a `grant.issued` whose row never committed ends revoked
   ("interrupted"); no row exists without its `grant.issued`; a logged `agent.removed` leaves the
-  agent gone and its grants revoked; uses in the ledger equal the `grant.used` records, and a
-  grant never verifies past its `max_uses`, counting the killed consume.
+  agent gone and its grants revoked; a logged `agent.updated` (a narrowing) leaves the narrowed
+  ceiling applied and exactly the grants it no longer covers revoked; uses in the ledger equal
+  the `grant.used` records, and a grant never verifies past its `max_uses`, counting the killed
+  consume.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 TESTS = REPO / "tests"
 SCOPE = "repo:read:acme/api"
+WEB = "repo:read:acme/web"  # what `agent update` narrows reviewer's ceiling to
 PASSPHRASE = "crash harness passphrase"
 WORKERS = 2
 TIMEOUT = 60
@@ -114,10 +118,10 @@ def log_records(home: Path) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Base:
-    """A home with alice, agents reviewer and other-agent, and two live reviewer grants."""
+    """A home with alice, agents reviewer and other-agent, and three live reviewer grants."""
 
     home: Path
-    tokens: dict[str, str]  # "rev" (no limit), "use" (--uses 2)
+    tokens: dict[str, str]  # "rev" (no limit), "use" (--uses 2), "web" (another scope)
     ids: dict[str, str]
     last_seq: int
 
@@ -138,6 +142,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
     tokens = {
         "rev": ok("grant", "reviewer", "--scope", SCOPE).stdout.strip(),
         "use": ok("grant", "reviewer", "--scope", SCOPE, "--uses", "2").stdout.strip(),
+        "web": ok("grant", "reviewer", "--scope", WEB).stdout.strip(),
     }
     ids = {name: claims_of(token)["jti"] for name, token in tokens.items()}
     home = Path(env["NHIDEL_HOME"])
@@ -287,7 +292,7 @@ def run_case(case: Case) -> Case:
         # `key rotate --now` died after its record, before the keystore took the new key: the
         # compromised key is dropped all the same (restrictive), so signing waits for the
         # rotation to be run again, as the error says.
-        case.expect(case.run("key", "rotate", "--now"), 0, "the rotation run again")
+        case.expect(case.run("key", "rotate", "--now", "--yes"), 0, "the rotation run again")
         writer = case.run("grant", "other-agent", "--scope", SCOPE)
     case.expect(writer, 0, "a grant to another agent after the crash")
     case.audit_verify("after the next commands")
@@ -329,8 +334,8 @@ def check_ledger_matches_log(case: Case) -> None:
                              "and no state.repaired record names it")  # fmt: skip
 
 
-STATE_EVENTS = {"key.created", "key.rotated", "agent.added", "agent.removed", "grant.issued",
-                "grant.revoked", "grant.used"}  # fmt: skip
+STATE_EVENTS = {"key.created", "key.rotated", "agent.added", "agent.removed", "agent.updated",
+                "grant.issued", "grant.revoked", "grant.used"}  # fmt: skip
 
 
 # -- the commands ----------------------------------------------------------------------------
@@ -453,17 +458,65 @@ def remove_last(case: Case) -> None:
         live = [g["id"] for g in mine if g["status"] != "revoked"]
         if live:
             case.problem(f"the agent is gone but its grants {live} are not revoked")
-        removal = case.run("agent", "remove", "reviewer")
+        removal = case.run("agent", "remove", "reviewer", "--yes")
         case.expect(removal, 3, "removing the removed agent again")
     else:
         live = [g["id"] for g in mine if g["status"] == "revoked"]
         if live:
             case.problem(f"the agent is still registered but its grants {live} are revoked")
-        removal = case.run("agent", "remove", "reviewer")
+        removal = case.run("agent", "remove", "reviewer", "--yes")
         case.expect(removal, 0, "removing the agent (again)")
     decision = case.verify("use", consume=True)
     if decision is not None and decision["reason"] != "revoked":
         case.problem(f"the removed agent's grant: verify --consume says {decision['reason']}")
+
+
+# agent update reviewer --allow WEB --disallow repo:read:acme/* --yes (a narrowing)
+
+UPDATE = ["agent", "update", "reviewer", "--allow", WEB, "--disallow", "repo:read:acme/*", "--yes"]
+
+
+def update_first(case: Case) -> None:
+    def logged() -> bool:
+        return bool(case.logged("agent.updated"))
+
+    case.revoked_seen = _revoked_at_once(case, "rev", "agent.updated", logged, ("revoked",))
+
+
+def update_last(case: Case) -> None:
+    """Narrowed (the record reached the log): the new ceiling, rev and use revoked as narrowed,
+    web untouched. Not logged: nothing changed. Either way, running it again ends narrowed."""
+    narrowed = bool(case.logged("agent.updated"))
+    shown = case.run("agent", "show", "reviewer", "--json")
+    if case.expect(shown, 0, "agent show reviewer"):
+        allow = json.loads(shown.stdout)["allow"]
+        expected = [WEB] if narrowed else ["repo:read:acme/*"]
+        if allow != expected:
+            case.problem(f"reviewer's ceiling is {allow}, expected {expected}")
+    grants = case.grants()
+    for name, grant_id in case.base.ids.items():
+        row = grants.get(grant_id)
+        if row is None:
+            continue
+        doomed = narrowed and name != "web"
+        if doomed and (row["status"], row["revoke_reason"]) != ("revoked", "ceiling narrowed"):
+            case.problem(f"the {name} grant is {row['status']} ({row['revoke_reason']!r}) after "
+                         "a logged narrowing that no longer covers it")  # fmt: skip
+        if not doomed and row["status"] == "revoked":
+            case.problem(f"the {name} grant was revoked, yet the narrowing "
+                         f"{'covers it' if narrowed else 'never happened'}")  # fmt: skip
+    if case.revoked_seen and not narrowed:
+        case.problem("verify denied the rev grant, but no agent.updated was logged")
+    again = case.run(*UPDATE)
+    if case.expect(again, 0, "running the update again"):
+        said = again.stderr
+        if narrowed and "unchanged" not in said:
+            case.problem("the narrowing was applied, yet running it again changed something", again)
+        if not narrowed and "revoked 2 grants" not in said:
+            case.problem("running the update again did not revoke the two grants", again)
+    decision = case.verify("rev")
+    if decision is not None and decision["reason"] != "revoked":
+        case.problem(f"after the update, verify of the rev grant says {decision['reason']}")
 
 
 # verify - --scope ... --consume (the grant with --uses 2)
@@ -531,10 +584,11 @@ COMMANDS = {
     ),
     "agent-remove": Command(
         "agent-remove",
-        lambda b: ["agent", "remove", "reviewer"],
+        lambda b: ["agent", "remove", "reviewer", "--yes"],
         first=remove_first,
         last=remove_last,
     ),
+    "agent-update": Command("agent-update", lambda b: UPDATE, first=update_first, last=update_last),
     "consume": Command(
         "consume",
         lambda b: ["verify", "-", "--scope", SCOPE, "--consume"],
@@ -542,7 +596,10 @@ COMMANDS = {
         stdin=lambda b: b.tokens["use"] + "\n",
     ),
     "key-rotate": Command(
-        "key-rotate", lambda b: ["key", "rotate", "--now"], first=rotate_first, last=rotate_last
+        "key-rotate",
+        lambda b: ["key", "rotate", "--now", "--yes"],
+        first=rotate_first,
+        last=rotate_last,
     ),
 }
 

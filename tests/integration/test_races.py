@@ -184,7 +184,7 @@ def test_grants_that_signed_before_agent_remove_are_refused_when_they_commit(
     with ledger_write_lock(env):
         grants = [spawn(env, *GRANT_ARGS) for _ in range(GRANTS)]
         wait_until_blocked(grants, stop=True)  # each has checked the agent and signed
-        remover = spawn(env, "agent", "remove", "reviewer")
+        remover = spawn(env, "agent", "remove", "reviewer", "--yes")
         wait_until_blocked([remover], stop=False)
     # The removal commits first; only then may the signed grants try to commit.
     removed = finish(remover, "agent", "remove")
@@ -201,7 +201,7 @@ def test_grants_racing_agent_remove_never_stay_active(env: dict[str, str], spawn
     for index in range(GRANTS):
         grants.append(spawn(env, *GRANT_ARGS))
         if index == GRANTS // 2:
-            remover = spawn(env, "agent", "remove", "reviewer")
+            remover = spawn(env, "agent", "remove", "reviewer", "--yes")
         time.sleep(0.1)
     assert remover is not None
     results = finish_all(grants, *GRANT_ARGS)

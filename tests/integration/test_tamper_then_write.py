@@ -8,7 +8,9 @@ human and a gateway would run next, through the CLI in-process or the library:
 
   verify every known token (without, then with --consume; sometimes on a long-running
   `Verifier` opened before the tampering), grant within an agent's real ceiling and beyond it,
-  revoke a live grant (then verify it again), `audit tail -n 5`, `audit verify`, verify again.
+  revoke a live grant (then verify it again), narrow reviewer's ceiling to one audience (which
+  revokes every grant of it, none naming an audience), `audit tail -n 5`, `audit verify`, verify
+  again.
 
 and holds every result against the truth (SPEC "Security model", issue 10 item 2):
 - no verify allows a revoked or exhausted grant, nor consumes past `max_uses`;
@@ -57,6 +59,7 @@ from helpers.support import Cli, MemoryKeyring, Result
 from helpers.tamper_worlds import (
     AUD,
     BEYOND,
+    NARROWED,
     WIDE,
     WITHIN,
     GrantTruth,
@@ -76,6 +79,7 @@ from helpers.tamper_worlds import (
     write_private,
 )
 
+from nhidel.actions.agents import CeilingChange, update_agent
 from nhidel.actions.audit_log import TailFilter, tail, verify_log
 from nhidel.actions.grants import GrantRequest, issue, revoke
 from nhidel.cli.app import COMMAND_MODULES, command
@@ -99,6 +103,7 @@ WORLDS = [
     (11, True, True, False),
 ]  # fmt: skip
 ENV_NAMES = ("NHIDEL_KEYSTORE", "NHIDEL_PASSPHRASE", "NHIDEL_AUDIT_SEGMENT_BYTES")
+NARROW_AUD = "narrowed.example.com"  # the one audience the sequence narrows reviewer to
 
 
 # == the worlds, built once =================================================================
@@ -762,12 +767,16 @@ def config_remove_agent(c: Ctx) -> Tamper:
     return Tamper(f"config.toml: agent {agent} removed by hand")
 
 
+# What an older config.toml may give back: the scope `agent update` took from reviewer's ceiling.
+LOST = ("reviewer", NARROWED[1], None, None)
+
+
 def config_older_snapshot(c: Ctx) -> Tamper:
     old = c.older(config_meaning)
     c.write("config.toml", old.files.get("config.toml", b""))
     return Tamper(
         f"config.toml from snapshot {old.label!r}",
-        beyond=[("deployer", WITHIN["deployer"], None, None)],
+        beyond=[("deployer", WITHIN["deployer"], None, None), LOST],
     )
 
 
@@ -845,7 +854,7 @@ def _together(names: Callable[[str], bool], label: str, *, whole: bool = False) 
         old = c.older(lambda files: {n: d for n, d in files.items() if names(n)})
         c.put_back(old, names)
         return Tamper(f"{label} from snapshot {old.label!r}", rollback=old if whole else None,
-                      beyond=[("deployer", WITHIN["deployer"], None, None)])  # fmt: skip
+                      beyond=[("deployer", WITHIN["deployer"], None, None), LOST])  # fmt: skip
 
     return mutate
 
@@ -974,6 +983,7 @@ class Case:
         self.violations: list[str] = []
         self.keys = {world.audit_key}
         self.within_exit = 0
+        self.narrow_exit: int | None = None  # `agent update reviewer --aud ...`, when it ran
         self.planted: list[dict[str, Any]] = []  # the complete lines as the attacker left them
 
     def violate(self, text: str) -> None:
@@ -1094,6 +1104,23 @@ class Case:
             claims["jti"], token, agent, claims.get("aud"), claims.get("max_uses"),
             header_of(token)["kid"],
         )  # fmt: skip
+        return code
+
+    def narrow(self) -> int:
+        """Narrow reviewer's ceiling to one audience: every grant of it is revoked (none names an
+        audience), so none may verify again."""
+        if self.mode == "cli":
+            code, _ = self.cli("agent", "update", "reviewer", "--aud", NARROW_AUD, "--yes")
+        else:
+            change = CeilingChange(audiences=[NARROW_AUD])
+            code, _ = self.lib("agent update", lambda: update_agent(
+                self.paths, "reviewer", change, now=int(time.time()),
+                keystore=self.store()))  # fmt: skip
+        if code == 0:
+            ceiling = self.truth.ceilings["reviewer"]
+            self.truth.ceilings["reviewer"] = replace(ceiling, audiences=(NARROW_AUD,))
+            for grant in self.truth.grants.values():
+                grant.revoked = grant.revoked or grant.agent == "reviewer"
         return code
 
     def revoke(self, grant: GrantTruth) -> int:
@@ -1242,6 +1269,11 @@ def sequence(case: Case, tamper: Tamper, kind: str) -> None:
         target = case.rng.choice(live)
         if case.revoke(target) == 0:
             case.verify([target], consume=case.rng.random() < 0.5, label="verify after revoke")
+    if "reviewer" in case.truth.ceilings:
+        case.narrow_exit = case.narrow()
+    if case.narrow_exit == 0:
+        narrowed = [g for g in case.truth.grants.values() if g.agent == "reviewer"]
+        case.verify(narrowed, consume=False, label="verify after agent update")
     case.tail(plain=kind not in KINDS or KINDS[kind].group in ("audit.jsonl", "segments"))
 
 
@@ -1406,7 +1438,7 @@ def test_untouched_worlds_pass_every_step(harness_env: Worlds, fast_cli: FastCli
             outcome = Outcome("none", world.name, mode, "nothing", True, code)
             judge(case, outcome, Tamper("nothing"), before, before, warnings)
             assert case.violations == [], case.violations
-            assert case.within_exit == 0
+            assert case.within_exit == 0 and case.narrow_exit == 0
 
 
 def test_summary(capsys: pytest.CaptureFixture[str]) -> None:
@@ -1516,7 +1548,10 @@ def test_an_older_keystore_and_ledger_bring_back_a_compromised_signing_key(
     file_keystore: None, cli: Cli, paths: Paths
 ) -> None:
     token = _rolled_back_keystore_and_ledger(
-        cli, paths, lambda: cli.ok("key", "rotate", "--now") and None, names=("config.toml",)
+        cli,
+        paths,
+        lambda: cli.ok("key", "rotate", "--now", "--yes") and None,
+        names=("config.toml",),
     )
     compromised = header_of(token)["kid"]
     result = cli("grant", "reviewer", "--scope", "repo:read:acme/api")

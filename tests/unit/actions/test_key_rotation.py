@@ -79,7 +79,7 @@ def test_rotate_now_stops_every_grant_the_old_key_signed(
     ready: Cli, memory_keyring: MemoryKeyring
 ) -> None:
     old = mint(ready)
-    result = ready.ok("key", "rotate", "--now")
+    result = ready.ok("key", "rotate", "--now", "--yes")
     new_kid = result.stdout.strip()
     assert "1 of its grants revoked" in result.stderr
     assert old["kid"] not in entry(memory_keyring, TRUST)["keys"]  # type: ignore[operator]

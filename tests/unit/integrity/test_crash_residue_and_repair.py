@@ -151,6 +151,9 @@ def test_a_lost_log_is_refused_until_the_loss_is_accepted_which_revokes_live_gra
     assert grant_json(ready, grant_id)["status"] == "revoked"
     (accepted,) = records(ready, "log.loss_accepted")
     assert accepted["revoked"] == 1
+    (revoked,) = records(ready, "grant.revoked")  # shaped as every revocation record is
+    assert (revoked["agent"], revoked["scopes"], revoked["principal"]) == (
+        "reviewer", [SCOPE], "alice")  # fmt: skip
     assert ready("audit", "verify").exit_code == 0
     fresh, _ = issue(ready)  # writing resumes
     assert ready("verify", "-", "--scope", SCOPE, input=fresh).exit_code == 0
@@ -176,3 +179,61 @@ def test_repair_with_nothing_to_do_says_so_and_writes_nothing(ready: Cli, paths:
     before = paths.audit_file.read_bytes()
     assert "nothing to repair" in ready.ok("repair").stderr
     assert paths.audit_file.read_bytes() == before
+
+
+def agent_json(cli: Cli, name: str) -> dict[str, Any]:
+    shown: dict[str, Any] = json.loads(cli.ok("agent", "show", name, "--json").stdout)
+    return shown
+
+
+def updated(allow: list[str], *, max_ttl: int = 3600, aud: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An agent.updated record asking reviewer's ceiling to become `allow` (config.toml never
+    got to show it: its digest names no file)."""
+    return event("agent.updated", agent="reviewer", scopes=allow, max_ttl=max_ttl,
+                 default_ttl=min(900, max_ttl), aud=list(aud), revoked=0,
+                 as_of=int(time.time()), config_sha256="0" * 64)  # fmt: skip
+
+
+def test_an_agent_update_cut_short_before_config_toml_is_finished_as_its_narrowing(
+    ready: Cli, paths: Paths
+) -> None:
+    _, kept = issue(ready)
+    ticket = ready.ok("grant", "reviewer", "--scope", "ticket:create:queue/1").stdout.strip()
+    ticket_id = claims_of(ticket)["jti"]
+    # The revocation records that followed the update's own were torn off.
+    crash_after_writing(paths, updated(["repo:read:acme/*"]))
+    assert ready("audit", "verify").exit_code == 0  # a crash is never tampering
+    denied = ready("verify", "-", "--scope", "ticket:create:queue/1", input=ticket)
+    assert denied.exit_code == 1 and "revoked" in denied.stderr
+    assert agent_json(ready, "reviewer")["allow"] == ["repo:read:acme/*"]
+    assert grant_json(ready, ticket_id)["revoke_reason"] == "ceiling narrowed"
+    assert grant_json(ready, kept)["status"] == "active"
+    (repaired,) = records(ready, "state.repaired")
+    assert repaired["applied"] == [records(ready, "agent.updated")[0]["seq"]]
+    assert [r["grant"] for r in records(ready, "grant.revoked")] == [ticket_id]
+    assert ready("audit", "verify").exit_code == 0
+
+
+def test_a_widening_cut_short_before_config_toml_counts_for_nothing(
+    ready: Cli, paths: Paths
+) -> None:
+    before = agent_json(ready, "reviewer")
+    _, grant_id = issue(ready)
+    crash_after_writing(paths, updated([*before["allow"], "deploy:run"], max_ttl=7200))
+    ready.ok("repair")
+    assert agent_json(ready, "reviewer") == before
+    assert grant_json(ready, grant_id)["status"] == "active"
+    (repaired,) = records(ready, "state.repaired")
+    assert repaired["void"] == [records(ready, "agent.updated")[0]["seq"]]
+    assert ready("grant", "reviewer", "--scope", "deploy:run").exit_code == 6
+    assert ready("audit", "verify").exit_code == 0
+
+
+def test_a_mixed_update_cut_short_keeps_only_its_narrowing(ready: Cli, paths: Paths) -> None:
+    _, grant_id = issue(ready)
+    crash_after_writing(paths, updated(["repo:read:acme/web", "deploy:run"], max_ttl=600))
+    ready.ok("repair")
+    shown = agent_json(ready, "reviewer")
+    assert (shown["allow"], shown["max_ttl"]) == (["repo:read:acme/web"], "10m")
+    assert grant_json(ready, grant_id)["revoke_reason"] == "ceiling narrowed"  # acme/api
+    assert ready("audit", "verify").exit_code == 0

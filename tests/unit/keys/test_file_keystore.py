@@ -547,7 +547,7 @@ CLI_SPLICES = ("delete the mark", "mix two versions", "replace with a /1 file", 
 def test_spliced_keystore_files_make_the_cli_exit_5(cli_home: dict[str, str], paths: Paths) -> None:
     old = json.loads(paths.keystore_file.read_text())
     token = run(cli_home, "grant", "reviewer", "--scope", "repo:read:acme/api").stdout.strip()
-    assert run(cli_home, "key", "rotate", "--now").code == 0
+    assert run(cli_home, "key", "rotate", "--now", "--yes").code == 0
     new = json.loads(paths.keystore_file.read_text())
     genuine = paths.keystore_file.read_bytes()
     h = History(paths, old, new, file_store(paths, NHIDEL_PASSPHRASE=PASSPHRASE))
