@@ -34,8 +34,8 @@ from nhidel.paths import Paths
 # Events whose content `audit verify` compares with the ledger; only these are parsed in full.
 _NOTEWORTHY = re.compile(
     rb',"event":"(?:grant\.issued|grant\.revoked|grant\.used|key\.rotated|key\.created'
-    rb"|agent\.added|agent\.removed|agent\.updated|state\.repaired|log\.pruned"
-    rb'|log\.loss_accepted)"'
+    rb"|agent\.added|agent\.removed|agent\.updated|config\.updated|state\.repaired"
+    rb'|log\.pruned|log\.loss_accepted)"'
 )
 
 if TYPE_CHECKING:

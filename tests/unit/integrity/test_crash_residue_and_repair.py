@@ -237,3 +237,29 @@ def test_a_mixed_update_cut_short_keeps_only_its_narrowing(ready: Cli, paths: Pa
     assert (shown["allow"], shown["max_ttl"]) == (["repo:read:acme/web"], "10m")
     assert grant_json(ready, grant_id)["revoke_reason"] == "ceiling narrowed"  # acme/api
     assert ready("audit", "verify").exit_code == 0
+
+
+def test_audit_verify_reads_a_setting_change_cut_short_as_unfinished_not_as_an_edit(
+    ready: Cli, paths: Paths
+) -> None:
+    """`config set` writes its record, then config.toml, then commits the ledger: killed before
+    the commit, `audit verify` must see the config.toml the record names, not an edit."""
+    from dataclasses import replace
+
+    from nhidel.config import load_config, save_config
+    from nhidel.integrity.state import config_digest
+
+    changed = replace(load_config(paths), status_uri="https://status.example/list")
+    crash_after_writing(
+        paths,
+        event("config.updated", setting="status_uri", value=changed.status_uri,
+              config_sha256=config_digest(changed)),
+    )  # fmt: skip
+    save_config(paths, changed)
+    checked = ready("audit", "verify")
+    assert checked.exit_code == 0, checked.stderr
+    ready.ok("repair")
+    assert ready("audit", "verify").exit_code == 0
+    assert json.loads(ready.ok("config", "show", "--json").stdout)["status_uri"] == (
+        "https://status.example/list"
+    )
