@@ -50,9 +50,13 @@ def console(*, stderr: bool) -> Console:
 
 
 def say(message: str) -> None:
-    """One line for people, on stderr."""
-    sys.stderr.write(safe(message) + "\n")
-    sys.stderr.flush()
+    """One line for people, on stderr. Should no one read stderr any more (`2>&1 | head -1`),
+    the command goes on: a message is no reason to stop a change half way."""
+    try:
+        sys.stderr.write(safe(message) + "\n")
+        sys.stderr.flush()
+    except BrokenPipeError:
+        pass
 
 
 def json_text(value: Any) -> str:
