@@ -14,7 +14,7 @@ from nhidel.keys.keystore import KeyStore, open_keystore
 from nhidel.ledger.store import Ledger
 from nhidel.models import Agent, check_agent_name, check_audience
 from nhidel.paths import Paths
-from nhidel.scopes import parse_scopes
+from nhidel.scopes import parse_scope_arguments
 from nhidel.timefmt import format_duration, parse_duration
 
 DEFAULT_MAX_TTL = "1h"
@@ -34,7 +34,7 @@ def add_agent(
 ) -> Agent:
     """Register `name` with its ceiling; refuse to replace an existing agent silently."""
     check_agent_name(name)
-    scopes = parse_scopes(allow)
+    scopes = parse_scope_arguments(allow, option="--allow")
     if not scopes:
         raise UsageError(
             "an agent needs at least one --allow scope", "e.g. --allow repo:read:acme/*"

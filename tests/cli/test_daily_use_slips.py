@@ -11,6 +11,7 @@ verified. (Completion's slips are in test_completion.py.)
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,10 @@ from typing import Any
 import pytest
 from helpers.processes import command, isolated_env, list_all, ok
 from helpers.support import Cli
+
+from nhidel.audit.writer import DEFAULT_SEGMENT_BYTES, segment_limit
+from nhidel.errors import UsageError
+from nhidel.tokens.claims import requested_scopes
 
 ROOT = Path(__file__).resolve().parents[2]
 SCOPE = "repo:read:acme/api"
@@ -155,3 +160,91 @@ def test_grant_into_a_closed_pipe_still_revokes_the_undelivered_token(env: dict[
     done = into_closed_pipe(env, "grant", "reviewer", "--scope", SCOPE)
     assert done.returncode == 1 and "revoked (undelivered)" in done.stderr
     assert sorted(g["status"] for g in list_all(env)) == ["active", "revoked"]
+
+
+# -- NHIDEL_AUDIT_SEGMENT_BYTES --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("given", "limit"), [
+    ("", DEFAULT_SEGMENT_BYTES), ("4096", 4096), (" 8192 ", 8192), ("1073741824", 1 << 30),
+])  # fmt: skip
+def test_a_segment_size_in_range_is_honoured(
+    monkeypatch: pytest.MonkeyPatch, given: str, limit: int
+) -> None:
+    monkeypatch.setenv("NHIDEL_AUDIT_SEGMENT_BYTES", given)
+    assert segment_limit() == limit
+
+
+@pytest.mark.parametrize("given", [
+    "2000", "4095", "1073741825", "64MiB", "-4096", "٤٠٩٦", pytest.param("9" * 5000, id="9x5000"),
+])  # fmt: skip
+def test_a_segment_size_out_of_range_is_refused_naming_the_variable_and_the_range(
+    ready: Cli, nhidel_home: Path, monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    before = (nhidel_home / "audit.jsonl").read_bytes()
+    monkeypatch.setenv("NHIDEL_AUDIT_SEGMENT_BYTES", given)
+    result = ready("grant", "reviewer", "--scope", SCOPE)
+    assert result.exit_code == 2 and result.stdout == ""
+    error, hint = result.stderr.splitlines()
+    assert (
+        error.startswith("error: NHIDEL_AUDIT_SEGMENT_BYTES is ") and "4096 to 1073741824" in error
+    )
+    assert hint.startswith("hint: ")
+    assert (nhidel_home / "audit.jsonl").read_bytes() == before  # nothing written
+    monkeypatch.delenv("NHIDEL_AUDIT_SEGMENT_BYTES")
+    assert ready.ok("list", "--all", "--json").stdout == "[]\n"  # nothing granted
+
+
+def test_a_small_segment_size_rotates_the_log_there(
+    ready: Cli, nhidel_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NHIDEL_AUDIT_SEGMENT_BYTES", "4096")
+    while not list(nhidel_home.glob("audit.0*.jsonl")):
+        ready.ok("grant", "reviewer", "--scope", SCOPE)
+    (rotated,) = nhidel_home.glob("audit.0*.jsonl")
+    assert 4096 <= rotated.stat().st_size < 4096 + 2048
+
+
+# -- --scope with whitespace -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (("grant", "reviewer", "--scope", "repo:read:acme/x repo:read:acme/y"), "--scope"),
+    (("grant", "reviewer", "--scope", "repo:read:acme/x y"), "--scope"),
+    (("verify", "-", "--scope", "repo:read:acme/x\trepo:read:acme/y"), "--scope"),
+    (("agent", "add", "bot", "--allow", "repo:read:x repo:read:y"), "--allow"),
+])  # fmt: skip
+def test_a_scope_with_whitespace_is_a_usage_error_not_two_scopes(
+    ready: Cli, nhidel_home: Path, args: tuple[str, ...], option: str
+) -> None:
+    before = (nhidel_home / "audit.jsonl").read_bytes()
+    result = ready(*args, input="not.a.token")
+    assert result.exit_code == 2 and result.stdout == ""
+    error, hint = result.stderr.splitlines()
+    assert "a scope holds no whitespace" in error
+    assert hint.startswith(f"hint: give each scope its own {option}")
+    assert (nhidel_home / "audit.jsonl").read_bytes() == before
+
+
+def test_the_python_api_takes_one_scope_per_item_too() -> None:
+    with pytest.raises(UsageError, match="no whitespace"):
+        requested_scopes(["repo:read:a repo:read:b"], any_scope=False)
+    assert [str(s) for s in requested_scopes(["a:b", "c:d"], any_scope=False)] == ["a:b", "c:d"]
+
+
+# -- the environment table -------------------------------------------------------------------
+
+
+def test_the_environment_table_names_every_variable_nhidel_reads() -> None:
+    """README's table (and so the man page) lists each NHIDEL_ and XDG_*_HOME variable the code
+    reads (the `_NHIDEL_*` ones are the completion scripts' own)."""
+    read = set()
+    for path in (ROOT / "nhidel").rglob("*.py"):
+        read |= set(re.findall(r'"(NHIDEL_[A-Z_]+|XDG_[A-Z]+_HOME)"', path.read_text("utf-8")))
+    readme = (ROOT / "README.md").read_text("utf-8")
+    table = readme.split("## Environment", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `([A-Z_]+)` \|", table, re.MULTILINE))
+    assert {"XDG_CONFIG_HOME", "XDG_STATE_HOME"} <= read
+    assert read <= listed, read - listed
+    man = (ROOT / "man" / "nhidel.1").read_text("utf-8")
+    assert all(f"\\fB{name}\\fR" in man for name in listed)
