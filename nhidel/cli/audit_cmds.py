@@ -92,7 +92,7 @@ def verify(
     if quiet:
         raise ExitQuietly(ExitStatus.INTEGRITY)
     raise IntegrityError(
-        f"audit log integrity failure at {report.problem}",
+        f"audit log integrity failure {report.problem}",
         "keep a copy of the home for review before anything writes to it; see nhidel repair --help",
     )
 

@@ -340,6 +340,9 @@ def audit_record_line(record: dict[str, Any], now: int) -> str:
     scopes = record.get("requested") or record.get("scopes")
     if scopes:
         parts.append(" ".join(str(s) for s in scopes) if isinstance(scopes, list) else str(scopes))
+    about = _key_or_log_details(record)
+    if about:
+        parts.append(about)
     if record.get("outcome"):
         parts.append(f"-> {record['outcome']}")
     if type(record.get("count")) is int:  # identical decisions of one group commit, as one
@@ -347,3 +350,24 @@ def audit_record_line(record: dict[str, Any], now: int) -> str:
     if record.get("reason"):
         parts.append(f"({record['reason']})")
     return safe("  ".join(parts))
+
+
+def _key_or_log_details(record: dict[str, Any]) -> str:
+    """What a key or log record is about, as it names no agent, grant or scope: the key id
+    (`kid ...`, `kid OLD -> NEW`), the segments rotated or pruned, the torn line ended. A
+    record of any shape (unchecked records may hold anything) gives a line."""
+    event = record.get("event")
+    if event == "key.created" and record.get("kid"):
+        return f"kid {record['kid']}"
+    if event == "key.rotated" and record.get("kid"):
+        line = f"kid {record.get('old_kid')} -> {record['kid']}"
+        return line + " (compromised)" if record.get("compromised") is True else line
+    if event == "log.rotated" and record.get("previous_segment"):
+        return f"after {record['previous_segment']}"
+    if event == "log.recovered" and record.get("fragment_bytes"):
+        return f"ended a torn line of {record['fragment_bytes']} bytes"
+    if event == "log.pruned":
+        segments = record.get("segments")
+        names = " ".join(str(s) for s in segments) if isinstance(segments, list) else segments
+        return f"deleted {names or '?'} (records through seq {record.get('pruned_through')})"
+    return ""

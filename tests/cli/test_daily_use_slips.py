@@ -10,6 +10,7 @@ verified. (Completion's slips are in test_completion.py.)
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -17,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.processes import command, isolated_env, list_all, ok
+from helpers.processes import audit_records, command, isolated_env, list_all, ok
 from helpers.support import Cli
 
+from nhidel.audit.records import line_hash
 from nhidel.audit.writer import DEFAULT_SEGMENT_BYTES, segment_limit
+from nhidel.cli.render import audit_record_line
 from nhidel.errors import UsageError
 from nhidel.tokens.claims import requested_scopes
 
@@ -232,6 +235,49 @@ def test_the_python_api_takes_one_scope_per_item_too() -> None:
     assert [str(s) for s in requested_scopes(["a:b", "c:d"], any_scope=False)] == ["a:b", "c:d"]
 
 
+# -- audit tail: key and log records say what they are about ---------------------------------
+
+
+def test_audit_tail_shows_the_kid_of_key_records_and_the_segments_of_log_records(
+    env: dict[str, str],
+) -> None:
+    (created,) = [r for r in audit_records(env) if r["event"] == "key.created"]
+    first = ok(env, "audit", "tail", "-n", "1000").stdout.splitlines()[0]
+    assert first.endswith(f"key.created     kid {created['kid']}"), first
+    small = {**env, "NHIDEL_AUDIT_SEGMENT_BYTES": "4096"}
+    while not list(Path(env["NHIDEL_HOME"]).glob("audit.0*.jsonl")):
+        ok(small, "grant", "reviewer", "--scope", SCOPE)
+    ok(env, "key", "rotate")
+    ok(env, "audit", "prune", "--keep", "0")
+    records = {r["event"]: r for r in audit_records(env)}
+    lines = ok(env, "audit", "tail", "-n", "1000").stdout.splitlines()
+
+    def line_of(event: str) -> str:
+        (found,) = [line for line in lines if f"  {event} " in line]
+        return found
+
+    pruned = records["log.pruned"]
+    assert line_of("log.pruned").endswith(
+        f"deleted {' '.join(pruned['segments'])} (records through seq {pruned['pruned_through']})"
+    )
+    rotated = records["key.rotated"]
+    assert line_of("key.rotated").endswith(f"kid {rotated['old_kid']} -> {rotated['kid']}")
+    assert line_of("log.rotated").endswith(f"after {records['log.rotated']['previous_segment']}")
+
+
+@pytest.mark.parametrize("record", [
+    {"event": "log.pruned", "segments": "audit.1.jsonl", "pruned_through": None},
+    {"event": "log.pruned", "segments": [1, {"a": 2}]},
+    {"event": "log.pruned"},
+    {"event": "key.created", "kid": ["\x1b[2J"]},
+    {"event": "key.rotated", "kid": 5, "compromised": "yes"},
+    {"event": "log.recovered", "fragment_bytes": "\u202e"},
+])  # fmt: skip
+def test_key_and_log_details_of_any_shape_make_one_escaped_line(record: dict[str, Any]) -> None:
+    line = audit_record_line(record, now=0)
+    assert "\n" not in line and "\x1b" not in line and "\u202e" not in line
+
+
 # -- the environment table -------------------------------------------------------------------
 
 
@@ -248,3 +294,49 @@ def test_the_environment_table_names_every_variable_nhidel_reads() -> None:
     assert read <= listed, read - listed
     man = (ROOT / "man" / "nhidel.1").read_text("utf-8")
     assert all(f"\\fB{name}\\fR" in man for name in listed)
+
+
+# -- audit verify: a real place, and the head it verified ------------------------------------
+
+
+def verify_json(cli: Cli) -> dict[str, Any]:
+    result = cli("audit", "verify", "--json")
+    assert result.exit_code == 5, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def test_a_missing_last_record_is_reported_after_the_last_record_with_its_head(
+    ready: Cli, nhidel_home: Path
+) -> None:
+    log = nhidel_home / "audit.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:-1]))  # the last record gone: the mark names it
+    result = ready("audit", "verify")
+    assert result.exit_code == 5
+    error, hint = result.stderr.splitlines()
+    last = len(lines) - 1
+    assert error.startswith(
+        f"error: audit log integrity failure after the last record (seq {last}): truncated: "
+    ), error
+    assert "line 0" not in error and "(end)" not in error
+    assert hint.startswith("hint: ")
+    report = verify_json(ready)
+    assert report["head"] == {"seq": last, "hash": line_hash(lines[-2].rstrip(b"\n"))}
+    assert report["error"]["where"] == f"after the last record (seq {last})"
+
+
+def test_an_edited_record_is_reported_at_its_line_and_the_head_is_the_record_before(
+    ready: Cli, nhidel_home: Path
+) -> None:
+    ready.ok("grant", "reviewer", "--scope", SCOPE)
+    log = nhidel_home / "audit.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b'"alice"', b'"mallory"')
+    log.write_bytes(b"".join(lines))
+    report = verify_json(ready)
+    assert report["head"] == {"seq": 2, "hash": line_hash(lines[1].rstrip(b"\n"))}
+    assert report["records"] == 2
+    assert report["error"]["where"] == "in audit.jsonl line 3"
+    error = ready("audit", "verify").stderr.splitlines()[0]
+    assert error.startswith("error: audit log integrity failure in audit.jsonl line 3: edited")
