@@ -45,12 +45,13 @@ _nhidel() {
     local -a lines ended going_on
     lines=("${(@f)$(_NHIDEL_COMPLETE=zsh ${(Q)words[1]} "${(@Q)words[2,CURRENT-1]}" \
         "$PREFIX" 2>/dev/null)}")
-    local gap=${lines[(i)]}
+    local gap=${lines[(i)]} ret=1
     ended=(${lines[1,gap-1]})
     going_on=(${lines[gap+1,-1]})
     # Grant ids are lower case; what is typed in upper case matches them too.
-    (( ${#ended} )) && _describe -V nhidel ended -M 'm:{A-Z}={a-z}'
-    (( ${#going_on} )) && _describe -V nhidel going_on -M 'm:{A-Z}={a-z}' -S ''
+    (( ${#ended} )) && _describe -V nhidel ended -M 'm:{A-Z}={a-z}' && ret=0
+    (( ${#going_on} )) && _describe -V nhidel going_on -M 'm:{A-Z}={a-z}' -S '' && ret=0
+    return ret
 }
 
 if [[ $zsh_eval_context[-1] == loadautofunc ]]; then

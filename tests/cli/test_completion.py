@@ -870,3 +870,20 @@ def test_zsh_install_adds_no_completion_style_to_zshrc(tmp_path: Path) -> None:
     assert "setopt autocd" in lines
     assert not any(line.lstrip().startswith("zstyle") for line in lines), lines
     assert (tmp_path / ".zfunc" / "_nhidel").read_text() == script("zsh")
+
+
+def test_zsh_says_it_found_matches_so_no_further_completer_runs(
+    live: dict[str, str], shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    """With `completer _complete _next`, zsh runs _next only when _complete found nothing."""
+    marker = tmp_path / "next-ran"
+    driver = tmp_path / "drive.zsh"
+    driver.write_text(ZSH_DRIVER)
+    setup = (f"{ZSH_SETUPS['sourced']}; _next() {{ print ran > {marker} }}; "
+             "zstyle ':completion:*' completer _complete _next")  # fmt: skip
+    result = subprocess.run(
+        [need("zsh"), "-f", str(driver), setup, live["active"], "nhidel revoke "],
+        capture_output=True, text=True, env=shell_env, timeout=60, check=True,
+    )  # fmt: skip
+    assert live["active"] in result.stdout
+    assert not marker.exists()
