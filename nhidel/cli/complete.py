@@ -59,6 +59,7 @@ OPEN_ENDINGS = tuple("/=@:.,-")
 # reaches a description: values are distinct and hold no space.
 _BASH_LISTING = frozenset({"9", "33", "63", "64"})
 _BASH_COLUMNS = 80  # when the script cannot say how wide the terminal is
+_BASH_MIN_DESCRIPTION = 8  # narrower, a cut description says nothing: the value alone then
 
 
 def run(shell: str, words: Sequence[str], *, now: int | None = None) -> int:
@@ -362,7 +363,7 @@ def _bash_replies(replies: list[tuple[str, str]]) -> list[str]:
     room = (wide or _BASH_COLUMNS) - width - len("  ()")
     lines = []
     for value, about in values.items():
-        if about and room >= len("..."):
+        if about and room >= _BASH_MIN_DESCRIPTION:
             shown = about if len(about) <= room else about[: room - 3] + "..."
             lines.append(f"{value.ljust(width)}  ({shown})")
         else:
