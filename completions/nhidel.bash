@@ -7,7 +7,11 @@ _nhidel_completion() {
     while IFS= read -r line; do
         COMPREPLY+=("$line")
     done < <(_NHIDEL_COMPLETE=bash _NHIDEL_WORDBREAKS="$COMP_WORDBREAKS" \
+        _NHIDEL_COMP_TYPE="$COMP_TYPE" _NHIDEL_COLUMNS="$COLUMNS" \
         command "$1" "${COMP_WORDS[@]:1:COMP_CWORD}" 2>/dev/null)
+    if [[ ${#COMPREPLY[@]} == 1 && ${COMPREPLY[0]} == *[/=@:.,-] ]]; then
+        compopt -o nospace 2>/dev/null
+    fi
     return 0
 }
 

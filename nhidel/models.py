@@ -7,7 +7,7 @@ from enum import StrEnum
 from typing import Any
 
 from nhidel.errors import UsageError
-from nhidel.names import AGENT_NAME
+from nhidel.names import AGENT_NAME, MAX_AUDIENCE_LENGTH
 from nhidel.scopes import Scope, join_scopes
 from nhidel.timefmt import format_duration, rfc3339
 
@@ -28,10 +28,11 @@ def is_plain_text(text: str) -> bool:
 
 
 def check_audience(aud: str) -> str:
-    if not aud or len(aud) > 256 or not is_plain_text(aud):
+    if not aud or len(aud) > MAX_AUDIENCE_LENGTH or not is_plain_text(aud):
         raise UsageError(
             f"invalid audience {aud!r}",
-            "use up to 256 printable characters without spaces, e.g. api.example.com",
+            f"use up to {MAX_AUDIENCE_LENGTH} printable characters without spaces, "
+            "e.g. api.example.com",
         )
     return aud
 

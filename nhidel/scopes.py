@@ -80,6 +80,21 @@ def parse_scopes(texts: Iterable[str]) -> tuple[Scope, ...]:
     return tuple(seen)
 
 
+def parse_scope_arguments(texts: Iterable[str], *, option: str = "--scope") -> tuple[Scope, ...]:
+    """Scopes given one per value of `option` (`--scope`, `--allow`), dropping repeats. A
+    value holding whitespace is a UsageError, never read as two scopes: `'repo:read:x y'` is
+    a typo far more often than a list."""
+    given = list(texts)
+    for text in given:
+        if any(ch.isspace() for ch in text):
+            raise UsageError(
+                f"invalid scope {text!r}: a scope holds no whitespace",
+                f"give each scope its own {option}, e.g. {option} repo:read:acme/api "
+                f"{option} ticket:create:queue/support",
+            )
+    return parse_scopes(given)
+
+
 @lru_cache(maxsize=4096)
 def parse_scope_text(text: str) -> tuple[Scope, ...]:
     """`parse_scopes([text])`, once per distinct text: a token's `scope` claim or a ledger row's

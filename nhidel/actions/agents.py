@@ -16,7 +16,7 @@ from nhidel.keys.keystore import KeyStore, open_keystore
 from nhidel.ledger.store import Ledger
 from nhidel.models import Agent, Grant, check_agent_name, check_audience
 from nhidel.paths import Paths
-from nhidel.scopes import covered_by_any, covers, parse_scopes
+from nhidel.scopes import covered_by_any, covers, parse_scope_arguments
 from nhidel.timefmt import format_duration, parse_duration
 
 DEFAULT_MAX_TTL = "1h"
@@ -36,7 +36,7 @@ def add_agent(
 ) -> Agent:
     """Register `name` with its ceiling; refuse to replace an existing agent silently."""
     check_agent_name(name)
-    scopes = parse_scopes(allow)
+    scopes = parse_scope_arguments(allow, option="--allow")
     if not scopes:
         raise UsageError(
             "an agent needs at least one --allow scope", "e.g. --allow repo:read:acme/*"
@@ -151,7 +151,8 @@ def changed_ceiling(agent: Agent, change: CeilingChange) -> Agent:
             f"nothing to change for agent {agent.name}",
             "give --allow, --disallow, --max-ttl, --default-ttl or --aud",
         )
-    added, removed = parse_scopes(change.allow), parse_scopes(change.disallow)
+    added = parse_scope_arguments(change.allow, option="--allow")
+    removed = parse_scope_arguments(change.disallow, option="--disallow")
     for scope in added:
         if scope in removed:
             raise UsageError(

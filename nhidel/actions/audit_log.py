@@ -17,7 +17,7 @@ from nhidel.audit.segments import rotated_segments
 from nhidel.audit.writer import AuditKeys, read_mark
 from nhidel.errors import UsageError
 from nhidel.fsutil import fsync_dir, storage_error
-from nhidel.integrity.checker import Problem, Report, check_log
+from nhidel.integrity.checker import MARK_PLACE, Problem, Report, check_log
 from nhidel.keys.keystore import KeyStore
 from nhidel.ledger.store import Ledger
 from nhidel.paths import Paths
@@ -37,7 +37,7 @@ def verify_log(paths: Paths, keystore: KeyStore) -> Report:
         with Ledger(paths) as ledger:
             report = check_log(paths, key, pinned, ledger, kids)
     if report.ok and mark is None and report.records:
-        report.problem = Problem("(mark)", 0, None, "deleted: the keystore holds no high-water "
+        report.problem = Problem(MARK_PLACE, 0, None, "deleted: the keystore holds no high-water "
                                  "mark for a log of records (the mark was removed)")  # fmt: skip
     return report
 

@@ -16,7 +16,7 @@ from nhidel.keys.principal import NO_KEY_HINT, load_signer
 from nhidel.ledger.store import Ledger
 from nhidel.models import Agent, Grant, check_audience, new_grant_id
 from nhidel.paths import Paths
-from nhidel.scopes import Scope, not_covered, parse_scopes
+from nhidel.scopes import Scope, not_covered, parse_scope_arguments
 from nhidel.timefmt import format_duration, parse_duration, parse_time
 from nhidel.tokens.claims import MAX_LEEWAY
 from nhidel.tokens.jws import MAX_TOKEN_LENGTH, mint, token_sha256
@@ -52,7 +52,7 @@ def issue(
     if config.principal is None:
         raise KeystoreError("nhidel has no principal yet", NO_KEY_HINT)
     agent = config.agent(request.agent)
-    scopes = parse_scopes(request.scopes)
+    scopes = parse_scope_arguments(request.scopes)
     if not scopes:
         raise UsageError("a grant needs at least one --scope", f"e.g. --scope {agent.allow[0]}")
     _check_ceiling(agent, scopes)

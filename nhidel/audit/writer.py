@@ -38,7 +38,7 @@ from nhidel.audit.records import (
     seal_line,
 )
 from nhidel.audit.segments import rotated_segments, segment_name
-from nhidel.errors import IntegrityError
+from nhidel.errors import IntegrityError, UsageError
 from nhidel.fsutil import (
     ensure_private_dir,
     exclusive_lock,
@@ -56,6 +56,10 @@ MARK = "audit-mark"
 # fragment's bytes (whatever they claim) for a record.
 TORN_MARK = b" <torn>"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+# Smaller would rotate on nearly every write; larger, and the checks that read a segment whole
+# (the records after the mark, pruning) would hold too much in memory.
+MIN_SEGMENT_BYTES = 4096
+MAX_SEGMENT_BYTES = 1 << 30
 RECOVER_HINT = (
     "restore the missing files from a backup; if they are lost for good, run "
     "nhidel repair --accept-loss (it records the loss, sealed)"
@@ -133,9 +137,19 @@ def log_head(paths: Paths) -> int:
 
 
 def segment_limit() -> int:
-    """Bytes after which the current segment is rotated ($NHIDEL_AUDIT_SEGMENT_BYTES)."""
-    raw = os.environ.get("NHIDEL_AUDIT_SEGMENT_BYTES", "")
-    return int(raw) if raw.isdigit() and int(raw) >= 4096 else DEFAULT_SEGMENT_BYTES
+    """Bytes after which the current segment is rotated ($NHIDEL_AUDIT_SEGMENT_BYTES): the
+    default when unset or empty, the value when in range, else a UsageError naming both."""
+    raw = os.environ.get("NHIDEL_AUDIT_SEGMENT_BYTES", "").strip()
+    if not raw:
+        return DEFAULT_SEGMENT_BYTES
+    if raw.isascii() and raw.isdigit() and len(raw) <= 10:
+        if MIN_SEGMENT_BYTES <= int(raw) <= MAX_SEGMENT_BYTES:
+            return int(raw)
+    raise UsageError(
+        f"NHIDEL_AUDIT_SEGMENT_BYTES is {raw!r}: give a whole number of bytes from "
+        f"{MIN_SEGMENT_BYTES} to {MAX_SEGMENT_BYTES} (1 GiB)",
+        "e.g. NHIDEL_AUDIT_SEGMENT_BYTES=1048576 for 1 MiB, or unset it for the default 64 MiB",
+    )
 
 
 def utc_now() -> str:
@@ -158,6 +172,7 @@ class Session:
     residue: list[dict[str, Any]]
     state_seq: int
     durable: bool = True
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES  # rotate past this size
     written: list[dict[str, Any]] = field(default_factory=list)
     # Names this session in its records: a crash leaves one session's records after the mark;
     # several sessions' state changes there mean the keystore was put back
@@ -206,7 +221,7 @@ class Session:
 
     def _full(self) -> bool:
         size = os.fstat(self.fd).st_size
-        return size >= segment_limit() and self.head_seq > 0
+        return size >= self.segment_bytes and self.head_seq > 0
 
     def _rotate(self) -> None:
         path = self.log.path
@@ -251,6 +266,7 @@ class AuditLog:
         one it names, is written on anyway; `self.loss` says what was wrong, and the caller
         seals that in the log before the mark moves to the new head.
         """
+        segment_bytes = segment_limit()  # a bad setting is refused before anything is written
         ensure_private_dir(self.path.parent)
         keystore = self.keys.keystore
         self.loss = None
@@ -266,7 +282,8 @@ class AuditLog:
                     self.loss = lost.message
                     head_seq, head_hash, residue = self._check_against(fd, mark, True)
                 session = Session(self, fd, mark, head_seq, head_hash, residue,
-                                  mark.state_seq if mark else 0, durable)  # fmt: skip
+                                  mark.state_seq if mark else 0, durable,
+                                  segment_bytes)  # fmt: skip
                 yield session
                 fd = session.fd
                 moved = session.head_seq != (mark.seq if mark else 0)

@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,12 +72,18 @@ def run() -> NoReturn:
     if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(status)  # the usual exit waits for it
     atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        status = _flushed(stream, status)
+    os._exit(status)
+
+
+def _flushed(stream: TextIO | None, status: int) -> int:
+    """Flush what `stream` still holds; return the exit status that leaves."""
     try:
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:  # None: the descriptor was closed when nhidel started
-                stream.flush()
+        if stream is not None:  # None: the descriptor was closed when nhidel started
+            stream.flush()
     except BrokenPipeError:
-        status = 1  # the reader went away (`nhidel list | head -1`): as cli/errors.py says
+        pass  # the reader went away (`nhidel list | head -1`): quiet, as cli/errors.py says
     except ValueError:
         pass  # a stream closed by the command itself has nothing left to flush
     except OSError as exc:  # a full disk, say: the output is lost, and that is a failure
@@ -88,5 +94,5 @@ def run() -> NoReturn:
                     f"error: cannot write the output: {exc.strerror}\n"
                     "hint: check where it goes (a full disk, a closed file)\n".encode(),
                 )
-            status = 1
-    os._exit(status)
+            return 1
+    return status

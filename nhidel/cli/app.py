@@ -13,7 +13,12 @@ from typer.core import TyperGroup
 
 from nhidel import __version__
 from nhidel.cli import typer_seam
-from nhidel.cli.errors import Terminated, exit_status_for, terminating_signals_raise
+from nhidel.cli.errors import (
+    Terminated,
+    closed_pipe_is_quiet,
+    exit_status_for,
+    terminating_signals_raise,
+)
 
 
 class NhidelGroup(TyperGroup):
@@ -47,9 +52,14 @@ class NhidelGroup(TyperGroup):
             sys.exit(status)
         return status
 
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with closed_pipe_is_quiet():  # (`nhidel --help | head -1`)
+            return super().make_context(*args, **kwargs)
+
     def invoke(self, ctx: Any) -> Any:
         try:
-            return super().invoke(ctx)
+            with closed_pipe_is_quiet():
+                return super().invoke(ctx)
         except KeyboardInterrupt:
             # Typer would end Ctrl-C with an exit of its own; the error tree says how it ends.
             raise Terminated(signal.SIGINT) from None

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from nhidel.cli import common
-from nhidel.cli.errors import ExitQuietly
+from nhidel.cli.errors import ExitQuietly, verdict_stands
 from nhidel.errors import ExitStatus, IntegrityError, NotFoundError, UsageError
 
 
@@ -80,19 +80,20 @@ def verify(
 
     where = common.paths()
     report = verify_log(where, common.keystore(where))
-    if as_json:
-        print_json(report.to_json())
-    elif not quiet:
-        for warning in report.warnings:
-            say(f"warning: {warning}")
-        if report.ok:
-            say(f"ok: {report.records} records; head seq {report.head_seq} {report.head_hash}")
+    with verdict_stands(ExitStatus.OK if report.ok else ExitStatus.INTEGRITY):
+        if as_json:
+            print_json(report.to_json())
+        elif not quiet:
+            for warning in report.warnings:
+                say(f"warning: {warning}")
+            if report.ok:
+                say(f"ok: {report.records} records; head seq {report.head_seq} {report.head_hash}")
     if report.ok:
         return
     if quiet:
         raise ExitQuietly(ExitStatus.INTEGRITY)
     raise IntegrityError(
-        f"audit log integrity failure at {report.problem}",
+        f"audit log integrity failure {report.problem}",
         "keep a copy of the home for review before anything writes to it; see nhidel repair --help",
     )
 

@@ -3,15 +3,17 @@
 The scripts in completions/ run `_NHIDEL_COMPLETE=<shell> nhidel WORD...`, passing the words
 after `nhidel` up to the one being completed (the last, possibly empty). This module answers
 from `command_table` (generated from the Typer app), the ledger (read-only SQLite, opened so
-that nothing is written) and, only for agent names and ceilings, config.toml. It imports nothing
-heavy: no Typer, Rich, cryptography, PyJWT or keyring; of nhidel's own modules only those made
-for it, standard library only: `paths` (where the files are), `names` (what a name or an id
-looks like), `ledger.columns` (the live-grant condition), and when needed `timefmt` and `scopes`
-(and their `errors`). So a TAB costs little more than starting Python, and says nothing those
-modules do not. Whatever goes wrong, it prints nothing rather than an error into a prompt.
+that nothing is written) and, only for agents' names, scopes and audiences, config.toml. It
+imports nothing heavy: no Typer, Rich, cryptography, PyJWT or keyring; of nhidel's own modules
+only those made for it, standard library only: `paths` (where the files are), `names` (what a
+name, an id or an audience looks like), `ledger.columns` (the live-grant condition), and when
+needed `timefmt` and `scopes` (and their `errors`). So a TAB costs little more than starting
+Python, and says nothing those modules do not. Whatever goes wrong, it prints nothing rather
+than an error into a prompt.
 
 Every value offered ends up on a command line, so a value read from the ledger or config that
 does not match its grammar is dropped, and bash gets values with shell metacharacters escaped.
+Descriptions reach bash only when it lists several candidates, never when it inserts one.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 from nhidel.cli.command_table import COMMANDS, EVENTS
 from nhidel.ledger.columns import LIVE_GRANT_SQL
-from nhidel.names import AGENT_NAME, GRANT_ID
+from nhidel.names import AGENT_NAME, GRANT_ID, MAX_AUDIENCE_LENGTH
 from nhidel.paths import Paths
 
 SHELLS = ("bash", "zsh", "fish")
@@ -47,6 +49,17 @@ _BASH_UNSAFE = re.compile(r"([^A-Za-z0-9_./:=@%+,-])")
 _BASH_DQUOTE_UNSAFE = re.compile(r'([$`"\\!])')
 
 Candidate = tuple[str, str]  # (value, description)
+# A value ending in one of these is one the user types on after (`repo:read:acme/`,
+# `--agent=`): no space follows it. Fish decides so by these very endings; the bash script
+# and (from the group run() puts them in) the zsh script follow suit.
+OPEN_ENDINGS = tuple("/=@:.,-")
+# COMP_TYPE when bash is about to list the candidates (TAB, `?`, and the show-all-if-*
+# settings), not to insert each one whole (menu-complete, insert-completions): only then may a
+# candidate carry its description. Bash inserts only what all candidates share, which never
+# reaches a description: values are distinct and hold no space.
+_BASH_LISTING = frozenset({"9", "33", "63", "64"})
+_BASH_COLUMNS = 80  # when the script cannot say how wide the terminal is
+_BASH_MIN_DESCRIPTION = 8  # narrower, a cut description says nothing: the value alone then
 
 
 def run(shell: str, words: Sequence[str], *, now: int | None = None) -> int:
@@ -63,8 +76,20 @@ def run(shell: str, words: Sequence[str], *, now: int | None = None) -> int:
         found = candidates(words, now=int(time.time()) if now is None else now)
     except Exception:  # noqa: BLE001 - a corrupt ledger must not spill a traceback at a prompt
         found = []
-    lines = (_format(shell, value, about, words[-1], breaks, quote) for value, about in found)
-    sys.stdout.write("".join(line for line in lines if line))
+    shown = [(_format(shell, value, about, words[-1], breaks, quote), about, value)
+             for value, about in found]  # fmt: skip
+    shown = [(line, about, value) for line, about, value in shown if line]
+    if shell == "bash":
+        lines = _bash_replies([(line, about) for line, about, _ in shown])
+    elif shell == "zsh":
+        # The values the user types on after (no space) follow an empty line, which scripts
+        # before this one simply drop. (Fish decides that by the same endings itself.)
+        ended = [line for line, _, value in shown if not value.endswith(OPEN_ENDINGS)]
+        going_on = [line for line, _, value in shown if value.endswith(OPEN_ENDINGS)]
+        lines = ended + ([""] + going_on if going_on else [])
+    else:
+        lines = [line for line, _, _ in shown]
+    sys.stdout.write("".join(line + "\n" for line in lines))
     return 0
 
 
@@ -181,23 +206,69 @@ def _grants(positionals: list[str], incomplete: str, now: int) -> list[Candidate
 
 
 def _agent_names(positionals: list[str], incomplete: str, now: int) -> list[Candidate]:
-    return [(name, _clean(" ".join(allow))) for name, allow in _agents().items()]
+    return [(name, _clean(" ".join(allow))) for name, (allow, _) in _agents().items()]
 
 
 def _scopes(positionals: list[str], incomplete: str, now: int) -> list[Candidate]:
-    """The scopes of the named agent's ceiling (config.toml may have been edited by hand)."""
+    """The scopes of the named agent's ceiling (config.toml may have been edited by hand).
+
+    A wildcard is offered as what comes before its `*` (`repo:read:acme/` for
+    `repo:read:acme/*`), so the user types the resource the task needs: the shell inserts no
+    `\\*` that reads as a glob, and the narrow grant is the easy one. The whole wildcard is
+    still there to type (quoted: `'repo:read:acme/*'`)."""
+    agent = positionals[0] if positionals else ""
+    found: dict[str, str] = {}
+    for scope in _ceiling_of(agent):
+        if "*" in scope:
+            found.setdefault(scope[: scope.index("*")], _clean(f"within {scope}, for {agent}"))
+        else:
+            found.setdefault(scope, f"allowed for {agent}")
+    return list(found.items())
+
+
+def _ceiling_entries(positionals: list[str], incomplete: str, now: int) -> list[Candidate]:
+    """`agent update NAME --disallow`: the entries of that agent's ceiling, whole (an entry
+    goes whole, so the wildcard is what there is to take away)."""
+    agent = positionals[0] if positionals else ""
+    return [(scope, _clean(f"in {agent}'s ceiling")) for scope in _ceiling_of(agent)]
+
+
+def _ceiling_of(agent: str) -> list[str]:
+    """The agent's ceiling scopes that the grammar accepts and a shell can take as they are."""
     from nhidel.scopes import parse_scope
 
-    agent = positionals[0] if positionals else ""
-    found = []
-    for scope in _agents().get(agent, []):
+    kept = []
+    for scope in _agents().get(agent, ([], []))[0]:
         try:
             valid = str(parse_scope(scope)) == scope
         except Exception:  # noqa: BLE001 - any scope the grammar refuses is simply not offered
             valid = False
         if valid and _clean_value(scope) == scope:
-            found.append((scope, f"allowed for {agent}"))
-    return found
+            kept.append(scope)
+    return kept
+
+
+def _granted_audiences(positionals: list[str], incomplete: str, now: int) -> list[Candidate]:
+    """`grant AGENT --aud`: the audiences that agent's ceiling allows (before the agent is
+    named, every agent's)."""
+    if not positionals:
+        return _audiences(positionals, incomplete, now)
+    agent = _agents().get(positionals[0])
+    return [] if agent is None else _audiences_of({positionals[0]: agent})
+
+
+def _audiences(positionals: list[str], incomplete: str, now: int) -> list[Candidate]:
+    """The audiences agents' ceilings allow, each with the agents that allow it."""
+    return _audiences_of(_agents())
+
+
+def _audiences_of(agents: dict[str, tuple[list[str], list[str]]]) -> list[Candidate]:
+    allowing: dict[str, list[str]] = {}
+    for name, (_, audiences) in agents.items():
+        for audience in audiences:
+            if 0 < len(audience) <= MAX_AUDIENCE_LENGTH and _clean_value(audience) == audience:
+                allowing.setdefault(audience, []).append(name)
+    return [(aud, _clean("for " + ", ".join(names))) for aud, names in allowing.items()]
 
 
 def _events(positionals: list[str], incomplete: str, now: int) -> list[Candidate]:
@@ -215,17 +286,21 @@ _SOURCES: dict[tuple[str, str], Source] = {
     ("grant", ""): _agent_names,
     ("agent show", ""): _agent_names,
     ("agent update", ""): _agent_names,
-    ("agent update", "--disallow"): _scopes,
+    ("agent update", "--disallow"): _ceiling_entries,
+    ("agent update", "--aud"): _audiences,
     ("agent remove", ""): _agent_names,
     ("audit tail", "--agent"): _agent_names,
     ("grant", "--scope"): _scopes,
+    ("grant", "--aud"): _granted_audiences,
+    ("verify", "--aud"): _audiences,
+    ("agent add", "--aud"): _audiences,
     ("audit tail", "--event"): _events,
 }
 
 
-def _agents() -> dict[str, list[str]]:
-    """Registered agents with valid names and their ceilings, from config.toml (read only when
-    needed)."""
+def _agents() -> dict[str, tuple[list[str], list[str]]]:
+    """Registered agents with valid names and their ceilings' scopes and audiences, from
+    config.toml (read only when needed)."""
     import tomllib
 
     try:
@@ -234,10 +309,16 @@ def _agents() -> dict[str, list[str]]:
         return {}
     agents = data.get("agents", {})
     return {
-        name: [str(s) for s in spec.get("allow", [])]
+        name: (_texts(spec.get("allow")), _texts(spec.get("aud")))
         for name, spec in agents.items()
         if AGENT_NAME.fullmatch(name) and isinstance(spec, dict)
     }
+
+
+def _texts(value: object) -> list[str]:
+    """A list of strings from config.toml, or none: a hand-edited value of another shape offers
+    nothing."""
+    return [str(item) for item in value] if isinstance(value, list) else []
 
 
 def _relative(timestamp: int, now: int) -> str:
@@ -275,16 +356,37 @@ def _format(
         return ""  # no whitespace or unprintable character reaches a command line
     if shell == "bash":
         if quote == "'":  # inside single quotes everything is literal but the quote itself
-            return "" if "'" in value else value + "\n"
+            return "" if "'" in value else value
         if quote == '"':
-            return _BASH_DQUOTE_UNSAFE.sub(r"\\\1", value) + "\n"
+            return _BASH_DQUOTE_UNSAFE.sub(r"\\\1", value)
         # Bash replaces only the text after the word's last break character.
         cut = max((incomplete.rfind(ch) for ch in breaks), default=-1) + 1
-        return _BASH_UNSAFE.sub(r"\\\1", value[cut:]) + "\n"
+        return _BASH_UNSAFE.sub(r"\\\1", value[cut:])
     if shell == "zsh":
         escaped = value.replace("\\", "\\\\").replace(":", "\\:")
-        return f"{escaped}:{description}\n" if description else f"{escaped}\n"
-    return f"{value}\t{description}\n" if description else f"{value}\n"
+        return f"{escaped}:{description}" if description else escaped
+    return f"{value}\t{description}" if description else value
+
+
+def _bash_replies(replies: list[tuple[str, str]]) -> list[str]:
+    """What goes into COMPREPLY: the values, each once; when bash lists several (never when it
+    inserts them one by one), each with its description, aligned: `gabc...  (reviewer ...)`."""
+    values = dict(replies)  # one entry a value: bash would insert a shared description
+    listing = os.environ.get("_NHIDEL_COMP_TYPE") in _BASH_LISTING
+    if len(values) < 2 or not listing or not any(values.values()):
+        return list(values)
+    width = max(len(value) for value in values)
+    columns = os.environ.get("_NHIDEL_COLUMNS", "")
+    wide = int(columns) if columns.isascii() and columns.isdigit() and len(columns) < 6 else 0
+    room = (wide or _BASH_COLUMNS) - width - len("  ()")
+    lines = []
+    for value, about in values.items():
+        if about and room >= _BASH_MIN_DESCRIPTION:
+            shown = about if len(about) <= room else about[: room - 3] + "..."
+            lines.append(f"{value.ljust(width)}  ({shown})")
+        else:
+            lines.append(value)
+    return lines
 
 
 def _clean_value(value: str) -> str:

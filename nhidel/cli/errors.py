@@ -57,15 +57,45 @@ def terminating_signals_raise() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def closed_pipe_is_quiet() -> Iterator[None]:
+    """Around parsing and running a command: a reader that went away (`nhidel list | head -1`)
+    has all it wanted, so the command ends quietly with exit 0 (Typer and Rich would end it
+    with exit 1, the status of a denial). A command whose status is a verdict keeps it
+    (`verdict_stands`), and grant revokes a token it could not deliver, before this is
+    reached."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise ExitQuietly(ExitStatus.OK) from None
+    except SystemExit as exc:
+        if isinstance(exc.__context__, BrokenPipeError):  # Rich's way out of it: exit 1
+            raise ExitQuietly(ExitStatus.OK) from None
+        raise
+
+
+@contextlib.contextmanager
+def verdict_stands(status: ExitStatus) -> Iterator[None]:
+    """Around the output of a command whose exit status is a verdict (verify, audit verify):
+    should the reader go away while it is written, the command still ends with `status`, so a
+    closed pipe never turns a denial into success (nor the reverse)."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise ExitQuietly(status) from None
+
+
 def report(message: str, hint: str | None) -> None:
     from nhidel.cli.render import safe
 
     if sys.stderr is None:  # closed when nhidel started: the exit status is all there is
         return
-    sys.stderr.write(f"error: {safe(message)}\n")
-    if hint:
-        sys.stderr.write(f"hint: {safe(hint)}\n")
-    sys.stderr.flush()
+    # A reader of stderr that went away (`2>&1 | head -1`) leaves the exit status to say it.
+    with contextlib.suppress(BrokenPipeError):
+        sys.stderr.write(f"error: {safe(message)}\n")
+        if hint:
+            sys.stderr.write(f"hint: {safe(hint)}\n")
+        sys.stderr.flush()
 
 
 def exit_status_for(exc: BaseException, *, debug: bool, command: str = "nhidel") -> int:
@@ -90,8 +120,6 @@ def exit_status_for(exc: BaseException, *, debug: bool, command: str = "nhidel")
         if sys.stderr is not None:
             sys.stderr.write("aborted\n")
         return int(ExitStatus.INTERRUPTED)
-    if isinstance(exc, BrokenPipeError):
-        return int(ExitStatus.DENIED)
     if isinstance(exc, OSError):  # files are StorageErrors already: this is stdin or stdout
         report(
             f"cannot read input or write output: {exc.strerror or exc}",
@@ -116,8 +144,11 @@ def _report_click_error(exc: BaseException, command: str) -> int:
     """The option parser's complaint in nhidel's words: `error:` lower case, `hint:` the help,
     and its guess (`--uses`, `'list'`) in the hint."""
     if type(exc).__name__ == "NoArgsIsHelpError":
-        sys.stderr.write(exc.format_message() + "\n")  # type: ignore[attr-defined]
-        return int(ExitStatus.USAGE)
+        # `nhidel`, `nhidel key`: asking for nothing is asking for help, as with gh.
+        with contextlib.suppress(BrokenPipeError):  # (`nhidel | head -1`: quiet, as above)
+            if sys.stdout is not None:
+                sys.stdout.write(exc.format_message() + "\n")  # type: ignore[attr-defined]
+        return int(ExitStatus.OK)
     ctx = getattr(exc, "ctx", None)
     hint = f"see {getattr(ctx, 'command_path', None) or command} --help"
     guesses = getattr(exc, "possibilities", None)

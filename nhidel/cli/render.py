@@ -61,9 +61,13 @@ def console(*, stderr: bool) -> Console:
 
 
 def say(message: str) -> None:
-    """One line for people, on stderr."""
-    sys.stderr.write(safe(message) + "\n")
-    sys.stderr.flush()
+    """One line for people, on stderr. Should no one read stderr any more (`2>&1 | head -1`),
+    the command goes on: a message is no reason to stop a change half way."""
+    try:
+        sys.stderr.write(safe(message) + "\n")
+        sys.stderr.flush()
+    except BrokenPipeError:
+        pass
 
 
 def json_text(value: Any) -> str:
@@ -397,6 +401,9 @@ def audit_record_line(record: dict[str, Any], now: int, *, colour: bool = False)
     scopes = record.get("requested") or record.get("scopes")
     if scopes:
         parts.append(" ".join(str(s) for s in scopes) if isinstance(scopes, list) else str(scopes))
+    about = _key_or_log_details(record)
+    if about:
+        parts.append(about)
     if record.get("outcome"):
         parts.append(f"-> {record['outcome']}")
     if type(record.get("count")) is int:  # identical decisions of one group commit, as one
@@ -408,3 +415,24 @@ def audit_record_line(record: dict[str, Any], now: int, *, colour: bool = False)
     line = safe("  ".join(parts))
     denied = str(record.get("event", "")).endswith(".denied")
     return paint(line, _DENIED_COLOUR) if colour and denied else line
+
+
+def _key_or_log_details(record: dict[str, Any]) -> str:
+    """What a key or log record is about, as it names no agent, grant or scope: the key id
+    (`kid ...`, `kid OLD -> NEW`), the segments rotated or pruned, the torn line ended. A
+    record of any shape (unchecked records may hold anything) gives a line."""
+    event = record.get("event")
+    if event == "key.created" and record.get("kid"):
+        return f"kid {record['kid']}"
+    if event == "key.rotated" and record.get("kid"):
+        line = f"kid {record.get('old_kid')} -> {record['kid']}"
+        return line + " (compromised)" if record.get("compromised") is True else line
+    if event == "log.rotated" and record.get("previous_segment"):
+        return f"after {record['previous_segment']}"
+    if event == "log.recovered" and record.get("fragment_bytes"):
+        return f"ended a torn line of {record['fragment_bytes']} bytes"
+    if event == "log.pruned":
+        segments = record.get("segments")
+        names = " ".join(str(s) for s in segments) if isinstance(segments, list) else segments
+        return f"deleted {names or '?'} (records through seq {record.get('pruned_through')})"
+    return ""

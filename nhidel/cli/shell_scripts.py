@@ -5,12 +5,19 @@ Each script is thin: on TAB it runs `_NHIDEL_COMPLETE=<shell> nhidel WORD...` wi
 after `nhidel` up to the one being completed, and hands the lines printed by
 `nhidel.cli.complete` to the shell. No output is ever evaluated as code, and no candidate is
 glob-expanded: bash gets its candidates already escaped and inserts them as they are.
+
+After a value ending in one of `complete.OPEN_ENDINGS` (`repo:read:acme/`) no space is added,
+so the user types on: fish does so by itself, the bash and zsh scripts here say so.
 """
 
 from __future__ import annotations
 
-# Bash: COMP_WORDBREAKS goes along, so that words are rejoined only where bash split them, and
-# nosort keeps grants soonest-to-expire first (bash 4.4+; older ones sort).
+from nhidel.cli.complete import OPEN_ENDINGS
+
+# Bash: COMP_WORDBREAKS goes along, so that words are rejoined only where bash split them;
+# COMP_TYPE and COLUMNS, so that a listing shows descriptions (and nothing inserted does);
+# nosort keeps grants soonest-to-expire first (bash 4.4+; older ones sort). A value inserted
+# alone that the user types on after gets no space (compopt: bash 4+).
 BASH = r"""
 _nhidel_completion() {
     local line
@@ -19,23 +26,32 @@ _nhidel_completion() {
     while IFS= read -r line; do
         COMPREPLY+=("$line")
     done < <(_NHIDEL_COMPLETE=bash _NHIDEL_WORDBREAKS="$COMP_WORDBREAKS" \
+        _NHIDEL_COMP_TYPE="$COMP_TYPE" _NHIDEL_COLUMNS="$COLUMNS" \
         command "$1" "${COMP_WORDS[@]:1:COMP_CWORD}" 2>/dev/null)
+    if [[ ${#COMPREPLY[@]} == 1 && ${COMPREPLY[0]} == *[%OPEN%] ]]; then
+        compopt -o nospace 2>/dev/null
+    fi
     return 0
 }
 
 complete -F _nhidel_completion nhidel
-"""
+""".replace("%OPEN%", "".join(OPEN_ENDINGS))
 
 # Autoloaded from $fpath (as `_nhidel`, the name --install-completion gives it) or sourced.
-# The word being completed is passed as $PREFIX: unquoted, as far as the cursor.
+# The word being completed is passed as $PREFIX: unquoted, as far as the cursor. The values
+# after the first empty line are those the user types on after: no space follows them.
 ZSH = r"""
 _nhidel() {
-    local -a candidates
-    candidates=("${(@f)$(_NHIDEL_COMPLETE=zsh ${(Q)words[1]} "${(@Q)words[2,CURRENT-1]}" \
+    local -a lines ended going_on
+    lines=("${(@f)$(_NHIDEL_COMPLETE=zsh ${(Q)words[1]} "${(@Q)words[2,CURRENT-1]}" \
         "$PREFIX" 2>/dev/null)}")
-    candidates=(${candidates:#})
+    local gap=${lines[(i)]} ret=1
+    ended=(${lines[1,gap-1]})
+    going_on=(${lines[gap+1,-1]})
     # Grant ids are lower case; what is typed in upper case matches them too.
-    (( ${#candidates} )) && _describe -V nhidel candidates -M 'm:{A-Z}={a-z}'
+    (( ${#ended} )) && _describe -V nhidel ended -M 'm:{A-Z}={a-z}' && ret=0
+    (( ${#going_on} )) && _describe -V nhidel going_on -M 'm:{A-Z}={a-z}' -S '' && ret=0
+    return ret
 }
 
 if [[ $zsh_eval_context[-1] == loadautofunc ]]; then

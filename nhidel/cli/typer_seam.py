@@ -21,7 +21,9 @@ minor release they were written against (typer 0.29), the only one they are test
 3. **nhidel's completion scripts** (`_completion_shared._completion_scripts`, each completion
    class's `source_template`, `install_bash` and `install_zsh`). `--show-completion` and
    `--install-completion` hand out the scripts in `shell_scripts.py` (which call nhidel's own
-   completer, `complete.py`), not Typer's.
+   completer, `complete.py`), not Typer's; and installing for zsh changes no setting but
+   nhidel's own: Typer's installer also adds `zstyle ':completion:*' menu select` to
+   ~/.zshrc, which changes how every command completes, and nhidel takes that line out again.
 """
 
 from __future__ import annotations
@@ -242,7 +244,32 @@ def serve_completion_scripts() -> None:
     for name in ("install_bash", "install_zsh"):
         installer = getattr(_completion_shared, name, None)
         if callable(installer) and not _patched(_completion_shared, name):
+            if name == "install_zsh":
+                installer = _without_global_zsh_style(installer)
             _patch(_completion_shared, name, _ending_in_newline(installer))
+
+
+# What Typer's zsh installer adds to ~/.zshrc besides loading the completion: a style for every
+# command's completion, not nhidel's to set.
+GLOBAL_ZSH_STYLE = "zstyle ':completion:*' menu select"
+
+
+def _without_global_zsh_style(installer: Callable[..., Any]) -> Callable[..., Any]:
+    """Typer's zsh installer, then its global `zstyle` line taken out of ~/.zshrc again, unless
+    the file held that line before (the user's own)."""
+
+    def install(**kwargs: Any) -> Any:
+        zshrc = Path.home() / ".zshrc"
+        before = zshrc.read_text("utf-8") if zshrc.is_file() else ""
+        path = installer(**kwargs)
+        if GLOBAL_ZSH_STYLE not in before and zshrc.is_file():
+            lines = zshrc.read_text("utf-8").splitlines()
+            kept = [line for line in lines if line.strip() != GLOBAL_ZSH_STYLE]
+            if kept != lines:
+                zshrc.write_text("\n".join(kept).strip() + "\n", "utf-8")
+        return path
+
+    return install
 
 
 def _ending_in_newline(installer: Callable[..., Any]) -> Callable[..., Any]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from nhidel.cli import common
-from nhidel.cli.errors import ExitQuietly
+from nhidel.cli.errors import ExitQuietly, verdict_stands
 from nhidel.errors import ExitStatus, UsageError
 from nhidel.tokens.decision import Reason
 from nhidel.tokens.jws import MAX_TOKEN_LENGTH
@@ -121,7 +121,8 @@ def verify(
     if batch:
         from nhidel.verifiers.batch import verify_lines
 
-        with checking as check:
+        # A reader gone before the last verdict: not every line was allowed (some unchecked).
+        with checking as check, verdict_stands(ExitStatus.DENIED):
             if not verify_lines(sys.stdin.buffer, sys.stdout.buffer, check):
                 raise ExitQuietly(ExitStatus.DENIED)
         return
@@ -132,18 +133,21 @@ def verify(
         # A ledger row that no grant can hold (hand-edited) is an integrity failure: exit 5
         # naming the grant, whatever the decision, and never a crash while printing it.
         grant_fields(decision.grant, now)
-    if as_json:
-        print_json(decision.to_json(now))
-    if decision.allowed:
-        grant = decision.grant
-        if not as_json:
-            say(f"allowed: {grant.short_id} ({grant.agent})" if grant else "allowed")
-        return
-    say(f"denied: {decision.reason}: {decision.detail}")
     # SPEC: `integrity` (nhidel's own state failed a check) is exit 5; any other denial is 1.
-    raise ExitQuietly(
-        ExitStatus.INTEGRITY if decision.reason is Reason.INTEGRITY else ExitStatus.DENIED
-    )
+    status = ExitStatus.OK
+    if not decision.allowed:
+        status = ExitStatus.INTEGRITY if decision.reason is Reason.INTEGRITY else ExitStatus.DENIED
+    with verdict_stands(status):
+        if as_json:
+            print_json(decision.to_json(now))
+        if decision.allowed:
+            grant = decision.grant
+            if not as_json:
+                say(f"allowed: {grant.short_id} ({grant.agent})" if grant else "allowed")
+        else:
+            say(f"denied: {decision.reason}: {decision.detail}")
+    if status is not ExitStatus.OK:
+        raise ExitQuietly(status)
 
 
 @contextlib.contextmanager

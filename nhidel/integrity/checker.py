@@ -42,24 +42,46 @@ if TYPE_CHECKING:
     from nhidel.ledger.store import Ledger
 
 
+# Where a problem is when it is on no line of a segment: what the `segment` field holds then.
+START, END, MARK_PLACE = "(start)", "(end)", "(mark)"
+_PLACES = {
+    START: "at the start of the log",
+    END: "after the last record",
+    MARK_PLACE: "at the keystore's high-water mark",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """The first thing wrong: where, and why in words an incident reviewer uses."""
+    """The first thing wrong: where, and why in words an incident reviewer uses. `segment` is
+    a segment's file name (with the line), or START, END, MARK_PLACE, `ledger`, `config.toml`
+    (where `line` is 0)."""
 
     segment: str
     line: int
     seq: int | None
     why: str
 
+    @property
+    def place(self) -> str:
+        """Where, in words: `in audit.jsonl line 4 (seq 4)`, `after the last record (seq 49)`."""
+        if self.segment in _PLACES:
+            where = _PLACES[self.segment]
+        elif self.line:
+            where = f"in {self.segment} line {self.line}"
+        else:
+            where = f"in {self.segment}"
+        return where if self.seq is None else f"{where} (seq {self.seq})"
+
     def __str__(self) -> str:
-        where = f"{self.segment} line {self.line}"
-        if self.seq is not None:
-            where += f" (seq {self.seq})"
-        return f"{where}: {self.why}"
+        return f"{self.place}: {self.why}"
 
 
 @dataclass(slots=True)
 class Report:
+    """What `audit verify` found. The head is the last record verified (seq 0 and the genesis
+    hash when none was); with a problem, the check went no further."""
+
     records: int = 0
     head_seq: int = 0
     head_hash: str = GENESIS
@@ -79,7 +101,7 @@ class Report:
             "warnings": self.warnings,
             "error": None if problem is None else {
                 "segment": problem.segment, "line": problem.line, "seq": problem.seq,
-                "why": problem.why,
+                "where": problem.place, "why": problem.why,
             },
         }  # fmt: skip
 
@@ -223,7 +245,8 @@ def _scan(
             _note(json.loads(body), facts)
         expected_seq = seq + 1
         report.records += 1
-        report.head_seq = seq
+        # The head verified so far: what the report gives should a later line stop the check.
+        report.head_seq, report.head_hash = seq, prev
     if unexplained is not None:
         segment, number, _ = unexplained
         raise _Stop(Problem(segment.name, number, None, "an unsealed line: inserted or edited"))
@@ -233,7 +256,6 @@ def _scan(
             f"{torn[0].name} line {torn[1]}: a torn, unterminated last line ({len(torn[2])} "
             "bytes) from an interrupted write; the next append repairs it"
         )
-    report.head_hash = prev
     return first_seq
 
 
@@ -299,7 +321,7 @@ def _check_start(first_seq: int | None, facts: _Facts) -> None:
         return
     if facts.pruned_through == first_seq - 1 and facts.pruned_head == facts.first_prev:
         return
-    raise _Stop(Problem("(start)", 1, first_seq,
+    raise _Stop(Problem(START, 1, first_seq,
                         f"deleted: the log starts at seq {first_seq}, and no log.pruned record "
                         "accounts for the records before it"))  # fmt: skip
 
@@ -311,11 +333,11 @@ def _check_mark(mark: dict[str, Any] | None, report: Report, facts: _Facts) -> N
         return
     seq, digest = mark.get("seq"), mark.get("hash")
     if not isinstance(seq, int) or seq > report.head_seq:
-        raise _Stop(Problem("(end)", 0, report.head_seq,
+        raise _Stop(Problem(END, 0, report.head_seq,
                             f"truncated: the log ends at seq {report.head_seq} but the "
                             f"high-water mark in the keystore is seq {seq}"))  # fmt: skip
     if facts.hash_at_mark != digest:
-        raise _Stop(Problem("(mark)", 0, seq,
+        raise _Stop(Problem(MARK_PLACE, 0, seq,
                             f"replaced: record {seq} is not the one the high-water mark in the "
                             "keystore names (an older or another copy of the log)"))  # fmt: skip
 

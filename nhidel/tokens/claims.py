@@ -12,7 +12,7 @@ from typing import Any
 from nhidel.errors import UsageError
 from nhidel.models import Grant
 from nhidel.names import GRANT_ID
-from nhidel.scopes import Scope, covered_by_any, parse_scope_text, parse_scopes
+from nhidel.scopes import Scope, covered_by_any, parse_scope_arguments, parse_scope_text
 from nhidel.tokens.decision import Decision, Reason
 
 MAX_LEEWAY = 3600
@@ -35,7 +35,7 @@ def requested_scopes(scopes: Sequence[str | Scope] | str, any_scope: bool) -> tu
     """The scopes a caller asks about; nothing is allowed by default, so none is an error."""
     if isinstance(scopes, str):
         scopes = [scopes]
-    requested = tuple(s for s in scopes if isinstance(s, Scope)) + parse_scopes(
+    requested = tuple(s for s in scopes if isinstance(s, Scope)) + parse_scope_arguments(
         s for s in scopes if isinstance(s, str)
     )
     if not requested and not any_scope:

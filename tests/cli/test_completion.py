@@ -107,14 +107,15 @@ def test_agent_names_complete_where_an_agent_is_expected(ready: Cli, words: list
     assert values(words) == expected
 
 
-def test_grant_scope_completes_the_scopes_of_that_agents_ceiling(ready: Cli) -> None:
+def test_grant_scope_completes_that_agents_ceiling_wildcards_up_to_the_star(ready: Cli) -> None:
     assert values(["grant", "reviewer", "--scope", ""]) == [
-        "repo:read:acme/*",
-        "ticket:create:queue/*",
+        "repo:read:acme/",
+        "ticket:create:queue/",
     ]
     assert values(["grant", "reviewer", "--ttl", "5m", "--scope", "tic"]) == [
-        "ticket:create:queue/*"
+        "ticket:create:queue/"
     ]
+    assert values(["grant", "reviewer", "--scope", "repo:read:acme/ap"]) == []  # typing on
     assert values(["grant", "nobody", "--scope", ""]) == []
 
 
@@ -122,6 +123,15 @@ def test_agent_update_disallow_completes_the_entries_of_that_agents_ceiling(read
     assert values(["agent", "update", "reviewer", "--disallow", ""]) == [
         "repo:read:acme/*",
         "ticket:create:queue/*",
+    ]
+
+
+def test_exact_ceiling_scopes_complete_whole_and_wildcards_once(ready: Cli) -> None:
+    ready.ok("agent", "add", "ci", "--allow", "release:publish", "--allow", "build:*:jobs/*",
+             "--allow", "build:*")  # fmt: skip
+    assert complete.candidates(["grant", "ci", "--scope", ""], now=0) == [
+        ("release:publish", "allowed for ci"),
+        ("build:", "within build:*:jobs/*, for ci"),  # build:* gives the same prefix: once
     ]
 
 
@@ -139,19 +149,18 @@ def test_commands_options_and_choices_come_from_the_command_table() -> None:
 
 def test_bash_gets_words_split_at_colons_rejoined_and_answers_trimmed(ready: Cli) -> None:
     # Bash splits `repo:re` into `repo`, `:`, `re` and replaces only the text after the colon.
-    assert run("bash", "grant", "reviewer", "--scope", "repo", ":", "") == "read:acme/\\*\n"
-    assert run("bash", "grant", "reviewer", "--scope", "ticket", ":", "cre") == (
-        "create:queue/\\*\n"
-    )
+    assert run("bash", "grant", "reviewer", "--scope", "repo", ":", "") == "read:acme/\n"
+    assert run("bash", "grant", "reviewer", "--scope", "ticket", ":", "cre") == "create:queue/\n"
     assert run("bash", "list", "--agent", "=", "rev") == "reviewer\n"
 
 
 def test_zsh_and_fish_get_descriptions_with_zsh_colons_escaped(ready: Cli) -> None:
+    # For zsh, values typed on after (no space) come after an empty line.
     assert run("zsh", "grant", "reviewer", "--scope", "rep") == (
-        "repo\\:read\\:acme/*:allowed for reviewer\n"
+        "\nrepo\\:read\\:acme/:within repo:read:acme/*, for reviewer\n"
     )
     assert run("fish", "grant", "reviewer", "--scope", "rep") == (
-        "repo:read:acme/*\tallowed for reviewer\n"
+        "repo:read:acme/\twithin repo:read:acme/*, for reviewer\n"
     )
 
 
@@ -230,7 +239,7 @@ def test_the_completion_path_imports_no_heavy_module(live: dict[str, str]) -> No
                             env=completion_env("fish"), timeout=60, check=True)  # fmt: skip
     *answers, modules = result.stdout.splitlines()
     assert any(line.startswith(live["active"]) for line in answers)
-    assert "repo:read:acme/*\tallowed for reviewer" in answers
+    assert "repo:read:acme/\twithin repo:read:acme/*, for reviewer" in answers
     loaded = set(eval(modules))  # noqa: S307 - our own probe's repr of a list of names
     assert loaded.isdisjoint({"cryptography", "jwt", "keyring", "rich", "typer", "click"})
 
@@ -294,8 +303,10 @@ def shell_env(tmp_path: Path, nhidel_home: Path) -> dict[str, str]:
     wrapper = bin_dir / "nhidel"
     wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m nhidel "$@"\n')
     wrapper.chmod(0o755)
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-            "NHIDEL_HOME": str(nhidel_home), "HOME": str(tmp_path)}  # fmt: skip
+            "NHIDEL_HOME": str(nhidel_home), "HOME": str(tmp_path),
+            "PYTHONPATH": python_path}  # fmt: skip
 
 
 def need(program: str) -> str:
@@ -337,7 +348,7 @@ def test_bash_script_completes_revoke_with_the_live_grant_ids(
     )
     lines = result.stdout.splitlines()
     assert set(lines[:-2]) == live_ids(live)
-    assert lines[-2:] == ["scope read:acme/\\*", "complete -F _nhidel_completion nhidel"]
+    assert lines[-2:] == ["scope read:acme/", "complete -F _nhidel_completion nhidel"]
 
 
 def test_fish_script_completes_revoke_with_ids_and_descriptions(
@@ -352,13 +363,14 @@ def test_fish_script_completes_revoke_with_ids_and_descriptions(
     assert offered[live["active"]] == "reviewer repo:read:acme/api, expires in 30m"
 
 
-# zsh completes only inside its line editor: drive an interactive zsh on a pseudo-terminal.
+# zsh completes only inside its line editor: drive an interactive zsh on a pseudo-terminal:
+# set up ($1), type a line ($3), TAB, any keys after it ($4), until the screen shows $2.
 ZSH_DRIVER = r"""
 zmodload zsh/zpty
 zpty -b z zsh -f -i
 zpty -w z "PS1='> '; $1; print READY"
 zpty -r -m z out '*READY*'
-zpty -w -n z "$3"$'\t'
+zpty -w -n z "$3"$'\t'"$4"
 local all=""
 for i in {1..150}; do
     zpty -r -t z chunk && all+=$chunk
@@ -438,10 +450,10 @@ def test_hand_edited_ceiling_scopes_are_checked_and_escaped_for_bash(
         '"ticket:create:queue/*"', '"ticket:create:queue/*", "x:y:$(touch)", "bad scope", "a"'
     ))  # fmt: skip
     assert values(["grant", "reviewer", "--scope", ""]) == [
-        "repo:read:acme/*", "ticket:create:queue/*", "x:y:$(touch)",
+        "repo:read:acme/", "ticket:create:queue/", "x:y:$(touch)",
     ]  # fmt: skip
     assert run("bash", "grant", "reviewer", "--scope", "") == (
-        "repo:read:acme/\\*\nticket:create:queue/\\*\nx:y:\\$\\(touch\\)\n"
+        "repo:read:acme/\nticket:create:queue/\nx:y:\\$\\(touch\\)\n"
     )
 
 
@@ -469,7 +481,7 @@ def test_bash_inserts_hostile_text_literally(
                             check=True, cwd=tmp_path)  # fmt: skip
     assert result.stdout.splitlines() == [
         "ids 0",
-        "repo:read:acme/*",
+        "repo:read:acme/",
         f"x:y:a;touch${{IFS}}{marker}",
     ]
     assert not marker.exists()
@@ -481,9 +493,9 @@ def test_bash_rejoins_and_trims_only_at_its_actual_word_breaks(
 ) -> None:
     monkeypatch.setenv("_NHIDEL_WORDBREAKS", wordbreaks)
     if ":" in wordbreaks:
-        assert run("bash", "grant", "reviewer", "--scope", "repo", ":", "re") == "read:acme/\\*\n"
+        assert run("bash", "grant", "reviewer", "--scope", "repo", ":", "re") == "read:acme/\n"
     else:
-        assert run("bash", "grant", "reviewer", "--scope", "repo:re") == "repo:read:acme/\\*\n"
+        assert run("bash", "grant", "reviewer", "--scope", "repo:re") == "repo:read:acme/\n"
     assert run("bash", "list", "--agent=rev") == "--agent=reviewer\n"
 
 
@@ -505,9 +517,9 @@ def test_bash_script_passes_comp_wordbreaks(
                             capture_output=True, text=True, env=shell_env, timeout=60,
                             check=True)  # fmt: skip
     if remove == ":":  # `repo:re` is one word to bash: all of it is replaced
-        assert result.stdout.splitlines() == ["repo:read:acme/\\*", "reviewer"]
+        assert result.stdout.splitlines() == ["repo:read:acme/", "reviewer"]
     else:  # `--agent=rev` is one word to bash
-        assert result.stdout.splitlines() == ["read:acme/\\*", "--agent=reviewer"]
+        assert result.stdout.splitlines() == ["read:acme/", "--agent=reviewer"]
 
 
 def test_upper_case_id_prefixes_complete(live: dict[str, str]) -> None:
@@ -517,9 +529,9 @@ def test_upper_case_id_prefixes_complete(live: dict[str, str]) -> None:
 
 
 def test_bash_completes_a_word_opened_with_a_quote(ready: Cli) -> None:
-    assert run("bash", "grant", "reviewer", "--scope", "'rep") == "repo:read:acme/*\n"
-    assert run("bash", "grant", "reviewer", "--scope", "'repo:re") == "repo:read:acme/*\n"
-    assert run("bash", "grant", "reviewer", "--scope", '"tic') == "ticket:create:queue/*\n"
+    assert run("bash", "grant", "reviewer", "--scope", "'rep") == "repo:read:acme/\n"
+    assert run("bash", "grant", "reviewer", "--scope", "'repo:re") == "repo:read:acme/\n"
+    assert run("bash", "grant", "reviewer", "--scope", '"tic') == "ticket:create:queue/\n"
 
 
 def test_fish_completes_a_word_opened_with_a_quote(ready: Cli, shell_env: dict[str, str]) -> None:
@@ -527,7 +539,7 @@ def test_fish_completes_a_word_opened_with_a_quote(ready: Cli, shell_env: dict[s
               "complete -C \"nhidel grant reviewer --scope 'rep\"")  # fmt: skip
     result = subprocess.run([need("fish"), "--no-config", "-c", driver], capture_output=True,
                             text=True, env=shell_env, timeout=60, check=True)  # fmt: skip
-    assert result.stdout == "repo:read:acme/*\tallowed for reviewer\n"
+    assert result.stdout == "repo:read:acme/\twithin repo:read:acme/*, for reviewer\n"
 
 
 def test_completion_leaves_the_ledger_directory_as_it_was(
@@ -568,7 +580,8 @@ def test_short_prefixes_walk_the_expiry_index_not_expired_history(
         assert index in plan, (prefix, plan)
 
 
-# Bash lists candidates in the order given only when told not to sort: drive it interactively.
+# Bash lists candidates in the order given only when told not to sort: drive it interactively:
+# the script ($2), the line typed ($3) and TAB, until the screen shows $4; more setup in $5.
 BASH_PTY = r"""
 import os, pty, select, sys, time
 pid, fd = pty.fork()
@@ -584,7 +597,8 @@ def read(seconds):
                 break
     return out
 setup = ["PS1='> '", "bind 'set completion-display-width 0'", "bind 'set page-completions off'",
-         "bind 'set show-all-if-ambiguous on'", "source " + sys.argv[2], "echo READY"]
+         "bind 'set show-all-if-ambiguous on'", *sys.argv[5:], "source " + sys.argv[2],
+         "echo READY"]
 os.write(fd, ("; ".join(setup) + "\n").encode())
 seen = b""
 for _ in range(100):
@@ -615,8 +629,8 @@ def test_bash_lists_grants_soonest_to_expire_first(
          "nhidel revoke ", soonest_last_alphabetically[-1] + "\r\n"],
         capture_output=True, text=True, env=shell_env, timeout=60, check=True,
     )  # fmt: skip
-    listed = [line.strip() for line in result.stdout.replace("\r", "").splitlines()]
-    assert [line for line in listed if line in soonest_last_alphabetically] == (
+    listed = [line.split() for line in result.stdout.replace("\r", "").splitlines()]
+    assert [w[0] for w in listed if w and w[0] in soonest_last_alphabetically] == (
         soonest_last_alphabetically
     )
 
@@ -638,10 +652,10 @@ def test_zsh_completes_a_word_opened_with_a_quote(
     driver.write_text(ZSH_DRIVER)
     line = "nhidel grant reviewer --scope 'rep"
     result = subprocess.run(
-        [zsh, "-f", str(driver), ZSH_SETUPS["sourced"], "acme/*", line],
+        [zsh, "-f", str(driver), ZSH_SETUPS["sourced"], "acme/", line],
         capture_output=True, text=True, env=shell_env, timeout=60, check=True,
     )  # fmt: skip
-    assert "'repo:read:acme/*" in result.stdout.replace("\r", "")
+    assert "'repo:read:acme/" in result.stdout.replace("\r", "")
 
 
 def test_zsh_completes_an_upper_case_id_prefix(
@@ -670,8 +684,9 @@ def test_fish_completes_an_upper_case_id_prefix(
 
 
 @pytest.mark.parametrize(("typed", "completed"), [
-    ("'rep", "'repo:read:acme/*'"),  # bash closes the quote it was given
-    ("repo:read:ac", "repo:read:acme/\\*"),  # after the last ':', the '*' escaped
+    # Bash closes the quote it was given; `'repo:read:acme/'api` is still one word.
+    ("'rep", "'repo:read:acme/'"),
+    ("repo:read:ac", "repo:read:acme/"),  # after the last ':', and no space: type on
 ])  # fmt: skip
 def test_bash_completes_scopes_interactively(
     ready: Cli, shell_env: dict[str, str], tmp_path: Path, typed: str, completed: str
@@ -684,3 +699,199 @@ def test_bash_completes_scopes_interactively(
         capture_output=True, text=True, env=shell_env, timeout=60, check=True,
     )  # fmt: skip
     assert f"nhidel grant reviewer --scope {completed}" in result.stdout
+
+
+# -- issue 13: bash descriptions, audiences, wildcards typed on, zsh settings left alone ----
+
+
+def bash_pty(shell_env: dict[str, str], tmp_path: Path, line: str, until: str, *setup: str) -> str:
+    """The screen of an interactive bash after `line` and TAB (BASH_PTY), carriage returns
+    and bells dropped."""
+    probe = tmp_path / "drive_bash.py"
+    probe.write_text(BASH_PTY)
+    result = subprocess.run(
+        [sys.executable, str(probe), need("bash"), str(COMPLETIONS / "nhidel.bash"), line, until,
+         *setup],
+        capture_output=True, text=True, env=shell_env, timeout=60, check=True,
+    )  # fmt: skip
+    return result.stdout.replace("\r", "").replace("\x07", "")
+
+
+# Ctrl-T shows the line being edited as `BUF[...]`, plain text under the prompt.
+ZSH_SHOW_LINE = "show-line() { zle -M \"BUF[$BUFFER]\" }; zle -N show-line; bindkey '^T' show-line"
+
+
+def zsh_line(shell_env: dict[str, str], tmp_path: Path, line: str, keys: str = "") -> str:
+    """The line an interactive zsh holds after `line`, TAB and `keys` (ZSH_DRIVER)."""
+    driver = tmp_path / "drive.zsh"
+    driver.write_text(ZSH_DRIVER)
+    setup = f"{ZSH_SETUPS['sourced']}; {ZSH_SHOW_LINE}"
+    result = subprocess.run(
+        [need("zsh"), "-f", str(driver), setup, "]", line, keys + "\x14"],
+        capture_output=True, text=True, env=shell_env, timeout=60, check=True,
+    )  # fmt: skip
+    return result.stdout.split("BUF[", 1)[1].split("]", 1)[0]
+
+
+def fish_offers(shell_env: dict[str, str], line: str) -> list[str]:
+    """What fish's `complete -C` offers for `line`, as `value<TAB>description` lines."""
+    driver = f"source {COMPLETIONS / 'nhidel.fish'}; complete -C '{line}'"
+    result = subprocess.run([need("fish"), "--no-config", "-c", driver], capture_output=True,
+                            text=True, env=shell_env, timeout=60, check=True)  # fmt: skip
+    return result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("comp_type", ["9", "33", "63", "64"])  # TAB, and the listing kinds
+def test_bash_lists_several_candidates_with_their_descriptions_aligned(
+    live: dict[str, str], monkeypatch: pytest.MonkeyPatch, comp_type: str
+) -> None:
+    monkeypatch.setenv("_NHIDEL_COMP_TYPE", comp_type)
+    monkeypatch.setenv("_NHIDEL_COLUMNS", "120")
+    lines = run("bash", "revoke", "").splitlines()
+    assert f"{live['active']}  (reviewer repo:read:acme/api, expires in 30m)" in lines
+    assert len(lines) == len(live_ids(live))
+    assert all(line.index("  (") == len(live["active"]) for line in lines)
+
+
+@pytest.mark.parametrize("words", [
+    ["revoke", ""], ["grant", "reviewer", "--scope", ""], ["agent", ""], ["--"],
+])  # fmt: skip
+def test_what_bash_inserts_from_a_listing_never_reaches_a_description(
+    live: dict[str, str], monkeypatch: pytest.MonkeyPatch, words: list[str]
+) -> None:
+    """Bash inserts what all the candidates it lists share: never past the end of a value."""
+    monkeypatch.setenv("_NHIDEL_COMP_TYPE", "9")
+    listed = run("bash", *words).splitlines()
+    offered = [value for value, _ in complete.candidates(words, now=int(time.time()))]
+    assert len(listed) > 1 and any("  (" in line for line in listed)
+    shared = os.path.commonprefix(listed)
+    assert all(value.startswith(shared) for value in offered), (shared, offered)
+
+
+@pytest.mark.parametrize("comp_type", ["37", "42", ""])  # menu-complete, insert-completions, none
+def test_bash_gets_values_alone_when_it_inserts_them_one_by_one(
+    live: dict[str, str], monkeypatch: pytest.MonkeyPatch, comp_type: str
+) -> None:
+    monkeypatch.setenv("_NHIDEL_COMP_TYPE", comp_type)
+    assert set(run("bash", "revoke", "").splitlines()) == live_ids(live)
+
+
+def test_bash_inserts_a_single_candidate_without_its_description(
+    live: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("_NHIDEL_COMP_TYPE", "9")
+    assert run("bash", "revoke", live["active"][:8]) == live["active"] + "\n"
+
+
+def test_bash_descriptions_are_cut_to_the_terminal_and_dropped_when_none_fits(
+    live: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("_NHIDEL_COMP_TYPE", "63")
+    monkeypatch.setenv("_NHIDEL_COLUMNS", "50")
+    lines = run("bash", "revoke", "").splitlines()
+    assert all(len(line) == 50 and line.endswith("...)") for line in lines), lines
+    monkeypatch.setenv("_NHIDEL_COLUMNS", "30")
+    assert set(run("bash", "revoke", "").splitlines()) == live_ids(live)
+
+
+def test_bash_lists_descriptions_and_inserts_only_what_the_grants_share(
+    live: dict[str, str], shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    screen = bash_pty(shell_env, tmp_path, "nhidel revoke ", "expires in 30m)")
+    assert f"{live['active']}  (reviewer repo:read:acme/api, expires in 30m)" in screen
+    prompt = [line for line in screen.splitlines() if line.startswith("> nhidel revoke")]
+    assert prompt and all("(" not in line for line in prompt), screen
+
+
+def test_bash_menu_complete_inserts_a_grant_id_alone(
+    live: dict[str, str], shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    screen = bash_pty(shell_env, tmp_path, "nhidel revoke ", "nhidel revoke g",
+                      "bind 'TAB: menu-complete'")  # fmt: skip
+    inserted = screen.rsplit("nhidel revoke ", 1)[1]
+    assert inserted.strip() in live_ids(live) and "(" not in screen, screen
+
+
+@pytest.fixture
+def audiences(ready: Cli) -> Cli:
+    """Agents with audiences: ci (one), bot (two, one of them shared with ci)."""
+    ready.ok("agent", "add", "ci", "--allow", "release:publish", "--aud", "api.example.com")
+    ready.ok("agent", "add", "bot", "--allow", "repo:read:*", "--aud", "api.example.com",
+             "--aud", "hooks")  # fmt: skip
+    return ready
+
+
+def test_aud_completes_the_audiences_agents_may_be_granted_for(audiences: Cli) -> None:
+    now = int(time.time())
+    everyone = [("api.example.com", "for ci, bot"), ("hooks", "for bot")]
+    assert complete.candidates(["verify", "-", "--aud", ""], now=now) == everyone
+    assert complete.candidates(["agent", "add", "x", "--aud", ""], now=now) == everyone
+    assert complete.candidates(["grant", "--aud", ""], now=now) == everyone  # no agent yet
+    assert values(["grant", "bot", "--aud", "h"]) == ["hooks"]
+    assert values(["grant", "ci", "--scope", "release:publish", "--aud", ""]) == ["api.example.com"]
+    assert values(["grant", "reviewer", "--aud", ""]) == []  # no audiences: any, typed
+    assert values(["grant", "nobody", "--aud", ""]) == []
+    assert values(["grant", "ci", "--aud=a"]) == ["--aud=api.example.com"]
+
+
+def test_aud_offers_no_audience_nhidel_would_refuse(audiences: Cli, paths: Paths) -> None:
+    add_to_config(paths, '\n[agents.odd]\nallow = ["a:b"]\n'
+                         f'aud = ["ok", "{"x" * 257}", "has space", ""]\n')  # fmt: skip
+    assert values(["grant", "odd", "--aud", ""]) == ["ok"]
+
+
+def test_aud_completes_in_real_shells(
+    audiences: Cli, shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    line = "nhidel grant ci --scope release:publish --aud "
+    assert zsh_line(shell_env, tmp_path, line, "Z") == line + "api.example.com Z"
+    assert line + "api.example.com " in bash_pty(shell_env, tmp_path, line, "example.com ")
+    assert fish_offers(shell_env, "nhidel verify --aud ") == [
+        "api.example.com\tfor ci, bot",
+        "hooks\tfor bot",
+    ]
+
+
+def test_a_wildcard_scope_completes_to_where_the_user_types_on_in_real_shells(
+    ready: Cli, shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`--scope rep<TAB>` gives `repo:read:acme/` and no space after it: no escaped `\\*`."""
+    line = "nhidel grant reviewer --scope rep"
+    screen = bash_pty(shell_env, tmp_path, line + "\t" + "api", "acme/api")
+    assert "--scope repo:read:acme/api" in screen and "\\*" not in screen
+    assert zsh_line(shell_env, tmp_path, line, "api") == line + "o:read:acme/api"
+    assert fish_offers(shell_env, line) == [
+        "repo:read:acme/\twithin repo:read:acme/*, for reviewer"
+    ]
+    # Nothing to add once the prefix is typed: the line stays as it is.
+    screen = bash_pty(shell_env, tmp_path, "nhidel grant reviewer --scope repo:read:acme/", "/")
+    assert "*" not in screen.rsplit("--scope", 1)[1]
+
+
+def test_zsh_install_adds_no_completion_style_to_zshrc(tmp_path: Path) -> None:
+    zshrc = tmp_path / ".zshrc"
+    zshrc.write_text("setopt autocd\n")
+    env = {**os.environ, "HOME": str(tmp_path), "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    subprocess.run([sys.executable, "-m", "nhidel", "--install-completion", "zsh"],
+                   capture_output=True, text=True, env=env, timeout=60, check=True)  # fmt: skip
+    lines = zshrc.read_text().splitlines()
+    assert "setopt autocd" in lines
+    assert not any(line.lstrip().startswith("zstyle") for line in lines), lines
+    assert (tmp_path / ".zfunc" / "_nhidel").read_text() == script("zsh")
+
+
+def test_zsh_says_it_found_matches_so_no_further_completer_runs(
+    live: dict[str, str], shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    """With `completer _complete _next`, zsh runs _next only when _complete found nothing."""
+    marker = tmp_path / "next-ran"
+    driver = tmp_path / "drive.zsh"
+    driver.write_text(ZSH_DRIVER)
+    setup = (f"{ZSH_SETUPS['sourced']}; _next() {{ print ran > {marker} }}; "
+             "zstyle ':completion:*' completer _complete _next")  # fmt: skip
+    result = subprocess.run(
+        [need("zsh"), "-f", str(driver), setup, live["active"], "nhidel revoke "],
+        capture_output=True, text=True, env=shell_env, timeout=60, check=True,
+    )  # fmt: skip
+    assert live["active"] in result.stdout
+    assert not marker.exists()

@@ -47,6 +47,34 @@ def test_every_patch_takes_where_typer_keeps_what_it_patches() -> None:
         assert getattr(_completion_classes, cls).source_template == ours
 
 
+@pytest.mark.parametrize(
+    ("before", "kept"),
+    [
+        ("", False),  # Typer would add the global style: taken out again
+        ("setopt autocd\n", False),
+        (f"{typer_seam.GLOBAL_ZSH_STYLE}\n", True),  # the user's own: left alone
+    ],
+)
+def test_installing_for_zsh_sets_no_completion_style_beyond_nhidels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: str, kept: bool
+) -> None:
+    build_app(None)
+    from typer import _completion_shared
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    zshrc = tmp_path / ".zshrc"
+    if before:
+        zshrc.write_text(before)
+    installed = _completion_shared.install_zsh(  # noqa: S604 - `shell` names zsh, runs nothing
+        prog_name="nhidel", complete_var="_NHIDEL_COMPLETE", shell="zsh"
+    )
+    text = zshrc.read_text()
+    assert (typer_seam.GLOBAL_ZSH_STYLE in text) is kept, text
+    assert "zstyle" not in text.replace(typer_seam.GLOBAL_ZSH_STYLE, "") and before in text
+    assert "compinit" in text  # what loads nhidel's completion stays
+    assert installed.read_text() == shell_scripts.script("zsh")
+
+
 def test_installing_twice_patches_once() -> None:
     from typer.core import _TyperParameter
 

@@ -1025,9 +1025,11 @@ def test_audit_verify_json_has_the_documented_shape(ready: Cli, logged: Paths) -
     assert result.exit_code == 5
     bad = json.loads(result.stdout)
     assert set(bad) == {"ok", "records", "head", "warnings", "error"} and bad["ok"] is False
-    assert set(bad["error"]) == {"segment", "line", "seq", "why"}
+    assert set(bad["error"]) == {"segment", "line", "seq", "where", "why"}
     assert (bad["error"]["segment"], bad["error"]["line"]) == ("audit.jsonl", 2)
+    assert bad["error"]["where"] == "in audit.jsonl line 2"
     assert "edited" in bad["error"]["why"]
+    assert bad["head"] == {"seq": 1, "hash": line_sha256(lines[0])}  # what was verified
 
 
 def test_audit_verify_quiet_prints_nothing_and_keeps_the_exit_code(
