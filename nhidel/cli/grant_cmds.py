@@ -241,10 +241,12 @@ def show(
     grant_id: Annotated[str, typer.Argument(metavar="ID", help="A grant id or unique prefix.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show one grant."""
+    """Show one grant (for a token, see nhidel inspect)."""
     from nhidel.cli.render import grant_details, grant_fields, print_json
     from nhidel.ledger.store import Ledger
+    from nhidel.models import refuse_token_as_id
 
+    refuse_token_as_id(grant_id)
     now = common.now()
     with Ledger(common.paths()) as ledger:
         try:
