@@ -62,8 +62,10 @@ COMMANDS: dict[str, dict[str, Any]] = (
                        '--uses': (True, 'How many times verify --consume may count it.', ()),
                        '--reason': (True, 'Why: recorded in the ledger and the audit log.', ()),
                        '--format': (True,
-                                    'token (alone on stdout), json, or env (NHIDEL_TOKEN=...).',
-                                    ('token', 'json', 'env')),
+                                    'token (alone on stdout), json, env (NHIDEL_TOKEN=TOKEN: a '
+                                    'dotenv line, which eval sets but does not export) or '
+                                    "export (export NHIDEL_TOKEN='TOKEN': for eval).",
+                                    ('token', 'json', 'env', 'export')),
                        '-h': (False, 'Show this message and exit.', ()),
                        '--help': (False, 'Show this message and exit.', ())},
            'arguments': 1},

@@ -26,6 +26,7 @@ class TokenFormat(StrEnum):
     token = "token"  # noqa: S105 - an output format name
     json = "json"
     env = "env"
+    export = "export"
 
 
 def register(app: typer.Typer) -> None:
@@ -83,7 +84,8 @@ def grant(
         TokenFormat,
         typer.Option(
             "--format",
-            help="token (alone on stdout), json, or env (NHIDEL_TOKEN=...).",
+            help="token (alone on stdout), json, env (NHIDEL_TOKEN=TOKEN: a dotenv line, which "
+            "eval sets but does not export) or export (export NHIDEL_TOKEN='TOKEN': for eval).",
         ),
     ] = TokenFormat.token,
 ) -> None:
@@ -106,6 +108,8 @@ def grant(
         text = json_text({**issued.to_json(now), "token": token})
     elif output is TokenFormat.env:
         text = f"NHIDEL_TOKEN={token}\n"
+    elif output is TokenFormat.export:
+        text = f"export NHIDEL_TOKEN={_single_quoted(token)}\n"
     else:
         text = token + "\n"
     try:
@@ -113,6 +117,11 @@ def grant(
     except (OSError, ValueError) as exc:  # BrokenPipeError is an OSError
         _revoke_undelivered(where, store, issued, exc)
     say(grant_summary(issued, now))
+
+
+def _single_quoted(text: str) -> str:
+    """`text` in single quotes for a POSIX shell (a token has no quote, but eval is unforgiving)."""
+    return "'" + text.replace("'", "'\\''") + "'"
 
 
 def _deliver(text: str) -> None:

@@ -154,7 +154,7 @@ def grant_into(env: dict[str, str], sink: str, output: str) -> subprocess.Comple
         os.close(write_end)
 
 
-@pytest.mark.parametrize("output", ["token", "json", "env"])
+@pytest.mark.parametrize("output", ["token", "json", "env", "export"])
 @pytest.mark.parametrize("sink", ["closed", "full", "broken-pipe"])
 def test_a_token_that_cannot_be_written_out_is_revoked_and_named(
     env: dict[str, str], sink: str, output: str
