@@ -49,10 +49,11 @@ COMMANDS: dict[str, dict[str, Any]] = (
            'commands': [],
            'options': {'--scope': (True,
                                    "A scope to grant, within the agent's ceiling (repeat for "
-                                   'more).',
+                                   'more; not with --like).',
                                    ()),
                        '--ttl': (True,
-                                 "How long the grant lives, e.g. 15m (default: the agent's).",
+                                 "How long the grant lives, e.g. 15m (default: the agent's; "
+                                 "with --like, grant ID's TTL, capped by the agent's max TTL).",
                                  ()),
                        '--aud': (True, 'The audience (service) the token is for.', ()),
                        '--not-before': (True,
@@ -66,6 +67,15 @@ COMMANDS: dict[str, dict[str, Any]] = (
                                     'dotenv line, which eval sets but does not export) or '
                                     "export (export NHIDEL_TOKEN='TOKEN': for eval).",
                                     ('token', 'json', 'env', 'export')),
+                       '--like': (True,
+                                  "Renew: a new grant with grant ID's agent, scopes, audience, "
+                                  'reason and use limit, starting now (or at --not-before). A '
+                                  'token cannot be extended: this mints another.',
+                                  ()),
+                       '--replace': (False,
+                                     'With --like: revoke grant ID (reason: replaced by the '
+                                     'new id) once the new token is written out.',
+                                     ()),
                        '-h': (False, 'Show this message and exit.', ()),
                        '--help': (False, 'Show this message and exit.', ())},
            'arguments': 1},

@@ -216,6 +216,7 @@ _SOURCES: dict[tuple[str, str], Source] = {
     ("agent remove", ""): _agent_names,
     ("audit tail", "--agent"): _agent_names,
     ("grant", "--scope"): _scopes,
+    ("grant", "--like"): _grants,
     ("audit tail", "--event"): _events,
 }
 
