@@ -37,6 +37,17 @@ def check_audience(aud: str) -> str:
     return aud
 
 
+def refuse_token_as_id(text: str) -> None:
+    """Refuse a token (or a piece of one: a JWS has dots, and its header starts `eyJ`) where
+    a grant id goes, without quoting it: a token is a credential, and does not belong in an
+    error message or a terminal's scrollback."""
+    if "." in text or text.lstrip().startswith("eyJ"):
+        raise UsageError(
+            "that is a token, not a grant id",
+            "see the grant behind a token with: nhidel inspect - (the token on stdin)",
+        )
+
+
 def check_agent_name(name: str) -> str:
     if not AGENT_NAME.fullmatch(name):
         raise UsageError(

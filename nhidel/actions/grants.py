@@ -9,12 +9,12 @@ from typing import Any
 from nhidel.audit import AuditKeys, event
 from nhidel.audit.records import token_fingerprint
 from nhidel.config import Config, load_config, unknown_agent
-from nhidel.errors import IntegrityError, KeystoreError, PolicyError, UsageError
+from nhidel.errors import IntegrityError, KeystoreError, NhidelError, PolicyError, UsageError
 from nhidel.integrity import state
 from nhidel.keys.keystore import KeyStore, open_keystore
 from nhidel.keys.principal import NO_KEY_HINT, load_signer
 from nhidel.ledger.store import Ledger
-from nhidel.models import Agent, Grant, check_audience, new_grant_id
+from nhidel.models import Agent, Grant, check_audience, new_grant_id, refuse_token_as_id
 from nhidel.paths import Paths
 from nhidel.scopes import Scope, not_covered, parse_scope_arguments
 from nhidel.timefmt import format_duration, parse_duration, parse_time
@@ -123,6 +123,50 @@ def issue(
             )])  # fmt: skip
             step.insert(grant, token_sha256(token))
     return grant, token
+
+
+def request_like(
+    paths: Paths, grant_id: str, *, ttl: str | None, not_before: str | None
+) -> tuple[Grant, GrantRequest]:
+    """Grant `grant_id` (an id or unique prefix), and a request for a new grant like it: the
+    same agent, scopes, audience, reason and use limit (`grant --like`).
+
+    A token cannot be extended, so renewing mints another. Only the times are the new grant's
+    own: `not_before` (default now) and `ttl`, by default as long as the original lived, capped
+    by the agent's maximum TTL today. `issue` then checks the request like any other, against
+    the agent's ceiling as it is now.
+    """
+    refuse_token_as_id(grant_id)
+    with Ledger(paths) as ledger:
+        (original,) = ledger.resolve([grant_id])
+    if ttl is None:
+        agent = load_config(paths).agent(original.agent)
+        ttl = format_duration(min(original.expires_at - original.not_before, agent.max_ttl))
+    request = GrantRequest(
+        agent=original.agent,
+        scopes=[str(scope) for scope in original.scopes],
+        ttl=ttl,
+        aud=original.aud,
+        not_before=not_before,
+        uses=original.max_uses,
+        reason=original.reason,
+    )
+    return original, request
+
+
+def replace_with(
+    paths: Paths, keystore: KeyStore, old: Grant, new: Grant, *, now: int
+) -> Revocation:
+    """Revoke grant `old` (reason `replaced by <new id>`) once `new`, minted like it, has been
+    delivered; a failure says that the new grant stands and the old one is still to revoke."""
+    try:
+        return revoke(paths, ids=[old.id], reason=f"replaced by {new.id}", now=now,
+                      keystore=keystore)  # fmt: skip
+    except NhidelError as failed:
+        raise type(failed)(
+            f"granted {new.id}, but could not revoke {old.id}, which it replaces: {failed.message}",
+            f"once that is fixed: nhidel revoke {old.id} --reason 'replaced by {new.id}'",
+        ) from None
 
 
 def _claims(grant: Grant, principal: str, issuer: str, status_uri: str | None) -> dict[str, Any]:

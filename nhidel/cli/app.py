@@ -89,6 +89,7 @@ COMMAND_MODULES = {
     "show": "grant_cmds",
     "revoke": "grant_cmds",
     "verify": "verify_cmds",
+    "inspect": "inspect_cmds",
     "audit": "audit_cmds",
     "config": "config_cmds",
     "status": "publish_cmds",

@@ -15,6 +15,7 @@ COMMANDS: dict[str, dict[str, Any]] = (
                    'show',
                    'revoke',
                    'verify',
+                   'inspect',
                    'publish',
                    'repair',
                    'key',
@@ -48,10 +49,11 @@ COMMANDS: dict[str, dict[str, Any]] = (
            'commands': [],
            'options': {'--scope': (True,
                                    "A scope to grant, within the agent's ceiling (repeat for "
-                                   'more).',
+                                   'more; not with --like).',
                                    ()),
                        '--ttl': (True,
-                                 "How long the grant lives, e.g. 15m (default: the agent's).",
+                                 "How long the grant lives, e.g. 15m (default: the agent's; "
+                                 "with --like, grant ID's TTL, capped by the agent's max TTL).",
                                  ()),
                        '--aud': (True, 'The audience (service) the token is for.', ()),
                        '--not-before': (True,
@@ -61,8 +63,19 @@ COMMANDS: dict[str, dict[str, Any]] = (
                        '--uses': (True, 'How many times verify --consume may count it.', ()),
                        '--reason': (True, 'Why: recorded in the ledger and the audit log.', ()),
                        '--format': (True,
-                                    'token (alone on stdout), json, or env (NHIDEL_TOKEN=...).',
-                                    ('token', 'json', 'env')),
+                                    'token (alone on stdout), json, env (NHIDEL_TOKEN=TOKEN: a '
+                                    'dotenv line, which eval sets but does not export) or '
+                                    "export (export NHIDEL_TOKEN='TOKEN': for eval).",
+                                    ('token', 'json', 'env', 'export')),
+                       '--like': (True,
+                                  "Renew: a new grant with grant ID's agent, scopes, audience, "
+                                  'reason and use limit, starting now (or at --not-before). A '
+                                  'token cannot be extended: this mints another.',
+                                  ()),
+                       '--replace': (False,
+                                     'With --like: revoke grant ID (reason: replaced by the '
+                                     'new id) once the new token is written out.',
+                                     ()),
                        '-h': (False, 'Show this message and exit.', ()),
                        '--help': (False, 'Show this message and exit.', ())},
            'arguments': 1},
@@ -76,7 +89,7 @@ COMMANDS: dict[str, dict[str, Any]] = (
                       '-h': (False, 'Show this message and exit.', ()),
                       '--help': (False, 'Show this message and exit.', ())},
           'arguments': 0},
- 'show': {'help': 'Show one grant.',
+ 'show': {'help': 'Show one grant (for a token, see nhidel inspect).',
           'commands': [],
           'options': {'--json': (False, 'Print JSON.', ()),
                       '-h': (False, 'Show this message and exit.', ()),
@@ -132,6 +145,15 @@ COMMANDS: dict[str, dict[str, Any]] = (
                         '-h': (False, 'Show this message and exit.', ()),
                         '--help': (False, 'Show this message and exit.', ())},
             'arguments': 1},
+ 'inspect': {'help': 'Decode a token: its header and claims, the grant behind it, and whether '
+                     'it would verify now.',
+             'commands': [],
+             'options': {'--json': (False,
+                                    'Print JSON: header, claims, grant (or null), verdict.',
+                                    ()),
+                         '-h': (False, 'Show this message and exit.', ()),
+                         '--help': (False, 'Show this message and exit.', ())},
+             'arguments': 1},
  'publish': {'help': 'Write jwks.json and status.jwt into a directory, ready for a static web '
                      'host.',
              'commands': [],

@@ -27,6 +27,36 @@ def keystore(where: Paths) -> KeyStore:
     return open_keystore(where, prompt=getpass.getpass)
 
 
+def read_token(argument: str | None, *, command: str) -> str:
+    """The token text from the argument, stdin (when the argument is `-`) or $NHIDEL_TOKEN,
+    as `verify` and `inspect` read it.
+
+    Bytes that are not UTF-8 are kept as lone surrogates (as Python already does for argv and
+    the environment): such a text is refused like any other garbage, never a crash.
+    """
+    import os
+    import sys
+
+    from nhidel.errors import UsageError
+    from nhidel.tokens.jws import MAX_TOKEN_LENGTH
+
+    if argument == "-":
+        stdin = sys.stdin.buffer if sys.stdin is not None else None
+        # A longer one is malformed anyway.
+        data = stdin.read(MAX_TOKEN_LENGTH + 2) if stdin is not None else b""
+        text = data.decode("utf-8", "surrogateescape")
+    elif argument is not None:
+        text = argument
+    else:
+        text = os.environ.get("NHIDEL_TOKEN", "")
+    text = text.strip()
+    if not text:
+        raise UsageError(
+            f"no token to {command}", f"pipe it in with '{command} -', or set NHIDEL_TOKEN"
+        )
+    return text
+
+
 def republish(where: Paths, store: KeyStore, *, changed: bool) -> None:
     """After a command `changed` revocations or keys: republish (nhidel.actions.publish
     decides whether and where) and say what came of it."""

@@ -294,6 +294,7 @@ _SOURCES: dict[tuple[str, str], Source] = {
     ("grant", "--aud"): _granted_audiences,
     ("verify", "--aud"): _audiences,
     ("agent add", "--aud"): _audiences,
+    ("grant", "--like"): _grants,
     ("audit tail", "--event"): _events,
 }
 

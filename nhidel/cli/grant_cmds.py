@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from nhidel.cli import common
+from nhidel.errors import UsageError
 from nhidel.models import SHORT_ID_LENGTH
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ class TokenFormat(StrEnum):
     token = "token"  # noqa: S105 - an output format name
     json = "json"
     env = "env"
+    export = "export"
 
 
 def register(app: typer.Typer) -> None:
@@ -36,22 +38,24 @@ def register(app: typer.Typer) -> None:
 
 def grant(
     agent: Annotated[
-        str, typer.Argument(metavar="AGENT", help="The registered agent to grant to.")
-    ],
+        str | None,
+        typer.Argument(metavar="AGENT", help="The registered agent to grant to (not with --like)."),
+    ] = None,
     scope: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(
             "--scope",
             metavar="SCOPE",
-            help="A scope to grant, within the agent's ceiling (repeat for more).",
+            help="A scope to grant, within the agent's ceiling (repeat for more; not with --like).",
         ),
-    ],
+    ] = None,
     ttl: Annotated[
         str | None,
         typer.Option(
             "--ttl",
             metavar="DURATION",
-            help="How long the grant lives, e.g. 15m (default: the agent's).",
+            help="How long the grant lives, e.g. 15m (default: the agent's; with --like, grant "
+            "ID's TTL, capped by the agent's max TTL).",
         ),
     ] = None,
     aud: Annotated[
@@ -82,36 +86,91 @@ def grant(
         TokenFormat,
         typer.Option(
             "--format",
-            help="token (alone on stdout), json, or env (NHIDEL_TOKEN=...).",
+            help="token (alone on stdout), json, env (NHIDEL_TOKEN=TOKEN: a dotenv line, which "
+            "eval sets but does not export) or export (export NHIDEL_TOKEN='TOKEN': for eval).",
         ),
     ] = TokenFormat.token,
+    like: Annotated[
+        str | None,
+        typer.Option(
+            "--like",
+            metavar="ID",
+            help="Renew: a new grant with grant ID's agent, scopes, audience, reason and use "
+            "limit, starting now (or at --not-before). A token cannot be extended: this mints "
+            "another.",
+        ),
+    ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="With --like: revoke grant ID (reason: replaced by the new id) once the new "
+            "token is written out.",
+        ),
+    ] = False,
 ) -> None:
     """Mint a grant: the token alone on stdout, a summary on stderr.
 
     A token that cannot be written out (stdout closed, a full disk, a reader gone) reached no
     one: its grant is revoked at once (reason `undelivered`) and the error names it.
+
+    Without --like, AGENT and at least one --scope are required. With --like ID (to renew: a
+    token cannot be extended), grant ID's agent, scopes, audience, reason and use limit are
+    copied, so AGENT, --scope, --aud, --uses and --reason cannot be given; --ttl and
+    --not-before can.
     """
-    from nhidel.actions.grants import GrantRequest, issue
+    from nhidel.actions.grants import GrantRequest, issue, replace_with, request_like
     from nhidel.cli.render import grant_summary, json_text, say
 
     where = common.paths()
     now = common.now()
-    request = GrantRequest(
-        agent=agent, scopes=scope, ttl=ttl, aud=aud, not_before=not_before, uses=uses, reason=reason
-    )
+    original = None
+    if like is not None:
+        copied = {"AGENT": agent, "--scope": scope, "--aud": aud, "--uses": uses,
+                  "--reason": reason}  # fmt: skip
+        given = [name for name, value in copied.items() if value is not None]
+        if given:
+            raise UsageError(
+                f"{given[0]} cannot be given with --like: it comes from the grant --like names",
+                "leave it out, or grant anew without --like",
+            )
+        original, request = request_like(where, like, ttl=ttl, not_before=not_before)
+    elif replace:
+        raise UsageError("--replace goes with --like", "nhidel grant --like ID --replace")
+    elif agent is None:
+        raise UsageError("missing argument 'AGENT'", "see nhidel grant --help")
+    elif not scope:
+        raise UsageError("missing option '--scope'", "see nhidel grant --help")
+    else:
+        request = GrantRequest(agent=agent, scopes=scope, ttl=ttl, aud=aud,
+                               not_before=not_before, uses=uses, reason=reason)  # fmt: skip
     store = common.keystore(where)
     issued, token = issue(where, store, request, now=now)
     if output is TokenFormat.json:
         text = json_text({**issued.to_json(now), "token": token})
     elif output is TokenFormat.env:
         text = f"NHIDEL_TOKEN={token}\n"
+    elif output is TokenFormat.export:
+        text = f"export NHIDEL_TOKEN={_single_quoted(token)}\n"
     else:
         text = token + "\n"
     try:
         _deliver(text)
     except (OSError, ValueError) as exc:  # BrokenPipeError is an OSError
         _revoke_undelivered(where, store, issued, exc)
-    say(grant_summary(issued, now))
+    summary = grant_summary(issued, now)
+    say(summary if original is None else f"{summary} (like {original.short_id})")
+    if replace and original is not None:
+        # Only now: the new token is out, so the old one is never revoked for nothing.
+        replaced = replace_with(where, store, original, issued, now=common.now())
+        done = "revoked" if replaced.revoked else "was already revoked"
+        say(f"{original.short_id} {done} (replaced by {issued.short_id})")
+        common.republish(where, store, changed=True)
+
+
+def _single_quoted(text: str) -> str:
+    """`text` in single quotes for a POSIX shell (a token has no quote, but eval is unforgiving)."""
+    return "'" + text.replace("'", "'\\''") + "'"
 
 
 def _deliver(text: str) -> None:
@@ -252,10 +311,12 @@ def show(
     grant_id: Annotated[str, typer.Argument(metavar="ID", help="A grant id or unique prefix.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show one grant."""
+    """Show one grant (for a token, see nhidel inspect)."""
     from nhidel.cli.render import grant_details, grant_fields, print_json
     from nhidel.ledger.store import Ledger
+    from nhidel.models import refuse_token_as_id
 
+    refuse_token_as_id(grant_id)
     now = common.now()
     with Ledger(common.paths()) as ledger:
         try:

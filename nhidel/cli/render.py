@@ -13,6 +13,7 @@ wall-clock ones come from nhidel.timefmt alone, so every command says them alike
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -37,6 +38,8 @@ AGENT_WIDTH = 20  # `list` folds longer agent names (up to 64 characters) onto m
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from nhidel.actions.inspect import Inspection
 
 
 def safe(text: object) -> str:
@@ -436,3 +439,77 @@ def _key_or_log_details(record: dict[str, Any]) -> str:
         names = " ".join(str(s) for s in segments) if isinstance(segments, list) else segments
         return f"deleted {names or '?'} (records through seq {record.get('pruned_through')})"
     return ""
+
+
+def inspection_json(inspection: Inspection, now: int) -> str:
+    """`inspect --json`: header, claims, grant (as `show --json`, or null) and verdict.
+
+    Every non-ASCII character is escaped: the header and claims are whatever the token says,
+    and so reach a terminal as plain ASCII (the values decode to exactly what the token held).
+    """
+    grant = inspection.grant
+    value = {
+        "header": inspection.header,
+        "claims": inspection.claims,
+        "grant": None if grant is None else grant_fields(grant, now),
+        "verdict": inspection.verdict.to_json(),
+    }
+    return json.dumps(value, indent=2, ensure_ascii=True) + "\n"
+
+
+def inspection_details(inspection: Inspection, now: int) -> None:
+    """`inspect` for people, on stdout: header, claims, the grant, the verdict; every key and
+    value escaped (a token chooses its own claims)."""
+    sections: list[tuple[str, list[tuple[str, str]]]] = [
+        ("header", [(name, _claim_text(name, v, now)) for name, v in inspection.header.items()]),
+        ("claims", [(name, _claim_text(name, v, now)) for name, v in inspection.claims.items()]),
+        ("grant", _grant_lines(inspection.grant, now)),
+    ]
+    verdict = inspection.verdict
+    answer = "yes" if verdict.would_verify else f"no: {verdict.reason}"
+    lines = [("would verify now", f"{answer}: {verdict.detail}")]
+    if verdict.unverified:
+        lines.append(("unverified", ", ".join(verdict.unverified)))
+    sections.append(("verdict", lines))
+    out = []
+    for title, rows in sections:
+        out.append(f"{title}\n")
+        width = min(max((len(safe(key)) for key, _ in rows), default=0), 16)
+        out.extend(f"  {safe(key).ljust(width)}  {safe(text)}\n" for key, text in rows)
+    sys.stdout.write("".join(out))
+
+
+_TIME_CLAIMS = frozenset({"iat", "nbf", "exp"})
+
+
+def _claim_text(name: str, value: object, now: int) -> str:
+    """A header or claim value as text: a time claim with its RFC 3339 time and how far off it
+    is, a string as it is, anything else as compact JSON."""
+    if isinstance(value, str):
+        return value
+    if name in _TIME_CLAIMS and type(value) is int:
+        with contextlib.suppress(OverflowError, ValueError, OSError):
+            return _when(value, now)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _when(timestamp: int, now: int) -> str:
+    return relative_with_clock(timestamp, now=now)
+
+
+def _grant_lines(grant: Grant | None, now: int) -> list[tuple[str, str]]:
+    """The grant behind a token: its state in the ledger, as `show` has it."""
+    if grant is None:
+        return [("none", "this ledger issued no such token")]
+    fields = grant_fields(grant, now)  # a row holding a time out of range: exit 5
+    uses = f"{grant.uses}" if grant.max_uses is None else f"{grant.uses} of {grant.max_uses}"
+    lines = [("id", grant.id), ("agent", grant.agent), ("status", fields["status"])]
+    lines.append(("uses", uses))
+    if grant.not_before > now:
+        lines.append(("starts", _when(grant.not_before, now)))
+    lines.append(("expires", _when(grant.expires_at, now)))
+    if grant.revoked_at is not None:
+        why = grant.revoke_reason or "no reason given"
+        lines.append(("revoked", f"{_when(grant.revoked_at, now)}: {why}"))
+    lines.append(("reason", grant.reason or "-"))
+    return lines

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated
@@ -14,7 +13,6 @@ from nhidel.cli import common
 from nhidel.cli.errors import ExitQuietly, verdict_stands
 from nhidel.errors import ExitStatus, UsageError
 from nhidel.tokens.decision import Reason
-from nhidel.tokens.jws import MAX_TOKEN_LENGTH
 
 if TYPE_CHECKING:
     from nhidel.scopes import Scope
@@ -114,7 +112,7 @@ def verify(
         raise UsageError("--consume needs the ledger", "a remote verifier cannot count uses")
     if batch and token is not None:
         raise UsageError("--batch reads the tokens from stdin", "drop the TOKEN argument")
-    text = "" if batch else _read_token(token)
+    text = "" if batch else common.read_token(token, command="verify")
     skew = 0 if leeway in (None, "0") else parse_duration(leeway, what="--leeway")
     checking = _checker(requested, any_scope=any_scope, aud=aud, consume=consume, leeway=skew,
                         jwks=jwks, status_list=status_list, issuer=issuer)  # fmt: skip
@@ -176,24 +174,3 @@ def _checker(
     where = common.paths()
     with Verifier(where, common.keystore(where), leeway=leeway) as verifier:
         yield verifier.checker(requested, any_scope=any_scope, aud=aud, consume=consume)
-
-
-def _read_token(argument: str | None) -> str:
-    """The token text from the argument, stdin or $NHIDEL_TOKEN.
-
-    Bytes that are not UTF-8 are kept as lone surrogates (as Python already does for argv and
-    the environment): the verifier refuses such a text as `malformed`, like any other garbage.
-    """
-    if argument == "-":
-        stdin = sys.stdin.buffer if sys.stdin is not None else None
-        # A longer one is malformed anyway.
-        data = stdin.read(MAX_TOKEN_LENGTH + 2) if stdin is not None else b""
-        text = data.decode("utf-8", "surrogateescape")
-    elif argument is not None:
-        text = argument
-    else:
-        text = os.environ.get("NHIDEL_TOKEN", "")
-    text = text.strip()
-    if not text:
-        raise UsageError("no token to verify", "pipe it in with 'verify -', or set NHIDEL_TOKEN")
-    return text

@@ -13,6 +13,7 @@ from nhidel.errors import UsageError
 from nhidel.models import Grant
 from nhidel.names import GRANT_ID
 from nhidel.scopes import Scope, covered_by_any, parse_scope_arguments, parse_scope_text
+from nhidel.timefmt import rfc3339
 from nhidel.tokens.decision import Decision, Reason
 
 MAX_LEEWAY = 3600
@@ -57,18 +58,23 @@ def time_fault(exp: int, nbf: int, now: int, leeway: int) -> Reason | None:
     return None
 
 
-# What a denial for each time fault says.
-TIME_DETAIL = {
-    Reason.EXPIRED: "the grant has expired",
-    Reason.NOT_YET_VALID: "the grant is not valid yet",
-}
+def time_detail(fault: Reason, nbf: int) -> str:
+    """What a denial for a time fault says; one for a grant not valid yet says when it starts
+    (`nbf`, the grant's own start: a verifier's leeway does not move it)."""
+    if fault is Reason.EXPIRED:
+        return "the grant has expired"
+    try:
+        start = rfc3339(nbf)
+    except (OverflowError, ValueError, OSError):  # past year 9999: say the number
+        start = str(nbf)
+    return f"the grant is not valid yet: it starts at {start}"
 
 
 def check_times(claims: dict[str, Any], now: int, leeway: int) -> None:
     """Raise Denied when the claims' times (`exp`, `nbf`) do not hold at `now`."""
     fault = time_fault(claims["exp"], claims["nbf"], now, leeway)
     if fault is not None:
-        raise Denied(fault, TIME_DETAIL[fault])
+        raise Denied(fault, time_detail(fault, claims["nbf"]))
 
 
 def check_audience_and_scopes(

@@ -45,5 +45,6 @@ class Decision:
         return {
             "allowed": self.allowed,
             "reason": None if self.reason is None else self.reason.value,
+            "detail": self.detail,
             "grant": None if self.grant is None else self.grant.to_json(now),
         }

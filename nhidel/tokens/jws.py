@@ -141,6 +141,25 @@ class TokenDecoder:
         return key
 
 
+def decode_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The header and claims of `token` as it spells them, checking nothing but its shape
+    (three canonical base64url parts, the first two JSON objects); TokenRejected (malformed)
+    otherwise. For reading a token (`nhidel inspect`), never for trusting one."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise TokenRejected(Reason.MALFORMED, f"it is longer than {MAX_TOKEN_LENGTH} characters")
+    parts = _TOKEN.fullmatch(token.strip())
+    if parts is None:
+        raise TokenRejected(Reason.MALFORMED, "a token is three dot-separated base64url parts")
+    head, payload, _ = parts.groups()
+    decoded = _json_object(head, "header"), _json_object(payload, "payload")
+    for value, what in zip(decoded, ("header", "payload"), strict=True):
+        try:  # NaN and Infinity parse, but are not JSON: they could not be printed back as JSON
+            json.dumps(value, allow_nan=False)
+        except (ValueError, RecursionError):
+            raise TokenRejected(Reason.MALFORMED, f"the {what} is not strict JSON") from None
+    return decoded
+
+
 @cache
 def _invalid_signature() -> type[Exception]:
     from cryptography.exceptions import InvalidSignature

@@ -28,12 +28,12 @@ from nhidel.models import Grant
 from nhidel.paths import Paths
 from nhidel.scopes import Scope
 from nhidel.tokens.claims import (
-    TIME_DETAIL,
     Denied,
     check_audience_and_scopes,
     check_leeway,
     claims_shape,
     requested_scopes,
+    time_detail,
     time_fault,
 )
 from nhidel.tokens.decision import Decision, Reason
@@ -325,7 +325,8 @@ class Verifier:
         """Decide one question about a known token, in the order of SPEC.md's checks: times
         (`fault`, from `time_fault`), then the ledger, then audience and scopes."""
         if fault is not None:
-            decision = Decision(False, fault, TIME_DETAIL[fault])
+            # With the grant when the ledger knows it (None for an unknown or damaged one).
+            decision = Decision(False, fault, time_detail(fault, known.nbf), known.grant)
         elif known.denial is not None:
             decision = known.denial
         else:
@@ -370,7 +371,7 @@ class Verifier:
             if grant.id in sealed.revoked:
                 decision = Decision(False, Reason.REVOKED, "the grant was revoked", grant)
             elif fault is not None:
-                decision = Decision(False, fault, TIME_DETAIL[fault], grant)
+                decision = Decision(False, fault, time_detail(fault, grant.not_before), grant)
             elif max_uses is not None and uses >= max_uses:
                 decision = Decision(False, Reason.USES_EXHAUSTED, "the grant has no uses left",
                                     replace(grant, uses=uses))  # fmt: skip

@@ -143,7 +143,7 @@ def test_commands_options_and_choices_come_from_the_command_table() -> None:
     assert values(["ag"]) == ["agent"]
     assert values(["agent", ""]) == ["add", "list", "show", "update", "remove"]
     assert "--scope" in values(["grant", "reviewer", "--"])
-    assert values(["grant", "reviewer", "--format", ""]) == ["token", "json", "env"]
+    assert values(["grant", "reviewer", "--format", ""]) == ["token", "json", "env", "export"]
     assert values(["--ver"]) == ["--version"]
 
 

@@ -27,6 +27,15 @@ from nhidel.verifiers.remote import RemoteVerifier
 
 SCOPE = "repo:read:acme/api"
 MALFORMED = {"allowed": False, "reason": "malformed", "grant": None}
+
+
+def verdict_of(stdout: str | bytes) -> dict[str, object]:
+    """`verify --json`'s verdict, its `detail` (a sentence for people) set aside."""
+    verdict: dict[str, object] = json.loads(stdout)
+    assert isinstance(verdict.pop("detail"), str), verdict
+    return verdict
+
+
 B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
@@ -72,7 +81,7 @@ def test_invalid_utf8_on_verify_stdin_is_malformed(env: dict[str, str]) -> None:
     for garbage in (b"\xff\xfe", token + b"\n\xff\xfe", token + b"\xc3(", b"\xed\xb3\xbf"):
         done = run_bytes(env, "verify", "-", "--scope", SCOPE, "--json", stdin=garbage)
         assert done.returncode == 1, done.stderr
-        assert json.loads(done.stdout) == MALFORMED
+        assert verdict_of(done.stdout) == MALFORMED
         assert done.stderr.decode().startswith("denied: malformed"), done.stderr
 
 
@@ -81,7 +90,7 @@ def test_an_undecodable_token_argument_or_variable_is_malformed(env: dict[str, s
     by_variable = run_bytes(env, "verify", "--any-scope", "--json", NHIDEL_TOKEN=b"ab\xff.c.d")
     for done in (by_argument, by_variable):
         assert done.returncode == 1, done.stderr
-        assert json.loads(done.stdout) == MALFORMED
+        assert verdict_of(done.stdout) == MALFORMED
         assert b"unexpected" not in done.stderr
 
 
@@ -145,7 +154,7 @@ def grant_into(env: dict[str, str], sink: str, output: str) -> subprocess.Comple
         os.close(write_end)
 
 
-@pytest.mark.parametrize("output", ["token", "json", "env"])
+@pytest.mark.parametrize("output", ["token", "json", "env", "export"])
 @pytest.mark.parametrize("sink", ["closed", "full", "broken-pipe"])
 def test_a_token_that_cannot_be_written_out_is_revoked_and_named(
     env: dict[str, str], sink: str, output: str
@@ -257,7 +266,7 @@ def test_a_non_canonical_base64url_spelling_is_malformed_locally_and_remotely(
         assert genuine.exit_code == 0, genuine.stderr
         for text in respelled:
             result = ready("verify", "-", "--scope", SCOPE, "--json", *where, input=text)
-            assert result.exit_code == 1 and json.loads(result.stdout) == MALFORMED, where
+            assert result.exit_code == 1 and verdict_of(result.stdout) == MALFORMED, where
     # The same through the library: the local decoder and the remote verifier.
     from nhidel.keys.keystore import open_keystore
     from nhidel.keys.material import public_key

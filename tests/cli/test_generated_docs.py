@@ -87,9 +87,8 @@ def option_entries(page: str) -> dict[str, str]:
 
 def test_man_page_says_which_options_are_required_and_their_defaults() -> None:
     entries = option_entries(MAN_PAGE.read_text())
-    assert entries["nhidel grant \\fB\\-\\-scope\\fR \\fISCOPE\\fR"].endswith(" Required.")
     assert entries["nhidel agent add \\fB\\-\\-allow\\fR \\fISCOPE\\fR"].endswith(" Required.")
-    assert entries["nhidel grant \\fB\\-\\-format\\fR \\fItoken|json|env\\fR"].endswith(
+    assert entries["nhidel grant \\fB\\-\\-format\\fR \\fItoken|json|env|export\\fR"].endswith(
         " Default: token."
     )
     assert entries["nhidel audit tail \\fB\\-n\\fR, \\fB\\-\\-lines\\fR \\fICOUNT\\fR"].endswith(

@@ -118,7 +118,7 @@ def _help(cli: Cli, *command: str) -> str:
 @pytest.mark.parametrize(
     ("command", "usage"),
     [
-        (("grant",), "Usage: nhidel grant [OPTIONS] AGENT"),
+        (("grant",), "Usage: nhidel grant [OPTIONS] [AGENT]"),
         (("revoke",), "Usage: nhidel revoke [OPTIONS] [ID]..."),
         (("verify",), "Usage: nhidel verify [OPTIONS] [TOKEN]"),
         (("config", "set"), "Usage: nhidel config set [OPTIONS] NAME VALUE"),
@@ -134,7 +134,8 @@ def test_usage_lines_name_arguments_as_man_pages_do(
 def test_options_show_what_their_value_is_and_flags_show_nothing(cli: Cli) -> None:
     text = _help(cli, "grant")
     for option, value in (("--ttl", "DURATION"), ("--scope", "SCOPE"), ("--uses", "COUNT"),
-                          ("--not-before", "TIME"), ("--format", "token|json|env")):  # fmt: skip
+                          ("--not-before", "TIME"), ("--like", "ID"),
+                          ("--format", "token|json|env|export")):  # fmt: skip
         assert re.search(rf"{re.escape(option)}\s+{re.escape(value)}\s", text), (option, text)
     assert re.search(r"--help\s+-h\s+Show this message", text), text
 
