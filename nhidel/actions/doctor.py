@@ -9,8 +9,8 @@ Checks come in the order a command meets what they check: the home, the keystore
 files, the audit log, the ledger and config.toml as sealed, a crash's residue, the status list.
 
 Doctor only reads. It writes no audit record, moves no mark, finishes no residue and creates
-no file: the keystore's entries are read (the trust entry and the mark, never the signing
-key), the ledger is opened read-only, and the log is read from its end (integrity.recent).
+no file: it asks the keystore for the trust entry and the mark, never for the signing key;
+the ledger is opened read-only, and the log is read from its end (integrity.recent).
 """
 
 from __future__ import annotations
