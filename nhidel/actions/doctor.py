@@ -42,7 +42,7 @@ from nhidel.keys.material import public_key
 from nhidel.keys.principal import Trust, key_state, load_trust
 from nhidel.ledger.store import SCHEMA_VERSION, Ledger
 from nhidel.paths import Paths
-from nhidel.timefmt import relative
+from nhidel.timefmt import relative_with_clock
 from nhidel.tokens.claims import MAX_LEEWAY
 from nhidel.tokens.jws import TokenRejected, decode_verified
 from nhidel.tokens.statuslist import INVALID, MAX_ENCODED_LENGTH, status_of
@@ -209,10 +209,10 @@ class _Examination:
         states = {kid: key_state(info, self.now) for kid, info in trust.keys.items()}
         active = [kid for kid, s in states.items() if s == "active"]
         others = [
-            f"{kid} retired, verifies its grants until "
-            f"{relative(int(trust.keys[kid].get('live_until', 0)), now=self.now)}"
-            for kid, s in states.items()
-            if s == "retired"
+            f"{kid} retired, verifies its grants until they expire, "
+            f"{_when(info.get('live_until'), self.now)}"
+            for kid, info in trust.keys.items()
+            if states[kid] == "retired"
         ]
         expired = sum(s == "expired" for s in states.values())
         if expired:
@@ -515,8 +515,10 @@ class _Examination:
         stale = []
         expires = claims.get("exp")
         if not isinstance(expires, int) or expires <= self.now:
-            when = relative(expires, now=self.now) if isinstance(expires, int) else "long ago"
-            stale.append(f"{STATUS_FILE} expired {when}, so verifiers elsewhere refuse it")
+            stale.append(
+                f"{STATUS_FILE} expired {_when(expires, self.now)}, so verifiers "
+                "elsewhere refuse it"
+            )
         if claims.get("sub") != uri:
             stale.append(f"{STATUS_FILE} was published for another status-uri")
         missing = [
@@ -550,6 +552,11 @@ def _residue(recent: Recent, sealed: state.SealedState) -> list[dict[str, Any]]:
     return [
         r for r in recent.after_mark if r.get("event") in STATE_EVENTS and r["seq"] > sealed.seq
     ]
+
+
+def _when(timestamp: object, now: int) -> str:
+    """'in 1h 30m (2026-12-04 09:15 CET)', or what an absent or odd time is."""
+    return relative_with_clock(timestamp, now=now) if type(timestamp) is int else "(no time)"
 
 
 def _described(store: KeyStore) -> str:

@@ -121,6 +121,14 @@ def test_a_healthy_file_keystore_home_names_its_file(
     assert found["keystore"][0]["detail"] == f"the encrypted keystore {paths.keystore_file}: opens"
 
 
+def test_a_retired_key_is_shown_with_when_its_grants_expire(ready: Cli) -> None:
+    issue(ready)
+    ready.ok("key", "rotate")
+    status, found = checks(ready)
+    assert status == 0, failing(found)
+    assert "retired, verifies its grants until they expire, in 1" in found["key"][0]["detail"]
+
+
 def test_doctor_changes_nothing_in_the_home_or_the_keyring(
     ready: Cli, paths: Paths, memory_keyring: MemoryKeyring
 ) -> None:
