@@ -310,6 +310,15 @@ class _Examination:
         if self.recent is None or self.trust is None:
             self.skip("ledger", "needs the keystore and an audit log that checks out")
             return
+        wal, shm = (Path(f"{self.paths.ledger_file}{side}") for side in ("-wal", "-shm"))
+        if wal.exists() and not shm.exists():
+            # SQLite would create the -shm to read the -wal: doctor creates no file.
+            self.skip(
+                "ledger",
+                f"{wal} has no -shm beside it (a crash's leftover, which the "
+                "next command recovers), and reading it would create one",
+            )
+            return
         try:
             self.opened = Ledger.read_only(self.paths)
         except FileNotFoundError:

@@ -108,7 +108,8 @@ class Ledger:
     @classmethod
     def read_only(cls, paths: Paths) -> Ledger:
         """The existing ledger opened only to read (`nhidel doctor`): no file is created, no
-        mode or schema written. FileNotFoundError when there is none; `schema_version()` says
+        mode or schema written (but for one case: a -wal with no -shm beside it, which SQLite
+        creates to read it). FileNotFoundError when there is none; `schema_version()` says
         whether this nhidel can read its rows yet (an older one is upgraded by the next writer)."""
         ledger = cls.__new__(cls)
         ledger.path = path = paths.ledger_file

@@ -158,6 +158,20 @@ def test_doctor_waits_for_a_writer_only_so_long(
     assert result.exit_code == 0, result.stdout
 
 
+def test_a_wal_without_its_shm_is_left_unread_rather_than_a_file_created(
+    ready: Cli, paths: Paths
+) -> None:
+    issue(ready)
+    wal = Path(f"{paths.ledger_file}-wal")
+    wal.write_bytes(b"")
+    wal.chmod(0o600)
+    before = snapshot(paths.state_dir)
+    status, found = checks(ready)
+    assert status == 0, failing(found)
+    assert found["ledger"][0]["ok"] is None
+    assert snapshot(paths.state_dir) == before
+
+
 # -- no home ------------------------------------------------------------------------------
 
 
