@@ -175,7 +175,9 @@ class _Examination:
             found = store.read(TRUST)
             self.trust = None if found is None else load_trust(store)
         except NhidelError as exc:
-            self.add(_problem("keystore", exc, about=f"{_described(store)}: "))
+            # The file keystore's errors name its file; the keyring's, which keyring it is.
+            where = f"{_described(store)}: " if isinstance(store, OsKeyring) else ""
+            self.add(_problem("keystore", exc, about=where))
             return
         except (KeyError, TypeError, ValueError):
             self.add(

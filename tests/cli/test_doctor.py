@@ -105,9 +105,9 @@ def test_a_healthy_home_passes_every_check_and_exits_0(
     assert "nhidel audit verify" in text  # what the quick check leaves to the full one
 
 
-def test_a_healthy_file_keystore_home_names_its_file(
-    cli: Cli, paths: Paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def file_home(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home initialised with the file keystore; returns the passphrase file."""
     passphrase = tmp_path / "passphrase"
     passphrase.write_text("doctor passphrase\n")
     monkeypatch.setenv("NHIDEL_KEYSTORE", "file")
@@ -115,10 +115,35 @@ def test_a_healthy_file_keystore_home_names_its_file(
     monkeypatch.setitem(keystore._SCRYPT, "n", 2**14)
     monkeypatch.setattr(keystore, "_passphrase_taken", None)
     cli.ok("init", "--principal", "alice")
+    return passphrase
+
+
+def test_a_healthy_file_keystore_home_names_its_file(
+    file_home: Path, cli: Cli, paths: Paths
+) -> None:
     status, found = checks(cli)
     assert status == 0, failing(found)
     assert list(found) == CHECKS
     assert found["keystore"][0]["detail"] == f"the encrypted keystore {paths.keystore_file}: opens"
+
+
+def test_a_wrong_passphrase_is_exit_4_and_an_edited_keystore_file_exit_5(
+    file_home: Path, cli: Cli, paths: Paths
+) -> None:
+    file_home.write_text("not the passphrase\n")
+    status, found = checks(cli)
+    assert status == 4
+    assert found["keystore"][0]["detail"].startswith(f"wrong passphrase for {paths.keystore_file}")
+    file_home.write_text("doctor passphrase\n")
+    document = json.loads(paths.keystore_file.read_text())
+    sealed = document["sealed"]["ciphertext"]
+    document["sealed"]["ciphertext"] = ("A" if sealed[0] != "A" else "B") + sealed[1:]
+    paths.keystore_file.write_text(json.dumps(document))
+    status, found = checks(cli)
+    assert status == 5
+    assert found["keystore"][0]["detail"] == (
+        f"{paths.keystore_file}: its entries were altered, removed or spliced from another copy"
+    )
 
 
 def test_a_retired_key_is_shown_with_when_its_grants_expire(ready: Cli) -> None:
