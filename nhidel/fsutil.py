@@ -58,18 +58,9 @@ def _open_private_dir(path: Path) -> int:
         raise storage_error(path, exc) from exc
     try:
         info = os.fstat(fd)
-        if info.st_uid != os.getuid():
-            raise StorageError(
-                f"{path} belongs to another user (uid {info.st_uid})",
-                "point NHIDEL_HOME at a directory of your own (mode 700)",
-            )
-        if info.st_mode & 0o022:
-            # Whoever may write here may plant links and swap files: never tighten such a
-            # directory behind the user's back, since others may already have planted them.
-            raise StorageError(
-                f"{path} is writable by group or others",
-                f"check what is in it, then: chmod 700 {path}",
-            )
+        refusal = _dir_refusal(path, info)
+        if refusal is not None:
+            raise refusal
         if info.st_mode & 0o077:
             os.fchmod(fd, DIR_MODE)  # only readable by others: ours to tighten
     except NhidelError:
@@ -79,6 +70,23 @@ def _open_private_dir(path: Path) -> int:
         os.close(fd)
         raise storage_error(path, exc) from exc
     return fd
+
+
+def _dir_refusal(path: Path, info: os.stat_result) -> StorageError | None:
+    """Why nhidel must not keep its files in the directory `info` describes, or None."""
+    if info.st_uid != os.getuid():
+        return StorageError(
+            f"{path} belongs to another user (uid {info.st_uid})",
+            "point NHIDEL_HOME at a directory of your own (mode 700)",
+        )
+    if info.st_mode & 0o022:
+        # Whoever may write here may plant links and swap files: never tighten such a
+        # directory behind the user's back, since others may already have planted them.
+        return StorageError(
+            f"{path} is writable by group or others",
+            f"check what is in it, then: chmod 700 {path}",
+        )
+    return None
 
 
 def storage_error(path: Path, exc: OSError) -> StorageError:
@@ -147,6 +155,53 @@ def _refusal(
     if single_name and info.st_nlink != 1:
         return error(f"{path} has {info.st_nlink} hard links", LINK_HINT)
     return None
+
+
+def private_dir_problem(path: Path) -> NhidelError | None:
+    """What is wrong with one of nhidel's directories as it stands, or None (also when it is
+    missing): what every write refuses, and one others may read (which the next write
+    tightens). Only looks: for `nhidel doctor`, which changes nothing."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return _read_error(path, exc)
+    if not stat.S_ISDIR(info.st_mode):
+        return StorageError(
+            f"{path} is {file_kind(info.st_mode)}, not a directory",
+            "point NHIDEL_HOME at a real directory of your own (nhidel does not follow a link "
+            "to its home)",
+        )
+    refusal = _dir_refusal(path, info)
+    if refusal is None and info.st_mode & 0o077:
+        return _readable(path, info, "chmod 700")
+    return refusal
+
+
+def private_file_problem(path: Path, *, in_place: bool) -> NhidelError | None:
+    """What is wrong with one of nhidel's own files as it stands, or None (also when it is
+    missing): what every write refuses (`in_place`: a file appended to or opened by SQLite,
+    where a second name matters), and, stricter than a write needs, a file others may read.
+    Only looks: for `nhidel doctor`, which changes nothing."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return _read_error(path, exc)
+    refusal = _refusal(path, info, private=True, single_name=in_place)
+    if refusal is None and info.st_mode & 0o077:
+        return _readable(path, info, "chmod 600")
+    return refusal
+
+
+def _readable(path: Path, info: os.stat_result, chmod: str) -> NhidelError:
+    # Not refused by writes (nothing others can do to it), but not private either.
+    return NhidelError(
+        f"{path} is readable by group or others (mode {stat.S_IMODE(info.st_mode):03o})",
+        f"{chmod} {path}",
+    )
 
 
 def atomic_write(path: Path, data: bytes, *, public: bool = False) -> None:
@@ -383,18 +438,40 @@ def exclusive_lock(path: Path, *, timeout: float = 10.0) -> Iterator[None]:
     """Hold an exclusive flock on `path` (a lock file that is never replaced) for the block."""
     fd = _open_in_place(path, os.O_RDWR)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise StorageError(
-                        f"timed out waiting for the lock on {path}",
-                        "another nhidel process holds it; wait for it to finish and retry",
-                    ) from None
-                time.sleep(0.005)
+        if not _flock(fd, fcntl.LOCK_EX, timeout):
+            raise StorageError(
+                f"timed out waiting for the lock on {path}",
+                "another nhidel process holds it; wait for it to finish and retry",
+            )
         yield
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def shared_lock(path: Path, *, timeout: float) -> Iterator[bool]:
+    """Hold a shared flock on the lock file `path` for the block, if it is there and free
+    within `timeout`: writers, who take it exclusively, wait meanwhile. Yields whether it is
+    held. Creates nothing and writes nothing (for `nhidel doctor`, which only reads)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW)
+    except OSError:
+        yield False  # none yet, or not a plain name: doctor's file check says which
+        return
+    try:
+        yield stat.S_ISREG(os.fstat(fd).st_mode) and _flock(fd, fcntl.LOCK_SH, timeout)
+    finally:
+        os.close(fd)
+
+
+def _flock(fd: int, kind: int, timeout: float) -> bool:
+    """Take flock `kind` on `fd`, waiting up to `timeout` seconds; whether it was taken."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)

@@ -7,6 +7,7 @@
 - settings.py: the sealed settings (`config set|unset`)
 - audit_log.py: checking, tailing and pruning the audit log
 - repair.py: finishing a crash's residue, or accepting a loss
+- doctor.py: checking the home without changing it, each problem with what to run
 
 Each takes its paths, keystore and clock as arguments and never prints: the command line
 (nhidel.cli) decides what people see.

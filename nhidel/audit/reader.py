@@ -43,6 +43,39 @@ def lines(paths: Paths) -> Iterator[tuple[Path, int, bytes, bool]]:
                 yield segment, number, raw.rstrip(b"\n") if complete else raw, complete
 
 
+def lines_backwards(paths: Paths) -> Iterator[tuple[Path, bytes, bool]]:
+    """(segment, bytes without newline, complete?) for every line, newest first: a reader that
+    stops early reads only the end of the log."""
+    for segment in reversed(all_segments(paths)):
+        handle = _open_segment(segment)
+        if handle is None:
+            continue
+        with handle:
+            for raw, complete in _from_the_end(handle.fileno()):
+                yield segment, raw, complete
+
+
+_BACKWARDS_BLOCK = 1 << 16
+
+
+def _from_the_end(fd: int) -> Iterator[tuple[bytes, bool]]:
+    end = os.fstat(fd).st_size
+    unread = b""  # the start of the file's next line back, read but not yet whole
+    last = True  # the next line given is the file's last (complete only if a newline ends it)
+    while end > 0:
+        start = max(0, end - _BACKWARDS_BLOCK)
+        parts = (os.pread(fd, end - start, start) + unread).split(b"\n")
+        end = start
+        unread = parts.pop(0) if start else b""
+        for raw in reversed(parts):
+            if last:
+                last = False
+                if raw:
+                    yield raw, False
+                continue
+            yield raw, True
+
+
 @dataclass(slots=True)
 class Position:
     """How far `records` read the current file: its inode and the bytes of its complete lines

@@ -441,6 +441,17 @@ STATE_EVENTS = frozenset({
 })  # fmt: skip
 
 
+def recovers(record: dict[str, Any], line: bytes) -> bool:
+    """Whether `record` is the `log.recovered` that sealed the torn fragment `line` (as the log
+    holds it: ended by TORN_MARK, which logs written before the mark existed lack)."""
+    fragment = line.removesuffix(TORN_MARK)
+    return (
+        record.get("event") == "log.recovered"
+        and record.get("fragment_bytes") == len(fragment)
+        and record.get("fragment_sha256") == hashlib.sha256(fragment).hexdigest()
+    )
+
+
 def _replaced(mark: Mark, where: str) -> IntegrityError:
     return IntegrityError(
         f"record {mark.seq} of the audit log is not the one the high-water mark in {where} "

@@ -95,6 +95,7 @@ COMMAND_MODULES = {
     "status": "publish_cmds",
     "publish": "publish_cmds",
     "repair": "repair_cmds",
+    "doctor": "doctor_cmds",
 }
 _ROOT_FLAGS = frozenset({"--debug"})
 

@@ -18,6 +18,7 @@ COMMANDS: dict[str, dict[str, Any]] = (
                    'inspect',
                    'publish',
                    'repair',
+                   'doctor',
                    'key',
                    'agent',
                    'audit',
@@ -178,6 +179,16 @@ COMMANDS: dict[str, dict[str, Any]] = (
                                           'in the log); every grant that could still be used '
                                           'is revoked, since its state can no longer be known.',
                                           ()),
+                        '-h': (False, 'Show this message and exit.', ()),
+                        '--help': (False, 'Show this message and exit.', ())},
+            'arguments': 0},
+ 'doctor': {'help': 'Check the keystore, the key, the files and their permissions, the audit '
+                    "log, the ledger, agents and live grants, a crash's leftovers and the "
+                    'status list; say what to run for each problem.',
+            'commands': [],
+            'options': {'--json': (False,
+                                   'Print the checks as JSON: name, ok, detail, fix.',
+                                   ()),
                         '-h': (False, 'Show this message and exit.', ()),
                         '--help': (False, 'Show this message and exit.', ())},
             'arguments': 0},

@@ -6,7 +6,6 @@ log longer than the mark, never look truncated. Writers never need to stop.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -27,7 +26,7 @@ from nhidel.audit.records import (
     sealed_fields,
 )
 from nhidel.audit.segments import all_segments
-from nhidel.audit.writer import STATE_EVENTS, TORN_MARK
+from nhidel.audit.writer import STATE_EVENTS, recovers
 from nhidel.errors import IntegrityError
 from nhidel.paths import Paths
 
@@ -269,17 +268,11 @@ def _seq_and_prev(body: bytes) -> tuple[int, str]:
 def _explain_fragment(unexplained: tuple[Path, int, bytes], following: bytes, key: bytes) -> None:
     """A garbage line is a crash's fragment only if the next record is a matching recovery."""
     segment, number, fragment = unexplained
-    fragment = fragment.removesuffix(TORN_MARK)  # (logs written before the mark existed lack it)
     try:
         record = open_line(following, key)
     except BadRecord:
         record = {}
-    matches = (
-        record.get("event") == "log.recovered"
-        and record.get("fragment_bytes") == len(fragment)
-        and record.get("fragment_sha256") == hashlib.sha256(fragment).hexdigest()
-    )
-    if not matches:
+    if not recovers(record, fragment):
         raise _Stop(Problem(segment.name, number, None, "an unsealed line: inserted or edited"))
 
 

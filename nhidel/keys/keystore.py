@@ -136,6 +136,16 @@ class OsKeyring:
             self._set(entry, value)
         return value
 
+    def backend(self) -> str:
+        """Which keyring holds the entries, in words (for `nhidel doctor`). Asked after a read,
+        which settles whether the Secret Service answered directly."""
+        if self._direct is not None:
+            return "the Secret Service, its default collection"
+        import keyring
+
+        chosen = keyring.get_keyring()
+        return str(getattr(chosen, "name", type(chosen).__name__))
+
     def _set(self, entry: str, value: dict[str, Any]) -> None:
         payload = json.dumps(value, separators=(",", ":"), sort_keys=True)
         if self._direct is not None:

@@ -105,6 +105,37 @@ class Ledger:
             if self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                 self._create_schema()
 
+    @classmethod
+    def read_only(cls, paths: Paths) -> Ledger:
+        """The existing ledger opened only to read (`nhidel doctor`): no file is created, no
+        mode or schema written (but for one case: a -wal with no -shm beside it, which SQLite
+        creates to read it). FileNotFoundError when there is none; `schema_version()` says
+        whether this nhidel can read its rows yet (an older one is upgraded by the next writer)."""
+        ledger = cls.__new__(cls)
+        ledger.path = path = paths.ledger_file
+        with ledger._errors():
+            check_sqlite_files(path)
+            _refuse_emptied(path)
+            if not path.is_file():
+                raise FileNotFoundError(path)
+            # A read-only connection to a WAL database still creates -wal and -shm files unless
+            # it is told nothing can change; with no -wal there, no writer is in the middle of
+            # anything (as shell completion reads it, nhidel.cli.complete).
+            wal = path.with_name(path.name + "-wal")
+            mode = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+            ledger.db = sqlite3.connect(
+                f"{path.as_uri()}?{mode}", uri=True, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+            version = ledger.schema_version()
+        if version > SCHEMA_VERSION:
+            ledger.close()
+            raise _newer_schema(path, version)
+        return ledger
+
+    def schema_version(self) -> int:
+        with self._errors():
+            return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
     def __enter__(self) -> Ledger:
         return self
 
@@ -128,10 +159,7 @@ class Ledger:
                         self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
-                raise IntegrityError(
-                    f"{self.path} has schema version {version}, this nhidel knows {SCHEMA_VERSION}",
-                    "upgrade nhidel",
-                )
+                raise _newer_schema(self.path, version)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -469,6 +497,13 @@ class Ledger:
         """Count one use in the row (the sealed state decides whether a use is left)."""
         with self._errors():
             self.db.execute("UPDATE grants SET uses = uses + 1 WHERE id = ?", (grant_id,))
+
+
+def _newer_schema(path: Path, version: int) -> IntegrityError:
+    return IntegrityError(
+        f"{path} has schema version {version}, this nhidel knows {SCHEMA_VERSION}",
+        "upgrade nhidel",
+    )
 
 
 def _refuse_emptied(path: Path) -> None:
