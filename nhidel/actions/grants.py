@@ -289,6 +289,8 @@ def revoke(
 ) -> Revocation:
     """Revoke by ids (all resolved first: one bad id revokes nothing), or every live grant
     (of `agent`, or all of them): used-up, expired and revoked grants are left as they are."""
+    for given in ids:
+        refuse_token_as_id(given)  # never quoted back in "no grant ..."
     if reason is not None and len(reason) > MAX_REASON:
         raise UsageError(f"--reason is longer than {MAX_REASON} characters", "shorten it")
     if sum((bool(ids), agent is not None, everything)) != 1:

@@ -254,3 +254,15 @@ def test_show_still_shows_a_grant_by_id(world: World, cli: Cli) -> None:
     token = grant(cli)
     shown = json.loads(cli.ok("show", claims_of(token)["jti"][:8], "--json").stdout)
     assert shown["id"] == claims_of(token)["jti"]
+
+
+def test_revoke_given_a_token_points_to_inspect_and_never_echoes_it(world: World, cli: Cli) -> None:
+    token = grant(cli)
+    result = cli("revoke", token)
+    assert result.exit_code == 2
+    assert "nhidel inspect" in result.stderr
+    for piece in (token, *token.split(".")):
+        assert piece not in result.stdout + result.stderr
+    assert (
+        json.loads(cli.ok("show", claims_of(token)["jti"], "--json").stdout)["status"] == "active"
+    )
