@@ -147,13 +147,11 @@ def relative(timestamp: int, *, now: int) -> str:
     return f"in {amount}" if delta > 0 else f"{amount} ago"
 
 
-def local_clock(timestamp: int, *, now: int | None = None, seconds: bool = False) -> str:
+def local_clock(timestamp: int, *, seconds: bool = False) -> str:
     """The local wall-clock time with its date and zone: '2026-12-04 09:15 CET' ('UTC' when
     the local zone is UTC), with `seconds` '2026-12-04 09:15:42 CET'. Every absolute time
-    people read is written so; JSON keeps RFC 3339 UTC (`rfc3339`).
-
-    `now` is not needed (the date is always written, so a line read tomorrow still says which
-    day); it is accepted so that every caller's call stays as it was.
+    people read is written so (the date too, so a line read tomorrow still says which day);
+    JSON keeps RFC 3339 UTC (`rfc3339`).
     """
     return _local(datetime.fromtimestamp(timestamp, UTC), seconds=seconds)
 
