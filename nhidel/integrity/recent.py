@@ -4,7 +4,8 @@
 This reads the log from its end only: the newest RECENT records, and back to the keystore's
 high-water mark when that is further (the records after the mark are few: what a crash left,
 or decisions not yet marked). Each must be sealed, in sequence and chained to the one before,
-the record at the mark the one it names, and the log must reach the mark. What it does not
+the record at the mark the one it names, and the log must reach the mark; a log read whole must
+start at seq 1 or where a sealed `log.pruned` record says pruning ended. What it does not
 read (an edit further back, the ledger's every row) is `audit verify`'s to find.
 """
 
@@ -47,6 +48,8 @@ def check_recent(paths: Paths, key: bytes, mark: Mark | None, *, count: int = RE
         for segment, raw, complete in lines_backwards(paths):
             if not scan.take(segment, raw, complete):
                 break
+        else:
+            scan.read_all = True
     except NhidelError as exc:  # a segment that cannot be read, or is not a plain file
         scan.found.problem = exc.message
     return scan.finish()
@@ -63,6 +66,8 @@ class _Scan:
         self.found = Recent()
         self.newer: dict[str, Any] | None = None
         self.lines = 0
+        self.read_all = False  # every line there is, back to the oldest segment's first
+        self.pruned_through = 0  # the records `audit prune` deleted, by its sealed records
 
     def take(self, segment: Path, raw: bytes, complete: bool) -> bool:
         """Check one line; False once the check is done (or found a problem)."""
@@ -106,6 +111,9 @@ class _Scan:
             )
         if seq > self.mark.seq:
             found.after_mark.append(record)
+        through = record.get("pruned_through") if record.get("event") == "log.pruned" else None
+        if type(through) is int:
+            self.pruned_through = max(self.pruned_through, through)
         found.checked += 1
         self.newer = record
         return seq > 1 and (found.checked < self.count or seq > self.mark.seq)
@@ -135,6 +143,14 @@ class _Scan:
                     f"deleted: the log starts at seq {self.newer['seq']}, after the record the "
                     f"keystore's high-water mark names (seq {mark.seq})"
                 )
+        oldest = self.newer["seq"] if self.newer is not None else 1
+        if found.problem is None and self.read_all and oldest - 1 > self.pruned_through:
+            # The whole log was read and it does not start at seq 1, nor where a sealed
+            # log.pruned record says the pruning ended: its oldest records were deleted.
+            found.problem = (
+                f"deleted: the log starts at seq {oldest}, and no log.pruned record accounts "
+                f"for records {self.pruned_through + 1}..{oldest - 1}"
+            )
         found.after_mark.reverse()
         return found
 

@@ -966,6 +966,7 @@ class Outcome:
     changed: frozenset[str] = frozenset()  # of log, ledger, config, keystore (by meaning)
     unsealed_only: bool = False  # the ledger changed only in columns no seal covers
     long_running: bool = False
+    doctor_exit: int | None = None  # `doctor` over the tampered home (cli cases)
     known: Counter[str] = field(default_factory=Counter)  # KNOWN_HOLES seen, by name
 
 
@@ -1195,6 +1196,24 @@ def complete_lines(files: dict[str, bytes]) -> list[dict[str, Any]]:
     return found
 
 
+def doctor_reads_only(case: Case, noop: bool) -> int:
+    """`doctor` over the tampered home, before any command writes: a report (never a crash:
+    `case.cli` checks that), never a write, and no problem reported when nothing changed."""
+    seen = _no_volatile(capture(case.home))
+    code, out = case.cli("doctor", "--json")
+    if _no_volatile(capture(case.home)) != seen:
+        case.violate("doctor wrote to the home")
+    try:
+        report = json.loads(out)
+    except ValueError:
+        case.violate(f"doctor --json printed no report (exit {code})")
+        return code
+    if noop and code != 0:
+        problems = [c for c in report.get("checks", []) if c.get("ok") is False]
+        case.violate(f"doctor found problems in an untouched home: {problems}")
+    return code
+
+
 def _no_volatile(files: dict[str, bytes]) -> dict[str, bytes]:
     return {n: d for n, d in files.items() if n != "ledger.db-shm" and not n.startswith(".")}
 
@@ -1219,8 +1238,9 @@ def run_case(worlds: Worlds, kind: str, number: int, cli: Cli) -> Outcome:
     after = capture(worlds.home)
     case.planted = complete_lines(after)
     noop = _no_volatile(before) == _no_volatile(after)
+    doctor_exit = doctor_reads_only(case, noop) if case.mode == "cli" else None
     outcome = Outcome(kind, world.name, case.mode, tamper.what, noop,
-                      long_running=case.long is not None)  # fmt: skip
+                      long_running=case.long is not None, doctor_exit=doctor_exit)  # fmt: skip
     if tamper.rollback is not None:
         # The documented limit: the old state comes back whole; the old truth must hold, and
         # no grant issued after it can verify (its row is gone).
@@ -1313,6 +1333,8 @@ def judge(
         return
     if not (log_changed or ledger_changed or config_changed):
         return
+    if (log_changed or config_changed) and outcome.doctor_exit == 0:
+        case.violate("doctor found no problem after the log or config.toml was tampered with")
     if code == 0:
         case.violate("audit verify was clean (exit 0) after the tampering")
     elif code != 5 and not (keystore_changed and code == 4):

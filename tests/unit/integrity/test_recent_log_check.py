@@ -154,3 +154,28 @@ def test_a_segment_that_is_not_a_plain_file_is_a_problem_not_a_crash(
     paths.audit_file.symlink_to(moved)
     found = check_recent(paths, KEY, mark)
     assert found.problem == f"{paths.audit_file} is a symbolic link"
+
+
+def test_a_log_read_whole_that_does_not_start_at_seq_1_lost_its_oldest_records(
+    log: AuditLog, paths: Paths
+) -> None:
+    write(log, 6)
+    mark = mark_at(paths, 6)
+    rewrite(paths.audit_file, {1: None, 2: None})  # within the window, before the mark
+    found = check_recent(paths, KEY, mark)
+    assert found.problem is not None and "starts at seq 3" in found.problem
+
+
+def test_a_log_that_starts_where_a_sealed_pruning_ended_checks_out(
+    log: AuditLog, paths: Paths
+) -> None:
+    write(log, 3)
+    log.append([event("log.pruned", segments=["audit.000000000001.jsonl"], pruned_through=2)])
+    mark = mark_at(paths, 4)
+    whole = paths.audit_file.read_bytes()
+    rewrite(paths.audit_file, {1: None, 2: None})  # what the pruning deleted
+    assert check_recent(paths, KEY, mark).ok
+    paths.audit_file.write_bytes(whole)
+    rewrite(paths.audit_file, {1: None, 2: None, 3: None})  # one record more than it deleted
+    found = check_recent(paths, KEY, mark)
+    assert found.problem is not None and "records 3..3" in found.problem
