@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
+
+import typer
 
 from nhidel.paths import Paths
 
@@ -73,3 +75,14 @@ def republish(where: Paths, store: KeyStore, *, changed: bool) -> None:
         )
     elif done.directory is not None:
         say(f"published jwks.json and status.jwt to {done.directory}")
+
+
+# The token `verify` and `inspect` read (see `read_token`), declared once for both.
+TokenArgument = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="TOKEN",
+        help="The token, or - to read it from stdin (default: $NHIDEL_TOKEN). Prefer stdin or "
+        "the variable: an argument is visible to other processes.",
+    ),
+]

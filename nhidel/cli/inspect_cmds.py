@@ -15,14 +15,7 @@ def register(app: typer.Typer) -> None:
 
 
 def inspect(
-    token: Annotated[
-        str | None,
-        typer.Argument(
-            metavar="TOKEN",
-            help="The token, or - to read it from stdin (default: $NHIDEL_TOKEN). Prefer stdin or "
-            "the variable: an argument is visible to other processes.",
-        ),
-    ] = None,
+    token: common.TokenArgument = None,
     as_json: Annotated[
         bool,
         typer.Option("--json", help="Print JSON: header, claims, grant (or null), verdict."),

@@ -24,14 +24,7 @@ def register(app: typer.Typer) -> None:
 
 
 def verify(
-    token: Annotated[
-        str | None,
-        typer.Argument(
-            metavar="TOKEN",
-            help="The token, or - to read it from stdin (default: $NHIDEL_TOKEN). Prefer stdin or "
-            "the variable: an argument is visible to other processes.",
-        ),
-    ] = None,
+    token: common.TokenArgument = None,
     scope: Annotated[
         list[str] | None,
         typer.Option(

@@ -14,17 +14,16 @@ from typing import Any
 import keyring
 import keyring.errors
 import pytest
+from helpers.crashed_change import crash_after_writing
 from helpers.processes import claims_of, isolated_env, run
 from helpers.support import Cli, MemoryKeyring
 from keyring.backends import fail
 
 from nhidel.actions import doctor
-from nhidel.audit import AuditKeys, event
-from nhidel.audit.writer import AuditLog
+from nhidel.audit import event
 from nhidel.cli import common
 from nhidel.fsutil import exclusive_lock
 from nhidel.keys import keystore
-from nhidel.keys.keystore import open_keystore
 from nhidel.paths import Paths
 
 CHECKS = ["home", "keystore", "key", "files", "audit", "ledger", "config", "residue",
@@ -63,22 +62,6 @@ def failing(found: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 def issue(cli: Cli, *extra: str) -> str:
     token = cli.ok("grant", "reviewer", "--scope", SCOPE, *extra).stdout.strip()
     return str(claims_of(token)["jti"])
-
-
-def crash_after_writing(paths: Paths, *events: dict[str, Any]) -> None:
-    """Records written and fsynced, the ledger never committed, the mark never moved: what a
-    process killed in the middle of a state change leaves."""
-
-    class Killed(Exception):  # noqa: N818 - stands for the kill
-        pass
-
-    keys = AuditKeys.of(open_keystore(paths))
-    try:
-        with AuditLog(paths, keys).session() as session:
-            session.write(list(events))
-            raise Killed
-    except Killed:
-        pass
 
 
 # -- healthy ------------------------------------------------------------------------------

@@ -15,30 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from helpers.crashed_change import crash_after_writing
 from helpers.processes import claims_of
 from helpers.support import Cli
 
-from nhidel.audit import AuditKeys, event
-from nhidel.audit.writer import AuditLog
-from nhidel.keys.keystore import open_keystore
+from nhidel.audit import event
 from nhidel.models import new_grant_id
 from nhidel.paths import Paths
 
 SCOPE = "repo:read:acme/api"
-
-
-class Crash(Exception):  # noqa: N818 - a simulated kill, not an error
-    """Stands for the process dying right after the records reached the disk."""
-
-
-def crash_after_writing(paths: Paths, *events: dict[str, Any]) -> None:
-    keys = AuditKeys.of(open_keystore(paths))
-    try:
-        with AuditLog(paths, keys).session() as session:
-            session.write(list(events))
-            raise Crash
-    except Crash:
-        pass
 
 
 def records(cli: Cli, event_name: str) -> list[dict[str, Any]]:
