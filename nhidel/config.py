@@ -16,6 +16,16 @@ from nhidel.errors import IntegrityError, NotFoundError, StorageError, UsageErro
 from nhidel.fsutil import atomic_write, read_private_file
 from nhidel.models import Agent, check_agent_name
 from nhidel.paths import Paths
+from nhidel.registrations import (
+    McpServer,
+    Route,
+    SecretEntry,
+    route_from_toml,
+    route_to_toml,
+    secret_entry_from_toml,
+    server_from_toml,
+    server_to_toml,
+)
 from nhidel.scopes import parse_scopes
 from nhidel.timefmt import format_duration, parse_duration, parse_time, rfc3339
 
@@ -33,6 +43,10 @@ class Config:
     status_uri: str | None = None
     # Where revoke and key rotate republish jwks.json and status.jwt by themselves, if set.
     status_dir: str | None = None
+    # Where secrets may go (nhidel.registrations): names of upstream secrets, MCP servers, routes.
+    secrets: dict[str, SecretEntry] = field(default_factory=dict)
+    servers: dict[str, McpServer] = field(default_factory=dict)
+    routes: dict[str, Route] = field(default_factory=dict)
 
     def agent(self, name: str) -> Agent:
         try:
@@ -99,6 +113,30 @@ def without_agent(config: Config, name: str) -> Config:
     return replace(config, agents={k: v for k, v in config.agents.items() if k != name})
 
 
+def with_secret(config: Config, entry: SecretEntry) -> Config:
+    return replace(config, secrets={**config.secrets, entry.name: entry})
+
+
+def without_secret(config: Config, name: str) -> Config:
+    return replace(config, secrets={k: v for k, v in config.secrets.items() if k != name})
+
+
+def with_server(config: Config, server: McpServer) -> Config:
+    return replace(config, servers={**config.servers, server.name: server})
+
+
+def without_server(config: Config, name: str) -> Config:
+    return replace(config, servers={k: v for k, v in config.servers.items() if k != name})
+
+
+def with_route(config: Config, route: Route) -> Config:
+    return replace(config, routes={**config.routes, route.name: route})
+
+
+def without_route(config: Config, name: str) -> Config:
+    return replace(config, routes={k: v for k, v in config.routes.items() if k != name})
+
+
 def _from_toml(data: dict[str, Any]) -> Config:
     if data.get("version", CONFIG_VERSION) > CONFIG_VERSION:
         raise ValueError(f"version {data['version']} is newer than this nhidel understands")
@@ -119,6 +157,9 @@ def _from_toml(data: dict[str, Any]) -> Config:
         agents=agents,
         status_uri=check_status_uri(data["status_uri"]) if "status_uri" in data else None,
         status_dir=check_status_dir(data["status_dir"]) if "status_dir" in data else None,
+        secrets={n: secret_entry_from_toml(n, s) for n, s in data.get("secrets", {}).items()},
+        servers={n: server_from_toml(n, s) for n, s in data.get("mcp", {}).items()},
+        routes={n: route_from_toml(n, s) for n, s in data.get("routes", {}).items()},
     )
 
 
@@ -190,4 +231,12 @@ def _to_toml(config: Config) -> dict[str, Any]:
         }
         for agent in config.agents.values()
     }
+    # Written only when present, so a config.toml without them reads (and seals) as before.
+    if config.secrets:
+        doc["secrets"] = {n: {"created_at": rfc3339(e.created_at)}
+                          for n, e in config.secrets.items()}  # fmt: skip
+    if config.servers:
+        doc["mcp"] = {n: server_to_toml(s) for n, s in config.servers.items()}
+    if config.routes:
+        doc["routes"] = {n: route_to_toml(r) for n, r in config.routes.items()}
     return doc

@@ -72,7 +72,10 @@ def repair(paths: Paths, keystore: KeyStore, *, accept_loss: bool, now: int) -> 
                 report.revoked = _revoke_live(step, now=now)
                 _reseal_rows(step)
                 config = load_config(paths)
-                sealed.config = state.config_digest(config) if config.principal else None
+                if config.principal:
+                    state.seal_config(sealed, config)
+                else:
+                    sealed.config, sealed.parts = None, {}
                 trust = keystore.read("trust")
                 sealed.kids = sorted(trust["keys"]) if trust else []
                 step.write([event("log.loss_accepted", reason="nhidel repair --accept-loss",

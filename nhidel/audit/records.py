@@ -22,7 +22,9 @@ EVENTS = (
     "key.created", "key.rotated", "agent.added", "agent.removed", "grant.issued",
     "grant.revoked", "grant.used", "verify.allowed", "verify.denied", "status.published",
     "log.recovered", "log.rotated", "log.pruned", "state.repaired", "log.loss_accepted",
-    "config.updated", "agent.updated",
+    "config.updated", "agent.updated", "secret.added", "secret.removed", "mcp.added",
+    "mcp.removed", "route.added", "route.removed", "exec.started", "exec.ended",
+    "secret.redacted", "tool.allowed", "tool.denied", "http.allowed", "http.denied",
 )  # fmt: skip
 
 _SEAL_HEAD = b',"seal":"'

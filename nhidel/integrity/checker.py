@@ -34,6 +34,7 @@ from nhidel.paths import Paths
 _NOTEWORTHY = re.compile(
     rb',"event":"(?:grant\.issued|grant\.revoked|grant\.used|key\.rotated|key\.created'
     rb"|agent\.added|agent\.removed|agent\.updated|config\.updated|state\.repaired"
+    rb"|secret\.added|secret\.removed|mcp\.added|mcp\.removed|route\.added|route\.removed"
     rb'|log\.pruned|log\.loss_accepted)"'
 )
 
@@ -350,6 +351,7 @@ def _check_sealed_state(
     from nhidel.audit.writer import Mark
     from nhidel.config import load_config
     from nhidel.integrity.state import (
+        changed_entries,
         check_fresh,
         check_keys,
         config_digest,
@@ -380,12 +382,15 @@ def _check_sealed_state(
     elif pinned is not None and not sealed.legacy:
         check_keys(sealed, pinned)
     if sealed.config is not None:
-        digest = config_digest(load_config(paths))
+        config = load_config(paths)
+        digest = config_digest(config)
         if digest != sealed.config and digest not in {r.get("config_sha256") for r in late}:
-            raise _Stop(Problem("config.toml", 0, None,
-                                "edited: config.toml differs from its sealed version (an agent, "
-                                "a key or a setting was changed, added, removed or restored "
-                                "from an older copy)"))  # fmt: skip
+            what = ", ".join(changed_entries(config, sealed)) or (
+                "an agent, a registration, a key or a setting"
+            )
+            why = (f"edited: config.toml differs from its sealed version ({what} changed, "
+                   "added, removed or restored from an older copy)")  # fmt: skip
+            raise _Stop(Problem("config.toml", 0, None, why))
     awaiting = facts.forget_after(sealed.seq)
     if awaiting:
         report.warnings.append(

@@ -45,7 +45,16 @@ from nhidel.audit.writer import (
     read_mark,
 )
 from nhidel.ceilings import covers_grant, narrowing_of
-from nhidel.config import Config, load_config, save_config, with_agent, without_agent
+from nhidel.config import (
+    Config,
+    load_config,
+    save_config,
+    with_agent,
+    without_agent,
+    without_route,
+    without_secret,
+    without_server,
+)
 from nhidel.errors import IntegrityError, NhidelError
 from nhidel.models import Agent, Grant
 from nhidel.paths import Paths
@@ -67,6 +76,7 @@ class SealedState:
     seq: int = 0
     kids: list[str] = field(default_factory=list)
     config: str | None = None  # sha256 of config.toml's sealed part (see config_digest)
+    parts: dict[str, str] = field(default_factory=dict)  # entry -> its sha256 (names an edit)
     revoked: dict[str, int] = field(default_factory=dict)  # grant id -> its expiry
     used: dict[str, list[int]] = field(default_factory=dict)  # grant id -> [uses, expiry]
     legacy: bool = False  # no sealed state yet (a ledger written by nhidel 0.1)
@@ -89,6 +99,7 @@ class SealedState:
             "seq": self.seq,
             "kids": sorted(self.kids),
             "config": self.config,
+            "parts": self.parts,
             "revoked": {g: e for g, e in self.revoked.items() if e > horizon},
             "used": {g: u for g, u in self.used.items() if u[1] > horizon},
         }
@@ -105,7 +116,8 @@ def open_state(data: bytes | None, audit_key: bytes) -> SealedState:
             raise ValueError("format")
         return SealedState(
             seq=int(body["seq"]), kids=list(body["kids"]), config=body["config"],
-            revoked=dict(body["revoked"]), used=dict(body["used"]),
+            parts=dict(body.get("parts") or {}), revoked=dict(body["revoked"]),
+            used=dict(body["used"]),
         )  # fmt: skip
     except (BadRecord, ValueError, KeyError, TypeError):
         raise IntegrityError(
@@ -168,9 +180,10 @@ def revocation(grant: Grant, *, principal: str | None, reason: str | None) -> di
 
 
 def config_digest(config: Config) -> str:
-    """What seals config.toml: its principal, issuer, public keys, agents' ceilings and the
-    status list settings (where revocations are published and looked up)."""
-    body = {
+    """What seals config.toml: its principal, issuer, public keys, agents' ceilings, the status
+    list settings (where revocations are published and looked up), and where secrets may go
+    (upstream secrets' names, MCP server registrations, routes, a route's CA included)."""
+    body: dict[str, Any] = {
         "principal": config.principal,
         "issuer": config.issuer,
         "keys": config.keys,
@@ -178,7 +191,47 @@ def config_digest(config: Config) -> str:
         "status_uri": config.status_uri,
         "status_dir": config.status_dir,
     }
+    # Present only when set, so a config.toml from before registrations seals as it did.
+    if config.secrets:
+        body["secrets"] = {n: e.to_json() for n, e in sorted(config.secrets.items())}
+    if config.servers:
+        body["mcp"] = {n: s.to_json() for n, s in sorted(config.servers.items())}
+    if config.routes:
+        body["routes"] = {n: r.sealed_json() for n, r in sorted(config.routes.items())}
     return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def config_parts(config: Config) -> dict[str, str]:
+    """A digest per entry of config.toml, so a refusal can name what was edited."""
+
+    def digest(value: Any) -> str:
+        return hashlib.sha256(canonical({"v": value})).hexdigest()
+
+    parts = {
+        "the principal, keys and settings": digest(
+            [config.principal, config.issuer, config.keys, config.status_uri, config.status_dir]
+        )
+    }
+    parts.update({f"agent {n!r}": digest(a.to_json()) for n, a in config.agents.items()})
+    parts.update({f"secret {n!r}": digest(e.to_json()) for n, e in config.secrets.items()})
+    parts.update({f"MCP server {n!r}": digest(s.to_json()) for n, s in config.servers.items()})
+    parts.update({f"route {n!r}": digest(r.sealed_json()) for n, r in config.routes.items()})
+    return parts
+
+
+def seal_config(state: SealedState, config: Config) -> None:
+    """Make `config` the one the sealed state trusts."""
+    state.config = config_digest(config)
+    state.parts = config_parts(config)
+
+
+def changed_entries(config: Config, state: SealedState) -> list[str]:
+    """The entries of `config` that differ from their sealed versions (empty when the sealed
+    state predates per-entry digests)."""
+    if not state.parts:
+        return []
+    now = config_parts(config)
+    return sorted(k for k in now.keys() | state.parts.keys() if now.get(k) != state.parts.get(k))
 
 
 def check_fresh(state: SealedState, mark: Mark | None, head_seq: int) -> None:
@@ -239,11 +292,17 @@ def sealed_config(paths: Paths, keys: AuditKeys) -> Config:
 
 
 def check_config(config: Config, state: SealedState, paths: Paths) -> Config:
-    """`config` as sealed, or IntegrityError naming config.toml."""
+    """`config` as sealed, or IntegrityError naming config.toml and the entries that differ."""
     if state.config is not None and config_digest(config) != state.config:
+        entries = changed_entries(config, state)
+        what = (
+            ", ".join(entries)
+            if entries
+            else "an agent's ceiling, a registration, a key or the principal"
+        )
         raise IntegrityError(
-            f"{paths.config_file} differs from its sealed version (an agent's ceiling, a key "
-            "or the principal was edited, added, removed or restored from an older copy)",
+            f"{paths.config_file} differs from its sealed version ({what}: edited, added, "
+            "removed or restored from an older copy)",
             "restore it from a backup, or undo the edit; nhidel changes it only through "
             "its own commands",
         )
@@ -290,7 +349,7 @@ class Change:
 
     def save_config(self, config: Config) -> None:
         save_config(self.paths, config)
-        self.state.config = config_digest(config)
+        seal_config(self.state, config)
 
     def commit(self, *, now: int) -> None:
         self.state.seq = self.session.head_seq
@@ -382,7 +441,8 @@ def adopt(ledger: Ledger, audit_key: bytes, session: Session) -> SealedState:
     trust = keystore.read("trust") if keystore is not None else None
     state.kids = sorted(trust["keys"]) if trust else []
     config = load_config(session.log.paths)
-    state.config = config_digest(config) if config.principal is not None else None
+    if config.principal is not None:
+        seal_config(state, config)
     for grant, token_hash, seal in list(ledger.all_rows()):
         if seal is None:
             ledger.reseal(grant.id, row_seal(audit_key, grant, token_hash))
@@ -465,7 +525,7 @@ def _finish_one(step: Change, record: dict[str, Any], *, now: int) -> bool:
         ledger.count_use(grant_id)
         state.use(grant_id, int(record.get("expires_at") or now + MAX_LEEWAY))
         return True
-    if kind == "config.updated":
+    if kind in _CONFIG_EVENTS:
         return _finish_config(step, record)
     if kind in ("agent.added", "agent.removed"):
         finished = _finish_config(step, record)
@@ -477,6 +537,19 @@ def _finish_one(step: Change, record: dict[str, Any], *, now: int) -> bool:
     if kind in ("key.created", "key.rotated"):
         return _finish_key(step, record)
     return False  # a repair's own record: what it listed was committed with it, or is here
+
+
+# Changes of config.toml alone: they count once the file shows them, and a removal counts anyway
+# (a secret, server or route removed stays removed: nothing may go where it no longer names).
+_CONFIG_EVENTS = frozenset({
+    "config.updated", "secret.added", "secret.removed", "mcp.added", "mcp.removed", "route.added",
+    "route.removed",
+})  # fmt: skip
+_REMOVALS: dict[str, Callable[[Config, str], Config]] = {
+    "agent.removed": without_agent, "secret.removed": without_secret,
+    "mcp.removed": without_server, "route.removed": without_route,
+}  # fmt: skip
+_REMOVED_NAME = {"secret.removed": "secret", "mcp.removed": "server", "route.removed": "route"}
 
 
 def _finish_key(step: Change, record: dict[str, Any]) -> bool:
@@ -502,8 +575,9 @@ def _finish_key(step: Change, record: dict[str, Any]) -> bool:
         trust = {**trust, "keys": pinned}
         keystore.write("trust", trust)
     step.state.kids = sorted(trust["keys"])
-    if record.get("config_sha256") == config_digest(load_config(step.paths)):
-        step.state.config = record["config_sha256"]
+    config = load_config(step.paths)
+    if record.get("config_sha256") == config_digest(config):
+        seal_config(step.state, config)
     return True
 
 
@@ -522,12 +596,14 @@ def _finish_config(step: Change, record: dict[str, Any]) -> bool:
     config = load_config(step.paths)
     digest = config_digest(config)
     if digest == record.get("config_sha256"):
-        step.state.config = digest
+        seal_config(step.state, config)
         return True
     if digest != step.state.config:
         check_config(config, step.state, step.paths)  # edited besides: refuse, naming it
-    if record["event"] == "agent.removed" and isinstance(record.get("agent"), str):
-        step.save_config(without_agent(config, record["agent"]))  # removing is restrictive
+    removed = _REMOVALS.get(record["event"])
+    name = record.get(_REMOVED_NAME.get(record["event"], "agent"))
+    if removed is not None and isinstance(name, str):
+        step.save_config(removed(config, name))  # removing is restrictive
         return True
     return False
 
@@ -556,7 +632,7 @@ def _finish_update(step: Change, record: dict[str, Any], *, now: int) -> bool:
     name = record.get("agent")
     current = config.agents.get(name) if isinstance(name, str) else None
     if digest == record.get("config_sha256"):
-        step.state.config = digest
+        seal_config(step.state, config)
     else:
         if digest != step.state.config:
             check_config(config, step.state, step.paths)  # edited besides: refuse, naming it

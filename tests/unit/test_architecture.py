@@ -25,6 +25,7 @@ ROOMS = (
     "integrity",
     "verifiers",
     "actions",
+    "enforce",
     "cli",
 )
 # The package itself (the lazy public API) and `python -m nhidel` are entry points, not rooms.
