@@ -96,6 +96,9 @@ COMMAND_MODULES = {
     "publish": "publish_cmds",
     "repair": "repair_cmds",
     "doctor": "doctor_cmds",
+    "secret": "secret_cmds",
+    "mcp": "mcp_cmds",
+    "route": "route_cmds",
 }
 _ROOT_FLAGS = frozenset({"--debug"})
 

@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -371,6 +371,23 @@ def agents_table(agents: Iterable[Agent]) -> int:
     return count
 
 
+def rows_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> int:
+    """A plain table on stdout (every cell escaped); how many rows it had."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in headers:
+        table.add_column(name, overflow="fold")
+    count = 0
+    for row in rows:
+        count += 1
+        table.add_row(*(Text(safe(cell) or "-") for cell in row))
+    if count:
+        console(stderr=False).print(table)
+    return count
+
+
 def agent_details(agent: Agent) -> None:
     fields = agent.to_json()
     fields["allow"] = " ".join(fields["allow"])
@@ -404,6 +421,9 @@ def audit_record_line(record: dict[str, Any], now: int, *, colour: bool = False)
     scopes = record.get("requested") or record.get("scopes")
     if scopes:
         parts.append(" ".join(str(s) for s in scopes) if isinstance(scopes, list) else str(scopes))
+    for what in ("server", "route", "secret"):  # where secrets may go, and which
+        if record.get(what):
+            parts.append(f"{what} {record[what]}")
     about = _key_or_log_details(record)
     if about:
         parts.append(about)

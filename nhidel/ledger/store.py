@@ -21,6 +21,7 @@ from nhidel.names import GRANT_ID_PREFIX
 from nhidel.paths import Paths
 from nhidel.scopes import parse_scope_text
 
+_SECRET_USE = "secret_used:"  # noqa: S105 - a meta row prefix: when a secret was last used
 SCHEMA_VERSION = 4
 MIN_PREFIX = 4
 BUSY_TIMEOUT_MS = 10_000
@@ -483,6 +484,24 @@ class Ledger:
                 (kid, now),
             ).fetchone()
         return None if row[0] is None else int(row[0])
+
+    def note_secret_use(self, names: Iterable[str], *, now: int) -> None:
+        """When each of `names` last went into a request or a server (for `secret list`: not
+        trusted for anything, so the meta table, not the sealed state)."""
+        with self._errors():
+            self.db.executemany(
+                "INSERT INTO meta (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+                [(_SECRET_USE + name, now) for name in names],
+            )
+
+    def secret_uses(self) -> dict[str, int]:
+        with self._errors():
+            rows = self.db.execute(
+                "SELECT name, value FROM meta WHERE name >= ? AND name < ?",
+                (_SECRET_USE, _SECRET_USE[:-1] + chr(ord(_SECRET_USE[-1]) + 1)),
+            ).fetchall()
+        return {name[len(_SECRET_USE) :]: int(value) for name, value in rows}
 
     def bump_revocation_epoch(self) -> None:
         with self._errors():
