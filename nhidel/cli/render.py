@@ -421,9 +421,8 @@ def audit_record_line(record: dict[str, Any], now: int, *, colour: bool = False)
     scopes = record.get("requested") or record.get("scopes")
     if scopes:
         parts.append(" ".join(str(s) for s in scopes) if isinstance(scopes, list) else str(scopes))
-    for what in ("server", "route", "secret"):  # where secrets may go, and which
-        if record.get(what):
-            parts.append(f"{what} {record[what]}")
+    named = ("server", "route", "secret")  # where secrets may go, and which one
+    parts.extend(f"{what} {record[what]}" for what in named if record.get(what))
     about = _key_or_log_details(record)
     if about:
         parts.append(about)

@@ -172,6 +172,15 @@ class Verifier:
         self._decoder = TokenDecoder(self.keys)
         return True
 
+    def current_state(self) -> state.SealedState:
+        """The sealed state as of now (read again after any commit), for callers that trust
+        more than grants with it (an enforcement point's registrations); IntegrityError when
+        it cannot be trusted."""
+        self._sync()
+        if self._failure is not None:
+            raise IntegrityError(self._failure.detail, state.REPAIR_HINT)
+        return self._state
+
     def close(self) -> None:
         """Write any buffered decisions, then release the ledger."""
         try:
