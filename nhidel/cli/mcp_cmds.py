@@ -16,6 +16,7 @@ def register(app: typer.Typer) -> None:
     mcp_app.command("add")(add)
     mcp_app.command("list")(list_servers)
     mcp_app.command("remove")(remove)
+    mcp_app.command("run")(run)
     app.add_typer(mcp_app, name="mcp")
 
 
@@ -127,3 +128,57 @@ def remove(name: ServerName) -> None:
     where = common.paths()
     remove_server(where, name, now=common.now(), keystore=common.keystore(where))
     say(f"removed MCP server {name}")
+
+
+AgentOption = Annotated[
+    str, typer.Option("--agent", metavar="AGENT", help="The agent the client acts for.")
+]
+ScopeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--scope",
+        metavar="SCOPE",
+        help="Mint a grant of SCOPE (SERVER:TOOL[:RESOURCE]) for this session, revoked when it "
+        "ends (repeat; without it: the grant in $NHIDEL_TOKEN).",
+    ),
+]
+TtlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ttl",
+        metavar="DURATION",
+        help="The minted grant's lifetime (default: the agent's default TTL).",
+    ),
+]
+
+
+def run(
+    name: ServerName, agent: AgentOption, scope: ScopeOption = None, ttl: TtlOption = None
+) -> None:
+    """The stdio MCP gateway: start the registered server, relay only what the grant covers."""
+    import sys
+
+    from nhidel.cli.errors import Terminated
+    from nhidel.enforce.mcp_session import GatewayError, run_session
+
+    where = common.paths()
+    ending = run_session(
+        where,
+        common.keystore(where),
+        name,
+        agent=agent,
+        scopes=scope or (),
+        ttl=ttl,
+        now=common.now(),
+        client_in=sys.stdin.buffer,
+        client_out=sys.stdout.buffer,
+        log=sys.stderr,
+    )
+    if ending.signum is not None:
+        raise Terminated(ending.signum)
+    if not ending.client_closed and ending.server_status is not None:
+        raise GatewayError(
+            f"MCP server {name} exited (status {ending.server_status}) while the client was "
+            "connected",
+            "its own messages above (prefixed with its name) say why",
+        )

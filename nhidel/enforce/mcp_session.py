@@ -1,0 +1,192 @@
+"""`nhidel mcp run`: everything around one gateway session, before and after the relay.
+
+Before: the sealed configuration checked, the registration found and admitting the agent, the
+grant (minted for this session with `--scope`, revoked when it ends however it ends; or the
+one in NHIDEL_TOKEN), this process made undumpable, the secrets read, the server's
+environment built. After: the grant revoked, the decisions written.
+
+The minted grant is a small self-contained mint/revoke (`SessionGrant`); `exec`'s grant bound
+to a process's life (enforce/bound.py) is its general form, to be shared at merge.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO
+
+from nhidel.config import Config
+from nhidel.enforce.context import Enforcer
+from nhidel.enforce.mcp_gateway import Ending, Gateway, exact_redactor, serve, server_environment
+from nhidel.errors import NhidelError, NotFoundError, PolicyError, UsageError
+from nhidel.keys.keystore import KeyStore
+from nhidel.paths import Paths
+from nhidel.registrations import McpServer
+from nhidel.scopes import parse_scope_arguments
+
+TOKEN_VARIABLE = "NHIDEL_TOKEN"  # noqa: S105 - the name of a variable
+
+
+class GatewayError(NhidelError):
+    """The server could not start, or exited on its own while the client was still there."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionGrant:
+    """The grant a session runs on: its token, id when known, and whether it was minted here
+    (then it is revoked when the session ends)."""
+
+    token: str
+    grant_id: str | None
+    minted: bool
+
+
+def registered_server(config: Config, name: str, agent: str) -> McpServer:
+    """The registration of `name`, admitting `agent`; NotFoundError with the line to run."""
+    server = config.servers.get(name)
+    if server is None:
+        raise NotFoundError(
+            f"no MCP server named {name!r} is registered",
+            f"register it first: nhidel mcp add {name} [--secret NAME=ENV] "
+            "[--resource-arg TOOL=ARG] [--root PATH] -- CMD [ARGS]...",
+        )
+    if not server.admits(agent):
+        raise PolicyError(
+            f"MCP server {name} is registered for {', '.join(server.agents)}, not {agent}",
+            f"register it again with --agent {agent}, or run it for one of those agents",
+        )
+    return server
+
+
+def mint(
+    paths: Paths, keystore: KeyStore, server: McpServer, agent: str, scopes: Sequence[str],
+    ttl: str | None, *, now: int,
+) -> SessionGrant:  # fmt: skip
+    """A grant of `scopes` (each for this server) within `agent`'s ceiling, for this session."""
+    from nhidel.actions.grants import GrantRequest, issue
+
+    for scope in parse_scope_arguments(scopes):
+        if scope.service != server.name:
+            raise UsageError(
+                f"--scope {scope} is not for MCP server {server.name}",
+                f"give scopes of this server, e.g. --scope {server.name}:TOOL",
+            )
+    grant, token = issue(
+        paths, keystore,
+        GrantRequest(agent, scopes, ttl=ttl, reason=f"nhidel mcp run {server.name}"), now=now,
+    )  # fmt: skip
+    return SessionGrant(token, grant.id, minted=True)
+
+
+def revoke(paths: Paths, keystore: KeyStore, grant: SessionGrant, *, now: int) -> None:
+    if grant.minted and grant.grant_id is not None:
+        from nhidel.actions.grants import revoke as revoke_grants
+
+        revoke_grants(paths, ids=[grant.grant_id], reason="mcp run ended", now=now,
+                      keystore=keystore)  # fmt: skip
+
+
+def given_token(environ: Mapping[str, str]) -> SessionGrant:
+    token = (environ.get(TOKEN_VARIABLE) or "").strip()
+    if not token:
+        raise UsageError(
+            "mcp run needs a grant: --scope to mint one for this session, or NHIDEL_TOKEN",
+            "e.g. nhidel mcp run SERVER --agent AGENT --scope SERVER:TOOL",
+        )
+    return SessionGrant(token, None, minted=False)
+
+
+def run_session(
+    paths: Paths,
+    keystore: KeyStore,
+    name: str,
+    *,
+    agent: str,
+    scopes: Sequence[str],
+    ttl: str | None,
+    now: int,
+    client_in: IO[bytes],
+    client_out: IO[bytes],
+    log: IO[str],
+) -> Ending:
+    """Run one gateway session for `agent` in front of registered server `name`."""
+    from nhidel.hardening import protect_secrets_in_memory, take_from_environment
+
+    protect_secrets_in_memory()
+    environ = dict(os.environ)
+    take_from_environment(TOKEN_VARIABLE)  # never passed on, nor readable in /proc later
+    if ttl is not None and not scopes:
+        raise UsageError("--ttl is for a grant minted with --scope", "add --scope SERVER:TOOL")
+    grant: SessionGrant | None = None
+    try:
+        with Enforcer(paths, keystore) as enforcer:
+            server = registered_server(enforcer.config(), name, agent)
+            grant = (
+                mint(paths, keystore, server, agent, scopes, ttl, now=now)
+                if scopes
+                else given_token(environ)
+            )
+            ending = _serve(enforcer, server, grant, agent, environ, client_in, client_out, log)
+    finally:
+        # After the enforcer has written its decisions: the log reads in order.
+        if grant is not None:
+            revoke(paths, keystore, grant, now=int(time.time()))
+    return ending
+
+
+def _renew_hint(grant: SessionGrant, grant_id: str) -> str:
+    if grant.minted:
+        return "restart this MCP server in the client: nhidel mcp run mints a new grant"
+    return f"ask the human for a new grant (nhidel grant --like {grant_id}) and restart"
+
+
+def _serve(
+    enforcer: Enforcer,
+    server: McpServer,
+    grant: SessionGrant,
+    agent: str,
+    environ: Mapping[str, str],
+    client_in: IO[bytes],
+    client_out: IO[bytes],
+    log: IO[str],
+) -> Ending:
+    first = enforcer.verifier.check(grant.token, any_scope=True)
+    if not first.allowed or first.grant is None:
+        raise PolicyError(
+            f"the grant in NHIDEL_TOKEN is not usable: {first.detail}",
+            "ask for a new grant (nhidel grant AGENT --scope SERVER:TOOL) or use --scope",
+        )
+    if first.grant.agent != agent:
+        raise PolicyError(
+            f"the grant in NHIDEL_TOKEN is for agent {first.grant.agent}, not {agent}",
+            f"run with --agent {first.grant.agent}, or use a grant for {agent}",
+        )
+    secrets = enforcer.secrets(server.secrets.values())
+    missing = sorted(set(server.secrets.values()) - set(secrets))
+    if missing:
+        raise NotFoundError(
+            f"MCP server {server.name} needs secret {missing[0]}, which is not stored",
+            f"store it: nhidel secret add {missing[0]}",
+        )
+    gateway = Gateway(
+        enforcer,
+        server,
+        agent=agent,
+        token=grant.token,
+        renew_hint=_renew_hint(grant, first.grant.id),
+        redact=exact_redactor({n: secrets[n] for n in server.secrets.values()}),
+        environment=server_environment(server, secrets, environ),
+        client_in=client_in,
+        client_out=client_out,
+        log=log,
+    )
+    gateway.grant_id = first.grant.id
+    try:
+        return serve(gateway)
+    except OSError as exc:
+        raise GatewayError(
+            f"MCP server {server.name} could not be started: {exc.strerror or exc}",
+            f"check its registration: nhidel mcp list (then nhidel mcp add {server.name} ...)",
+        ) from None
