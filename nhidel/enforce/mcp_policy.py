@@ -236,7 +236,7 @@ def resource_value(tool: str, name: str, value: Any) -> str:
 
 def path_fault(value: str) -> str | None:
     """Why `value` may name another resource than it reads as, or None. A `scheme://` prefix
-    is set aside; a single trailing `/` is allowed."""
+    is set aside; one leading and one trailing `/` are allowed."""
     if any(not ch.isprintable() for ch in value):
         return "holds a control character"
     rest = value
@@ -246,8 +246,8 @@ def path_fault(value: str) -> str | None:
     if "\\" in rest:
         return "holds a backslash"
     segments = rest.split("/")
-    if segments and segments[0] == "" and not scheme:
-        segments = segments[1:]  # an absolute path's leading '/'
+    if segments[0] == "" and len(segments) > 1:
+        segments = segments[1:]  # an absolute path's leading '/' (file:///path's too)
     if len(segments) > 1 and segments[-1] == "":
         segments = segments[:-1]  # a directory's trailing '/'
     for segment in segments:
