@@ -407,7 +407,7 @@ COMMANDS: dict[str, dict[str, Any]] = (
                                '--help': (False, 'Show this message and exit.', ())},
                    'arguments': 1},
  'mcp': {'help': 'Register MCP servers and put the gateway in front of them.',
-         'commands': ['add', 'list', 'remove'],
+         'commands': ['add', 'list', 'remove', 'run', 'config'],
          'options': {'-h': (False, 'Show this message and exit.', ()),
                      '--help': (False, 'Show this message and exit.', ())},
          'arguments': 0},
@@ -442,6 +442,41 @@ COMMANDS: dict[str, dict[str, Any]] = (
  'mcp remove': {'help': 'Unregister an MCP server: running gateways refuse its next message.',
                 'commands': [],
                 'options': {'-h': (False, 'Show this message and exit.', ()),
+                            '--help': (False, 'Show this message and exit.', ())},
+                'arguments': 1},
+ 'mcp run': {'help': 'The stdio MCP gateway: start the registered server, relay only what the '
+                     'grant covers.',
+             'commands': [],
+             'options': {'--agent': (True, 'The agent the client acts for.', ()),
+                         '--scope': (True,
+                                     'Mint a grant of SCOPE (SERVER:TOOL[:RESOURCE]) for this '
+                                     'session, revoked when it ends (repeat; without it: the '
+                                     'grant in $NHIDEL_TOKEN).',
+                                     ()),
+                         '--ttl': (True,
+                                   "The minted grant's lifetime (default: the agent's default "
+                                   'TTL).',
+                                   ()),
+                         '-h': (False, 'Show this message and exit.', ()),
+                         '--help': (False, 'Show this message and exit.', ())},
+             'arguments': 1},
+ 'mcp config': {'help': 'Print the client entry (user scope) that starts the gateway: no '
+                        'secret, no token.',
+                'commands': [],
+                'options': {'--agent': (True, 'The agent the client acts for.', ()),
+                            '--scope': (True,
+                                        'Mint a grant of SCOPE (SERVER:TOOL[:RESOURCE]) for '
+                                        'this session, revoked when it ends (repeat; without '
+                                        'it: the grant in $NHIDEL_TOKEN).',
+                                        ()),
+                            '--ttl': (True,
+                                      "The minted grant's lifetime (default: the agent's "
+                                      'default TTL).',
+                                      ()),
+                            '--client': (True,
+                                         "The client's shape: claude, cursor, codex or vscode.",
+                                         ()),
+                            '-h': (False, 'Show this message and exit.', ()),
                             '--help': (False, 'Show this message and exit.', ())},
                 'arguments': 1},
  'route': {'help': 'Register upstreams the HTTP broker forwards to, with a secret.',

@@ -17,6 +17,7 @@ def register(app: typer.Typer) -> None:
     mcp_app.command("list")(list_servers)
     mcp_app.command("remove")(remove)
     mcp_app.command("run")(run)
+    mcp_app.command("config")(config)
     app.add_typer(mcp_app, name="mcp")
 
 
@@ -182,3 +183,38 @@ def run(
             "connected",
             "its own messages above (prefixed with its name) say why",
         )
+
+
+def config(
+    name: ServerName,
+    agent: AgentOption,
+    scope: ScopeOption = None,
+    ttl: TtlOption = None,
+    client: Annotated[
+        str,
+        typer.Option(
+            "--client",
+            metavar="CLIENT",
+            help="The client's shape: claude, cursor, codex or vscode.",
+        ),
+    ] = "claude",
+) -> None:
+    """Print the client entry (user scope) that starts the gateway: no secret, no token."""
+    from nhidel.cli.mcp_clients import CLIENTS, WHERE, entry, gateway_argv, gateway_env
+    from nhidel.cli.render import say
+    from nhidel.config import load_config
+    from nhidel.enforce.mcp_session import check_request
+    from nhidel.errors import UsageError
+
+    if client not in CLIENTS:
+        raise UsageError(f"unknown --client {client!r}", f"use one of: {', '.join(CLIENTS)}")
+    check_request(load_config(common.paths()), name, agent, scope or (), ttl)
+    env = gateway_env()
+    typer.echo(entry(client, name, gateway_argv(name, agent, scope or (), ttl), env), nl=False)
+    say(f"paste it into {WHERE[client]}")
+    if env.get("NHIDEL_KEYSTORE") == "file":
+        say("the file keystore needs NHIDEL_PASSPHRASE_FILE in the client's environment too "
+            "(not written here: point it at your passphrase file yourself)")  # fmt: skip
+    if not scope:
+        say("without --scope the gateway takes the grant in NHIDEL_TOKEN from the client's "
+            "environment")  # fmt: skip

@@ -238,6 +238,12 @@ class Gateway:
             return
         action = policy.client_action(message)
         key = policy.id_key(message.id)
+        if message.kind is Kind.REQUEST and key in self._client_requests:
+            # Its response would be taken for the earlier one's (a filtered tools/list's).
+            self._to_client(policy.error_response(
+                message.id, policy.INVALID_REQUEST, "a request with this id is still pending"
+            ))  # fmt: skip
+            return
         if action is Action.FORWARD:
             if message.kind is Kind.REQUEST:
                 self._client_requests[key] = (str(message.method), ())

@@ -60,19 +60,47 @@ def registered_server(config: Config, name: str, agent: str) -> McpServer:
     return server
 
 
-def mint(
-    paths: Paths, keystore: KeyStore, server: McpServer, agent: str, scopes: Sequence[str],
-    ttl: str | None, *, now: int,
-) -> SessionGrant:  # fmt: skip
-    """A grant of `scopes` (each for this server) within `agent`'s ceiling, for this session."""
-    from nhidel.actions.grants import GrantRequest, issue
+def check_request(
+    config: Config, name: str, agent: str, scopes: Sequence[str], ttl: str | None
+) -> McpServer:
+    """What `mcp run` would refuse before starting anything, without the keystore: the
+    registration, the agent it admits, scopes of this server within the agent's ceiling, the
+    TTL within its maximum (`mcp config` asks this before printing an entry)."""
+    from nhidel.scopes import not_covered
+    from nhidel.timefmt import format_duration, parse_duration
 
-    for scope in parse_scope_arguments(scopes):
+    server = registered_server(config, name, agent)
+    ceiling = config.agent(agent)
+    if ttl is not None and not scopes:
+        raise UsageError("--ttl is for a grant minted with --scope", "add --scope SERVER:TOOL")
+    parsed = parse_scope_arguments(scopes)
+    for scope in parsed:
         if scope.service != server.name:
             raise UsageError(
                 f"--scope {scope} is not for MCP server {server.name}",
                 f"give scopes of this server, e.g. --scope {server.name}:TOOL",
             )
+    beyond = not_covered(ceiling.allow, parsed)
+    if beyond:
+        raise PolicyError(
+            f"--scope {beyond[0]} is beyond agent {agent}'s ceiling",
+            f"widen it first: nhidel agent update {agent} --allow {beyond[0]}",
+        )
+    if ttl is not None and parse_duration(ttl, what="--ttl") > ceiling.max_ttl:
+        raise PolicyError(
+            f"--ttl {ttl} is over agent {agent}'s maximum of {format_duration(ceiling.max_ttl)}",
+            f"ask for --ttl {format_duration(ceiling.max_ttl)} or less",
+        )
+    return server
+
+
+def mint(
+    paths: Paths, keystore: KeyStore, server: McpServer, agent: str, scopes: Sequence[str],
+    ttl: str | None, *, now: int,
+) -> SessionGrant:  # fmt: skip
+    """A grant of `scopes` (checked by `check_request`) for this session."""
+    from nhidel.actions.grants import GrantRequest, issue
+
     grant, token = issue(
         paths, keystore,
         GrantRequest(agent, scopes, ttl=ttl, reason=f"nhidel mcp run {server.name}"), now=now,
@@ -117,12 +145,10 @@ def run_session(
     protect_secrets_in_memory()
     environ = dict(os.environ)
     take_from_environment(TOKEN_VARIABLE)  # never passed on, nor readable in /proc later
-    if ttl is not None and not scopes:
-        raise UsageError("--ttl is for a grant minted with --scope", "add --scope SERVER:TOOL")
     grant: SessionGrant | None = None
     try:
         with Enforcer(paths, keystore) as enforcer:
-            server = registered_server(enforcer.config(), name, agent)
+            server = check_request(enforcer.config(), name, agent, scopes, ttl)
             grant = (
                 mint(paths, keystore, server, agent, scopes, ttl, now=now)
                 if scopes
