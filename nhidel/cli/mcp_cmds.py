@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
     mcp_app.command("remove")(remove)
     mcp_app.command("run")(run)
     mcp_app.command("config")(config)
+    mcp_app.command("tools")(tools)
     app.add_typer(mcp_app, name="mcp")
 
 
@@ -218,3 +219,24 @@ def config(
     if not scope:
         say("without --scope the gateway takes the grant in NHIDEL_TOKEN from the client's "
             "environment")  # fmt: skip
+
+
+def tools(
+    name: ServerName,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+) -> None:
+    """Start a registered server once: its tools, their arguments, suggested scopes."""
+    from nhidel.cli.render import print_json, say
+    from nhidel.enforce.context import Enforcer
+    from nhidel.enforce.mcp_tools import list_tools, render
+
+    where = common.paths()
+    with Enforcer(where, common.keystore(where)) as enforcer:
+        found = list_tools(where, enforcer, name)
+    if as_json:
+        print_json([t.to_json() for t in found])
+        return
+    if not found:
+        say(f"MCP server {name} lists no tools")
+        return
+    typer.echo("\n".join(render(found, name)))

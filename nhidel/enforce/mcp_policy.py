@@ -201,7 +201,7 @@ def call_scopes(
     tool = params.get("name")
     if not isinstance(tool, str) or not tool:
         raise CallRefused("the call names no tool")
-    if not _ACTION.fullmatch(tool) or tool in RESERVED_ACTIONS or len(tool) > 128:
+    if not nameable(tool):
         raise CallRefused(f"tool {_quoted(tool)} cannot be named in a scope, so no grant covers it")
     arguments = params.get("arguments", {})
     if not isinstance(arguments, dict):
@@ -260,10 +260,20 @@ def path_fault(value: str) -> str | None:
     return None
 
 
+def nameable(tool: Any) -> bool:
+    """Whether a scope can name `tool` (its action: lowercase, not `resources`/`prompts`)."""
+    return (
+        isinstance(tool, str)
+        and len(tool) <= 128
+        and _ACTION.fullmatch(tool) is not None
+        and tool not in RESERVED_ACTIONS
+    )
+
+
 def tool_listed(server: str, tool: Any, granted: Iterable[Scope]) -> bool:
     """Whether some granted scope could cover a call of `tool` (a resource-scoped grant such as
     `fs:read_file:/tmp/*` lists read_file: some calls of it are allowed)."""
-    if not isinstance(tool, str) or not _ACTION.fullmatch(tool) or tool in RESERVED_ACTIONS:
+    if not nameable(tool):
         return False
     return any(s.service == server and s.action in ("*", tool) for s in granted)
 

@@ -410,3 +410,24 @@ def test_refusals_before_starting_are_one_error_line_with_a_hint(world: World) -
     assert "not bot" in assert_clean_error(refused, 6)
     assert list_all(world.env) == []
     assert os.environ.get("NHIDEL_TOKEN") is None
+
+
+def test_mcp_tools_lists_arguments_scopes_and_resource_arg_lines(world: World) -> None:
+    listed = ok(world.env, "mcp", "tools", "fs")
+    assert "  --resource-arg move_file=destination" in listed.stdout.splitlines()
+    assert "    scope: fs:list_allowed_directories" in listed.stdout.splitlines()
+    tools = {t["name"]: t for t in json.loads(ok(world.env, "mcp", "tools", "fs", "--json").stdout)}
+    assert tools["read_multiple_files"]["resource_args"] == ["read_multiple_files=paths"]
+    assert tools["read_multiple_files"]["resource_scope"] == "fs:read_multiple_files:<resource>*"
+    assert tools["write_file"]["arguments"][1] == {
+        "name": "content", "type": "string", "required": True, "resource": False,
+    }  # fmt: skip
+    # The server got its secret, and nothing of it reached the output.
+    every = ok(world.env, "mcp", "tools", "every")
+    assert "every:get-env" in every.stdout and SECRET_VALUE not in every.stdout + every.stderr
+
+
+def test_mcp_tools_of_a_server_that_dies_says_what_it_said(world: World) -> None:
+    ok(world.env, "mcp", "add", "dies", "--", "/bin/sh", "-c", "echo oops >&2; exit 2")
+    failed = run(world.env, "mcp", "tools", "dies")
+    assert "exited (status 2); it said: oops" in assert_clean_error(failed, 1)
