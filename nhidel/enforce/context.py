@@ -45,7 +45,7 @@ class Enforcer:
         # Decisions are this point's own records (tool.*, http.*), not verify.*: one per action.
         self.verifier = Verifier(paths, keystore, clock=clock, audit=False)
         self.decisions: DecisionLog = DecisionLog(state.audit_log(paths, self.verifier.audit_keys))
-        self._config_stat: tuple[int, int, int] | None = None
+        self._config_stat: tuple[int, ...] | None = None
         self._config_state: state.SealedState | None = None
         self._config: Config | None = None
         self._config_failure: IntegrityError | None = None
@@ -120,9 +120,11 @@ class Enforcer:
         self.decisions.decide((name, self._sequence, id(self)), event(name, **fields))
 
 
-def _stat(path: Path) -> tuple[int, int, int] | None:
+def _stat(path: Path) -> tuple[int, ...] | None:
+    """What changes when the file does (ctime too: an edit that puts mtime back moves it). An
+    edit this misses changes nothing anyway: what was read before was checked sealed."""
     try:
         found = os.stat(path)
     except OSError:
         return None
-    return (found.st_ino, found.st_size, found.st_mtime_ns)
+    return (found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns)

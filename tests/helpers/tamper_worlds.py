@@ -1,7 +1,9 @@
 """Seeded worlds for the tamper-then-write harness (tests/integration/test_tamper_then_write.py).
 
 A world is a home built only through nhidel's own code (init, agent add, update (a narrowing) and
-remove, grant, verify --consume, revoke, key rotation after a compromise, many decisions), with a
+remove, grant, verify --consume, revoke, key rotation after a compromise, many decisions, and
+where secrets may go: a secret stored and later replaced, an MCP server and two routes
+registered, one of them removed later), with a
 snapshot of every file (and of the OS keyring's entries) taken between the steps, and the ground
 truth kept alongside: which grants are revoked, how many uses each has spent, every agent's real
 ceiling and which signing keys were compromised. The harness copies a built world per case,
@@ -30,8 +32,10 @@ from helpers.support import MemoryKeyring
 from nhidel.actions.agents import CeilingChange, add_agent, remove_agent, update_agent
 from nhidel.actions.grants import GrantRequest, issue, revoke
 from nhidel.actions.keys import init_principal, rotate_key
+from nhidel.actions.registrations import add_route, add_server, remove_route
+from nhidel.actions.secrets import add_secret
 from nhidel.audit.records import canonical
-from nhidel.config import load_config
+from nhidel.config import Config, load_config
 from nhidel.errors import NhidelError
 from nhidel.integrity.state import config_digest
 from nhidel.keys.keystore import KeyStore, open_keystore
@@ -90,11 +94,33 @@ class Ceiling:
     audiences: tuple[str, ...]
 
 
+# The secret every world stores (and replaces): it goes where the registrations say.
+UPSTREAM = "upstream"
+UPSTREAM_VALUES = ("upstream-secret-first-value", "upstream-secret-second-value")
+
+
+def registrations_meaning(config: Config) -> dict[str, Any]:
+    """Where secrets may go, as the truth keeps it: the secrets' names, every MCP server and
+    route whole (a route's CA included), their registration times left out."""
+
+    def whole(entry: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in entry.items() if k != "created_at"}
+
+    return {
+        "secrets": sorted(config.secrets),
+        "servers": {n: whole(s.to_json()) for n, s in sorted(config.servers.items())},
+        "routes": {n: whole(r.sealed_json()) for n, r in sorted(config.routes.items())},
+    }
+
+
 @dataclass
 class Truth:
     grants: dict[str, GrantTruth] = field(default_factory=dict)
     ceilings: dict[str, Ceiling] = field(default_factory=dict)
     compromised: set[str] = field(default_factory=set)
+    registrations: dict[str, Any] = field(
+        default_factory=lambda: {"secrets": [], "servers": {}, "routes": {}}
+    )
 
     def copy(self) -> Truth:
         return copy.deepcopy(self)
@@ -373,6 +399,27 @@ class Builder:
         for grant_id in result.revoked + result.already:
             self.truth.grants[grant_id].revoked = True
 
+    def register(self) -> None:
+        """A secret, an MCP server that gets it in a variable, and two routes that send it."""
+        add_secret(self.paths, UPSTREAM, UPSTREAM_VALUES[0], now=self.now,
+                   keystore=self.keystore())  # fmt: skip
+        add_server(self.paths, "files", [shutil.which("echo") or "/bin/echo", "serving"],
+                   secrets=[f"{UPSTREAM}=API_TOKEN"], resource_args=["read_file=path"],
+                   roots=["/srv/files"], env=["MODE=ro"], now=self.now,
+                   keystore=self.keystore())  # fmt: skip
+        for name, url in (("api", "https://127.0.0.1:8443/v1"), ("legacy", "https://127.0.0.1:9")):
+            add_route(self.paths, name, url, secret=UPSTREAM, now=self.now,
+                      keystore=self.keystore())  # fmt: skip
+        self.truth.registrations = registrations_meaning(load_config(self.paths))
+
+    def reregister(self) -> None:
+        """The secret's value replaced and the legacy route removed: an older config.toml
+        brings the route back."""
+        add_secret(self.paths, UPSTREAM, UPSTREAM_VALUES[1], replace=True, now=self.now,
+                   keystore=self.keystore())  # fmt: skip
+        remove_route(self.paths, "legacy", now=self.now, keystore=self.keystore())
+        self.truth.registrations = registrations_meaning(load_config(self.paths))
+
     def decisions(self, count: int) -> None:
         """Plain verifies (group-committed decision records), varied so they do not coalesce."""
         grants = list(self.truth.grants.values())
@@ -398,6 +445,7 @@ def build_world(
         b.snapshot("init")
         b.add("reviewer")
         b.add("release-bot")
+        b.register()
         b.snapshot("agents")
         first = [b.grant(b.rng.choice(["reviewer", "release-bot"])) for _ in range(5)]
         b.snapshot("issued")
@@ -414,6 +462,7 @@ def build_world(
         lost = b.grant("reviewer", NARROWED[1])
         b.narrow("reviewer", NARROWED[0])
         assert b.truth.grants[lost.id].revoked
+        b.reregister()
         b.snapshot("narrowed")
         if compromised_rotation:
             rotation = rotate_key(b.paths, b.keystore(), now=b.now, compromised=True)
@@ -449,6 +498,7 @@ def check_world(b: Builder) -> None:
         for grant in b.truth.grants.values():
             decision = verifier.check(grant.token, any_scope=True, aud=grant.aud)
             assert decision.allowed == (not grant.dead), (grant, decision)
+    assert registrations_meaning(load_config(b.paths)) == b.truth.registrations
     report = verify_log(b.paths, b.keystore())
     assert report.ok and not report.warnings, (report.problem, report.warnings)
     assert any(g.dead for g in b.truth.grants.values())

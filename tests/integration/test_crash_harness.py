@@ -1,7 +1,8 @@
 """Crash harness (issue 10, item 4): kill -9 a state change at every write and fsync boundary.
 
 Each command under test (grant, revoke, agent remove, agent update, verify --consume, key rotate
---now) runs
+--now, and where secrets may go: secret add and remove, mcp add and remove, route add and
+remove) runs
 once in a child process with a counting hook (tests/helpers/crash_hook.py) to learn its boundaries:
 every `os.write`, `os.fsync`, `os.replace`, `os.rename` and SQLite `COMMIT` it crosses. Then,
 for every boundary, a fresh copy of a prepared home runs the same command and SIGKILLs itself
@@ -17,7 +18,9 @@ harness runs legitimate commands, unhooked, and checks SPEC.md "Durability" and 
   agent gone and its grants revoked; a logged `agent.updated` (a narrowing) leaves the narrowed
   ceiling applied and exactly the grants it no longer covers revoked; uses in the ledger equal
   the `grant.used` records, and a grant never verifies past its `max_uses`, counting the killed
-  consume.
+  consume; a secret, MCP server or route is registered only with its sealed record (an addition
+  counts once config.toml shows it, a stored secret's value is in the keystore whenever its
+  name is listed), and a logged removal leaves it gone.
 """
 
 from __future__ import annotations
@@ -139,6 +142,10 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
     ok("init", "--principal", "alice")
     ok("agent", "add", "reviewer", "--allow", "repo:read:acme/*", "--max-ttl", "1h")
     ok("agent", "add", "other-agent", "--allow", "repo:read:acme/*", "--max-ttl", "1h")
+    for name in ("base-secret", "spare-secret"):
+        assert nhidel(env, "secret", "add", name, input=f"{name}-value\n").code == 0
+    ok("mcp", "add", "basesrv", "--secret", "base-secret=TOKEN", "--", "echo")
+    ok("route", "add", "baseroute", "https://127.0.0.1:8443", "--secret", "base-secret")
     tokens = {
         "rev": ok("grant", "reviewer", "--scope", SCOPE).stdout.strip(),
         "use": ok("grant", "reviewer", "--scope", SCOPE, "--uses", "2").stdout.strip(),
@@ -335,7 +342,8 @@ def check_ledger_matches_log(case: Case) -> None:
 
 
 STATE_EVENTS = {"key.created", "key.rotated", "agent.added", "agent.removed", "agent.updated",
-                "grant.issued", "grant.revoked", "grant.used"}  # fmt: skip
+                "grant.issued", "grant.revoked", "grant.used", "secret.added", "secret.removed",
+                "mcp.added", "mcp.removed", "route.added", "route.removed"}  # fmt: skip
 
 
 # -- the commands ----------------------------------------------------------------------------
@@ -575,6 +583,78 @@ def rotate_last(case: Case) -> None:
         case.expect(decision, 0, "a grant minted after the crash verifies")
 
 
+# secret add/remove, mcp add/remove, route add/remove: one entry of config.toml each
+
+
+def _listed(case: Case, group: str) -> set[str]:
+    result = case.run(group, "list", "--json")
+    if not case.expect(result, 0, f"{group} list --json"):
+        return set()
+    return {entry["name"] for entry in json.loads(result.stdout)}
+
+
+def _value_in_keystore(case: Case, name: str) -> bool:
+    """Whether the keystore holds a value for secret `name` (read as the enforcement points
+    read it)."""
+    probe = (
+        "import sys\n"
+        "from nhidel.paths import Paths\n"
+        "from nhidel.keys.keystore import open_keystore\n"
+        "from nhidel.actions.secrets import secret_values\n"
+        "from nhidel.errors import NhidelError\n"
+        "try:\n"
+        "    secret_values(open_keystore(Paths.from_env()), [sys.argv[1]])\n"
+        "except NhidelError:\n"
+        "    sys.exit(1)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, name], env=case.env, cwd=case.env["HOME"],
+                          capture_output=True, text=True, timeout=TIMEOUT, check=False)  # fmt: skip
+    return done.returncode == 0
+
+
+def entry_command(
+    name: str, argv: list[str], *, group: str, entry: str, event: str, added: bool,
+    stdin: str | None = None,
+) -> Command:  # fmt: skip
+    """A command that adds or removes one entry: an addition counts only once config.toml
+    shows it (its record first, then the file), a logged removal always counts. Running the
+    command again afterwards says which happened (an addition: 6 already there, else 0; a
+    removal: 3 already gone, else 0)."""
+
+    def last(case: Case) -> None:
+        logged = bool(case.logged(event))
+        listed = entry in _listed(case, group)
+        if added and listed and not logged:
+            case.problem(f"{group} {entry} is registered without its {event} record")
+        if added and listed and group == "secret" and not _value_in_keystore(case, entry):
+            case.problem(f"secret {entry} is listed but the keystore holds no value for it")
+        if not added and logged and listed:
+            case.problem(f"{event} is in the log, yet {group} {entry} is still registered")
+        if not added and not logged and not listed:
+            case.problem(f"{group} {entry} is gone without a {event} record")
+        again = case.run(*argv, input=stdin)
+        expected = (6 if listed else 0) if added else (0 if listed else 3)
+        case.expect(again, expected, f"running {' '.join(argv[:3])} again")
+
+    return Command(name, lambda b: argv, last=last, stdin=lambda b: stdin)
+
+
+ENTRY_COMMANDS = [
+    entry_command("secret-add", ["secret", "add", "fresh"], group="secret", entry="fresh",
+                  event="secret.added", added=True, stdin="fresh-secret-value\n"),
+    entry_command("secret-remove", ["secret", "remove", "spare-secret"], group="secret",
+                  entry="spare-secret", event="secret.removed", added=False),
+    entry_command("mcp-add", ["mcp", "add", "newsrv", "--secret", "base-secret=T", "--", "echo"],
+                  group="mcp", entry="newsrv", event="mcp.added", added=True),
+    entry_command("mcp-remove", ["mcp", "remove", "basesrv"], group="mcp", entry="basesrv",
+                  event="mcp.removed", added=False),
+    entry_command("route-add", ["route", "add", "newroute", "https://127.0.0.1:8443",
+                                "--secret", "base-secret"],
+                  group="route", entry="newroute", event="route.added", added=True),
+    entry_command("route-remove", ["route", "remove", "baseroute"], group="route",
+                  entry="baseroute", event="route.removed", added=False),
+]  # fmt: skip
+
 COMMANDS = {
     "grant": Command(
         "grant", lambda b: ["grant", "reviewer", "--scope", SCOPE, "--uses", "2"], last=grant_last
@@ -601,6 +681,7 @@ COMMANDS = {
         first=rotate_first,
         last=rotate_last,
     ),
+    **{command.name: command for command in ENTRY_COMMANDS},
 }
 
 
