@@ -431,3 +431,56 @@ def test_mcp_tools_of_a_server_that_dies_says_what_it_said(world: World) -> None
     ok(world.env, "mcp", "add", "dies", "--", "/bin/sh", "-c", "echo oops >&2; exit 2")
     failed = run(world.env, "mcp", "tools", "dies")
     assert "exited (status 2); it said: oops" in assert_clean_error(failed, 1)
+
+
+def test_each_allowed_call_spends_a_use_and_a_denied_one_none(world: World) -> None:
+    token = ok(world.env, "grant", "bot", "--scope", "every:echo", "--uses", "2").stdout.strip()
+
+    async def body(session: Any) -> list[Any]:
+        return [
+            await session.call_tool("echo", {"message": "one"}),
+            await session.call_tool("get-env", {}),  # denied: spends nothing
+            await session.call_tool("echo", {"message": "two"}),
+            await session.call_tool("echo", {"message": "three"}),
+        ]
+
+    one, env_call, two, three = world.session(
+        world.gateway_args("every"), body, env={**world.env, "NHIDEL_TOKEN": token}
+    )
+    assert not one.isError and not two.isError
+    assert env_call.isError and text_of(env_call).startswith("denied: scope_not_granted: ")
+    assert three.isError and text_of(three).startswith("denied: uses_exhausted: ")
+    assert SECRET_VALUE not in text_of(env_call)
+    (grant,) = list_all(world.env)
+    assert (grant["uses"], grant["status"]) == (2, "exhausted")
+
+
+def test_an_expired_grant_is_denied_with_a_hint_to_renew(world: World) -> None:
+    token = ok(world.env, "grant", "bot", "--scope", "every:echo", "--ttl", "3s").stdout.strip()
+    expires = claims_of(token)["exp"]
+
+    async def body(session: Any) -> Any:
+        await asyncio.sleep(max(0.0, expires - time.time()) + 0.2)  # the clock is the condition
+        return await session.call_tool("echo", {"message": "late"})
+
+    late = world.session(
+        world.gateway_args("every"), body, env={**world.env, "NHIDEL_TOKEN": token}
+    )
+    assert late.isError and text_of(late).startswith("denied: expired: ")
+    assert "nhidel grant --like" in text_of(late)
+
+
+def test_the_servers_stderr_is_redacted_and_prefixed(world: World) -> None:
+    everything = server_binary("mcp-server-everything")
+    ok(world.env, "mcp", "add", "talky", "--secret", "api-key=API_KEY", "--", "/bin/sh", "-c",
+       f'echo "starting with key $API_KEY" >&2; exec {everything} stdio')  # fmt: skip
+    ok(world.env, "agent", "update", "bot", "--allow", "talky:*")
+
+    async def body(session: Any) -> Any:
+        return await session.call_tool("echo", {"message": "hi"})
+
+    assert text_of(world.session(world.gateway_args("talky", "talky:echo"), body)) == "Echo: hi"
+    said = world.stderr.read_text()
+    assert "[talky] starting with key [redacted:api-key]" in said.splitlines()
+    assert SECRET_VALUE not in said and SECRET_VALUE not in world.audit_text()
+    assert [r["server"] for r in world.records("secret.redacted")] == ["talky"]
