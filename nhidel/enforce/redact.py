@@ -193,14 +193,15 @@ class _Form:
 
 
 class Redactor:
-    """The forms of the given secrets ({name: value}), compiled once; `redact_text` for a whole
-    message, `stream()` for bytes that arrive in chunks. Both give the same output for the same
-    input, however it is split."""
+    """The forms of the given secrets ({name: value}), compiled once: build one per set of
+    values and share it (a long value takes a while to compile). `redact_bytes` and `stream()`
+    give the same output for the same bytes, however they are split; `redact_text` is for a
+    whole message that may be JSON."""
 
     def __init__(self, secrets: Mapping[str, str]) -> None:
         forms: list[tuple[str, tuple[Unit, ...]]] = []
         # Longer values first: where a shorter secret is a prefix of a longer one, the longer
-        # is the first alternative tried at that position.
+        # one's mark comes first.
         for name, value in sorted(secrets.items(), key=lambda item: -len(item[1])):
             check_scannable(value)
             raw = value.encode("utf-8", "surrogatepass")
@@ -224,9 +225,10 @@ class Redactor:
         return out, stream.names_hit
 
     def redact_text(self, text: str) -> tuple[str, list[str]]:
-        """`text` redacted as `redact_bytes` redacts its UTF-8. A region next to a JSON escape
-        (a value right after `\\\\`, or ending on a backslash that escapes what follows) takes the
-        whole escape with it, so a JSON text stays JSON."""
+        """`text` redacted as `redact_bytes` redacts its UTF-8, except that a region that starts
+        inside a JSON escape (`\\n` + the rest of a value that starts with n, part of a `\\uXXXX`)
+        or ends inside one (on a backslash that escapes what follows) takes the whole escape
+        with it: a JSON text stays JSON. Returns the text and the names found."""
         data = text.encode("utf-8", "surrogatepass")
         stream = self.stream()
         regions = stream.scan(data, final=True)
