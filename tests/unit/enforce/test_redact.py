@@ -277,3 +277,17 @@ def test_with_no_secrets_everything_passes_at_once() -> None:
     stream = Redactor({}).stream()
     assert [stream.feed(b"abc"), stream.feed(b"def"), stream.finish()] == [b"abc", b"def", b""]
     assert Redactor({}).redact_text("anything") == ("anything", [])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    value=st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=MIN_SCANNABLE_BYTES),
+    before=st.text(max_size=6),
+    after=st.text(max_size=6),
+)
+def test_any_value_is_found_in_every_form(value: str, before: str, after: str) -> None:
+    r = Redactor({"V": value})
+    for label, form in (forms(value) | base64_forms(value)).items():
+        out, names = r.redact_text(before + form + after)
+        assert names == ["V"], label
+        assert survives(value, out) == [], label
