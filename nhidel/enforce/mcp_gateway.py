@@ -16,13 +16,14 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
 from nhidel.enforce import mcp_policy as policy
 from nhidel.enforce.context import Enforcer
 from nhidel.enforce.mcp_policy import Action, Kind, Message, NotRelayed
+from nhidel.enforce.redact import Redactor
 from nhidel.errors import IntegrityError
 from nhidel.registrations import McpServer
 from nhidel.scopes import Scope
@@ -32,8 +33,6 @@ from nhidel.tokens.decision import Decision, Reason
 PASSED_VARIABLES = ("PATH", "HOME", "LANG", "LANGUAGE")
 PASSED_PREFIXES = ("LC_",)
 STOP_GRACE = 2.0  # seconds a server has to exit after its stdin closes, then SIGTERM, SIGKILL
-
-Redact = Callable[[str], tuple[str, list[str]]]
 
 
 def server_environment(
@@ -59,32 +58,6 @@ def server_cwd(server: McpServer, parent: Mapping[str, str]) -> str:
     return "/"
 
 
-def exact_redactor(secrets: Mapping[str, str]) -> Redact:
-    """Replace the exact values of `secrets` (name -> value) and their JSON-escaped forms by
-    `[redacted:NAME]`. (The seam nhidel.enforce.redact fills with every encoding.)"""
-    import json
-
-    forms = sorted(
-        (
-            (form, name)
-            for name, value in secrets.items()
-            if value
-            for form in {value, json.dumps(value)[1:-1]}
-        ),
-        key=lambda pair: -len(pair[0]),
-    )
-
-    def redact(text: str) -> tuple[str, list[str]]:
-        found: list[str] = []
-        for form, name in forms:
-            if form in text:
-                text = text.replace(form, f"[redacted:{name}]")
-                found.append(name)
-        return text, found
-
-    return redact
-
-
 @dataclass
 class Ending:
     """How a session ended: the client left, the server exited (its status), or a signal."""
@@ -105,7 +78,7 @@ class Gateway:
         agent: str,
         token: str,
         renew_hint: str,
-        redact: Redact,
+        redactor: Redactor,
         environment: Mapping[str, str],
         client_in: IO[bytes],
         client_out: IO[bytes],
@@ -116,7 +89,7 @@ class Gateway:
         self.agent = agent
         self.token = token
         self.renew_hint = renew_hint
-        self.redact = redact
+        self.redactor = redactor
         self.environment = dict(environment)
         self.client_in = client_in
         self.client_out = client_out
@@ -436,12 +409,21 @@ class Gateway:
             ))  # fmt: skip
 
     async def _server_stderr(self) -> None:
+        """The server's stderr, a line at a time (a secret is one line: none spans two), each
+        redacted whole and written with the server's name in front, as soon as it ends."""
         process = self._process
         assert process is not None and process.stderr is not None  # noqa: S101 - started in run
-        with contextlib.suppress(ValueError):
-            while line := await process.stderr.readline():
-                text = line.decode("utf-8", "replace").rstrip("\n")
-                self._say(self._redacted(text))
+        while True:
+            try:
+                line = await process.stderr.readline()
+            except ValueError:  # longer than MAX_LINE: asyncio has dropped it
+                self._say("(a stderr line longer than the gateway relays was dropped)")
+                continue
+            if not line:
+                return
+            redacted, names = self.redactor.redact_bytes(line)
+            self._record_redactions(names)
+            self._say(redacted.decode("utf-8", "replace").rstrip("\n"))
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -464,11 +446,14 @@ class Gateway:
             pass  # the server is gone: its stdout's end says so
 
     def _redacted(self, text: str) -> str:
-        redacted, names = self.redact(text)
+        redacted, names = self.redactor.redact_text(text)
+        self._record_redactions(names)
+        return redacted
+
+    def _record_redactions(self, names: Sequence[str]) -> None:
         for name in dict.fromkeys(names):
             self.enforcer.record("secret.redacted", agent=self.agent, grant=self.grant_id,
                                  server=self.server.name, secret=name)  # fmt: skip
-        return redacted
 
     def _say(self, text: str) -> None:
         with contextlib.suppress(BrokenPipeError, ValueError):

@@ -19,7 +19,8 @@ from typing import IO
 
 from nhidel.config import Config
 from nhidel.enforce.context import Enforcer
-from nhidel.enforce.mcp_gateway import Ending, Gateway, exact_redactor, serve, server_environment
+from nhidel.enforce.mcp_gateway import Ending, Gateway, serve, server_environment
+from nhidel.enforce.redact import Redactor
 from nhidel.errors import NhidelError, NotFoundError, PolicyError, UsageError
 from nhidel.keys.keystore import KeyStore
 from nhidel.paths import Paths
@@ -202,7 +203,7 @@ def _serve(
         agent=agent,
         token=grant.token,
         renew_hint=_renew_hint(grant, first.grant.id),
-        redact=exact_redactor({n: secrets[n] for n in server.secrets.values()}),
+        redactor=Redactor({n: secrets[n] for n in server.secrets.values()}),
         environment=server_environment(server, secrets, environ),
         client_in=client_in,
         client_out=client_out,

@@ -8,6 +8,7 @@ it has listed its tools. Its stderr is kept and, redacted, shown only when it fa
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -20,7 +21,8 @@ from typing import IO, Any
 
 from nhidel.enforce import mcp_policy as policy
 from nhidel.enforce.context import Enforcer
-from nhidel.enforce.mcp_gateway import exact_redactor, server_cwd, server_environment
+from nhidel.enforce.mcp_gateway import server_cwd, server_environment
+from nhidel.enforce.redact import Redactor
 from nhidel.errors import NhidelError, NotFoundError
 from nhidel.paths import Paths
 from nhidel.registrations import McpServer
@@ -126,13 +128,11 @@ def list_tools(paths: Paths, enforcer: Enforcer, name: str) -> list[Tool]:
             f"MCP server {name} needs secret {missing[0]}, which is not stored",
             f"store it: nhidel secret add {missing[0]}",
         )
-    redact = exact_redactor({n: secrets[n] for n in server.secrets.values()})
+    redact = Redactor({n: secrets[n] for n in server.secrets.values()}).redact_text
     environment = server_environment(server, secrets, os.environ)
-    return [
-        tool
-        for raw in _ask_tools(server, environment, redact)
-        if (tool := tool_from_json(server.name, raw)) is not None
-    ]
+    # What a server says of its tools is output too: a description may quote its environment.
+    raws = json.loads(redact(json.dumps(_ask_tools(server, environment, redact)))[0])
+    return [tool for raw in raws if (tool := tool_from_json(server.name, raw)) is not None]
 
 
 def _ask_tools(

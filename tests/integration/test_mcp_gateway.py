@@ -6,6 +6,7 @@ reaches the server."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -473,7 +474,8 @@ def test_an_expired_grant_is_denied_with_a_hint_to_renew(world: World) -> None:
 def test_the_servers_stderr_is_redacted_and_prefixed(world: World) -> None:
     everything = server_binary("mcp-server-everything")
     ok(world.env, "mcp", "add", "talky", "--secret", "api-key=API_KEY", "--", "/bin/sh", "-c",
-       f'echo "starting with key $API_KEY" >&2; exec {everything} stdio')  # fmt: skip
+       f'echo "starting with key $API_KEY" >&2; printf %s "$API_KEY" | base64 >&2; '
+       f"exec {everything} stdio")  # fmt: skip
     ok(world.env, "agent", "update", "bot", "--allow", "talky:*")
 
     async def body(session: Any) -> Any:
@@ -482,5 +484,8 @@ def test_the_servers_stderr_is_redacted_and_prefixed(world: World) -> None:
     assert text_of(world.session(world.gateway_args("talky", "talky:echo"), body)) == "Echo: hi"
     said = world.stderr.read_text()
     assert "[talky] starting with key [redacted:api-key]" in said.splitlines()
+    assert base64.b64encode(SECRET_VALUE.encode()).decode()[:-4] not in said
     assert SECRET_VALUE not in said and SECRET_VALUE not in world.audit_text()
-    assert [r["server"] for r in world.records("secret.redacted")] == ["talky"]
+    # One record per redacted line (the value, then its base64), each naming server and secret.
+    found = [(r["server"], r["secret"]) for r in world.records("secret.redacted")]
+    assert found == [("talky", "api-key")] * 2
