@@ -8,7 +8,8 @@ Run on demand, never as a test:
 
 The server is benchmarks/echo_mcp_server.py (a few lines of Python answering at once), so the
 difference is the gateway's: parsing, the grant check (a cached verify, the sealed
-configuration stat'ed), the decision record (group-committed), redaction and re-serialising.
+configuration stat'ed), the decision record (group-committed), re-serialising, and redaction
+(a secret is registered for the server, so every message toward the client is scanned).
 The client is a raw JSON-RPC loop over pipes: one request, wait for its answer, the next.
 Each round starts a fresh gateway (a grant minted with --scope, the file keystore) and a fresh
 direct server; per-call figures are pooled over the rounds. Goal (issue 17): at most 1 ms
@@ -93,7 +94,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         passphrase.chmod(0o600)
         env = isolated_env(root, NHIDEL_KEYSTORE="file", NHIDEL_PASSPHRASE_FILE=str(passphrase))
         run_nhidel(nhidel, env, "init", "--principal", "bench")
-        run_nhidel(nhidel, env, "mcp", "add", "echo", "--", PYTHON, str(SERVER))
+        # A registered secret, so every message toward the client is scanned as in real use.
+        subprocess.run([*nhidel, "secret", "add", "api-key"], env=env, input=b"sk-bench-0123456789",
+                       check=True, capture_output=True)  # fmt: skip
+        run_nhidel(nhidel, env, "mcp", "add", "echo", "--secret", "api-key=API_KEY", "--",
+                   PYTHON, str(SERVER))  # fmt: skip
         run_nhidel(nhidel, env, "agent", "add", "bot", "--allow", "echo:*", "--max-ttl", "1h")
         for _ in range(args.rounds):
             direct += round_trips([PYTHON, str(SERVER)], env, args.calls, args.warmup)
