@@ -159,7 +159,9 @@ def _ask_tools(
     errors: list[bytes] = []
     assert process.stdout is not None and process.stderr is not None  # noqa: S101 - PIPE
     threading.Thread(target=_drain, args=(process.stdout, lines.put), daemon=True).start()
-    threading.Thread(target=_drain, args=(process.stderr, errors.append), daemon=True).start()
+    stderr_reader = threading.Thread(target=_drain, args=(process.stderr, errors.append),
+                                     daemon=True)  # fmt: skip
+    stderr_reader.start()
     deadline = time.monotonic() + TIMEOUT
 
     def send(body: Mapping[str, Any]) -> None:
@@ -192,6 +194,8 @@ def _ask_tools(
                 return result
 
     def failed(why: str) -> ToolsUnavailableError:
+        if process.poll() is not None:
+            stderr_reader.join(2)  # all it said before it exited
         said = b"".join(errors).decode("utf-8", "replace").strip().splitlines()[-3:]
         tail = redact(" | ".join(said))[0]
         return ToolsUnavailableError(

@@ -389,8 +389,11 @@ def test_a_server_that_dies_ends_the_gateway_with_one_error_and_the_grant_revoke
     ok(world.env, "mcp", "add", "dies", "--", "/bin/sh", "-c", "echo starting >&2; exit 3")
     ok(world.env, "agent", "update", "bot", "--allow", "dies:*")
     process = raw_gateway(world, *world.gateway_args("dies", "dies:x"))
-    _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 1
+    # The client stays connected (stdin open): the server's exit alone ends the gateway.
+    assert process.wait(30) == 1
+    assert process.stderr is not None and process.stdin is not None
+    stderr = process.stderr.read()
+    process.stdin.close()
     lines = stderr.decode().splitlines()
     assert lines[0] == "[dies] starting" and lines[1].startswith("error: MCP server dies exited")
     assert "Traceback" not in stderr.decode()
