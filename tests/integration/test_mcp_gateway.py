@@ -84,6 +84,7 @@ class World:
         *,
         env: dict[str, str] | None = None,
         offered_roots: list[Path] | None = None,
+        sampling_reply: str | None = None,
     ) -> Any:
         """Run `body(session)` in an initialised SDK session with `nhidel ARGS` as the server."""
         from mcp import ClientSession, StdioServerParameters, types
@@ -99,11 +100,21 @@ class World:
                 roots=[types.Root(uri=f"file://{p}", name=p.name) for p in offered_roots or []]
             )
 
+        async def sample(_context: Any, _params: Any) -> types.CreateMessageResult:
+            return types.CreateMessageResult(
+                role="assistant",
+                content=types.TextContent(type="text", text=sampling_reply or ""),
+                model="test-model",
+            )
+
         async def main() -> Any:
             with self.stderr.open("a") as errlog:
                 async with stdio_client(params, errlog=errlog) as (read, write):
                     async with ClientSession(
-                        read, write, list_roots_callback=list_roots if offered_roots else None
+                        read,
+                        write,
+                        list_roots_callback=list_roots if offered_roots else None,
+                        sampling_callback=sample if sampling_reply is not None else None,
                     ) as session:
                         await session.initialize()
                         return await body(session)
@@ -492,3 +503,27 @@ def test_the_servers_stderr_is_redacted_and_prefixed(world: World) -> None:
     # One record per redacted line (the value, then its base64), each naming server and secret.
     found = [(r["server"], r["secret"]) for r in world.records("secret.redacted")]
     assert found == [("talky", "api-key")] * 2
+
+
+def test_sampling_reaches_the_client_and_progress_passes_both_ways(world: World) -> None:
+    progress: list[float] = []
+
+    async def on_progress(done: float, _total: float | None, _message: str | None) -> None:
+        progress.append(done)
+
+    async def body(session: Any) -> tuple[Any, Any]:
+        sampled = await session.call_tool("trigger-sampling-request", {"prompt": "hello"})
+        ran = await session.call_tool(
+            "trigger-long-running-operation", {"duration": 0.3, "steps": 3},
+            progress_callback=on_progress,
+        )  # fmt: skip
+        return sampled, ran
+
+    sampled, ran = world.session(
+        world.gateway_args("every", "every:trigger-sampling-request",
+                           "every:trigger-long-running-operation"),
+        body,
+        sampling_reply="a reply from the client's model",
+    )  # fmt: skip
+    assert not sampled.isError and "a reply from the client's model" in text_of(sampled)
+    assert not ran.isError and progress == [1, 2, 3]
