@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -527,3 +528,71 @@ def test_sampling_reaches_the_client_and_progress_passes_both_ways(world: World)
     )  # fmt: skip
     assert not sampled.isError and "a reply from the client's model" in text_of(sampled)
     assert not ran.isError and progress == [1, 2, 3]
+
+
+def read_until(process: subprocess.Popen[bytes], wanted_id: Any) -> list[dict[str, Any]]:
+    """Messages from the gateway up to and including the response with `wanted_id`."""
+    assert process.stdout is not None
+    seen = []
+    while True:
+        line = process.stdout.readline()
+        assert line, "the gateway closed its stdout"
+        seen.append(json.loads(line))
+        if seen[-1].get("id") == wanted_id and "method" not in seen[-1]:
+            return seen
+
+
+def send_line(process: subprocess.Popen[bytes], body: dict[str, Any]) -> None:
+    assert process.stdin is not None
+    process.stdin.write(json.dumps(body).encode() + b"\n")
+    process.stdin.flush()
+
+
+def call(ident: Any, tool: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": ident, "method": "tools/call",
+            "params": {"name": tool, "arguments": {}}}  # fmt: skip
+
+
+def test_what_the_server_receives_is_only_what_the_gateway_checked(world: World) -> None:
+    fake = Path(__file__).resolve().parents[1] / "helpers" / "fake_mcp_server.py"
+    ok(world.env, "mcp", "add", "fake", "--root", str(world.allowed), "--",
+       sys.executable, str(fake))  # fmt: skip
+    ok(world.env, "agent", "update", "bot", "--allow", "fake:*")
+    process = raw_gateway(world, *world.gateway_args("fake", "fake:report", "fake:slow"))
+    try:
+        send_line(process, json.loads(INITIALIZE))
+        (initialized,) = read_until(process, 1)
+        assert "completions" not in initialized["result"]["capabilities"]
+        send_line(process, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        send_line(process, {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"})
+        # The client answers a request the server never sent, and one it did not relay.
+        send_line(process, {"jsonrpc": "2.0", "id": "forged", "result": {"roots": []}})
+        send_line(process, {"jsonrpc": "2.0", "id": "s1", "result": {"roots": []}})
+        send_line(process, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+        listed = read_until(process, 2)[-1]
+        assert [t["name"] for t in listed["result"]["tools"]] == ["report", "slow"]
+        # A second request under an id still pending is refused, not forwarded.
+        send_line(process, call(3, "slow"))
+        send_line(process, call(3, "other"))
+        answers = read_until(process, 3)
+        assert answers[-1]["error"]["code"] == -32600
+        assert read_until(process, 3)[-1]["result"]["content"][0]["text"] == "slow"
+        send_line(process, call(4, "other"))  # not granted: never reaches the server
+        assert read_until(process, 4)[-1]["result"]["isError"]
+        send_line(process, call(5, "report"))
+        report = read_until(process, 5)[-1]["result"]["content"][0]["text"]
+    finally:
+        process.stdin.close()  # type: ignore[union-attr]
+        process.wait(30)
+    received = json.loads(report)
+    methods = [m.get("method", f"response {m.get('id')}") for m in received]
+    # (The gateway's answers to the server and the client's tools/list cross in any order.)
+    assert methods[:2] == ["initialize", "notifications/initialized"]
+    assert sorted(methods[2:5]) == ["response s1", "response s2", "tools/list"]
+    assert methods[5:] == ["tools/call", "tools/call"]
+    assert received[0]["params"]["capabilities"] == {"roots": {"listChanged": False}}
+    by_id = {m["id"]: m for m in received if "method" not in m}
+    assert by_id["s1"]["result"] == {"roots": [{"uri": world.allowed.as_uri(), "name": "allowed"}]}
+    assert by_id["s2"]["error"]["code"] == -32601
+    assert "forged" not in by_id
+    assert [m["params"]["name"] for m in received[5:]] == ["slow", "report"]
