@@ -119,8 +119,8 @@ class Gateway:
             env=self.environment,
             cwd=server_cwd(self.server, self.environment),
             limit=policy.MAX_LINE,
-            # Its own session: a Ctrl-C meant for the client's group reaches the gateway,
-            # which ends the server itself (after the grant is no longer usable).
+            # Its own session: a Ctrl-C meant for the client's process group reaches only the
+            # gateway, which then stops the server in order (stdin closed, SIGTERM, SIGKILL).
             start_new_session=True,
         )
         tasks = [
@@ -366,8 +366,10 @@ class Gateway:
         while True:
             try:
                 line = await process.stdout.readline()
-            except ValueError:
+            except ValueError:  # its stream cannot be framed any more: end the session
                 self._say("sent a message longer than the gateway relays; stopping it")
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
                 break
             if not line:
                 break
