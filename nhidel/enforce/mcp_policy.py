@@ -145,7 +145,8 @@ def client_action(message: Message) -> Action:
     if method == "tools/list":
         return Action.TOOLS_LIST
     if method == "tools/call":
-        return Action.TOOLS_CALL
+        # A task-augmented call (2025-11-25) answers with a task, not the result: not relayed.
+        return Action.REFUSE if "task" in message.params else Action.TOOLS_CALL
     if method in RESOURCE_METHODS:
         return Action.RESOURCES
     if method in PROMPT_METHODS:

@@ -84,6 +84,11 @@ def test_client_requests_relayed_only_when_checked(method: str, action: Action) 
     assert policy.client_action(request(method)) is action
 
 
+def test_a_task_augmented_tool_call_is_refused() -> None:
+    call = request("tools/call", {"name": "x", "arguments": {}, "task": {"ttl": 60000}})
+    assert policy.client_action(call) is Action.REFUSE
+
+
 def test_client_notifications_pass_except_roots_list_changed() -> None:
     def note(method: str) -> Action:
         return policy.client_action(message({"jsonrpc": "2.0", "method": method}))
