@@ -214,6 +214,8 @@ def _serve(
         return serve(gateway)
     except OSError as exc:
         raise GatewayError(
-            f"MCP server {server.name} could not be started: {exc.strerror or exc}",
-            f"check its registration: nhidel mcp list (then nhidel mcp add {server.name} ...)",
+            f"MCP server {server.name} could not be started ({server.command[0]}): "
+            f"{exc.strerror or exc}",
+            f"register it again: nhidel mcp remove {server.name}, then nhidel mcp add "
+            f"{server.name} -- CMD [ARGS]...",
         ) from None
