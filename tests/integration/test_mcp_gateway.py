@@ -596,3 +596,18 @@ def test_what_the_server_receives_is_only_what_the_gateway_checked(world: World)
     assert by_id["s2"]["error"]["code"] == -32601
     assert "forged" not in by_id
     assert [m["params"]["name"] for m in received[5:]] == ["slow", "report"]
+
+
+def test_a_registered_executable_that_is_gone_is_one_error_and_the_grant_revoked(
+    world: World,
+) -> None:
+    program = world.home.parent / "server-program"
+    program.write_bytes(Path("/bin/true").read_bytes())
+    program.chmod(0o700)
+    ok(world.env, "mcp", "add", "gone", "--", str(program))
+    ok(world.env, "agent", "update", "bot", "--allow", "gone:*")
+    program.unlink()
+    failed = run(world.env, *world.gateway_args("gone", "gone:x"), input="")
+    assert str(program) in assert_clean_error(failed, 1)
+    (grant,) = list_all(world.env)
+    assert grant["status"] == "revoked"
