@@ -12,6 +12,7 @@ to a process's life (enforce/bound.py) is its general form, to be shared at merg
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -110,11 +111,18 @@ def mint(
 
 
 def revoke(paths: Paths, keystore: KeyStore, grant: SessionGrant, *, now: int) -> None:
+    """Revoke a grant minted for the session. A second Ctrl-C or SIGTERM while it is written
+    waits until it is done: it is what ending the session must not skip."""
     if grant.minted and grant.grant_id is not None:
         from nhidel.actions.grants import revoke as revoke_grants
 
-        revoke_grants(paths, ids=[grant.grant_id], reason="mcp run ended", now=now,
-                      keystore=keystore)  # fmt: skip
+        blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            revoke_grants(paths, ids=[grant.grant_id], reason="mcp run ended", now=now,
+                          keystore=keystore)  # fmt: skip
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def given_token(environ: Mapping[str, str]) -> SessionGrant:
