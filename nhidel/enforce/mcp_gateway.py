@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import time
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,7 @@ from nhidel.tokens.decision import Decision, Reason
 # Variables of nhidel's own environment a server gets (besides its registered ones).
 PASSED_VARIABLES = ("PATH", "HOME", "LANG", "LANGUAGE")
 PASSED_PREFIXES = ("LC_",)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 STOP_GRACE = 2.0  # seconds a server has to exit after its stdin closes, then SIGTERM, SIGKILL
 
 
@@ -458,6 +460,8 @@ class Gateway:
                                  server=self.server.name, secret=name)  # fmt: skip
 
     def _say(self, text: str) -> None:
+        # No control characters: a server's stderr must not drive the terminal it lands on.
+        text = _CONTROL.sub("?", text)
         with contextlib.suppress(BrokenPipeError, ValueError):
             self.log.write(f"[{self.server.name}] {text}\n")
             self.log.flush()

@@ -486,10 +486,13 @@ def test_an_expired_grant_is_denied_with_a_hint_to_renew(world: World) -> None:
     assert "nhidel grant --like" in text_of(late)
 
 
-def test_the_servers_stderr_is_redacted_and_prefixed(world: World) -> None:
+def test_the_servers_stderr_is_redacted_prefixed_and_without_control_characters(
+    world: World,
+) -> None:
     everything = server_binary("mcp-server-everything")
     ok(world.env, "mcp", "add", "talky", "--secret", "api-key=API_KEY", "--", "/bin/sh", "-c",
        f'echo "starting with key $API_KEY" >&2; printf %s "$API_KEY" | base64 >&2; '
+       "printf 'bell\\007\\033[2J\\n' >&2; "
        f"exec {everything} stdio")  # fmt: skip
     ok(world.env, "agent", "update", "bot", "--allow", "talky:*")
 
@@ -499,6 +502,7 @@ def test_the_servers_stderr_is_redacted_and_prefixed(world: World) -> None:
     assert text_of(world.session(world.gateway_args("talky", "talky:echo"), body)) == "Echo: hi"
     said = world.stderr.read_text()
     assert "[talky] starting with key [redacted:api-key]" in said.splitlines()
+    assert "[talky] bell??[2J" in said.splitlines()  # no control character reaches a terminal
     assert base64.b64encode(SECRET_VALUE.encode()).decode()[:-4] not in said
     assert SECRET_VALUE not in said and SECRET_VALUE not in world.audit_text()
     # One record per redacted line (the value, then its base64), each naming server and secret.
