@@ -386,11 +386,17 @@ def test_a_batch_non_json_and_unrelayed_methods_get_json_rpc_errors(world: World
         assert process.wait(30) == 0
 
 
-def test_sigterm_ends_the_gateway_and_its_server_and_revokes_the_grant(world: World) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_ends_the_gateway_and_its_server_and_revokes_the_grant(
+    world: World, signum: int
+) -> None:
     process = raw_gateway(world, *world.gateway_args("every", "every:echo"))
     assert exchange(process, INITIALIZE)["result"]
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(30) == 128 + signal.SIGTERM
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    (server,) = [int(pid) for pid in children]
+    process.send_signal(signum)
+    assert process.wait(30) == 128 + signum
+    assert not Path(f"/proc/{server}").exists()  # stopped and reaped before the gateway ended
     (grant,) = list_all(world.env)
     assert grant["status"] == "revoked"
 
