@@ -164,9 +164,8 @@ def bound_grant(
         _remove_marker(paths, marker.grant)  # refused: nothing was issued
         raise
     # (Any other exception, a signal say, leaves the marker: the grant may exist.)
-    bound = BoundGrant(paths, keystore, grant, token, load_config(paths).principal)
     try:
-        yield bound
+        yield BoundGrant(paths, keystore, grant, token, load_config(paths).principal)
     finally:
         grants.revoke(paths, ids=[grant.id], reason=reason, now=clock(), keystore=keystore)
         _remove_marker(paths, grant.id)

@@ -12,7 +12,9 @@ Signals are taken synchronously (blocked, then `sigwaitinfo`) from just before t
 minted until it is revoked, so none interrupts the revocation and each can be told apart by
 who sent it: one the terminal or the kernel sent (Ctrl-C, a window resize, a hangup) went to
 the whole foreground process group, the child's too, and is not sent again; one sent to nhidel
-alone (`kill PID`) is forwarded, unless the child sent it.
+alone (`kill PID`) is forwarded, unless the child sent it. Where there is no `sigwaitinfo`
+(macOS), handlers forward instead, and cannot tell who sent a signal: SIGINT, SIGQUIT and
+SIGWINCH, which mostly come from the terminal, are then not forwarded.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def run(
     The audit log gets `exec.started` and `exec.ended`, naming the program by its file name
     alone (its arguments may hold anything) and the child's pid."""
     name = os.path.basename(argv[0])
-    with _Signals() as signals:
+    with _signals() as signals:
         with bound_grant(paths, keystore, request, clock=clock, reason=REVOKE_REASON) as bound:
             signals.stop_if_asked()  # a Ctrl-C while minting: the child never starts
             env = child_environment(os.environ, token=bound.token, grant_id=bound.grant.id)
@@ -176,6 +178,14 @@ class StoppedBySignal(Exception):  # noqa: N818 - how exec ends, as Terminated i
         self.signum = signum
 
 
+def _signals() -> _Signals | _HandledSignals:
+    """How this platform holds and forwards signals while a child runs."""
+    return _Signals() if SIGINFO else _HandledSignals()
+
+
+SIGINFO = hasattr(signal, "sigwaitinfo")  # Linux and most Unixes; not macOS
+
+
 def _ignore(_signum: int, _frame: object) -> None:
     """Held signals are taken by `sigwaitinfo`; this handler only keeps one that slips through
     (to another thread) from ending nhidel before its grant is revoked."""
@@ -229,3 +239,49 @@ class _Signals:
             elif info.si_code != _SI_KERNEL and info.si_pid != child.pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, info.si_signo)
+
+
+class _HandledSignals:
+    """`_Signals` where there is no `sigwaitinfo`: handlers that never raise (so nothing
+    interrupts the revocation) forward what comes while the child runs."""
+
+    FROM_A_TERMINAL = frozenset({signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH})
+
+    def __init__(self) -> None:
+        self.forwarded = [s for s in FORWARDED if signal.getsignal(s) is not signal.SIG_IGN]
+        self.outer_mask: set[int] = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+        self._handlers: dict[int, Any] = {}
+        self._child: subprocess.Popen[bytes] | None = None
+        self._before_child: list[int] = []
+
+    def __enter__(self) -> _HandledSignals:
+        for sig in self.forwarded:
+            self._handlers[sig] = signal.signal(sig, self._forward)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        child = self._child
+        if child is None:
+            self._before_child.append(signum)
+        elif signum not in self.FROM_A_TERMINAL and child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signum)
+
+    def stop_if_asked(self) -> None:
+        ending = [s for s in self._before_child if s != signal.SIGWINCH]
+        if ending:
+            raise StoppedBySignal(ending[0])
+        self._before_child.clear()
+
+    def wait_for(self, child: subprocess.Popen[bytes]) -> int:
+        self._child = child
+        for signum in self._before_child:  # came while the child was being started
+            self._forward(signum, None)
+        _, status = os.waitpid(child.pid, 0)  # a handler runs, then the wait goes on (PEP 475)
+        code = os.waitstatus_to_exitcode(status)
+        child.returncode = code
+        return signal_exit_status(-code) if code < 0 else code

@@ -10,6 +10,7 @@ import pytest
 from helpers.token_world import SCOPE, T, World
 
 from nhidel.actions.grants import GrantRequest
+from nhidel.enforce import exec as exec_module
 from nhidel.enforce.exec import child_environment, resolve_command, run
 from nhidel.errors import CannotRunError, CommandNotFoundError
 from nhidel.hardening import is_dumpable
@@ -54,3 +55,24 @@ def test_a_command_is_resolved_as_a_shell_would() -> None:
         resolve_command("/", {})
     with pytest.raises(CommandNotFoundError):
         resolve_command("", {})
+
+
+# The child traps SIGTERM (exit 42), sends SIGTERM to nhidel (this process), and otherwise
+# ends by itself with 0 after a few seconds.
+SENDS_TERM_TO_NHIDEL = "trap 'exit 42' TERM; kill -TERM $PPID; i=0; " \
+    "while [ $i -lt 100 ]; do sleep 0.01; i=$((i+1)); done; exit 0"  # fmt: skip
+
+
+def test_a_signal_the_child_sent_to_nhidel_is_not_sent_back(world: World) -> None:
+    assert run_sh(world, SENDS_TERM_TO_NHIDEL) == 0
+
+
+def test_without_sigwaitinfo_handlers_forward_what_comes(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # macOS's way, run here: no siginfo, so nhidel cannot tell who sent SIGTERM, and forwards it.
+    monkeypatch.setattr(exec_module, "SIGINFO", False)
+    handlers = {s: signal.getsignal(s) for s in exec_module.FORWARDED}
+    assert run_sh(world, SENDS_TERM_TO_NHIDEL) == 42
+    assert run_sh(world, "kill -KILL $$") == 128 + signal.SIGKILL
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
