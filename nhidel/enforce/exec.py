@@ -80,8 +80,12 @@ def resolve_command(name: str, environ: Mapping[str, str]) -> str:
         path = found
     try:
         info = os.stat(path)
-    except OSError as exc:
+    except (FileNotFoundError, NotADirectoryError) as exc:
         raise CommandNotFoundError(f"cannot run {name}: {exc.strerror}", "check the path") from None
+    except OSError as exc:  # there, but not reachable (a directory on the way not searchable)
+        raise CannotRunError(
+            f"cannot run {name}: {exc.strerror}", "check its permissions"
+        ) from None
     if stat.S_ISDIR(info.st_mode) or not os.access(path, os.X_OK):
         what = "a directory" if stat.S_ISDIR(info.st_mode) else "not executable"
         raise CannotRunError(f"cannot run {name}: {what}", "give a program you may run")
@@ -115,7 +119,8 @@ def run(
                 signals.wait_for(child)
                 raise
             status = signals.wait_for(child)
-    bound.record("exec.ended", program=name, pid=child.pid, exit_status=status)
+        # Revoked: now the record of how it ended, still with no signal to interrupt it.
+        bound.record("exec.ended", program=name, pid=child.pid, exit_status=status)
     return status
 
 
