@@ -62,6 +62,8 @@ def terminating_signals_raise() -> Iterator[None]:
 
     previous = {}
     for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_IGN:
+            continue  # ignored when nhidel started (`nohup`): so it stays, for exec's child too
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
             previous[sig] = signal.signal(sig, stop)
     try:

@@ -434,3 +434,18 @@ def test_ctrl_c_on_a_terminal_reaches_the_child_once_and_nhidel_waits_for_it(
     assert lines() == ["ready", "SIGINT", "SIGUSR1", "SIGTERM"]
     (grant,) = grants(env)
     assert grant["status"] == "revoked"
+
+
+def test_a_signal_ignored_when_nhidel_started_stays_ignored_for_the_child(
+    env: dict[str, str],
+) -> None:
+    # `nohup nhidel exec ...`: the child must not die of the hangup nohup guards against.
+    probe = "import signal; print(signal.getsignal(signal.SIGHUP) is signal.SIG_IGN)"
+    done = subprocess.run(
+        nhidel_argv("exec", "bot", "--scope", SCOPE, "--", sys.executable, "-c", probe),
+        env=env, cwd=env["HOME"], text=True, stdin=subprocess.DEVNULL, capture_output=True,
+        timeout=TIMEOUT, check=False,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # as nohup does
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "True\n"
