@@ -173,7 +173,7 @@ def bound_grant(
 
 def revoke_orphans(paths: Paths, keystore: KeyStore, *, now: int) -> list[Orphan]:
     """Revoke the grants whose bound process ended without revoking them (killed with
-    SIGKILL, a crash, a power cut), remove their markers, and return them.
+    SIGKILL, a crash, a power cut), remove their markers, and return those it revoked.
 
     Cheap when there is nothing to do (no `runs/` directory, or only live processes' markers).
     A marker of a grant the ledger never recorded (killed before minting) is only removed.
@@ -186,12 +186,14 @@ def revoke_orphans(paths: Paths, keystore: KeyStore, *, now: int) -> list[Orphan
         return []
     with Ledger(paths) as ledger:
         known = [m for m in dead if ledger.get(m.grant) is not None]
+    revoked: set[str] = set()
     if known:
-        grants.revoke(paths, ids=[m.grant for m in known], reason=ORPHAN_REASON, now=now,
-                      keystore=keystore)  # fmt: skip
+        done = grants.revoke(paths, ids=[m.grant for m in known], reason=ORPHAN_REASON,
+                             now=now, keystore=keystore)  # fmt: skip
+        revoked = set(done.revoked)  # (one killed after revoking, before its marker went: not)
     for marker in dead:
         _remove_marker(paths, marker.grant)
-    return [Orphan(m.grant, m.pid) for m in known]
+    return [Orphan(m.grant, m.pid) for m in known if m.grant in revoked]
 
 
 def _markers(paths: Paths) -> list[Marker]:

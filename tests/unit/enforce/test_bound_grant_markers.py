@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers.token_world import SCOPE, T, World
 
-from nhidel.actions.grants import GrantRequest
+from nhidel.actions.grants import GrantRequest, revoke
 from nhidel.enforce.bound import Marker, Orphan, bound_grant, revoke_orphans, runs_dir
 from nhidel.errors import PolicyError
 from nhidel.fsutil import atomic_write
@@ -141,3 +141,12 @@ def test_a_bound_grant_is_revoked_however_its_block_ends(world: World) -> None:
         raise RuntimeError("the child failed")
     assert world.decide(bound.token).reason is Reason.REVOKED
     assert not marker.exists()
+
+
+def test_a_marker_left_after_its_grant_was_revoked_is_removed_unmentioned(world: World) -> None:
+    # Killed after the revocation, before the marker was removed: nothing left to revoke.
+    grant, _ = world.issue()
+    revoke(world.paths, ids=[grant.id], reason="exec ended", now=T, keystore=world.keystore)
+    path = plant(world, dataclasses.replace(Marker.of_this_process(grant.id), pid=ended_process()))
+    assert revoke_orphans(world.paths, world.keystore, now=T) == []
+    assert not path.exists()
