@@ -37,6 +37,13 @@ def keystore(where: Paths, *, revoke_orphans: bool = True) -> KeyStore:
 def _revoke_orphans(where: Paths, store: KeyStore) -> None:
     """Revoke what killed `exec` runs left live (nhidel.enforce.bound); a failure is said and
     left to the command, which meets the same problem and reports it."""
+    import os
+
+    try:
+        if not os.listdir(where.runs_dir):  # the usual case: no exec running or killed
+            return
+    except OSError:
+        return
     from nhidel.cli.render import say
     from nhidel.enforce.bound import revoke_orphans
     from nhidel.errors import NhidelError

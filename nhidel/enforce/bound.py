@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from nhidel.models import Grant
     from nhidel.paths import Paths
 
-RUNS = "runs"
 ORPHAN_REASON = "exec ended without revoking it"
 MAX_MARKER = 4096  # bytes: a marker is a few dozen; anything longer was not written by nhidel
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -43,7 +42,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def runs_dir(paths: Paths) -> Path:
     """Where the markers of grants bound to running processes are."""
-    return paths.state_dir / RUNS
+    return paths.runs_dir
 
 
 @dataclass(frozen=True, slots=True)
