@@ -449,3 +449,9 @@ def test_a_signal_ignored_when_nhidel_started_stays_ignored_for_the_child(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout == "True\n"
+
+
+def test_audit_tail_shows_what_exec_ran_and_how_it_ended(env: dict[str, str]) -> None:
+    assert run(env, "exec", "bot", "--scope", SCOPE, "--", "sh", "-c", "exit 4").code == 4
+    tail = ok(env, "audit", "tail", "--event", "exec.ended").stdout.splitlines()
+    assert len(tail) == 1 and "sh (pid " in tail[0] and tail[0].endswith(" exited 4")
