@@ -171,7 +171,6 @@ def run(
         agent=agent,
         scopes=scope or (),
         ttl=ttl,
-        now=common.now(),
         client_in=sys.stdin.buffer,
         client_out=sys.stdout.buffer,
         log=sys.stderr,

@@ -5,20 +5,21 @@ grant (minted for this session with `--scope`, revoked when it ends however it e
 one in NHIDEL_TOKEN), this process made undumpable, the secrets read, the server's
 environment built. After: the grant revoked, the decisions written.
 
-The minted grant is a small self-contained mint/revoke (`SessionGrant`); `exec`'s grant bound
-to a process's life (enforce/bound.py) is its general form, to be shared at merge.
+The minted grant is bound to this process's life (nhidel.enforce.bound, as `exec`'s): revoked
+when the session ends, and by the next nhidel command should the gateway be killed first.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
 
+from nhidel.actions.grants import GrantRequest
 from nhidel.config import Config
+from nhidel.enforce.bound import bound_grant
 from nhidel.enforce.context import Enforcer
 from nhidel.enforce.mcp_gateway import Ending, Gateway, serve, server_environment
 from nhidel.enforce.redact import Redactor
@@ -29,6 +30,7 @@ from nhidel.registrations import McpServer
 from nhidel.scopes import parse_scope_arguments
 
 TOKEN_VARIABLE = "NHIDEL_TOKEN"  # noqa: S105 - the name of a variable
+REVOKE_REASON = "mcp run ended"
 
 
 class GatewayError(NhidelError):
@@ -96,35 +98,6 @@ def check_request(
     return server
 
 
-def mint(
-    paths: Paths, keystore: KeyStore, server: McpServer, agent: str, scopes: Sequence[str],
-    ttl: str | None, *, now: int,
-) -> SessionGrant:  # fmt: skip
-    """A grant of `scopes` (checked by `check_request`) for this session."""
-    from nhidel.actions.grants import GrantRequest, issue
-
-    grant, token = issue(
-        paths, keystore,
-        GrantRequest(agent, scopes, ttl=ttl, reason=f"nhidel mcp run {server.name}"), now=now,
-    )  # fmt: skip
-    return SessionGrant(token, grant.id, minted=True)
-
-
-def revoke(paths: Paths, keystore: KeyStore, grant: SessionGrant, *, now: int) -> None:
-    """Revoke a grant minted for the session. A second Ctrl-C or SIGTERM while it is written
-    waits until it is done: it is what ending the session must not skip."""
-    if grant.minted and grant.grant_id is not None:
-        from nhidel.actions.grants import revoke as revoke_grants
-
-        blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-        try:
-            revoke_grants(paths, ids=[grant.grant_id], reason="mcp run ended", now=now,
-                          keystore=keystore)  # fmt: skip
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 def given_token(environ: Mapping[str, str]) -> SessionGrant:
     token = (environ.get(TOKEN_VARIABLE) or "").strip()
     if not token:
@@ -143,7 +116,6 @@ def run_session(
     agent: str,
     scopes: Sequence[str],
     ttl: str | None,
-    now: int,
     client_in: IO[bytes],
     client_out: IO[bytes],
     log: IO[str],
@@ -154,20 +126,20 @@ def run_session(
     protect_secrets_in_memory()
     environ = dict(os.environ)
     take_from_environment(TOKEN_VARIABLE)  # never passed on, nor readable in /proc later
-    grant: SessionGrant | None = None
-    try:
+    with Enforcer(paths, keystore) as enforcer:
+        server = check_request(enforcer.config(), name, agent, scopes, ttl)
+        if not scopes:
+            return _serve(enforcer, server, given_token(environ), agent, environ, client_in,
+                          client_out, log)  # fmt: skip
+    request = GrantRequest(agent, scopes, ttl=ttl, reason=f"nhidel mcp run {name}")
+    # The grant outlives the enforcer: its decisions are written before it is revoked.
+    with bound_grant(paths, keystore, request, clock=lambda: int(time.time()),
+                     reason=REVOKE_REASON) as bound:  # fmt: skip
+        minted = SessionGrant(bound.token, bound.grant.id, minted=True)
         with Enforcer(paths, keystore) as enforcer:
+            # (Checked again: the registration may have changed while the grant was minted.)
             server = check_request(enforcer.config(), name, agent, scopes, ttl)
-            grant = (
-                mint(paths, keystore, server, agent, scopes, ttl, now=now)
-                if scopes
-                else given_token(environ)
-            )
-            ending = _serve(enforcer, server, grant, agent, environ, client_in, client_out, log)
-    finally:
-        # After the enforcer has written its decisions: the log reads in order.
-        if grant is not None:
-            revoke(paths, keystore, grant, now=int(time.time()))
+            ending = _serve(enforcer, server, minted, agent, environ, client_in, client_out, log)
     return ending
 
 

@@ -621,3 +621,18 @@ def test_a_registered_executable_that_is_gone_is_one_error_and_the_grant_revoked
     assert str(program) in assert_clean_error(failed, 1)
     (grant,) = list_all(world.env)
     assert grant["status"] == "revoked"
+
+
+def test_a_gateway_killed_with_sigkill_has_its_grant_revoked_by_the_next_command(
+    world: World,
+) -> None:
+    process = raw_gateway(world, *world.gateway_args("every", "every:echo"))
+    assert exchange(process, INITIALIZE)["result"]
+    process.kill()
+    process.wait(30)
+    assert [g["status"] for g in list_all(world.env)] == ["active"]
+    # Any command that opens the keystore revokes what a killed gateway left live.
+    noted = ok(world.env, "secret", "add", "another", input="another-value-123")
+    (grant,) = list_all(world.env)
+    assert f"revoked grant {grant['id']}" in noted.stderr
+    assert grant["status"] == "revoked"
