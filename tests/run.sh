@@ -2,7 +2,7 @@
 # Install everything the tests need, lint, then run the tests. The README's test command and
 # .ci/run.
 #
-# The real-keyring tests need gnome-keyring and dbus, the shell-completion tests bash, zsh and
+# The real-keyring tests need gnome-keyring and dbus, the MCP gateway's tests node and npm, the shell-completion tests bash, zsh and
 # fish, the man page lint groff: installed here through apt-get when run as root on
 # Debian/Ubuntu; elsewhere those tests skip with a reason (all of them fail under CI=true).
 set -euo pipefail
@@ -25,6 +25,22 @@ if [ "$missing" = yes ]; then
 fi
 
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+# The MCP reference servers the gateway's tests run, at the versions package-lock.json pins
+# (installed once; again only when the lock changed). Needs node and npm.
+if ! command -v npm >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+if command -v npm >/dev/null; then
+    stamp=tests/mcp_servers/node_modules/.installed-from-lock
+    if ! cmp -s tests/mcp_servers/package-lock.json "$stamp" 2>/dev/null; then
+        npm ci --silent --no-audit --no-fund --prefix tests/mcp_servers
+        cp tests/mcp_servers/package-lock.json "$stamp"
+    fi
+else
+    echo "note: npm is missing; the MCP gateway's tests will skip (install nodejs and npm)" >&2
+fi
 
 # In CI a skipped real-keyring, real-shell or groff test would hide a broken keystore,
 # completion script or man page: make it a failure.

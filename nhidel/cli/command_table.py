@@ -424,7 +424,7 @@ COMMANDS: dict[str, dict[str, Any]] = (
                                '--help': (False, 'Show this message and exit.', ())},
                    'arguments': 1},
  'mcp': {'help': 'Register MCP servers and put the gateway in front of them.',
-         'commands': ['add', 'list', 'remove'],
+         'commands': ['add', 'list', 'remove', 'run', 'config', 'tools'],
          'options': {'-h': (False, 'Show this message and exit.', ()),
                      '--help': (False, 'Show this message and exit.', ())},
          'arguments': 0},
@@ -461,6 +461,48 @@ COMMANDS: dict[str, dict[str, Any]] = (
                 'options': {'-h': (False, 'Show this message and exit.', ()),
                             '--help': (False, 'Show this message and exit.', ())},
                 'arguments': 1},
+ 'mcp run': {'help': 'The stdio MCP gateway: start the registered server, relay only what the '
+                     'grant covers.',
+             'commands': [],
+             'options': {'--agent': (True, 'The agent the client acts for.', ()),
+                         '--scope': (True,
+                                     'Mint a grant of SCOPE (SERVER:TOOL[:RESOURCE]) for this '
+                                     'session, revoked when it ends (repeat; without it: the '
+                                     'grant in $NHIDEL_TOKEN).',
+                                     ()),
+                         '--ttl': (True,
+                                   "The minted grant's lifetime (default: the agent's default "
+                                   'TTL).',
+                                   ()),
+                         '-h': (False, 'Show this message and exit.', ()),
+                         '--help': (False, 'Show this message and exit.', ())},
+             'arguments': 1},
+ 'mcp config': {'help': 'Print the client entry (user scope) that starts the gateway: no '
+                        'secret, no token.',
+                'commands': [],
+                'options': {'--agent': (True, 'The agent the client acts for.', ()),
+                            '--scope': (True,
+                                        'Mint a grant of SCOPE (SERVER:TOOL[:RESOURCE]) for '
+                                        'this session, revoked when it ends (repeat; without '
+                                        'it: the grant in $NHIDEL_TOKEN).',
+                                        ()),
+                            '--ttl': (True,
+                                      "The minted grant's lifetime (default: the agent's "
+                                      'default TTL).',
+                                      ()),
+                            '--client': (True,
+                                         "The client's shape: claude, cursor, codex or vscode.",
+                                         ()),
+                            '-h': (False, 'Show this message and exit.', ()),
+                            '--help': (False, 'Show this message and exit.', ())},
+                'arguments': 1},
+ 'mcp tools': {'help': 'Start a registered server once: its tools, their arguments, suggested '
+                       'scopes.',
+               'commands': [],
+               'options': {'--json': (False, 'Print a JSON array.', ()),
+                           '-h': (False, 'Show this message and exit.', ()),
+                           '--help': (False, 'Show this message and exit.', ())},
+               'arguments': 1},
  'route': {'help': 'Register upstreams the HTTP broker forwards to, with a secret.',
            'commands': ['add', 'list', 'remove'],
            'options': {'-h': (False, 'Show this message and exit.', ()),

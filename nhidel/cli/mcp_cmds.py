@@ -16,6 +16,9 @@ def register(app: typer.Typer) -> None:
     mcp_app.command("add")(add)
     mcp_app.command("list")(list_servers)
     mcp_app.command("remove")(remove)
+    mcp_app.command("run")(run)
+    mcp_app.command("config")(config)
+    mcp_app.command("tools")(tools)
     app.add_typer(mcp_app, name="mcp")
 
 
@@ -127,3 +130,112 @@ def remove(name: ServerName) -> None:
     where = common.paths()
     remove_server(where, name, now=common.now(), keystore=common.keystore(where))
     say(f"removed MCP server {name}")
+
+
+AgentOption = Annotated[
+    str, typer.Option("--agent", metavar="AGENT", help="The agent the client acts for.")
+]
+ScopeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--scope",
+        metavar="SCOPE",
+        help="Mint a grant of SCOPE (SERVER:TOOL[:RESOURCE]) for this session, revoked when it "
+        "ends (repeat; without it: the grant in $NHIDEL_TOKEN).",
+    ),
+]
+TtlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ttl",
+        metavar="DURATION",
+        help="The minted grant's lifetime (default: the agent's default TTL).",
+    ),
+]
+
+
+def run(
+    name: ServerName, agent: AgentOption, scope: ScopeOption = None, ttl: TtlOption = None
+) -> None:
+    """The stdio MCP gateway: start the registered server, relay only what the grant covers."""
+    import sys
+
+    from nhidel.cli.errors import Terminated
+    from nhidel.enforce.mcp_session import GatewayError, run_session
+
+    where = common.paths()
+    ending = run_session(
+        where,
+        common.keystore(where),
+        name,
+        agent=agent,
+        scopes=scope or (),
+        ttl=ttl,
+        client_in=sys.stdin.buffer,
+        client_out=sys.stdout.buffer,
+        log=sys.stderr,
+    )
+    if ending.signum is not None:
+        raise Terminated(ending.signum)
+    if not ending.client_closed and ending.server_status is not None:
+        raise GatewayError(
+            f"MCP server {name} exited (status {ending.server_status}) while the client was "
+            "connected",
+            "its own messages above (prefixed with its name) say why",
+        )
+
+
+def config(
+    name: ServerName,
+    agent: AgentOption,
+    scope: ScopeOption = None,
+    ttl: TtlOption = None,
+    client: Annotated[
+        str,
+        typer.Option(
+            "--client",
+            metavar="CLIENT",
+            help="The client's shape: claude, cursor, codex or vscode.",
+        ),
+    ] = "claude",
+) -> None:
+    """Print the client entry (user scope) that starts the gateway: no secret, no token."""
+    from nhidel.cli.mcp_clients import CLIENTS, WHERE, entry, gateway_argv, gateway_env
+    from nhidel.cli.render import say
+    from nhidel.config import load_config
+    from nhidel.enforce.mcp_session import check_request
+    from nhidel.errors import UsageError
+
+    if client not in CLIENTS:
+        raise UsageError(f"unknown --client {client!r}", f"use one of: {', '.join(CLIENTS)}")
+    check_request(load_config(common.paths()), name, agent, scope or (), ttl)
+    env = gateway_env()
+    typer.echo(entry(client, name, gateway_argv(name, agent, scope or (), ttl), env), nl=False)
+    say(f"paste it into {WHERE[client]}")
+    if env.get("NHIDEL_KEYSTORE") == "file":
+        say("the file keystore needs NHIDEL_PASSPHRASE_FILE in the client's environment too "
+            "(not written here: point it at your passphrase file yourself)")  # fmt: skip
+    if not scope:
+        say("without --scope the gateway takes the grant in NHIDEL_TOKEN from the client's "
+            "environment")  # fmt: skip
+
+
+def tools(
+    name: ServerName,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+) -> None:
+    """Start a registered server once: its tools, their arguments, suggested scopes."""
+    from nhidel.cli.render import print_json, say
+    from nhidel.enforce.context import Enforcer
+    from nhidel.enforce.mcp_tools import list_tools, render
+
+    where = common.paths()
+    with Enforcer(where, common.keystore(where)) as enforcer:
+        found = list_tools(where, enforcer, name)
+    if as_json:
+        print_json([t.to_json() for t in found])
+        return
+    if not found:
+        say(f"MCP server {name} lists no tools")
+        return
+    typer.echo("\n".join(render(found, name)))

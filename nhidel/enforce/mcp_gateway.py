@@ -1,0 +1,481 @@
+"""The stdio MCP gateway: a registered server started as a child, and every message between it
+and the client relayed only as nhidel.enforce.mcp_policy allows.
+
+One asyncio loop, one thread: the client's messages (stdin) are checked and answered in
+order, the server's (its stdout) are relayed back redacted, its stderr is redacted and written
+to nhidel's stderr with the server's name in front. All grant checks and decision records
+happen on this one thread (the ledger connection belongs to it). The gateway ends when the
+client closes stdin, the server exits, or a terminating signal arrives; the caller then
+revokes a grant minted for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from nhidel.enforce import mcp_policy as policy
+from nhidel.enforce.context import Enforcer
+from nhidel.enforce.mcp_policy import Action, Kind, Message, NotRelayed
+from nhidel.enforce.redact import Redactor
+from nhidel.errors import IntegrityError
+from nhidel.registrations import McpServer
+from nhidel.scopes import Scope
+from nhidel.tokens.decision import Decision, Reason
+
+# Variables of nhidel's own environment a server gets (besides its registered ones).
+PASSED_VARIABLES = ("PATH", "HOME", "LANG", "LANGUAGE")
+PASSED_PREFIXES = ("LC_",)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+STOP_GRACE = 2.0  # seconds a server has to exit after its stdin closes, then SIGTERM, SIGKILL
+
+
+def server_environment(
+    server: McpServer, secrets: Mapping[str, str], parent: Mapping[str, str]
+) -> dict[str, str]:
+    """The server's whole environment: PATH, HOME and the locale from `parent`, then the
+    registered variables, then the registered secrets (`secrets`: name -> value). Nothing
+    else of nhidel's environment (no D-Bus address, no NHIDEL_*, no passphrase)."""
+    env = {
+        k: v for k, v in parent.items() if k in PASSED_VARIABLES or k.startswith(PASSED_PREFIXES)
+    }
+    env.update(server.env)
+    for variable, name in server.secrets.items():
+        env[variable] = secrets[name]
+    return env
+
+
+def server_cwd(server: McpServer, parent: Mapping[str, str]) -> str:
+    """Where the server starts: its first registered root, else HOME, else /."""
+    for candidate in (*server.roots[:1], parent.get("HOME", "")):
+        if candidate and os.path.isdir(candidate):
+            return candidate
+    return "/"
+
+
+@dataclass
+class Ending:
+    """How a session ended: the client left, the server exited (its status), or a signal."""
+
+    client_closed: bool = False
+    server_status: int | None = None
+    signum: int | None = None
+
+
+class Gateway:
+    """One session between a client (this process's stdin/stdout) and `server`."""
+
+    def __init__(
+        self,
+        enforcer: Enforcer,
+        server: McpServer,
+        *,
+        agent: str,
+        token: str,
+        renew_hint: str,
+        redactor: Redactor,
+        environment: Mapping[str, str],
+        client_in: IO[bytes],
+        client_out: IO[bytes],
+        log: IO[str],
+    ) -> None:
+        self.enforcer = enforcer
+        self.server = server
+        self.agent = agent
+        self.token = token
+        self.renew_hint = renew_hint
+        self.redactor = redactor
+        self.environment = dict(environment)
+        self.client_in = client_in
+        self.client_out = client_out
+        self.log = log
+        self.grant_id: str | None = None
+        # Requests the client sent that were forwarded: what to do with their responses.
+        self._client_requests: dict[tuple[str, Any], tuple[str, tuple[Scope, ...]]] = {}
+        # Requests the server sent that were passed to the client: only these get responses.
+        self._server_requests: set[tuple[str, Any]] = set()
+        self._process: asyncio.subprocess.Process | None = None
+        self._ending = Ending()
+        self._stop = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+
+    # -- the session -------------------------------------------------------------------------
+
+    async def run(self) -> Ending:
+        """Start the server and relay until the client leaves, the server exits or a signal."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(signum, self._signalled, signum)
+        self._process = await asyncio.create_subprocess_exec(
+            *self.server.command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.environment,
+            cwd=server_cwd(self.server, self.environment),
+            limit=policy.MAX_LINE,
+            # Its own session: a Ctrl-C meant for the client's process group reaches only the
+            # gateway, which then stops the server in order (stdin closed, SIGTERM, SIGKILL).
+            start_new_session=True,
+        )
+        tasks = [
+            asyncio.create_task(self._from_client()),
+            asyncio.create_task(self._from_server()),
+            asyncio.create_task(self._server_stderr()),
+        ]
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait([tasks[0], tasks[1], stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks[:2]:
+                task.cancel()
+            stop.cancel()
+            await self._stop_server()
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(tasks[2], STOP_GRACE)  # the last of its stderr
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+        return self._ending
+
+    def _signalled(self, signum: int) -> None:
+        self._ending.signum = signum
+        self._stop.set()
+
+    async def _stop_server(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        if process.returncode is None:
+            if process.stdin is not None:
+                with contextlib.suppress(Exception):
+                    process.stdin.close()
+            for step in (None, signal.SIGTERM, signal.SIGKILL):
+                if step is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        process.send_signal(step)
+                try:
+                    await asyncio.wait_for(process.wait(), STOP_GRACE)
+                    break
+                except TimeoutError:
+                    continue
+        elif self._ending.server_status is None and not self._ending.client_closed:
+            self._ending.server_status = process.returncode
+
+    # -- client -> server --------------------------------------------------------------------
+
+    async def _from_client(self) -> None:
+        reader = await self._client_reader()
+        while True:
+            try:
+                line = await reader.readline()
+            except ValueError:  # longer than MAX_LINE: the rest of the stream cannot be framed
+                self._to_client(policy.error_response(None, policy.INVALID_REQUEST,
+                                                      "message too long"))  # fmt: skip
+                break
+            if not line:
+                break
+            if line.strip():
+                await self._client_message(line)
+        self._ending.client_closed = True
+
+    async def _client_reader(self) -> asyncio.StreamReader:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=policy.MAX_LINE)
+        try:
+            await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), self.client_in
+            )
+        except ValueError:  # a regular file: read it on a thread instead
+            source = self.client_in
+
+            async def pump() -> None:
+                while chunk := await loop.run_in_executor(None, source.readline):
+                    reader.feed_data(chunk)
+                reader.feed_eof()
+
+            self._pump = loop.create_task(pump())
+        return reader
+
+    async def _client_message(self, line: bytes) -> None:
+        try:
+            message = policy.parse_message(line)
+        except NotRelayed as refused:
+            self._to_client(
+                policy.error_response(refused.request_id, refused.code, refused.message)
+            )
+            return
+        action = policy.client_action(message)
+        key = policy.id_key(message.id)
+        if message.kind is Kind.REQUEST and key in self._client_requests:
+            # Its response would be taken for the earlier one's (a filtered tools/list's).
+            self._to_client(policy.error_response(
+                message.id, policy.INVALID_REQUEST, "a request with this id is still pending"
+            ))  # fmt: skip
+            return
+        if action is Action.FORWARD:
+            if message.kind is Kind.REQUEST:
+                self._client_requests[key] = (str(message.method), ())
+            await self._to_server(message.body)
+        elif action is Action.INITIALIZE:
+            self._client_requests[key] = ("initialize", ())
+            params = policy.initialize_params(message.params, has_roots=bool(self.server.roots))
+            await self._to_server({**message.body, "params": params})
+        elif action is Action.TOOLS_LIST:
+            await self._tools_list(message, key)
+        elif action is Action.TOOLS_CALL:
+            await self._tools_call(message, key)
+        elif action in (Action.RESOURCES, Action.PROMPTS):
+            await self._named_kind(message, key, action.value)
+        elif action is Action.RESPONSE:
+            if key in self._server_requests:
+                self._server_requests.discard(key)
+                await self._to_server(message.body)
+        elif action is Action.REFUSE:
+            self._to_client(policy.error_response(
+                message.id, policy.METHOD_NOT_FOUND,
+                f"{message.method} is not relayed by nhidel's MCP gateway",
+            ))  # fmt: skip
+        # Action.DROP: nothing
+
+    async def _tools_list(self, message: Message, key: tuple[str, Any]) -> None:
+        decision = self._refusal() or self.enforcer.verifier.check(self.token, any_scope=True)
+        if not decision.allowed or decision.grant is None:
+            self._to_client(policy.error_response(
+                message.id, policy.DENIED, self._denial_text(decision, None)
+            ))  # fmt: skip
+            return
+        self._client_requests[key] = ("tools/list", decision.grant.scopes)
+        await self._to_server(message.body)
+
+    async def _tools_call(self, message: Message, key: tuple[str, Any]) -> None:
+        started = time.perf_counter()
+        params = message.params
+        tool = params.get("name") if isinstance(params.get("name"), str) else None
+        scopes: tuple[Scope, ...] = ()
+        decision = self._refusal()
+        if decision is None:
+            try:
+                tool, scopes = policy.call_scopes(
+                    self.server.name, params, self.server.resource_args
+                )
+            except policy.CallRefused as refused:
+                decision = Decision(False, Reason.SCOPE_NOT_GRANTED, str(refused))
+            else:
+                decision = check_all(self.enforcer, self.token, scopes)
+        self._note(decision)
+        self.enforcer.record(
+            "tool.allowed" if decision.allowed else "tool.denied",
+            agent=self.agent, grant=self.grant_id, server=self.server.name,
+            tool=(tool or "")[:128], resources=[s.resource for s in scopes if s.resource] or None,
+            args_sha256=policy.arguments_sha256(params),
+            reason=None if decision.reason is None else decision.reason.value,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )  # fmt: skip
+        if not decision.allowed:
+            missing = scopes[0] if decision.reason is Reason.SCOPE_NOT_GRANTED and scopes else None
+            reason = (decision.reason or Reason.SCOPE_NOT_GRANTED).value
+            self._to_client(policy.response(
+                message.id, policy.denial_result(reason, self._denial_text(decision, missing,
+                                                                           prefix=False))
+            ))  # fmt: skip
+            return
+        self._client_requests[key] = ("tools/call", ())
+        await self._to_server(message.body)
+
+    async def _named_kind(self, message: Message, key: tuple[str, Any], kind: str) -> None:
+        """`resources/*` or `prompts/*`: a grant that names SERVER:resources (or prompts)
+        itself, checked (and a use spent) like a call."""
+        started = time.perf_counter()
+        scope = Scope(self.server.name, kind)
+        decision = self._refusal()
+        if decision is None:
+            # SERVER:* covers tools only: the grant must name the kind itself.
+            looked = self.enforcer.verifier.check(self.token, any_scope=True)
+            if looked.allowed and looked.grant is not None:
+                if policy.names_kind(self.server.name, looked.grant.scopes, kind):
+                    decision = check_all(self.enforcer, self.token, (scope,))
+                else:
+                    decision = Decision(
+                        False, Reason.SCOPE_NOT_GRANTED,
+                        f"the grant does not name {scope}", looked.grant,
+                    )  # fmt: skip
+            else:
+                decision = looked
+        self._note(decision)
+        self.enforcer.record(
+            "tool.allowed" if decision.allowed else "tool.denied",
+            agent=self.agent, grant=self.grant_id, server=self.server.name,
+            tool=str(message.method), resources=None,
+            args_sha256=policy.arguments_sha256({"arguments": message.params}),
+            reason=None if decision.reason is None else decision.reason.value,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )  # fmt: skip
+        if not decision.allowed:
+            self._to_client(policy.error_response(
+                message.id, policy.DENIED, self._denial_text(decision, scope)
+            ))  # fmt: skip
+            return
+        self._client_requests[key] = (kind, ())
+        await self._to_server(message.body)
+
+    def _refusal(self) -> Decision | None:
+        """An `integrity` decision when the sealed configuration was edited, or this server's
+        registration changed or went, or no longer admits the agent; else None."""
+        try:
+            current = self.enforcer.config().servers.get(self.server.name)
+        except IntegrityError as exc:
+            return Decision(False, Reason.INTEGRITY, exc.message)
+        if current is None:
+            return Decision(False, Reason.INTEGRITY,
+                            f"MCP server {self.server.name} is no longer registered")  # fmt: skip
+        if current != self.server or not current.admits(self.agent):
+            return Decision(False, Reason.INTEGRITY,
+                            f"MCP server {self.server.name}'s registration changed since this "
+                            "gateway started it; restart the server in the client")  # fmt: skip
+        return None
+
+    def _note(self, decision: Decision) -> None:
+        if decision.grant is not None:
+            self.grant_id = decision.grant.id
+
+    def _denial_text(self, decision: Decision, scope: Scope | None, *, prefix: bool = True) -> str:
+        reason = decision.reason or Reason.SCOPE_NOT_GRANTED
+        if reason in (Reason.EXPIRED, Reason.REVOKED, Reason.USES_EXHAUSTED,
+                      Reason.NOT_YET_VALID):  # fmt: skip
+            what = f"{decision.detail}; {self.renew_hint}"
+        elif reason is Reason.SCOPE_NOT_GRANTED:
+            ask = f"; ask the human for a grant with {scope}" if scope is not None else ""
+            what = f"{decision.detail}{ask}"
+        elif reason is Reason.INTEGRITY:
+            what = f"{decision.detail}; nothing is allowed until the human runs nhidel doctor"
+        else:
+            what = decision.detail
+        line = " ".join(what.split())
+        return f"denied: {reason.value}: {line}" if prefix else line
+
+    # -- server -> client --------------------------------------------------------------------
+
+    async def _from_server(self) -> None:
+        process = self._process
+        assert process is not None and process.stdout is not None  # noqa: S101 - started in run
+        while True:
+            try:
+                line = await process.stdout.readline()
+            except ValueError:  # its stream cannot be framed any more: end the session
+                self._say("sent a message longer than the gateway relays; stopping it")
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
+                break
+            if not line:
+                break
+            if line.strip():
+                await self._server_message(line)
+        self._ending.server_status = await process.wait()
+
+    async def _server_message(self, line: bytes) -> None:
+        try:
+            message = policy.parse_message(line)
+        except NotRelayed:
+            self._say("sent a line that is not a single JSON-RPC message; dropped")
+            return
+        action = policy.server_action(message)
+        key = policy.id_key(message.id)
+        if action is Action.RESPONSE:
+            pending = self._client_requests.pop(key, None)
+            if pending is None:
+                return  # an answer to nothing the client asked (or to a denied request)
+            body = message.body
+            if "result" in body:
+                if pending[0] == "tools/list":
+                    body = {**body, "result": policy.filter_tools(
+                        body["result"], self.server.name, pending[1])}  # fmt: skip
+                elif pending[0] == "initialize":
+                    body = {**body, "result": policy.initialize_result(body["result"])}
+            self._to_client(body)
+        elif action is Action.ROOTS:
+            await self._to_server(policy.response(message.id, policy.roots_result(
+                self.server.roots)))  # fmt: skip
+        elif action is Action.FORWARD:
+            if message.kind is Kind.REQUEST:
+                self._server_requests.add(key)
+            self._to_client(message.body)
+        elif action is Action.REFUSE:
+            await self._to_server(policy.error_response(
+                message.id, policy.METHOD_NOT_FOUND,
+                f"{message.method} is not relayed to the client by nhidel's MCP gateway",
+            ))  # fmt: skip
+
+    async def _server_stderr(self) -> None:
+        """The server's stderr, a line at a time (a secret is one line: none spans two), each
+        redacted whole and written with the server's name in front, as soon as it ends."""
+        process = self._process
+        assert process is not None and process.stderr is not None  # noqa: S101 - started in run
+        while True:
+            try:
+                line = await process.stderr.readline()
+            except ValueError:  # longer than MAX_LINE: asyncio has dropped it
+                self._say("(a stderr line longer than the gateway relays was dropped)")
+                continue
+            if not line:
+                return
+            redacted, names = self.redactor.redact_bytes(line)
+            self._record_redactions(names)
+            self._say(redacted.decode("utf-8", "replace").rstrip("\n"))
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _to_client(self, body: Mapping[str, Any]) -> None:
+        """Everything toward the client is serialised here, then redacted."""
+        data = policy.dumps(body).decode()
+        data = self._redacted(data)
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            self.client_out.write(data.encode())
+            self.client_out.flush()
+
+    async def _to_server(self, body: Mapping[str, Any]) -> None:
+        process = self._process
+        if process is None or process.stdin is None or process.stdin.is_closing():
+            return
+        try:
+            process.stdin.write(policy.dumps(body))
+            await process.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server is gone: its stdout's end says so
+
+    def _redacted(self, text: str) -> str:
+        redacted, names = self.redactor.redact_text(text)
+        self._record_redactions(names)
+        return redacted
+
+    def _record_redactions(self, names: Sequence[str]) -> None:
+        for name in dict.fromkeys(names):
+            self.enforcer.record("secret.redacted", agent=self.agent, grant=self.grant_id,
+                                 server=self.server.name, secret=name)  # fmt: skip
+
+    def _say(self, text: str) -> None:
+        # No control characters: a server's stderr must not drive the terminal it lands on.
+        text = _CONTROL.sub("?", text)
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            self.log.write(f"[{self.server.name}] {text}\n")
+            self.log.flush()
+
+
+def check_all(enforcer: Enforcer, token: str, scopes: Sequence[Scope]) -> Decision:
+    """Whether `token` covers every one of `scopes` now; one use spent (durably) for the call
+    when the grant has a use limit and it is allowed (Enforcer.check, for several scopes)."""
+    decision = enforcer.verifier.check(token, scopes)
+    if decision.allowed and decision.grant is not None and decision.grant.max_uses is not None:
+        decision = enforcer.verifier.check(token, scopes, consume=True)
+    return decision
+
+
+def serve(gateway: Gateway) -> Ending:
+    """Run one session to its end on a fresh event loop."""
+    return asyncio.run(gateway.run())

@@ -1,0 +1,51 @@
+"""A scripted stdio MCP server for the gateway's protocol tests: it keeps every message it
+receives and reports them through its `report` tool, so a test sees exactly what the gateway
+forwarded (and what it did not).
+
+After `notifications/initialized` it asks the client two things the gateway must handle
+itself: `roots/list` (answered from the registration) and `unknown/thing` (refused). Its
+`initialize` result advertises `completions` (hidden from the client by the gateway).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+TOOLS = [{"name": n, "inputSchema": {"type": "object"}} for n in ("report", "slow", "other")]
+
+
+def send(body: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(body) + "\n")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    received: list[object] = []
+    for line in sys.stdin:
+        message = json.loads(line)
+        received.append(message)
+        method, ident = message.get("method"), message.get("id")
+        if method == "initialize":
+            send({"jsonrpc": "2.0", "id": ident, "result": {
+                "protocolVersion": "2025-06-18", "serverInfo": {"name": "fake", "version": "1"},
+                "capabilities": {"tools": {"listChanged": True}, "completions": {}}}})  # fmt: skip
+        elif method == "notifications/initialized":
+            send({"jsonrpc": "2.0", "id": "s1", "method": "roots/list"})
+            send({"jsonrpc": "2.0", "id": "s2", "method": "unknown/thing"})
+        elif method == "tools/list":
+            send({"jsonrpc": "2.0", "id": ident, "result": {"tools": TOOLS}})
+        elif method == "tools/call":
+            name = message["params"]["name"]
+            if name == "slow":
+                time.sleep(0.5)
+            text = json.dumps(received) if name == "report" else name
+            send({"jsonrpc": "2.0", "id": ident,
+                  "result": {"content": [{"type": "text", "text": text}]}})  # fmt: skip
+        elif ident is not None and method is not None:
+            send({"jsonrpc": "2.0", "id": ident, "result": {}})
+
+
+if __name__ == "__main__":
+    main()
