@@ -51,10 +51,11 @@ def _revoke_orphans(where: Paths, store: KeyStore) -> None:
     try:
         orphans = revoke_orphans(where, store, now=now())
     except NhidelError as exc:
-        say(f"note: could not revoke the grant of an exec that ended without it: {exc.message}")
+        say(f"note: could not revoke the grant of a command that ended without it: {exc.message}")
         return
     for orphan in orphans:
-        say(f"note: revoked grant {orphan.grant} of an exec that ended without revoking it "
+        say(f"note: revoked grant {orphan.grant} of a command (exec, mcp run) that ended "
+            "without revoking it "
             f"(pid {orphan.pid})")  # fmt: skip
 
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from nhidel.models import Grant
     from nhidel.paths import Paths
 
-ORPHAN_REASON = "exec ended without revoking it"
+ORPHAN_REASON = "its process ended without revoking it"  # (exec, mcp run)
 MAX_MARKER = 4096  # bytes: a marker is a few dozen; anything longer was not written by nhidel
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 

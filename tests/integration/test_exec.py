@@ -336,7 +336,8 @@ def test_kill_9_of_nhidel_kills_the_child_and_the_next_command_revokes_the_grant
     assert after.code == 1, str(after)
     assert json.loads(after.stdout)["reason"] == "revoked"
     assert (
-        f"note: revoked grant {grant_id} of an exec that ended without revoking it "
+        f"note: revoked grant {grant_id} of a command (exec, mcp run) that ended without "
+        "revoking it "
         f"(pid {nhidel.pid})"
     ) in after.stderr
     assert not (Path(env["NHIDEL_HOME"]) / "runs" / grant_id).exists()
