@@ -537,6 +537,7 @@ async def serve(
     from nhidel.hardening import protect_secrets_in_memory
 
     protect_secrets_in_memory()  # it will hold secrets: no core file, no same-user ptrace
+    _quiet_aiohttp_logs()
     enforcer = open_enforcer()
     broker = Broker(enforcer, aud=aud, log=log, limits=limits)
     try:
@@ -559,6 +560,17 @@ async def serve(
         if listener.socket_path is not None:
             with contextlib.suppress(OSError):
                 listener.socket_path.unlink()
+
+
+def _quiet_aiohttp_logs() -> None:
+    """aiohttp logs a request it could not parse with its bytes (headers, a grant among them)
+    and a traceback; the broker's own line per request is its log."""
+    import logging
+
+    for name in ("aiohttp.server", "aiohttp.access", "aiohttp.web", "aiohttp.client"):
+        logger = logging.getLogger(name)
+        logger.propagate = False
+        logger.addHandler(logging.NullHandler())
 
 
 class RunningBroker:

@@ -70,7 +70,7 @@ def _app(upstream: Upstream) -> web.Application:
             {
                 "method": request.method,
                 "path": request.raw_path.partition("?")[0],
-                "query": request.query_string,
+                "query": request.raw_path.partition("?")[2],
                 "headers": list(request.headers.items()),
             }
         )
