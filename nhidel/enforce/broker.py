@@ -151,7 +151,6 @@ class Broker:
         self.log = log
         self.limits = limits
         self.in_flight = 0
-        self.stopping = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._contexts: dict[str | None, ssl.SSLContext] = {}
         self._redactors: dict[tuple[str, str], Redactor] = {}
@@ -335,8 +334,6 @@ class Broker:
             raise _Cut(reason)
 
     def _lapse(self, token: str, scope: Any) -> str | None:
-        if self.stopping.is_set():
-            return "shutting_down"
         decision = self.enforcer.verifier.check(token, [scope], aud=self.aud)
         # Its use was spent to start this request: a grant used up by it still covers it.
         if decision.allowed or decision.reason is Reason.USES_EXHAUSTED:
@@ -347,9 +344,7 @@ class Broker:
         """On a quiet stream: check the grant once a second, and end the stream when it lapses
         (closing the upstream wakes the relay loop)."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.limits.recheck_every):
-                    await self.stopping.wait()
+            await asyncio.sleep(self.limits.recheck_every)
             reason = self._lapse(token, scope)
             if reason is not None:
                 upstream.close()
@@ -533,7 +528,8 @@ async def serve(
     stop: asyncio.Event,
 ) -> None:
     """Serve on `listener` until `stop` is set; then stop accepting, let in-flight requests
-    finish (up to `limits.shutdown_grace`, streams cut) and close everything."""
+    finish (for up to `limits.shutdown_grace`; then their connections are closed) and close
+    everything."""
     from nhidel.hardening import protect_secrets_in_memory
 
     protect_secrets_in_memory()  # it will hold secrets: no core file, no same-user ptrace
@@ -552,8 +548,7 @@ async def serve(
         try:
             await stop.wait()
         finally:
-            broker.stopping.set()
-            await runner.cleanup()
+            await runner.cleanup()  # stops accepting, waits for requests in flight (bounded)
     finally:
         await broker.close()
         enforcer.close()

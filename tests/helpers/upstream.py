@@ -182,3 +182,20 @@ def serving(app: web.Application, context: ssl.SSLContext | None) -> Iterator[in
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
         loop.close()
+
+
+def curl() -> str:
+    """curl's path; a skip if it is missing, a failure where tests/run.sh installs it for CI
+    (NHIDEL_REQUIRE_SHELLS=1)."""
+    import os
+    import shutil
+
+    import pytest
+
+    found = shutil.which("curl")
+    if found is None:
+        reason = "curl is not installed (tests/run.sh installs it: apt-get install curl)"
+        if os.environ.get("NHIDEL_REQUIRE_SHELLS") == "1":
+            pytest.fail(f"{reason}; NHIDEL_REQUIRE_SHELLS=1 forbids skipping")
+        pytest.skip(reason)
+    return found

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from helpers.support import Cli
 from helpers.upstream import SECRET_HEADER, Upstream, https_upstream
+from helpers.upstream import curl as find_curl
 
 from nhidel.enforce.broker import Limits, RunningBroker, listen_tcp, listen_unix, start_broker
 from nhidel.keys.keystore import open_keystore
@@ -162,8 +163,7 @@ def test_an_allowed_request_reaches_the_upstream_with_the_secret_and_without_the
 def test_curl_through_the_unix_socket_is_allowed_and_the_socket_is_private(
     routed: Cli, paths: Paths, upstream: Upstream
 ) -> None:
-    curl = shutil.which("curl")
-    assert curl, "tests/run.sh installs curl"
+    curl = find_curl()
     directory = Path(tempfile.mkdtemp(prefix="nb-"))  # short: a socket path has ~100 bytes
     try:
         running = start_broker(paths, open_keystore(paths), listen_unix(directory / "p.sock"))
