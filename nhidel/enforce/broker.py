@@ -180,15 +180,20 @@ class Broker:
         exchange = Exchange(request.method, request.raw_path.partition("?")[0])
         self.in_flight += 1
         try:
-            response = await self._answer(request, exchange)
+            return await self._answer(request, exchange)
         except _Denied as denied:
             response = _error(denied.status, denied.reason, denied.headers)
             exchange.status, exchange.reason = denied.status, denied.reason
-            exchange.bytes = len(response.body or b"")  # type: ignore[arg-type]
+            exchange.bytes = response.content_length or 0
+            if request.body_exists and not request.content.at_eof():
+                response.force_close()  # a body not read: do not wait for the rest of it
+            return response
+        except BaseException:
+            exchange.status = exchange.status or 500  # a bug, or cancelled at shutdown
+            raise
         finally:
             self.in_flight -= 1
-        self._finish(exchange)
-        return response
+            self._finish(exchange)
 
     async def _answer(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         try:
@@ -244,7 +249,10 @@ class Broker:
         )
         headers.append((route.header, route.format.replace("{secret}", secret)))
         headers.append(("Accept-Encoding", http_paths.ACCEPT_ENCODING))
-        body = self._body(request) if request.body_exists else None
+        body = self._body(request, exchange) if request.body_exists else None
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            # Only now, allowed: a client (curl) that waits for this sends its body now.
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             async with asyncio.timeout(self.limits.upstream_timeout):
                 upstream = await self._session.request(
@@ -256,12 +264,8 @@ class Broker:
                     ssl=self._ssl_context(route.ca_pem),
                     proxy=None,
                 )
-        except _Cut as cut:
-            raise _Denied(413, cut.reason) from None
-        except TimeoutError:
-            raise _Denied(504, "upstream_timeout") from None
-        except (aiohttp.ClientError, OSError, ssl.SSLError, ValueError):
-            raise _Denied(502, "upstream_failed") from None
+        except (_Cut, TimeoutError, aiohttp.ClientError, OSError, ssl.SSLError, ValueError) as exc:
+            raise _upstream_failure(exc, exchange) from None
         async with upstream:
             return await self._relay(request, exchange, route, secret, token, scope, upstream)
 
@@ -318,12 +322,14 @@ class Broker:
                 self._record_redaction(exchange, name)
         return response
 
-    async def _body(self, request: web.BaseRequest) -> Any:
-        """The request body as it arrives, never held whole; cut past the body limit."""
+    async def _body(self, request: web.BaseRequest, exchange: Exchange) -> Any:
+        """The request body as it arrives, never held whole; cut past the body limit (aiohttp
+        reports the cut as a failed upload: `exchange.reason` says why)."""
         seen = 0
         async for chunk in request.content.iter_any():
             seen += len(chunk)
             if seen > self.limits.max_body:
+                exchange.reason = "body_too_large"
                 raise _Cut("body_too_large")
             yield chunk
 
@@ -401,6 +407,14 @@ def _deny(decision: Decision) -> _Denied:
     elif status == 403:
         headers["WWW-Authenticate"] = 'Bearer error="insufficient_scope"'
     return _Denied(status, reason, headers)
+
+
+def _upstream_failure(exc: BaseException, exchange: Exchange) -> _Denied:
+    if exchange.reason == "body_too_large":
+        return _Denied(413, "body_too_large")
+    if isinstance(exc, TimeoutError):
+        return _Denied(504, "upstream_timeout")
+    return _Denied(502, "upstream_failed")
 
 
 def _error(status: int, reason: str, headers: dict[str, str]) -> web.Response:
@@ -538,7 +552,9 @@ async def serve(
     broker = Broker(enforcer, aud=aud, log=log, limits=limits)
     try:
         await broker.start()
-        server = web.Server(broker.handle, access_log=None)
+        # lingering_time: after refusing a body (413, a denial) read what is still coming for
+        # at most a second, so the client sees the answer rather than a reset.
+        server = web.Server(broker.handle, access_log=None, lingering_time=1.0)
         runner = web.ServerRunner(server, shutdown_timeout=limits.shutdown_grace)
         await runner.setup()
         site = web.SockSite(runner, listener.sock)

@@ -540,3 +540,57 @@ def test_a_replaced_secret_and_a_removed_route_are_seen_on_the_next_request(
     gone = httpx.get(broker.url("/api/echo"), headers=bearer(token))
     assert (gone.status_code, gone.json()) == (404, {"error": "unknown_route"})
     assert len(upstream.received) == 2
+
+
+def test_the_default_authorization_route_replaces_the_grant_with_the_secret(
+    routed: Cli, paths: Paths, upstream: Upstream
+) -> None:
+    routed.ok(
+        "route", "add", "gh", upstream.url, "--secret", "up", "--ca-file", str(upstream.ca)
+    )  # fmt: skip
+    routed.ok("agent", "update", "bot", "--allow", "gh:*:*")
+    running, _ = start(paths)
+    try:
+        token, _ = grant(routed, "gh:get:echo")
+        answer = httpx.get(running.url + "/gh/echo", headers=bearer(token))
+    finally:
+        running.stop()
+    assert answer.status_code == 200
+    (seen,) = upstream.received
+    assert [v for n, v in seen["headers"] if n.lower() == "authorization"] == [f"Bearer {VALUE}"]
+
+
+def test_curl_posting_a_large_body_with_expect_100_continue_is_not_held(
+    routed: Cli, broker: Broker, upstream: Upstream, tmp_path: Path
+) -> None:
+    token, _ = grant(routed, "api:post:upload")
+    body = tmp_path / "body.bin"
+    body.write_bytes(b"\x02" * (5 << 20))
+    started = time.monotonic()
+    done = subprocess.run(
+        [find_curl(), "-sS", "-H", f"Authorization: Bearer {token}", "-H",
+         "Expect: 100-continue", "--expect100-timeout", "20", "--data-binary", f"@{body}",
+         broker.url("/api/upload")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert json.loads(done.stdout)["size"] == 5 << 20
+    assert time.monotonic() - started < 10  # curl got its 100 Continue, not its timeout
+
+
+def test_a_chunked_body_over_the_limit_is_413(
+    routed: Cli, paths: Paths, upstream: Upstream
+) -> None:
+    running, _ = start(paths, max_body=1 << 20)
+    try:
+        token, _ = grant(routed, "api:post:upload")
+
+        def body() -> Iterator[bytes]:  # no Content-Length: the limit is counted as it comes
+            for _ in range(8):
+                yield b"x" * (1 << 20)
+
+        answer = httpx.post(
+            running.url + "/api/upload", headers=bearer(token), content=body(), timeout=30
+        )
+    finally:
+        running.stop()
+    assert (answer.status_code, answer.json()) == (413, {"error": "body_too_large"})
