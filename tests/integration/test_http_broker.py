@@ -477,9 +477,12 @@ def test_sse_streams_and_is_cut_when_its_grant_is_revoked(
     assert (entry["decision"], entry["reason"]) == ("allowed", "revoked")
 
 
-def test_a_100_mb_body_streams_both_ways(routed: Cli, broker: Broker) -> None:
+def test_a_100_mb_body_streams_both_ways_in_bounded_memory(routed: Cli, broker: Broker) -> None:
+    import tracemalloc
+
     token, _ = grant(routed, "api:post:upload", "api:get:download")
     block = b"\x01" * (1 << 20)
+    tracemalloc.start()  # every thread's allocations: the broker's, the upstream's, httpx's
 
     def body() -> Iterator[bytes]:
         for _ in range(100):
@@ -493,7 +496,10 @@ def test_a_100_mb_body_streams_both_ways(routed: Cli, broker: Broker) -> None:
     ) as stream:
         for chunk in stream.iter_raw():
             received += len(chunk)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
     assert received == 100 << 20
+    assert peak < 32 << 20, f"{peak >> 20} MiB at the peak: a body was held whole"
 
 
 # -- the sealed configuration -----------------------------------------------------------------
