@@ -497,6 +497,16 @@ def listen_unix(path: Path) -> Listener:
     import os
     import stat
 
+    try:
+        parent = os.stat(path.parent)
+    except OSError as exc:
+        raise UsageError(f"cannot use {path.parent}: {exc.strerror}", None) from None
+    if parent.st_uid != os.getuid() or parent.st_mode & 0o022:
+        # Whoever may write there could swap the socket for their own and collect grants.
+        raise UsageError(
+            f"{path.parent} is not a directory only you can write to",
+            "put the socket in a directory of your own with mode 700",
+        )
     with contextlib.suppress(FileNotFoundError):
         info = os.lstat(path)
         if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():

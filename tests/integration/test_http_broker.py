@@ -600,3 +600,37 @@ def test_a_chunked_body_over_the_limit_is_413(
     finally:
         running.stop()
     assert (answer.status_code, answer.json()) == (413, {"error": "body_too_large"})
+
+
+def test_a_socket_in_a_directory_others_may_write_is_refused(tmp_path: Path) -> None:
+    from nhidel.errors import UsageError
+
+    shared = Path(tempfile.mkdtemp(prefix="nb-"))
+    try:
+        shared.chmod(0o777)
+        with pytest.raises(UsageError, match="only you can write"):
+            listen_unix(shared / "p.sock")
+        assert not (shared / "p.sock").exists()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_live_socket_is_not_taken_over_and_a_stale_one_is_replaced(
+    routed: Cli, paths: Paths
+) -> None:
+    from nhidel.errors import UsageError
+
+    directory = Path(tempfile.mkdtemp(prefix="nb-"))
+    try:
+        running = start_broker(paths, open_keystore(paths), listen_unix(directory / "p.sock"))
+        try:
+            with pytest.raises(UsageError, match="already listening"):
+                listen_unix(directory / "p.sock")
+        finally:
+            running.stop()
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(str(directory / "p.sock"))
+        stale.close()  # a socket file nobody listens on, as a killed broker leaves it
+        listen_unix(directory / "p.sock").sock.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
