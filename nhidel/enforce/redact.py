@@ -176,22 +176,32 @@ def _branches(units: tuple[Unit, ...]) -> list[bytes]:
     return branches
 
 
-@dataclass(frozen=True, slots=True)
 class _Form:
-    name: str
-    pattern: re.Pattern[bytes]
-    max_length: int
+    """One form of one secret. Its own pattern is compiled on the first hit: hits are rare, and
+    compiling a long value's forms costs as much as the whole alternation."""
+
+    def __init__(self, name: str, source: bytes, max_length: int) -> None:
+        self.name = name
+        self.max_length = max_length
+        self._source = source
+        self._pattern: re.Pattern[bytes] | None = None
+
+    def match(self, data: bytes, start: int) -> re.Match[bytes] | None:
+        if self._pattern is None:
+            self._pattern = re.compile(self._source)
+        return self._pattern.match(data, start)
 
 
 class Redactor:
-    """The forms of the given secrets ({name: value}), compiled once; `redact_text` for a whole
-    message, `stream()` for bytes that arrive in chunks. Both give the same output for the same
-    input, however it is split."""
+    """The forms of the given secrets ({name: value}), compiled once: build one per set of
+    values and share it (a long value takes a while to compile). `redact_bytes` and `stream()`
+    give the same output for the same bytes, however they are split; `redact_text` is for a
+    whole message that may be JSON."""
 
     def __init__(self, secrets: Mapping[str, str]) -> None:
         forms: list[tuple[str, tuple[Unit, ...]]] = []
         # Longer values first: where a shorter secret is a prefix of a longer one, the longer
-        # is the first alternative tried at that position.
+        # one's mark comes first.
         for name, value in sorted(secrets.items(), key=lambda item: -len(item[1])):
             check_scannable(value)
             raw = value.encode("utf-8", "surrogatepass")
@@ -199,12 +209,13 @@ class Redactor:
             forms.append((name, _hex_units(raw)))
             forms.extend((name, _base64_units(raw, offset)) for offset in range(3))
         self._forms = tuple(
-            _Form(name, re.compile(_render_units(units)), _max_length(units))
-            for name, units in forms
+            _Form(name, _render_units(units), _max_length(units)) for name, units in forms
         )
         branches = [branch for _name, units in forms for branch in _branches(units)]
         self._any = re.compile(b"|".join(branches)) if branches else None
         self.max_length = max((form.max_length for form in self._forms), default=0)
+        # What a stream holds back: a match starting earlier would already be whole.
+        self.holdback = max(0, self.max_length - 1)
 
     def redact_bytes(self, data: bytes) -> tuple[bytes, list[str]]:
         """`data` with every region where a secret was found replaced by its marks, and the names
@@ -214,9 +225,10 @@ class Redactor:
         return out, stream.names_hit
 
     def redact_text(self, text: str) -> tuple[str, list[str]]:
-        """`text` redacted as `redact_bytes` redacts its UTF-8. A region next to a JSON escape
-        (a value right after `\\\\`, or ending on a backslash that escapes what follows) takes the
-        whole escape with it, so a JSON text stays JSON."""
+        """`text` redacted as `redact_bytes` redacts its UTF-8, except that a region that starts
+        inside a JSON escape (`\\n` + the rest of a value that starts with n, part of a `\\uXXXX`)
+        or ends inside one (on a backslash that escapes what follows) takes the whole escape
+        with it: a JSON text stays JSON. Returns the text and the names found."""
         data = text.encode("utf-8", "surrogatepass")
         stream = self.stream()
         regions = stream.scan(data, final=True)
@@ -237,7 +249,7 @@ class Redactor:
         """Where the longest match starting at `start` ends, and which secrets match there."""
         end, names = start, []
         for form in self._forms:
-            found = form.pattern.match(data, start)
+            found = form.match(data, start)
             if found:
                 end = max(end, found.end())
                 if form.name not in names:
@@ -246,7 +258,7 @@ class Redactor:
 
 
 class StreamRedactor:
-    """Redacts a stream chunk by chunk. It holds back fewer than `max_length` bytes (what could
+    """Redacts a stream chunk by chunk. It holds back at most `holdback` bytes (what could
     still be the start of a match) and emits the rest at once; a redacted region's marks come
     out when the region can grow no further. Memory stays bounded: the bytes of a region are
     dropped as they are passed, only its names are kept."""
@@ -332,7 +344,7 @@ class StreamRedactor:
         end = self._base + len(self._buffer)
         if final:
             return end
-        return max(self._search, end - (self._redactor.max_length - 1))
+        return max(self._search, end - self._redactor.holdback)
 
     def _slice(self, start: int, end: int) -> bytes:
         if end <= start:
