@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from nhidel.paths import Paths
     from nhidel.registrations import Route
 
-CHUNK = 64 * 1024
 
 # SPEC's status table: which HTTP status answers which reason code.
 UNAUTHORISED = frozenset(
@@ -85,6 +84,7 @@ class Limits:
     max_in_flight: int = 256  # requests at once; more are 429
     upstream_timeout: float = 60.0  # connect, send the body, and get the answer's headers: 504
     recheck_every: float = 1.0  # a quiet stream's grant is checked this often
+    flush_idle: float = 0.2  # a quiet stream's bytes held for redaction go after this long
     shutdown_grace: float = 10.0  # on SIGTERM, how long in-flight requests may take to finish
 
 
@@ -297,9 +297,9 @@ class Broker:
         stream = redactor.stream()
         watch = asyncio.get_running_loop().create_task(self._watch(token, scope, upstream))
         try:
-            async for chunk in upstream.content.iter_any():
+            while (chunk := await self._next_chunk(upstream, stream)) != b"":
                 self._still_covered(token, scope)
-                out = stream.feed(chunk)
+                out = stream.finish() if chunk is None else stream.feed(chunk)
                 if out:
                     await response.write(out)
                     exchange.bytes += len(out)
@@ -321,6 +321,19 @@ class Broker:
             for name in dict.fromkeys(found):
                 self._record_redaction(exchange, name)
         return response
+
+    async def _next_chunk(self, upstream: aiohttp.ClientResponse, stream: Any) -> bytes | None:
+        """The upstream's next bytes (b"" at the end), or None when the stream has gone quiet
+        while the redactor holds bytes back: an event of a server-sent stream must not wait
+        for the next one. Flushing there means a secret the upstream sends split around a
+        pause of `limits.flush_idle` is not recognised (a deliberate trade, in the README)."""
+        if not stream.held:
+            return await upstream.content.readany()
+        try:
+            async with asyncio.timeout(self.limits.flush_idle):
+                return await upstream.content.readany()
+        except TimeoutError:
+            return None
 
     async def _body(self, request: web.BaseRequest, exchange: Exchange) -> Any:
         """The request body as it arrives, never held whole; cut past the body limit (aiohttp
@@ -564,7 +577,11 @@ async def serve(
         await broker.start()
         # lingering_time: after refusing a body (413, a denial) read what is still coming for
         # at most a second, so the client sees the answer rather than a reset.
-        server = web.Server(broker.handle, access_log=None, lingering_time=1.0)
+        # handler_cancellation: a client that goes away ends its request at once (a stream
+        # it no longer reads is closed upstream too, not kept open until the upstream speaks).
+        server = web.Server(
+            broker.handle, access_log=None, lingering_time=1.0, handler_cancellation=True
+        )
         runner = web.ServerRunner(server, shutdown_timeout=limits.shutdown_grace)
         await runner.setup()
         site = web.SockSite(runner, listener.sock)

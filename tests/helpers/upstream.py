@@ -6,6 +6,7 @@ Paths under /v1 (the routes' prefix):
 - `echo`: the request as JSON, and the injected header's value echoed back in the body (plain,
   base64 and percent-encoded) and in a response header, as a careless upstream would;
 - `sse`: an event stream, one event every 50 ms until the client goes;
+- `quiet`: an event stream with one event, then silence;
 - `redirect`: 302 to another host;
 - `slow`: answers after 3 seconds;
 - `upload`: reads the body as it arrives, answers its size and SHA-256;
@@ -95,6 +96,14 @@ def _app(upstream: Upstream) -> web.Application:
             raise
         return response
 
+    async def quiet(request: web.Request) -> web.StreamResponse:
+        await record(request)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: the only event\n\n")
+        await asyncio.sleep(30)  # then nothing, until the client goes
+        return response
+
     async def redirect(request: web.Request) -> web.Response:
         await record(request)
         return web.Response(status=302, headers={"Location": "https://other.example/landing"})
@@ -142,6 +151,7 @@ def _app(upstream: Upstream) -> web.Application:
     app = web.Application(client_max_size=1 << 34)
     app.router.add_route("*", "/v1/echo", echo)
     app.router.add_get("/v1/sse", sse)
+    app.router.add_get("/v1/quiet", quiet)
     app.router.add_get("/v1/redirect", redirect)
     app.router.add_get("/v1/slow", slow)
     app.router.add_route("*", "/v1/upload", upload)
@@ -168,7 +178,8 @@ def https_upstream(directory: Path, *, ca_name: str = "upstream test CA") -> Ite
 def serving(app: web.Application, context: ssl.SSLContext | None) -> Iterator[int]:
     """Run `app` on 127.0.0.1 on its own thread and loop; yields the port."""
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, access_log=None)
+    # handler_cancellation: a handler whose client went away (the broker cut it) ends at once.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=2)
     loop.run_until_complete(runner.setup())
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
     loop.run_until_complete(site.start())

@@ -477,6 +477,39 @@ def test_sse_streams_and_is_cut_when_its_grant_is_revoked(
     assert (entry["decision"], entry["reason"]) == ("allowed", "revoked")
 
 
+def test_a_client_that_goes_away_closes_the_upstream_stream(
+    routed: Cli, broker: Broker, upstream: Upstream
+) -> None:
+    token, _ = grant(routed, "api:get:sse")
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("GET", broker.url("/api/sse"), headers=bearer(token)) as stream,
+    ):
+        lines = stream.iter_lines()
+        assert next(lines) == "data: event 0"
+    assert wait_for(upstream.sse_closed.is_set), "the upstream stream outlived its client"
+
+
+def test_an_event_on_a_quiet_stream_is_not_held_back_for_redaction(
+    routed: Cli, broker: Broker
+) -> None:
+    token, _ = grant(routed, "api:get:quiet")
+    first: list[str] = []
+
+    def read() -> None:
+        with (
+            httpx.Client(timeout=30) as client,
+            client.stream("GET", broker.url("/api/quiet"), headers=bearer(token)) as stream,
+        ):
+            for line in stream.iter_lines():
+                first.append(line)
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    assert wait_for(lambda: bool(first), timeout=3), "the event waits for bytes that never come"
+    assert first == ["data: the only event"]
+
+
 def test_a_100_mb_body_streams_both_ways_in_bounded_memory(routed: Cli, broker: Broker) -> None:
     import tracemalloc
 
