@@ -303,17 +303,16 @@ class Broker:
                 if out:
                     await response.write(out)
                     exchange.bytes += len(out)
+            if watch.done():  # the watcher closed the upstream: its end is a cut, not the end
+                raise _Cut(watch.result())
             tail = stream.finish()
             if tail:
                 await response.write(tail)
                 exchange.bytes += len(tail)
             await response.write_eof()
         except (_Cut, aiohttp.ClientError, ConnectionError) as stopped:
-            exchange.reason = (
-                watch.result()
-                if watch.done() and not watch.cancelled()
-                else getattr(stopped, "reason", "upstream_failed")
-            )
+            lapsed = watch.done() and not watch.cancelled()
+            exchange.reason = watch.result() if lapsed else getattr(stopped, "reason", "cut")
             _abort(request)  # no final chunk: the client sees a cut, not a complete answer
         finally:
             watch.cancel()

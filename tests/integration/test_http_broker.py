@@ -450,6 +450,7 @@ def test_sse_streams_and_is_cut_when_its_grant_is_revoked(
 ) -> None:
     token, grant_id = grant(routed, "api:get:sse")
     events: list[str] = []
+    cut: list[bool] = []
     ended = threading.Event()
 
     def read() -> None:
@@ -460,8 +461,8 @@ def test_sse_streams_and_is_cut_when_its_grant_is_revoked(
             ):
                 assert stream.headers["content-type"] == "text/event-stream"
                 events.extend(line for line in stream.iter_lines() if line)
-        except httpx.HTTPError:
-            pass  # the cut: the stream ends without its last chunk
+        except httpx.RemoteProtocolError:
+            cut.append(True)  # the stream ends without its last chunk: not a complete answer
         finally:
             ended.set()
 
@@ -471,10 +472,38 @@ def test_sse_streams_and_is_cut_when_its_grant_is_revoked(
     assert events[0] == "data: event 0"
     routed.ok("revoke", grant_id)
     assert ended.wait(5), "the stream is cut within the re-check interval"
+    assert cut == [True], "a cut stream must not look complete"
     assert wait_for(upstream.sse_closed.is_set), "the upstream stream is closed too"
     assert wait_for(lambda: len(broker.logs) == 1)
     (entry,) = broker.logs
     assert (entry["decision"], entry["reason"]) == ("allowed", "revoked")
+
+
+def test_a_quiet_stream_is_cut_within_a_second_or_so_of_its_grants_revocation(
+    routed: Cli, broker: Broker
+) -> None:
+    token, grant_id = grant(routed, "api:get:quiet")
+    lines: list[str] = []
+    cut: list[bool] = []
+    ended = threading.Event()
+
+    def read() -> None:
+        try:
+            with (
+                httpx.Client(timeout=30) as client,
+                client.stream("GET", broker.url("/api/quiet"), headers=bearer(token)) as stream,
+            ):
+                lines.extend(line for line in stream.iter_lines() if line)
+        except httpx.RemoteProtocolError:
+            cut.append(True)
+        finally:
+            ended.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert wait_for(lambda: lines == ["data: the only event"])
+    routed.ok("revoke", grant_id)
+    assert ended.wait(5), "nothing arrives, and the broker's timer still cuts the stream"
+    assert cut == [True]
 
 
 def test_a_client_that_goes_away_closes_the_upstream_stream(
