@@ -287,10 +287,16 @@ class Broker:
         for name, value in http_paths.forward_response_headers(
             upstream.headers.items(), upstream.headers.getall("Connection", [])
         ):
+            _, hit = redactor.redact_text(name)
+            if hit:  # a secret as a header's name: the header is dropped
+                found.extend(hit)
+                continue
             clean, hit = redactor.redact_text(value)
             headers.add(name, clean)
             found.extend(hit)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        reason, hit = redactor.redact_text(upstream.reason or "")
+        found.extend(hit)
+        response = web.StreamResponse(status=upstream.status, reason=reason or None)
         response.headers.extend(headers)
         exchange.status = upstream.status
         await response.prepare(request)

@@ -4,7 +4,8 @@ query, headers, body size) so a test can assert what reached it, or that nothing
 
 Paths under /v1 (the routes' prefix):
 - `echo`: the request as JSON, and the injected header's value echoed back in the body (plain,
-  base64 and percent-encoded) and in a response header, as a careless upstream would;
+  base64 and percent-encoded), in a response header's value and name, and in the status
+  line's reason, as a careless upstream would;
 - `sse`: an event stream, one event every 50 ms until the client goes;
 - `quiet`: an event stream with one event, then silence;
 - `redirect`: 302 to another host;
@@ -79,7 +80,9 @@ def _app(upstream: Upstream) -> web.Application:
     async def echo(request: web.Request) -> web.Response:
         await record(request)
         body, secret = _echo(request, upstream)
-        return web.json_response(body, headers={"X-Echo": f"key={secret}"})
+        return web.json_response(
+            body, headers={"X-Echo": f"key={secret}", f"X-{secret}": "1"}, reason=f"OK {secret}"
+        )
 
     async def sse(request: web.Request) -> web.StreamResponse:
         await record(request)

@@ -144,6 +144,8 @@ def test_an_allowed_request_reaches_the_upstream_with_the_secret_and_without_the
     assert answer.json()["pct"] == "[redacted:up]"
     assert answer.json()["b64"].startswith("[redacted:up]")  # (padding bits may remain)
     assert answer.headers["X-Echo"] == "key=[redacted:up]"
+    assert answer.reason_phrase == "OK [redacted:up]"
+    assert VALUE not in json.dumps(list(answer.headers.items()))
     assert wait_for(lambda: len(broker.logs) == 1)  # (written once the answer has gone)
     (entry,) = broker.logs
     assert entry["decision"] == "allowed" and entry["status"] == 200
