@@ -260,6 +260,8 @@ def test_a_denied_request_never_reaches_the_upstream(
     [
         ("no grant", 401, "no_grant"),
         ("garbage", 401, "malformed"),
+        ("tampered", 401, "bad_signature"),
+        ("not yet valid", 401, "not_yet_valid"),
         ("revoked", 401, "revoked"),
         ("used up", 401, "uses_exhausted"),
         ("wrong path", 403, "scope_not_granted"),
@@ -276,6 +278,13 @@ def test_each_denial_has_specs_status_and_reason(
         headers = {}
     elif case == "garbage":
         headers = bearer("not.a.token")
+    elif case == "tampered":
+        head, claims, signature = token.split(".")
+        flipped = "A" if signature[0] != "A" else "B"
+        headers = bearer(f"{head}.{claims}.{flipped}{signature[1:]}")
+    elif case == "not yet valid":
+        later, _ = grant(routed, "api:get:echo", extra=("--not-before", "+5m"))
+        headers = bearer(later)
     elif case == "revoked":
         routed.ok("revoke", grant_id)
     elif case == "used up":
