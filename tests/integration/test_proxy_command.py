@@ -191,3 +191,29 @@ def test_sigterm_lets_the_request_in_flight_finish(
     client.join(30)
     assert code == 0, stderr
     assert [(a.status_code, a.text) for a in answers] == [(200, "late")]
+
+
+@pytest.mark.parametrize(
+    ("listen", "url_start", "warned"),
+    [("[::1]:0", "http://[::1]:", False), ("0.0.0.0:0", "http://0.0.0.0:", True)],
+)
+def test_listen_takes_ipv6_and_warns_off_loopback(
+    env: dict[str, str], listen: str, url_start: str, warned: bool
+) -> None:
+    if listen.startswith("[") and not socket_has_ipv6():
+        pytest.skip("no IPv6 loopback here")
+    process, url = start_proxy(env, "--listen", listen)
+    code, stderr = stop(process)
+    assert url.startswith(url_start) and code == 0
+    assert ("warning: listening on 0.0.0.0, not loopback" in stderr) is warned
+
+
+def socket_has_ipv6() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
