@@ -6,7 +6,8 @@ request as `ROUTE:METHOD:PATH` on the path as the client sent it (still percent-
 scopes are written: `github:get:repos/acme/*`). Anything that could make the path read
 differently upstream than it was checked here is refused (400) instead of normalised:
 `.`/`..`/empty segments, an encoded slash, dot or backslash, a backslash, an encoded control
-character, a malformed escape, a userinfo-looking route, a request target that is not a plain
+character (or one encoded twice), a malformed escape, a segment that is a dot or empty once
+its `;parameters` are dropped, a userinfo-looking route, a request target that is not a plain
 path. The upstream URL is then built from the route's own scheme, host, port and path prefix
 plus this path: nothing the client sends can name another host.
 """
@@ -107,7 +108,8 @@ def parse_target(raw: str, method: str) -> Target:
     if trailing and segments:
         segments.pop()  # one trailing '/' is a path of its own (`/repos/`), not an empty segment
     for segment in segments:
-        if segment in ("", ".", ".."):
+        # `..;x` too: servlet containers drop a segment's ;parameters, then resolve the dots.
+        if segment.partition(";")[0] in ("", ".", ".."):
             raise Refused("bad_path", "a '.', '..' or empty segment in the path")
     below = "/".join(segments)
     if len(route) + len(below) + 34 > MAX_SCOPE_LENGTH:
@@ -120,7 +122,10 @@ def _check_escapes(path: str) -> None:
         code = match.group(1).upper()
         if len(code) != 2 or not all(ch in "0123456789ABCDEF" for ch in code):
             raise Refused("bad_path", "a malformed %-escape in the path")
-        if code in _REFUSED_ESCAPES:
+        if code in _REFUSED_ESCAPES or (
+            code == "25" and path[match.end() : match.end() + 2].upper() in _REFUSED_ESCAPES
+        ):
+            # (`%252e`: an upstream that decodes twice would see a dot)
             raise Refused("bad_path", "an encoded slash, dot, backslash or control character")
 
 

@@ -21,6 +21,8 @@ from nhidel.enforce.http_paths import Refused, parse_target, upstream_path
         ("/api/@scope/pkg", "GET", "api:get:@scope/pkg", ""),
         ("/api/a%20b", "GET", "api:get:a%20b", ""),
         ("/api/v1/items?", "PATCH", "api:patch:v1/items", ""),
+        ("/api/items;v=2/x", "GET", "api:get:items;v=2/x", ""),
+        ("/api/100%25", "GET", "api:get:100%25", ""),
     ],
 )  # fmt: skip
 def test_a_plain_path_is_checked_as_route_method_path(
@@ -39,7 +41,8 @@ def test_a_plain_path_is_checked_as_route_method_path(
         "/api/%2E/b", "/api/a%5cb", "/api/a\\b", "/api/a%00b", "/api/a%0d%0ab", "/api/a%zz",
         "/api/a%2", "http://other.host/api/x", "https://user@other.host/api", "*",
         "/api@other.host/x", "/api:443/x", "/API/x", "/api/x#frag", "/api/é", "/api/a b",
-        "/api/a\tb", "/", "",
+        "/api/a\tb", "/", "", "/api/..;/admin", "/api/a/..;x=1/b", "/api/.;/b", "/api/;x/b",
+        "/api/%252e%252e/b", "/api/a%252Fb", "/api/a%255c",
     ],
 )  # fmt: skip
 def test_a_path_that_could_read_differently_upstream_is_refused(raw: str) -> None:
