@@ -38,7 +38,7 @@ from yarl import URL
 from nhidel.enforce import http_paths
 from nhidel.enforce.http_paths import Refused, Target
 from nhidel.errors import IntegrityError, UsageError
-from nhidel.scopes import parse_scope
+from nhidel.scopes import Scope, parse_scope
 from nhidel.tokens.decision import Decision, Reason
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ class Broker:
         self.in_flight = 0
         self._session: aiohttp.ClientSession | None = None
         self._contexts: dict[str | None, ssl.SSLContext] = {}
-        self._redactors: dict[tuple[str, str], Redactor] = {}
+        self._redactors: dict[str, tuple[str, Redactor]] = {}  # secret name -> (value, it)
 
     async def start(self) -> None:
         # trust_env=False: no HTTP(S)_PROXY, no .netrc. No cookie jar: a cookie one upstream
@@ -241,7 +241,7 @@ class Broker:
         target: Target,
         secret: str,
         token: str,
-        scope: Any,
+        scope: Scope,
     ) -> web.StreamResponse:
         assert self._session is not None  # noqa: S101 - started before it serves
         headers = http_paths.forward_request_headers(
@@ -276,7 +276,7 @@ class Broker:
         route: Route,
         secret: str,
         token: str,
-        scope: Any,
+        scope: Scope,
         upstream: aiohttp.ClientResponse,
     ) -> web.StreamResponse:
         if not http_paths.decodable(upstream.headers.getall("Content-Encoding", [])):
@@ -351,20 +351,20 @@ class Broker:
                 raise _Cut("body_too_large")
             yield chunk
 
-    def _still_covered(self, token: str, scope: Any) -> None:
+    def _still_covered(self, token: str, scope: Scope) -> None:
         """Between chunks: the grant must still cover the request (not revoked or expired)."""
         reason = self._lapse(token, scope)
         if reason is not None:
             raise _Cut(reason)
 
-    def _lapse(self, token: str, scope: Any) -> str | None:
+    def _lapse(self, token: str, scope: Scope) -> str | None:
         decision = self.enforcer.verifier.check(token, [scope], aud=self.aud)
         # Its use was spent to start this request: a grant used up by it still covers it.
         if decision.allowed or decision.reason is Reason.USES_EXHAUSTED:
             return None
         return decision.reason.value if decision.reason else "denied"
 
-    async def _watch(self, token: str, scope: Any, upstream: aiohttp.ClientResponse) -> str:
+    async def _watch(self, token: str, scope: Scope, upstream: aiohttp.ClientResponse) -> str:
         """On a quiet stream: check the grant once a second, and end the stream when it lapses
         (closing the upstream wakes the relay loop)."""
         while True:
@@ -383,10 +383,11 @@ class Broker:
     def _redactor(self, name: str, value: str) -> Redactor:
         from nhidel.enforce.redact import Redactor
 
-        redactor = self._redactors.get((name, value))
-        if redactor is None:
-            self._redactors.clear()  # only current values: a replaced one is dropped
-            redactor = self._redactors[(name, value)] = Redactor({name: value})
+        cached = self._redactors.get(name)
+        if cached is not None and cached[0] == value:
+            return cached[1]
+        redactor = Redactor({name: value})  # built once per value: a replaced one is dropped
+        self._redactors[name] = (value, redactor)
         return redactor
 
     def _record_redaction(self, exchange: Exchange, name: str) -> None:
