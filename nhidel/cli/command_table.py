@@ -207,7 +207,7 @@ COMMANDS: dict[str, dict[str, Any]] = (
                                     'The Unix socket to listen on (default: nhidel/proxy.sock '
                                     'in the runtime dir).',
                                     ()),
-                       '--aud': (True, 'Accept only grants whose audience names AUD.', ()),
+                       '--aud': (True, 'Accept only grants whose audience names AUDIENCE.', ()),
                        '--json': (False, 'Log one JSON object per request on stderr.', ()),
                        '-h': (False, 'Show this message and exit.', ()),
                        '--help': (False, 'Show this message and exit.', ())},

@@ -34,7 +34,9 @@ def proxy(
     ] = None,
     aud: Annotated[
         str | None,
-        typer.Option("--aud", metavar="AUD", help="Accept only grants whose audience names AUD."),
+        typer.Option(
+            "--aud", metavar="AUDIENCE", help="Accept only grants whose audience names AUDIENCE."
+        ),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Log one JSON object per request on stderr.")
