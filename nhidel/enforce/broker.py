@@ -619,7 +619,14 @@ def _quiet_aiohttp_logs() -> None:
 
 class RunningBroker:
     """A broker on its own thread and event loop, for a caller that is not asyncio (`exec
-    --proxy` runs one for its child's lifetime; tests run one per test)."""
+    --proxy` runs one for its child's lifetime; tests run one per test):
+
+        running = start_broker(paths, keystore, listen_tcp("127.0.0.1", 0))
+        env["NHIDEL_PROXY_URL"] = running.url                # http://127.0.0.1:PORT
+        env["NHIDEL_ROUTE_GITHUB_URL"] = running.route_url("github")
+        ...                                                   # run the child
+        running.stop()                                        # finishes requests in flight
+    """
 
     def __init__(self, listener: Listener, thread: threading.Thread) -> None:
         self.listener = listener
