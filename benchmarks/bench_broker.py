@@ -1,11 +1,13 @@
 """The HTTP broker's cost: added latency, requests per second, CPU per request.
 
-    python3 benchmarks/bench_broker.py [--requests 3000] [--seconds 5] [--clients 8] [--json OUT]
+    python3 benchmarks/bench_broker.py [--requests 3000] [--seconds 5] [--clients 8] [--tls]
+                                       [--json OUT]
 
-Three processes on 127.0.0.1: an upstream (aiohttp, a 40-byte JSON answer, plain HTTP so
-the figures are the broker's and not TLS's), `nhidel proxy --listen 127.0.0.1:0` with a route
-to it (file keystore in a temp NHIDEL_HOME, decision records group-committed as in use), and
-this script as the client, which speaks HTTP/1.1 over raw sockets with keep-alive so its own
+Three processes on 127.0.0.1: an upstream (aiohttp, a 40-byte JSON answer; plain HTTP so the
+figures are the broker's and not TLS's, or with `--tls` HTTPS with its own CA, the route
+registered with `--ca-file`, and the direct client speaking TLS too), `nhidel proxy --listen
+127.0.0.1:0` with a route to it (file keystore in a temp NHIDEL_HOME, decision records
+group-committed as in use), and this script as the client, which speaks HTTP/1.1 over raw sockets with keep-alive so its own
 cost stays out of the latency figures.
 
 Rows:
@@ -41,7 +43,7 @@ PASSPHRASE = "bench-passphrase"  # noqa: S105 - a throwaway keystore in a temp d
 SECRET = "bench-upstream-secret-0123456789"  # noqa: S105 - sent to the bench's own upstream
 
 UPSTREAM = """
-import sys
+import ssl, sys
 from aiohttp import web
 
 async def ping(request):
@@ -49,8 +51,59 @@ async def ping(request):
 
 app = web.Application()
 app.router.add_get("/v1/ping", ping)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+context = None
+if len(sys.argv) > 2:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(sys.argv[2], sys.argv[3])
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None,
+            ssl_context=context)
 """
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a certificate it signs for 127.0.0.1: (ca.pem, cert.pem, key.pem)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    day = datetime.timedelta(days=1)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - day).not_valid_after(now + day)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - day).not_valid_after(now + day)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    paths = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
 
 
 def free_port() -> int:
@@ -73,9 +126,15 @@ def wait_listening(port: int, timeout: float = 30) -> None:
 class Connection:
     """One kept-alive HTTP/1.1 connection: send a request, read the answer whole."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, port: int, ca: Path | None = None) -> None:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ca is not None:
+            import ssl
+
+            context = ssl.create_default_context(cafile=str(ca))
+            sock = context.wrap_socket(sock, server_hostname="127.0.0.1")
+        self.sock = sock
         self.buffer = b""
 
     def get(self, request: bytes) -> int:
@@ -113,8 +172,8 @@ class Connection:
         self.buffer += chunk
 
 
-def latencies(port: int, request: bytes, count: int) -> list[float]:
-    conn = Connection(port)
+def latencies(port: int, request: bytes, count: int, ca: Path | None = None) -> list[float]:
+    conn = Connection(port, ca)
     for _ in range(200):  # warm-up: connections, caches
         conn.get(request)
     times = []
@@ -164,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--requests", type=int, default=3000, help="sequential, per path")
     parser.add_argument("--seconds", type=float, default=5.0, help="of the throughput run")
     parser.add_argument("--clients", type=int, default=8, help="connections at once")
+    parser.add_argument("--tls", action="store_true", help="HTTPS upstream with its own CA")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     nhidel, _ = nhidel_command()
@@ -171,7 +231,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as root:
         env = isolated_env(Path(root), NHIDEL_KEYSTORE="file", NHIDEL_PASSPHRASE=PASSPHRASE)
         port = free_port()
-        upstream = subprocess.Popen([PYTHON, "-c", UPSTREAM, str(port)], env=env)
+        certificates = make_certificates(Path(root)) if args.tls else None
+        tls_args = [str(p) for p in certificates[1:]] if certificates else []
+        upstream = subprocess.Popen([PYTHON, "-c", UPSTREAM, str(port), *tls_args], env=env)
+        ca = certificates[0] if certificates else None
+        scheme = "https" if ca else "http"
         broker: subprocess.Popen[str] | None = None
         try:
             run_nhidel(nhidel, env, "init", "--principal", "bench")
@@ -184,8 +248,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             )  # fmt: skip
             del done
             run_nhidel(
-                nhidel, env, "route", "add", "api", f"http://127.0.0.1:{port}/v1",
+                nhidel, env, "route", "add", "api", f"{scheme}://127.0.0.1:{port}/v1",
                 "--secret", "up", "--header", "X-Api-Key", "--format", "{secret}",
+                *(["--ca-file", str(ca)] if ca else []),
             )  # fmt: skip
             token = run_nhidel(nhidel, env, "grant", "bot", "--scope", "api:get:*", "--ttl", "1h")
             broker = subprocess.Popen(
@@ -200,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"GET /api/ping HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 f"Authorization: Bearer {token}\r\n\r\n"
             ).encode()
-            direct = latencies(port, direct_request, args.requests)
+            direct = latencies(port, direct_request, args.requests, ca)
             through = latencies(broker_port, broker_request, args.requests)
             for name, values in (("direct", direct), ("broker", through)):
                 results[f"{name}_p50_ms"] = ms(values, 50)
@@ -215,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             results["broker_rps"] = count / elapsed
             results["broker_cpu_ms_per_request"] = cpu * 1000 / count
             results.update(requests=args.requests, clients=args.clients, seconds=elapsed,
-                           load=os.getloadavg()[0])  # fmt: skip
+                           tls=args.tls, load=os.getloadavg()[0])  # fmt: skip
         finally:
             for process in (broker, upstream):
                 if process is not None:
