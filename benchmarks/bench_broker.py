@@ -7,8 +7,8 @@ Three processes on 127.0.0.1: an upstream (aiohttp, a 40-byte JSON answer; plain
 figures are the broker's and not TLS's, or with `--tls` HTTPS with its own CA, the route
 registered with `--ca-file`, and the direct client speaking TLS too), `nhidel proxy --listen
 127.0.0.1:0` with a route to it (file keystore in a temp NHIDEL_HOME, decision records
-group-committed as in use), and this script as the client, which speaks HTTP/1.1 over raw sockets with keep-alive so its own
-cost stays out of the latency figures.
+group-committed as in use), and this script as the client, which speaks HTTP/1.1 over raw
+sockets with keep-alive so its own cost stays out of the latency figures.
 
 Rows:
 - direct_p50_ms / direct_p99_ms: one request at a time, straight to the upstream
