@@ -106,6 +106,7 @@ def diagnose(paths: Paths, keystore: Callable[[], KeyStore], *, now: int) -> lis
                 exam.audit_log()
                 exam.ledger()
                 exam.config_file()
+                exam.registrations()
                 exam.residue()
                 exam.status_list()
     return exam.findings
@@ -423,6 +424,40 @@ class _Examination:
                 f"agent(s){named if agents else ''}; {checked}",
             )
         )
+
+    def registrations(self) -> None:
+        """Every secret a registration sends somewhere has a value in the keystore, and every
+        registered server's executable is still there to start."""
+        config, store = self.config, self.store
+        if config is None or store is None:
+            self.skip("registrations", "needs config.toml and the keystore")
+            return
+        if not (config.secrets or config.servers or config.routes):
+            self.add(_passed("registrations", "no secrets, MCP servers or routes registered"))
+            return
+        import os
+
+        from nhidel.actions.secrets import keystore_entry
+
+        missing = [n for n in sorted(config.secrets)
+                   if not (store.read(keystore_entry(n)) or {}).get("value")]  # fmt: skip
+        if missing:
+            self.add(_failed(
+                "registrations", f"the keystore holds no value for secret(s) {', '.join(missing)}",
+                f"store it again: nhidel secret add {missing[0]} --replace", ExitStatus.INTEGRITY,
+            ))  # fmt: skip
+            return
+        gone = [s.name for s in config.servers.values() if not os.access(s.command[0], os.X_OK)]
+        if gone:
+            self.add(_failed(
+                "registrations", f"MCP server(s) {', '.join(gone)}: the registered executable "
+                "is gone or not executable", f"register it again: nhidel mcp remove {gone[0]}, "
+                "then nhidel mcp add", ExitStatus.DENIED,
+            ))  # fmt: skip
+            return
+        self.add(_passed("registrations", f"{len(config.secrets)} secret(s), "
+                         f"{len(config.servers)} MCP server(s), {len(config.routes)} route(s); "
+                         "every secret has its value"))  # fmt: skip
 
     def residue(self) -> None:
         recent, sealed = self.recent, self.sealed

@@ -26,8 +26,8 @@ from nhidel.fsutil import exclusive_lock
 from nhidel.keys import keystore
 from nhidel.paths import Paths
 
-CHECKS = ["home", "keystore", "key", "files", "audit", "ledger", "config", "residue",
-          "status-list"]  # fmt: skip
+CHECKS = ["home", "keystore", "key", "files", "audit", "ledger", "config", "registrations",
+          "residue", "status-list"]  # fmt: skip
 SCOPE = "repo:read:acme/api"
 
 
@@ -486,3 +486,18 @@ def test_json_is_a_list_of_checks_each_with_name_ok_detail_and_fix(ready: Cli) -
         assert set(check) == {"name", "ok", "detail", "fix"}
         assert check["ok"] is True and check["fix"] is None
         assert isinstance(check["detail"], str) and check["detail"]
+
+
+def test_doctor_finds_a_registered_secret_whose_value_the_keystore_lost(
+    ready: Cli, memory_keyring: MemoryKeyring
+) -> None:
+    ready.ok("secret", "add", "gh", input="a-long-enough-secret\n")
+    ready.ok("route", "add", "api", "https://api.example.com", "--secret", "gh")
+    healthy = {c["name"]: c for c in json.loads(ready.ok("doctor", "--json").stdout)["checks"]}
+    assert healthy["registrations"]["ok"] is True
+    for key in [k for k in memory_keyring.entries if k[1] == "secret.gh"]:
+        del memory_keyring.entries[key]
+    result = ready("doctor", "--json")
+    found = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert result.exit_code == 5 and found["registrations"]["ok"] is False
+    assert found["registrations"]["fix"] == "store it again: nhidel secret add gh --replace"
