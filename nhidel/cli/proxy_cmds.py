@@ -125,8 +125,12 @@ def _default_socket() -> Path:
 
 
 def _say(line: str) -> None:
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
+    import contextlib
+
+    # A reader of the log that went away must not make requests fail: the audit log has them.
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 def _text_line(entry: dict[str, Any]) -> None:

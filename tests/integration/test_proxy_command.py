@@ -217,3 +217,19 @@ def socket_has_ipv6() -> bool:
     except OSError:
         return False
     return True
+
+
+def test_a_closed_stderr_does_not_make_requests_fail(
+    cli: Cli, env: dict[str, str], upstream: Upstream
+) -> None:
+    process, url = start_proxy(env, "--listen", "127.0.0.1:0")
+    assert process.stderr is not None
+    process.stderr.close()  # whoever read the log went away
+    try:
+        token = token_for(cli, "api:get:echo")
+        for path, status in (("echo", 200), ("other", 403), ("echo", 200), ("other", 403)):
+            answer = httpx.get(f"{url}/api/{path}", headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == status
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
