@@ -233,3 +233,10 @@ def test_a_closed_stderr_does_not_make_requests_fail(
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
+
+
+def test_ctrl_c_ends_the_proxy_with_0_too(env: dict[str, str]) -> None:
+    process, _ = start_proxy(env, "--listen", "127.0.0.1:0")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0 and "nhidel proxy: stopped" in stderr
