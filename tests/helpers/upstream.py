@@ -23,6 +23,8 @@ import contextlib
 import gzip
 import hashlib
 import json
+import os
+import shutil
 import ssl
 import threading
 import urllib.parse
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from helpers.certificates import make_ca_and_server
@@ -53,7 +56,7 @@ class Upstream:
         return [r["path"] for r in self.received]
 
 
-def _echo(request: web.Request, upstream: Upstream) -> tuple[dict[str, Any], str]:
+def _echo(request: web.Request) -> tuple[dict[str, Any], str]:
     secret = request.headers.get(SECRET_HEADER, "")
     body = {
         "method": request.method,
@@ -79,7 +82,7 @@ def _app(upstream: Upstream) -> web.Application:
 
     async def echo(request: web.Request) -> web.Response:
         await record(request)
-        body, secret = _echo(request, upstream)
+        body, secret = _echo(request)
         return web.json_response(
             body, headers={"X-Echo": f"key={secret}", f"X-{secret}": "1"}, reason=f"OK {secret}"
         )
@@ -136,7 +139,7 @@ def _app(upstream: Upstream) -> web.Application:
 
     async def gzipped(request: web.Request) -> web.Response:
         await record(request)
-        body, _ = _echo(request, upstream)
+        body, _ = _echo(request)
         return web.Response(
             body=gzip.compress(json.dumps(body).encode()),
             headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
@@ -148,7 +151,7 @@ def _app(upstream: Upstream) -> web.Application:
 
     async def anything(request: web.Request) -> web.Response:
         await record(request)
-        body, _ = _echo(request, upstream)
+        body, _ = _echo(request)
         return web.json_response(body)
 
     app = web.Application(client_max_size=1 << 34)
@@ -201,11 +204,6 @@ def serving(app: web.Application, context: ssl.SSLContext | None) -> Iterator[in
 def curl() -> str:
     """curl's path; a skip if it is missing, a failure where tests/run.sh installs it for CI
     (NHIDEL_REQUIRE_SHELLS=1)."""
-    import os
-    import shutil
-
-    import pytest
-
     found = shutil.which("curl")
     if found is None:
         reason = "curl is not installed (tests/run.sh installs it: apt-get install curl)"
