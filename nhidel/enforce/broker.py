@@ -101,6 +101,7 @@ class Exchange:
     bytes: int = 0
     allowed: bool = False
     reason: str | None = None
+    scope: str | None = None  # ROUTE:METHOD:PATH, once the path is one the broker checks
     started: float = field(default_factory=time.perf_counter)
 
     def log_fields(self) -> dict[str, Any]:
@@ -205,6 +206,7 @@ class Broker:
                 raise refusal
             token = http_paths.bearer_grant(request.headers.getall("Authorization", []))
             scope = parse_scope(target.scope(request.method))
+            exchange.scope = str(scope)
         except Refused as refused:
             raise _Denied(400, refused.reason) from None
         except UsageError:
@@ -405,6 +407,7 @@ class Broker:
             "http.allowed" if exchange.allowed else "http.denied",
             agent=exchange.agent,
             grant=exchange.grant,
+            scopes=None if exchange.scope is None else [exchange.scope],
             reason=exchange.reason,
             route=exchange.route,
             method=exchange.method,

@@ -156,8 +156,8 @@ def test_an_allowed_request_reaches_the_upstream_with_the_secret_and_without_the
     assert VALUE not in log and token not in log
     records = [json.loads(line) for line in log.splitlines()]
     allowed = [r for r in records if r["event"] == "http.allowed"]
-    assert [(r["route"], r["method"], r["path"], r["status"]) for r in allowed] == [
-        ("api", "GET", "/echo", 200)
+    assert [(r["route"], r["method"], r["path"], r["status"], r["scopes"]) for r in allowed] == [
+        ("api", "GET", "/echo", 200, ["api:get:echo"])
     ]
     assert [r["secret"] for r in records if r["event"] == "secret.redacted"] == ["up"]
 
