@@ -625,10 +625,10 @@ class RunningBroker:
     --proxy` runs one for its child's lifetime; tests run one per test):
 
         running = start_broker(paths, keystore, listen_tcp("127.0.0.1", 0))
-        env["NHIDEL_PROXY_URL"] = running.url                # http://127.0.0.1:PORT
-        env["NHIDEL_ROUTE_GITHUB_URL"] = running.route_url("github")
-        ...                                                   # run the child
-        running.stop()                                        # finishes requests in flight
+        running.url                    # http://127.0.0.1:PORT, the child's proxy URL
+        running.route_url("github")    # http://127.0.0.1:PORT/github, a route's base URL
+        ...                            # run the child
+        running.stop()                 # stops accepting, finishes requests in flight
     """
 
     def __init__(self, listener: Listener, thread: threading.Thread) -> None:
