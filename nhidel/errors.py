@@ -17,6 +17,11 @@ class ExitStatus(IntEnum):
     KEYSTORE = 4
     INTEGRITY = 5
     POLICY = 6
+    # `exec` ends with its child's status, so its own failures take the statuses `env` and
+    # `timeout` use: nhidel failed (any of 1-6 above), CMD found but not runnable, CMD not found.
+    EXEC_FAILED = 125
+    CANNOT_RUN = 126
+    COMMAND_NOT_FOUND = 127
     INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
 
 
@@ -64,6 +69,18 @@ class PolicyError(NhidelError):
     """A request the rules refuse: beyond an agent's ceiling, over its max TTL, ..."""
 
     exit_status = ExitStatus.POLICY
+
+
+class CannotRunError(NhidelError):
+    """`exec`'s command exists but cannot be run (not executable, not a program)."""
+
+    exit_status = ExitStatus.CANNOT_RUN
+
+
+class CommandNotFoundError(NhidelError):
+    """`exec`'s command is not a file, nor found on PATH."""
+
+    exit_status = ExitStatus.COMMAND_NOT_FOUND
 
 
 class StorageError(NhidelError):

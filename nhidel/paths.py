@@ -66,6 +66,11 @@ class Paths(NamedTuple):
         return self.state_dir / "init.lock"
 
     @property
+    def runs_dir(self) -> Path:
+        """Markers of grants bound to running processes (`nhidel exec`), one file each."""
+        return self.state_dir / "runs"
+
+    @property
     def keyring_service(self) -> str:
         """The OS keyring service name: one per nhidel home, so homes never share keys."""
         return f"nhidel:{self.config_dir}"

@@ -37,6 +37,9 @@ class GrantRequest:
     not_before: str | None = None
     uses: int | None = None
     reason: str | None = None
+    # Chosen beforehand (`new_grant_id()`) by an enforcement point that must name the grant
+    # where the next command finds it before the grant exists (nhidel.enforce.bound).
+    grant_id: str | None = None
 
 
 def issue(
@@ -93,7 +96,7 @@ def issue(
             # Allocated under the write lock, so two grants never get the same live index.
             status_idx = ledger.next_status_idx(reusable_before=now - MAX_LEEWAY)
             grant = Grant(
-                id=new_grant_id(),
+                id=request.grant_id or new_grant_id(),
                 agent=agent.name,
                 scopes=scopes,
                 aud=aud,

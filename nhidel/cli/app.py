@@ -96,6 +96,7 @@ COMMAND_MODULES = {
     "publish": "publish_cmds",
     "repair": "repair_cmds",
     "doctor": "doctor_cmds",
+    "exec": "exec_cmds",
     "secret": "secret_cmds",
     "mcp": "mcp_cmds",
     "route": "route_cmds",

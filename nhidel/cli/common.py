@@ -21,12 +21,41 @@ def paths() -> Paths:
     return Paths.from_env()
 
 
-def keystore(where: Paths) -> KeyStore:
+def keystore(where: Paths, *, revoke_orphans: bool = True) -> KeyStore:
+    """The keystore, and (unless `revoke_orphans` is false: doctor changes nothing) the grants
+    of `nhidel exec` runs that ended without revoking them revoked first, each named."""
     import getpass
 
     from nhidel.keys.keystore import open_keystore  # not for commands that only read the ledger
 
-    return open_keystore(where, prompt=getpass.getpass)
+    store = open_keystore(where, prompt=getpass.getpass)
+    if revoke_orphans:
+        _revoke_orphans(where, store)
+    return store
+
+
+def _revoke_orphans(where: Paths, store: KeyStore) -> None:
+    """Revoke what killed `exec` runs left live (nhidel.enforce.bound); a failure is said and
+    left to the command, which meets the same problem and reports it."""
+    import os
+
+    try:
+        if not os.listdir(where.runs_dir):  # the usual case: no exec running or killed
+            return
+    except OSError:
+        return
+    from nhidel.cli.render import say
+    from nhidel.enforce.bound import revoke_orphans
+    from nhidel.errors import NhidelError
+
+    try:
+        orphans = revoke_orphans(where, store, now=now())
+    except NhidelError as exc:
+        say(f"note: could not revoke the grant of an exec that ended without it: {exc.message}")
+        return
+    for orphan in orphans:
+        say(f"note: revoked grant {orphan.grant} of an exec that ended without revoking it "
+            f"(pid {orphan.pid})")  # fmt: skip
 
 
 def read_token(argument: str | None, *, command: str) -> str:

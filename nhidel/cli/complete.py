@@ -209,6 +209,11 @@ def _agent_names(positionals: list[str], incomplete: str, now: int) -> list[Cand
     return [(name, _clean(" ".join(allow))) for name, (allow, _) in _agents().items()]
 
 
+def _exec_agent(positionals: list[str], incomplete: str, now: int) -> list[Candidate]:
+    """`exec AGENT CMD...`: agents first; the command is the shell's to complete."""
+    return [] if positionals else _agent_names(positionals, incomplete, now)
+
+
 def _scopes(positionals: list[str], incomplete: str, now: int) -> list[Candidate]:
     """The scopes of the named agent's ceiling (config.toml may have been edited by hand).
 
@@ -296,6 +301,9 @@ _SOURCES: dict[tuple[str, str], Source] = {
     ("agent add", "--aud"): _audiences,
     ("grant", "--like"): _grants,
     ("audit tail", "--event"): _events,
+    ("exec", ""): _exec_agent,
+    ("exec", "--scope"): _scopes,
+    ("exec", "--aud"): _granted_audiences,
 }
 
 

@@ -36,7 +36,9 @@ def doctor(
     from nhidel.cli.render import print_json
 
     where = common.paths()
-    findings = diagnose(where, lambda: common.keystore(where), now=common.now())
+    findings = diagnose(
+        where, lambda: common.keystore(where, revoke_orphans=False), now=common.now()
+    )
     status = exit_status(findings)
     if as_json:
         print_json({"ok": not status, "checks": [f.to_json() for f in findings]})

@@ -27,6 +27,20 @@ class ExitQuietly(Exception):  # noqa: N818 - not an error: how a reported outco
         self.status = status
 
 
+class ChildExited(Exception):  # noqa: N818 - not an error: how exec ends
+    """A command that ran a child (exec) ends with the child's exit status, whatever it is."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+# Commands that end with their child's status tell their own failures apart from the child's
+# by one status of their own, as `env` and `timeout` do: nhidel's 1-6 (a bad flag, an unknown
+# agent, a locked keystore, a scope over the ceiling) become it.
+OWN_FAILURE_STATUS = {"nhidel exec": ExitStatus.EXEC_FAILED}
+
+
 class Terminated(BaseException):
     """A terminating signal arrived (Ctrl-C's SIGINT too, once a command runs). A BaseException,
     like KeyboardInterrupt, so that no `except Exception` swallows it; cleanup (`finally`,
@@ -48,6 +62,8 @@ def terminating_signals_raise() -> Iterator[None]:
 
     previous = {}
     for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_IGN:
+            continue  # ignored when nhidel started (`nohup`): so it stays, for exec's child too
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
             previous[sig] = signal.signal(sig, stop)
     try:
@@ -103,6 +119,16 @@ def exit_status_for(exc: BaseException, *, debug: bool, command: str = "nhidel")
 
     `command` is the command that ran (`nhidel grant`), for the hint of a parser error that
     does not know it."""
+    if isinstance(exc, ChildExited):
+        return exc.status
+    status = _exit_status_for(exc, debug=debug, command=command)
+    own = OWN_FAILURE_STATUS.get(command)
+    if own is not None and ExitStatus.OK < status <= ExitStatus.POLICY:
+        return int(own)
+    return status
+
+
+def _exit_status_for(exc: BaseException, *, debug: bool, command: str) -> int:
     from typer import Abort
 
     if isinstance(exc, ExitQuietly):

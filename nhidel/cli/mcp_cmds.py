@@ -29,7 +29,7 @@ def add(
     command: Annotated[
         list[str],
         typer.Argument(
-            metavar="CMD [ARGS]...", help="The server's command, after --, as you would run it."
+            metavar="CMD [ARGS]", help="The server's command, after --, as you would run it."
         ),
     ],
     agent: Annotated[

@@ -441,8 +441,9 @@ def audit_record_line(record: dict[str, Any], now: int, *, colour: bool = False)
 
 def _key_or_log_details(record: dict[str, Any]) -> str:
     """What a key or log record is about, as it names no agent, grant or scope: the key id
-    (`kid ...`, `kid OLD -> NEW`), the segments rotated or pruned, the torn line ended. A
-    record of any shape (unchecked records may hold anything) gives a line."""
+    (`kid ...`, `kid OLD -> NEW`), the segments rotated or pruned, the torn line ended; and
+    the program an exec ran, its pid and how it ended. A record of any shape (unchecked
+    records may hold anything) gives a line."""
     event = record.get("event")
     if event == "key.created" and record.get("kid"):
         return f"kid {record['kid']}"
@@ -453,6 +454,9 @@ def _key_or_log_details(record: dict[str, Any]) -> str:
         return f"after {record['previous_segment']}"
     if event == "log.recovered" and record.get("fragment_bytes"):
         return f"ended a torn line of {record['fragment_bytes']} bytes"
+    if event in ("exec.started", "exec.ended") and record.get("program"):
+        ended = f" exited {record.get('exit_status')}" if event == "exec.ended" else ""
+        return f"{record['program']} (pid {record.get('pid')}){ended}"
     if event == "log.pruned":
         segments = record.get("segments")
         names = " ".join(str(s) for s in segments) if isinstance(segments, list) else segments
