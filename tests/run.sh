@@ -2,25 +2,26 @@
 # Install everything the tests need, lint, then run the tests. The README's test command and
 # .ci/run.
 #
-# The real-keyring tests need gnome-keyring and dbus, the MCP gateway's tests node and npm, the shell-completion tests bash, zsh and
-# fish, the man page lint groff: installed here through apt-get when run as root on
+# The real-keyring tests need gnome-keyring and dbus, the shell-completion tests bash, zsh and
+# fish, the man page lint groff, the HTTP broker's tests curl, the MCP gateway's tests node and
+# npm: installed here through apt-get when run as root on
 # Debian/Ubuntu; elsewhere those tests skip with a reason (all of them fail under CI=true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=no
-for program in gnome-keyring-daemon dbus-daemon zsh fish groff; do
+for program in gnome-keyring-daemon dbus-daemon zsh fish groff curl; do
     command -v "$program" >/dev/null || missing=yes
 done
 if [ "$missing" = yes ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gnome-keyring dbus zsh fish groff-base \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gnome-keyring dbus zsh fish groff-base curl \
             >/dev/null
     else
-        echo "note: some of gnome-keyring, dbus, zsh, fish and groff are missing; their" \
-             "tests will skip (install them with:" \
-             "apt-get install gnome-keyring dbus zsh fish groff-base)" >&2
+        echo "note: some of gnome-keyring, dbus, zsh, fish, groff and curl are missing; their" \
+             "tests will skip or fail (install them with:" \
+             "apt-get install gnome-keyring dbus zsh fish groff-base curl)" >&2
     fi
 fi
 

@@ -100,6 +100,7 @@ COMMAND_MODULES = {
     "secret": "secret_cmds",
     "mcp": "mcp_cmds",
     "route": "route_cmds",
+    "proxy": "proxy_cmds",
 }
 _ROOT_FLAGS = frozenset({"--debug"})
 

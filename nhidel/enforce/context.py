@@ -50,6 +50,7 @@ class Enforcer:
         self._config: Config | None = None
         self._config_failure: IntegrityError | None = None
         self._sequence = 0
+        self._noted: dict[str, int] = {}  # secret name -> the second its use was last noted
 
     def close(self) -> None:
         """Write the buffered decisions, then release the ledger."""
@@ -107,10 +108,16 @@ class Enforcer:
         from nhidel.actions.secrets import note_used, secret_values
 
         values = secret_values(self.keystore, names)
-        try:
-            note_used(self.paths, values, now=int(self.clock()))
-        except Exception:  # noqa: BLE001, S110 - "last used" is a courtesy, never a failure
-            pass
+        now = int(self.clock())
+        # "Last used" is kept to the second: noting it again within the same second would
+        # cost a ledger transaction per action (a broker's requests come many a second).
+        due = [name for name in values if self._noted.get(name) != now]
+        if due:
+            self._noted.update(dict.fromkeys(due, now))
+            try:
+                note_used(self.paths, due, now=now)
+            except Exception:  # noqa: BLE001, S110 - "last used" is a courtesy, never a failure
+                pass
         return values
 
     def record(self, name: str, **fields: Any) -> None:

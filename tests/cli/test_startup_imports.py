@@ -19,7 +19,7 @@ from nhidel.cli.app import COMMAND_MODULES, command
 from nhidel.cli.typer_seam import converter_for
 
 # Imported by a command, these would cost tens of milliseconds and serve nothing it does.
-NEVER = ("pydantic", "jwt", "keyring", "rich", "asyncio")
+NEVER = ("pydantic", "jwt", "keyring", "rich", "asyncio", "aiohttp")
 
 PROBE = """
 import json, sys

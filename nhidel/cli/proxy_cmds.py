@@ -1,0 +1,152 @@
+"""`nhidel proxy`: the HTTP broker, until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from nhidel.cli import common
+
+
+def register(app: typer.Typer) -> None:
+    app.command("proxy")(proxy)
+
+
+def proxy(
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            "--listen",
+            metavar="HOST:PORT",
+            help="Listen on TCP instead of the socket (port 0 picks one; loopback advised).",
+        ),
+    ] = None,
+    socket_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--socket",
+            metavar="PATH",
+            help="The Unix socket to listen on (default: nhidel/proxy.sock in the runtime dir).",
+        ),
+    ] = None,
+    aud: Annotated[
+        str | None,
+        typer.Option(
+            "--aud", metavar="AUDIENCE", help="Accept only grants whose audience names AUDIENCE."
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Log one JSON object per request on stderr.")
+    ] = False,
+) -> None:
+    """Run the HTTP broker: /ROUTE/PATH with a grant goes to the route's upstream with its secret.
+
+    Listens on a 0600 Unix socket in a 0700 directory ($XDG_RUNTIME_DIR/nhidel, else
+    nhidel-UID in the temp dir), or on --listen. Prints where on stdout (a URL, or unix:PATH),
+    then one line per request on stderr. SIGTERM or Ctrl-C: stops accepting, lets requests in
+    flight finish, exits 0.
+    """
+    import asyncio
+    import signal
+
+    from nhidel.enforce import broker
+    from nhidel.enforce.context import Enforcer
+    from nhidel.errors import UsageError
+
+    if listen is not None and socket_path is not None:
+        raise UsageError("give --listen or --socket, not both", "the broker listens in one place")
+    where = common.paths()
+    store = common.keystore(where)
+    listener = _listener(listen, socket_path)
+    log = _json_line if as_json else _text_line
+
+    def ready() -> None:
+        sys.stdout.write(listener.url + "\n")
+        sys.stdout.flush()
+        _say(f"nhidel proxy: listening on {listener.url}")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, stop.set)
+        await broker.serve(
+            listener,
+            lambda: Enforcer(where, store),
+            aud=aud,
+            log=log,
+            ready=ready,
+            stop=stop,
+        )
+
+    asyncio.run(main())
+    _say("nhidel proxy: stopped")
+
+
+def _listener(listen: str | None, socket_path: Path | None) -> Any:
+    from nhidel.enforce import broker
+    from nhidel.errors import UsageError
+
+    if listen is None:
+        return broker.listen_unix(socket_path or _default_socket())
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"invalid --listen {listen!r}", "give HOST:PORT, e.g. 127.0.0.1:8787")
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        _say(
+            f"warning: listening on {host}, not loopback: anyone who can reach it and holds "
+            "a grant can use your routes"
+        )
+    try:
+        return broker.listen_tcp("127.0.0.1" if host == "localhost" else host, int(port))
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {listen}: {exc.strerror}", None) from None
+
+
+def _default_socket() -> Path:
+    """$XDG_RUNTIME_DIR/nhidel/proxy.sock (the user's own, cleared at logout), else
+    nhidel-UID/proxy.sock in the temp dir; the directory 0700 and the user's, or refused."""
+    import os
+    import tempfile
+
+    from nhidel.fsutil import ensure_private_dir
+
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_absolute() and Path(runtime).is_dir():
+        directory = Path(runtime) / "nhidel"
+    else:
+        directory = Path(tempfile.gettempdir()) / f"nhidel-{os.getuid()}"
+    ensure_private_dir(directory)
+    return directory / "proxy.sock"
+
+
+def _say(line: str) -> None:
+    import contextlib
+
+    # A reader of the log that went away must not make requests fail: the audit log has them.
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def _text_line(entry: dict[str, Any]) -> None:
+    from nhidel.cli.render import safe
+
+    grant = f" grant={entry['grant']}" if entry["grant"] else ""
+    agent = f" agent={safe(entry['agent'])}" if entry["agent"] else ""
+    reason = f" reason={entry['reason']}" if entry["reason"] else ""
+    path = safe(f"/{entry['route']}{entry['path']}" if entry["route"] else entry["path"])
+    _say(
+        f"{entry['time']} {entry['decision']} {entry['status']} {safe(entry['method'])} "
+        f"{path} {entry['bytes']}B {entry['duration_ms']}ms{agent}{grant}{reason}"
+    )
+
+
+def _json_line(entry: dict[str, Any]) -> None:
+    import json
+
+    _say(json.dumps(entry, ensure_ascii=True))
