@@ -370,7 +370,7 @@ def _escape_aligned(data: bytes, regions: list[_Region]) -> list[_Region]:
     aligned: list[_Region] = []
     for region in regions:
         start = _escape_start(data, region.start)
-        end = _escape_end(data, start, region.end)
+        end = _whole_character(data, _escape_end(data, start, region.end))
         if aligned and start < aligned[-1].end:
             last = aligned[-1]
             last.end = max(last.end, end)
@@ -378,6 +378,14 @@ def _escape_aligned(data: bytes, regions: list[_Region]) -> list[_Region]:
         else:
             aligned.append(_Region(start, end, list(region.names)))
     return aligned
+
+
+def _whole_character(data: bytes, end: int) -> int:
+    """`end` moved past the UTF-8 continuation bytes it would cut off (a region widened to take
+    the character a backslash escapes must take all of that character's bytes)."""
+    while end < len(data) and 0x80 <= data[end] < 0xC0:
+        end += 1
+    return end
 
 
 _PARTIAL_U = re.compile(rb"\\u[0-9A-Fa-f]{0,3}\Z")

@@ -291,3 +291,11 @@ def test_any_value_is_found_in_every_form(value: str, before: str, after: str) -
         out, names = r.redact_text(before + form + after)
         assert names == ["V"], label
         assert survives(value, out) == [], label
+
+
+def test_a_value_ending_in_a_backslash_before_a_multibyte_character_keeps_the_text_whole() -> None:
+    # Found by hypothesis: the escape a trailing backslash starts took half of the UTF-8
+    # character after it, and the redacted text could not be decoded.
+    value = "0000000\\"
+    out, names = Redactor({"V": value}).redact_text(value + "\x80é")
+    assert names == ["V"] and "[redacted:V]" in out and value not in out
