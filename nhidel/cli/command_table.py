@@ -210,6 +210,11 @@ COMMANDS: dict[str, dict[str, Any]] = (
                       '--aud': (True, 'The audience (service) the token is for.', ()),
                       '--uses': (True, 'How many times verify --consume may count it.', ()),
                       '--reason': (True, 'Why: recorded in the ledger and the audit log.', ()),
+                      '--proxy': (False,
+                                  "Run the HTTP broker on a loopback port for CMD's lifetime, "
+                                  'and point CMD at it (NHIDEL_PROXY_URL, '
+                                  "NHIDEL_ROUTE_<NAME>_URL, each route's --url-var).",
+                                  ()),
                       '-h': (False, 'Show this message and exit.', ()),
                       '--help': (False, 'Show this message and exit.', ())},
           'arguments': -1},

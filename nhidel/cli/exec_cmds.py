@@ -91,6 +91,14 @@ def exec_command(
             "--reason", metavar="TEXT", help="Why: recorded in the ledger and the audit log."
         ),
     ] = None,
+    proxy: Annotated[
+        bool,
+        typer.Option(
+            "--proxy",
+            help="Run the HTTP broker on a loopback port for CMD's lifetime, and point CMD at "
+            "it (NHIDEL_PROXY_URL, NHIDEL_ROUTE_<NAME>_URL, each route's --url-var).",
+        ),
+    ] = False,
 ) -> None:
     """Run CMD with a grant minted for its lifetime, and revoke it when CMD ends.
 
@@ -125,7 +133,8 @@ def exec_command(
     store = common.keystore(where)
     request = GrantRequest(agent=agent, scopes=scope, ttl=ttl, aud=aud, uses=uses, reason=reason)
     try:
-        status = run(where, store, request, command, program=program, clock=common.now)
+        status = run(where, store, request, command, program=program, clock=common.now,
+                     proxy=proxy)  # fmt: skip
     except StoppedBySignal as stopped:
         raise Terminated(stopped.signum) from None
     raise ChildExited(status)

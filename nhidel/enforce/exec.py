@@ -26,7 +26,7 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nhidel.enforce.bound import bound_grant
@@ -100,17 +100,22 @@ def run(
     *,
     program: str,
     clock: Callable[[], int],
+    proxy: bool = False,
 ) -> int:
     """Mint the grant, run `argv` (the file `program`) with it, revoke it once the child has
     ended, and return the child's exit status as a shell reports it (128 + N for signal N).
+    With `proxy`, the HTTP broker runs on a loopback port for the child's lifetime, and the
+    child is told where (`proxy_environment`).
 
     The audit log gets `exec.started` and `exec.ended`, naming the program by its file name
     alone (its arguments may hold anything) and the child's pid."""
     name = os.path.basename(argv[0])
-    with _signals() as signals:
+    with _signals() as signals, contextlib.ExitStack() as stack:
         with bound_grant(paths, keystore, request, clock=clock, reason=REVOKE_REASON) as bound:
             signals.stop_if_asked()  # a Ctrl-C while minting: the child never starts
             env = child_environment(os.environ, token=bound.token, grant_id=bound.grant.id)
+            if proxy:  # (started with the signals held: its thread never takes one)
+                env.update(stack.enter_context(_broker(paths, keystore)))
             child = _start(argv, program, env, mask=signals.outer_mask)
             try:
                 bound.record("exec.started", program=name, pid=child.pid)
@@ -119,9 +124,35 @@ def run(
                 signals.wait_for(child)
                 raise
             status = signals.wait_for(child)
+            stack.close()  # the broker stops (its requests in flight end) before the revocation
         # Revoked: now the record of how it ended, still with no signal to interrupt it.
         bound.record("exec.ended", program=name, pid=child.pid, exit_status=status)
     return status
+
+
+@contextlib.contextmanager
+def _broker(paths: Paths, keystore: KeyStore) -> Iterator[dict[str, str]]:
+    """The HTTP broker on a loopback port for a `with` block, and the variables that point
+    the child at it."""
+    from nhidel.audit import AuditKeys
+    from nhidel.enforce.broker import listen_tcp, running_broker
+    from nhidel.integrity.state import sealed_config
+
+    routes = sealed_config(paths, AuditKeys.of(keystore)).routes.values()
+    with running_broker(paths, keystore, listen_tcp("127.0.0.1", 0)) as broker:
+        yield proxy_environment(broker.url, {r.name: r.url_vars for r in routes})
+
+
+def proxy_environment(url: str, routes: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """`NHIDEL_PROXY_URL`, and for each route `NHIDEL_ROUTE_<NAME>_URL` (the name upper-cased,
+    `.` and `-` as `_`) and every variable it names with `--url-var`: its base URL through the
+    broker, so a tool that reads a base URL from the environment uses the broker unchanged."""
+    env = {"NHIDEL_PROXY_URL": url}
+    for name, variables in routes.items():
+        route_url = f"{url}/{name}"
+        env[f"NHIDEL_ROUTE_{name.upper().replace('.', '_').replace('-', '_')}_URL"] = route_url
+        env.update(dict.fromkeys(variables, route_url))
+    return env
 
 
 def _start(

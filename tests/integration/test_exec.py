@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -456,3 +457,44 @@ def test_audit_tail_shows_what_exec_ran_and_how_it_ended(env: dict[str, str]) ->
     assert run(env, "exec", "bot", "--scope", SCOPE, "--", "sh", "-c", "exit 4").code == 4
     tail = ok(env, "audit", "tail", "--event", "exec.ended").stdout.splitlines()
     assert len(tail) == 1 and "sh (pid " in tail[0] and tail[0].endswith(" exited 4")
+
+
+def test_exec_proxy_points_the_child_at_a_broker_that_lives_as_long_as_it_does(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    from helpers.upstream import SECRET_HEADER, curl, https_upstream
+
+    with https_upstream(tmp_path / "ca") as upstream:
+        ok(env, "route", "add", "gh", upstream.url, "--secret", "github", "--header",
+           SECRET_HEADER, "--format", "{secret}", "--ca-file", str(upstream.ca),
+           "--url-var", "GITHUB_API_URL")  # fmt: skip
+        ok(env, "agent", "update", "bot", "--allow", "gh:get:*")
+        seen = tmp_path / "seen"
+        script = (
+            f'env > "{seen}.env"; '
+            f'{curl()} -sS -o "{seen}" -w "%{{http_code}}" '
+            '-H "Authorization: Bearer $NHIDEL_TOKEN" "$GITHUB_API_URL/echo" > "{0}.code"; '
+            'printf %s "$NHIDEL_PROXY_URL" > "{0}.url"'
+        ).replace("{0}", str(seen))
+        done = run(env, "exec", "bot", "--scope", "gh:get:*", "--proxy", "--", "sh", "-c", script)
+        assert done.code == 0, str(done)
+        child_env = dict(
+            line.split("=", 1)
+            for line in Path(f"{seen}.env").read_text().splitlines()
+            if "=" in line
+        )
+        proxy = Path(f"{seen}.url").read_text()
+        assert proxy.startswith("http://127.0.0.1:")
+        assert child_env["NHIDEL_ROUTE_GH_URL"] == child_env["GITHUB_API_URL"] == f"{proxy}/gh"
+        assert Path(f"{seen}.code").read_text() == "200"
+        # The upstream got the secret, the child only ever held its grant.
+        (request,) = [r for r in upstream.received if r["path"] == "/v1/echo"]
+        headers = {name.lower(): value for name, value in request["headers"]}
+        assert headers[SECRET_HEADER.lower()] == SECRET_VALUE
+        assert "authorization" not in headers
+        assert not any(SECRET_VALUE in value for value in child_env.values())
+        assert SECRET_VALUE not in Path(seen).read_text()  # echoed back: redacted
+        # The broker ended with the child.
+        port = int(proxy.rsplit(":", 1)[1])
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
