@@ -20,6 +20,7 @@ from nhidel.registrations import (
     McpServer,
     Route,
     SecretEntry,
+    http_url_parts,
     route_from_toml,
     route_to_toml,
     secret_entry_from_toml,
@@ -180,7 +181,6 @@ def check_status_dir(directory: str) -> str:
 
 def check_status_uri(uri: str) -> str:
     """A status list URI: https (http only for localhost), no whitespace, at most 2048 chars."""
-    from urllib.parse import urlsplit
 
     def bad(why: str) -> UsageError:
         return UsageError(
@@ -189,24 +189,8 @@ def check_status_uri(uri: str) -> str:
             "e.g. https://example.com/nhidel/status.jwt",
         )
 
-    if not isinstance(uri, str) or not 0 < len(uri) <= 2048:
-        raise bad("it must be 1-2048 characters")
-    if not all(ch.isprintable() and not ch.isspace() for ch in uri):
-        raise bad("it has whitespace or control characters")
-    try:
-        parts = urlsplit(uri)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError as exc:
-        raise bad(str(exc)) from None
-    if not host:
-        raise bad("it names no host")
-    if parts.fragment:
+    if http_url_parts(uri, bad).fragment:
         raise bad("it has a #fragment")
-    if parts.scheme == "http" and host not in ("localhost", "127.0.0.1", "::1"):
-        raise bad("plain http is allowed only for localhost")
-    if parts.scheme not in ("https", "http"):
-        raise bad("it must be an https URL")
     return uri
 
 

@@ -13,12 +13,15 @@ A server or route name is the first part of the scopes that reach it (`SERVER:TO
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nhidel.errors import UsageError
 from nhidel.timefmt import rfc3339
+
+if TYPE_CHECKING:
+    from urllib.parse import SplitResult
 
 REGISTERED_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # a scope's service, at most 64
 SECRET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -178,15 +181,10 @@ def check_header_format(text: str) -> str:
     return text
 
 
-def check_route_url(url: str) -> str:
-    """An https URL (http only on loopback) with a host, no userinfo, query or fragment."""
+def http_url_parts(url: str, bad: Callable[[str], UsageError]) -> SplitResult:
+    """An https URL's parts (http only for loopback hosts): 1-2048 printable characters with
+    no whitespace, a host and a well-formed port; `bad(why)` is the error to raise otherwise."""
     from urllib.parse import urlsplit
-
-    def bad(why: str) -> UsageError:
-        return UsageError(
-            f"invalid route URL {url!r}: {why}",
-            "give the upstream's https base URL, e.g. https://api.github.com",
-        )
 
     if not isinstance(url, str) or not 0 < len(url) <= 2048:
         raise bad("it must be 1-2048 characters")
@@ -198,16 +196,29 @@ def check_route_url(url: str) -> str:
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError as exc:
         raise bad(str(exc)) from None
-    if parts.scheme not in ("https", "http"):
-        raise bad("it must be an https URL")
     if not host:
         raise bad("it names no host")
+    if parts.scheme == "http" and host not in ("localhost", "127.0.0.1", "::1"):
+        raise bad("plain http is allowed only for localhost")
+    if parts.scheme not in ("https", "http"):
+        raise bad("it must be an https URL")
+    return parts
+
+
+def check_route_url(url: str) -> str:
+    """An https URL (http only on loopback) with a host, no userinfo, query or fragment."""
+
+    def bad(why: str) -> UsageError:
+        return UsageError(
+            f"invalid route URL {url!r}: {why}",
+            "give the upstream's https base URL, e.g. https://api.github.com",
+        )
+
+    parts = http_url_parts(url, bad)
     if "@" in parts.netloc:
         raise bad("it has a user name or password (put credentials in a secret)")
     if parts.query or parts.fragment or url.endswith("?") or "#" in url:
         raise bad("it has a query or #fragment")
-    if parts.scheme == "http" and host not in ("localhost", "127.0.0.1", "::1"):
-        raise bad("plain http is allowed only for localhost")
     if any(seg in (".", "..") or "%" in seg for seg in parts.path.split("/")):
         raise bad("its path has a '.', '..' or encoded segment")
     return url

@@ -116,3 +116,17 @@ TokenArgument = Annotated[
         "the variable: an argument is visible to other processes.",
     ),
 ]
+
+# Grant flags `grant` and `exec` share, declared once for both.
+AudienceOption = Annotated[
+    str | None,
+    typer.Option("--aud", metavar="AUDIENCE", help="The audience (service) the token is for."),
+]
+UsesOption = Annotated[
+    int | None,
+    typer.Option("--uses", metavar="COUNT", help="How many times verify --consume may count it."),
+]
+ReasonOption = Annotated[
+    str | None,
+    typer.Option("--reason", metavar="TEXT", help="Why: recorded in the ledger and the audit log."),
+]

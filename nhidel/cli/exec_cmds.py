@@ -75,22 +75,9 @@ def exec_command(
             "revoked as soon as the command ends.",
         ),
     ] = None,
-    aud: Annotated[
-        str | None,
-        typer.Option("--aud", metavar="AUDIENCE", help="The audience (service) the token is for."),
-    ] = None,
-    uses: Annotated[
-        int | None,
-        typer.Option(
-            "--uses", metavar="COUNT", help="How many times verify --consume may count it."
-        ),
-    ] = None,
-    reason: Annotated[
-        str | None,
-        typer.Option(
-            "--reason", metavar="TEXT", help="Why: recorded in the ledger and the audit log."
-        ),
-    ] = None,
+    aud: common.AudienceOption = None,
+    uses: common.UsesOption = None,
+    reason: common.ReasonOption = None,
     proxy: Annotated[
         bool,
         typer.Option(

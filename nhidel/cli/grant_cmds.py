@@ -58,10 +58,7 @@ def grant(
             "ID's TTL, capped by the agent's max TTL).",
         ),
     ] = None,
-    aud: Annotated[
-        str | None,
-        typer.Option("--aud", metavar="AUDIENCE", help="The audience (service) the token is for."),
-    ] = None,
+    aud: common.AudienceOption = None,
     not_before: Annotated[
         str | None,
         typer.Option(
@@ -70,18 +67,8 @@ def grant(
             help="When it starts: RFC 3339 or +5m (at most 30 days ahead).",
         ),
     ] = None,
-    uses: Annotated[
-        int | None,
-        typer.Option(
-            "--uses", metavar="COUNT", help="How many times verify --consume may count it."
-        ),
-    ] = None,
-    reason: Annotated[
-        str | None,
-        typer.Option(
-            "--reason", metavar="TEXT", help="Why: recorded in the ledger and the audit log."
-        ),
-    ] = None,
+    uses: common.UsesOption = None,
+    reason: common.ReasonOption = None,
     output: Annotated[
         TokenFormat,
         typer.Option(
