@@ -34,6 +34,7 @@ from nhidel.tokens.decision import Decision, Reason
 PASSED_VARIABLES = ("PATH", "HOME", "LANG", "LANGUAGE")
 PASSED_PREFIXES = ("LC_",)
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+RESTART_WAIT = 30.0  # seconds a restarted server has to answer the replayed initialize
 STOP_GRACE = 2.0  # seconds a server has to exit after its stdin closes, then SIGTERM, SIGKILL
 
 
@@ -104,7 +105,19 @@ class Gateway:
         self._process: asyncio.subprocess.Process | None = None
         self._ending = Ending()
         self._stop = asyncio.Event()
+        self._server_gone = asyncio.Event()  # the server ended (not one stopped to restart it)
+        self._readers: list[asyncio.Task[None]] = []  # each server's stdout, relayed
+        self._stderr_tasks: list[asyncio.Task[None]] = []
         self._pump: asyncio.Task[None] | None = None
+        # What a restart replays to a new server: the client's initialize, and whether the
+        # client had said initialized; and the secrets' values the server was started with.
+        self._initialize: dict[str, Any] | None = None
+        self._initialized: dict[str, Any] | None = None
+        self._replayed: dict[tuple[str, Any], asyncio.Future[None]] = {}
+        self._secret_values = {name: self.environment[variable]
+                               for variable, name in server.secrets.items()}  # fmt: skip
+        self._secrets_seen: object = None  # the sealed state the values were last read at
+        self._restarts = 0
 
     # -- the session -------------------------------------------------------------------------
 
@@ -113,7 +126,32 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self._signalled, signum)
-        self._process = await asyncio.create_subprocess_exec(
+        with contextlib.suppress(IntegrityError):  # (refused on the first call, if so)
+            self._secrets_seen = self.enforcer.verifier.current_state()
+        await self._start_server()
+        tasks = [
+            asyncio.create_task(self._from_client()),
+            asyncio.create_task(self._server_gone.wait()),
+        ]
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            stop.cancel()
+            await self._stop_server()
+            for reader in self._readers:
+                reader.cancel()
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.gather(*self._stderr_tasks), STOP_GRACE)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+        return self._ending
+
+    async def _start_server(self) -> None:
+        """Start the registered server with `self.environment`, and relay what it says."""
+        process = await asyncio.create_subprocess_exec(
             *self.server.command,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -125,24 +163,60 @@ class Gateway:
             # gateway, which then stops the server in order (stdin closed, SIGTERM, SIGKILL).
             start_new_session=True,
         )
-        tasks = [
-            asyncio.create_task(self._from_client()),
-            asyncio.create_task(self._from_server()),
-            asyncio.create_task(self._server_stderr()),
-        ]
-        stop = asyncio.create_task(self._stop.wait())
+        self._process = process
+        self._readers.append(asyncio.create_task(self._from_server(process)))
+        self._stderr_tasks.append(asyncio.create_task(self._server_stderr(process)))
+
+    async def _follow_secrets(self) -> None:
+        """Before an allowed call reaches the server: if a secret it was started with has been
+        replaced (`secret add --replace`, a sealed change), start it again with the new value,
+        so the replacement reaches this session on its next action, as at the broker."""
+        if not self._secret_values:
+            return
+        sealed = self.enforcer.verifier.current_state()
+        if sealed is self._secrets_seen:
+            return
+        self._secrets_seen = sealed
+        values = self.enforcer.secrets(self._secret_values)
+        if values != self._secret_values:
+            await self._restart_server(values)
+
+    async def _restart_server(self, values: dict[str, str]) -> None:
+        """Stop the server, start it with the new secret values (and redact those from now
+        on), and replay the client's `initialize` (its answer kept from the client) and
+        `notifications/initialized`. Requests the old server had not answered get an error
+        the client can retry on."""
+        self._say("a secret it is given was replaced: starting it again with the new value")
+        old, self._process = self._process, None
+        if old is not None:
+            await _stop_process(old)
+        for key, (method, _) in list(self._client_requests.items()):
+            self._to_client(policy.error_response(
+                key[1], policy.RESTARTED, f"the server was restarted (a secret it is "
+                f"given was replaced) before it answered {method}; send it again",
+            ))  # fmt: skip
+        self._client_requests.clear()
+        self._server_requests.clear()
+        self._secret_values = values
+        self.redactor = Redactor(values)
+        for variable, name in self.server.secrets.items():
+            self.environment[variable] = values[name]
+        await self._start_server()
+        if self._initialize is None:
+            return
+        self._restarts += 1
+        ident = f"nhidel-restart-{self._restarts}"
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._replayed[policy.id_key(ident)] = answered
+        await self._to_server({**self._initialize, "id": ident})
         try:
-            await asyncio.wait([tasks[0], tasks[1], stop], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks[:2]:
-                task.cancel()
-            stop.cancel()
-            await self._stop_server()
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(tasks[2], STOP_GRACE)  # the last of its stderr
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(signum)
-        return self._ending
+            await asyncio.wait_for(answered, RESTART_WAIT)
+        except TimeoutError:
+            self._say("did not answer initialize again after its restart; stopping")
+            self._server_gone.set()
+            return
+        if self._initialized is not None:
+            await self._to_server(self._initialized)
 
     def _signalled(self, signum: int) -> None:
         self._ending.signum = signum
@@ -153,18 +227,7 @@ class Gateway:
         if process is None:
             return
         if process.returncode is None:
-            if process.stdin is not None:
-                with contextlib.suppress(Exception):
-                    process.stdin.close()
-            for step in (None, signal.SIGTERM, signal.SIGKILL):
-                if step is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        process.send_signal(step)
-                try:
-                    await asyncio.wait_for(process.wait(), STOP_GRACE)
-                    break
-                except TimeoutError:
-                    continue
+            await _stop_process(process)
         elif self._ending.server_status is None and not self._ending.client_closed:
             self._ending.server_status = process.returncode
 
@@ -222,11 +285,14 @@ class Gateway:
         if action is Action.FORWARD:
             if message.kind is Kind.REQUEST:
                 self._client_requests[key] = (str(message.method), ())
+            elif message.method == "notifications/initialized":
+                self._initialized = message.body
             await self._to_server(message.body)
         elif action is Action.INITIALIZE:
             self._client_requests[key] = ("initialize", ())
             params = policy.initialize_params(message.params, has_roots=bool(self.server.roots))
-            await self._to_server({**message.body, "params": params})
+            self._initialize = {**message.body, "params": params}
+            await self._to_server(self._initialize)
         elif action is Action.TOOLS_LIST:
             await self._tools_list(message, key)
         elif action is Action.TOOLS_CALL:
@@ -286,6 +352,7 @@ class Gateway:
                                                                            prefix=False))
             ))  # fmt: skip
             return
+        await self._follow_secrets()
         self._client_requests[key] = ("tools/call", ())
         await self._to_server(message.body)
 
@@ -322,6 +389,7 @@ class Gateway:
                 message.id, policy.DENIED, self._denial_text(decision, scope)
             ))  # fmt: skip
             return
+        await self._follow_secrets()
         self._client_requests[key] = (kind, ())
         await self._to_server(message.body)
 
@@ -362,9 +430,8 @@ class Gateway:
 
     # -- server -> client --------------------------------------------------------------------
 
-    async def _from_server(self) -> None:
-        process = self._process
-        assert process is not None and process.stdout is not None  # noqa: S101 - started in run
+    async def _from_server(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None  # noqa: S101 - started with a pipe
         while True:
             try:
                 line = await process.stdout.readline()
@@ -377,7 +444,10 @@ class Gateway:
                 break
             if line.strip():
                 await self._server_message(line)
-        self._ending.server_status = await process.wait()
+        status = await process.wait()
+        if process is self._process:  # (not one stopped to start it again)
+            self._ending.server_status = status
+            self._server_gone.set()
 
     async def _server_message(self, line: bytes) -> None:
         try:
@@ -388,6 +458,10 @@ class Gateway:
         action = policy.server_action(message)
         key = policy.id_key(message.id)
         if action is Action.RESPONSE:
+            replayed = self._replayed.pop(key, None)
+            if replayed is not None:  # the answer to a restart's initialize: not the client's
+                replayed.set_result(None)
+                return
             pending = self._client_requests.pop(key, None)
             if pending is None:
                 return  # an answer to nothing the client asked (or to a denied request)
@@ -412,11 +486,10 @@ class Gateway:
                 f"{message.method} is not relayed to the client by nhidel's MCP gateway",
             ))  # fmt: skip
 
-    async def _server_stderr(self) -> None:
+    async def _server_stderr(self, process: asyncio.subprocess.Process) -> None:
         """The server's stderr, a line at a time (a secret is one line: none spans two), each
         redacted whole and written with the server's name in front, as soon as it ends."""
-        process = self._process
-        assert process is not None and process.stderr is not None  # noqa: S101 - started in run
+        assert process.stderr is not None  # noqa: S101 - started with a pipe
         while True:
             try:
                 line = await process.stderr.readline()
@@ -465,6 +538,22 @@ class Gateway:
         with contextlib.suppress(BrokenPipeError, ValueError):
             self.log.write(f"[{self.server.name}] {text}\n")
             self.log.flush()
+
+
+async def _stop_process(process: asyncio.subprocess.Process) -> None:
+    """End a server in order: its stdin closed, then SIGTERM, then SIGKILL."""
+    if process.stdin is not None:
+        with contextlib.suppress(Exception):
+            process.stdin.close()
+    for step in (None, signal.SIGTERM, signal.SIGKILL):
+        if step is not None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(step)
+        try:
+            await asyncio.wait_for(process.wait(), STOP_GRACE)
+            break
+        except TimeoutError:
+            continue
 
 
 def check_all(enforcer: Enforcer, token: str, scopes: Sequence[Scope]) -> Decision:

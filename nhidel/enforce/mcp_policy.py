@@ -30,6 +30,7 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 DENIED = -32001  # a request the grant does not cover (not a tools/call: those get a result)
+RESTARTED = -32002  # a request the server was restarted before answering (send it again)
 
 # Client capabilities passed to the server: what the gateway relays server -> client (the
 # client applies its own policy to them). `roots` is the gateway's own, from the registration;

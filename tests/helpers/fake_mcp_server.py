@@ -4,16 +4,20 @@ forwarded (and what it did not).
 
 After `notifications/initialized` it asks the client two things the gateway must handle
 itself: `roots/list` (answered from the registration) and `unknown/thing` (refused). Its
-`initialize` result advertises `completions` (hidden from the client by the gateway).
+`initialize` result advertises `completions` (hidden from the client by the gateway). Its
+`digest` tool answers the SHA-256 of the API_TOKEN variable it was started with.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
 import time
 
-TOOLS = [{"name": n, "inputSchema": {"type": "object"}} for n in ("report", "slow", "other")]
+TOOLS = [{"name": n, "inputSchema": {"type": "object"}}
+         for n in ("report", "slow", "other", "digest")]  # fmt: skip
 
 
 def send(body: dict[str, object]) -> None:
@@ -41,6 +45,8 @@ def main() -> None:
             if name == "slow":
                 time.sleep(0.5)
             text = json.dumps(received) if name == "report" else name
+            if name == "digest":  # which value of its secret it holds, without showing it
+                text = hashlib.sha256(os.environ.get("API_TOKEN", "").encode()).hexdigest()
             send({"jsonrpc": "2.0", "id": ident,
                   "result": {"content": [{"type": "text", "text": text}]}})  # fmt: skip
         elif ident is not None and method is not None:

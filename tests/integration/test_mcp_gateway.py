@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import signal
@@ -636,3 +637,43 @@ def test_a_gateway_killed_with_sigkill_has_its_grant_revoked_by_the_next_command
     (grant,) = list_all(world.env)
     assert f"revoked grant {grant['id']}" in noted.stderr
     assert grant["status"] == "revoked"
+
+
+def test_a_replaced_secret_reaches_a_running_session_on_its_next_call(world: World) -> None:
+    fake = Path(__file__).resolve().parents[1] / "helpers" / "fake_mcp_server.py"
+    ok(world.env, "secret", "add", "token", input="the-first-token-value\n")
+    ok(world.env, "mcp", "add", "fake", "--secret", "token=API_TOKEN", "--",
+       sys.executable, str(fake))  # fmt: skip
+    ok(world.env, "agent", "update", "bot", "--allow", "fake:*")
+    process = raw_gateway(world, *world.gateway_args("fake", "fake:digest", "fake:report"))
+
+    def digest(ident: int) -> str:
+        send_line(process, call(ident, "digest"))
+        answer = read_until(process, ident)[-1]
+        return str(answer["result"]["content"][0]["text"])
+
+    try:
+        send_line(process, json.loads(INITIALIZE))
+        read_until(process, 1)
+        send_line(process, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        first = hashlib.sha256(b"the-first-token-value").hexdigest()
+        assert digest(2) == first
+        ok(world.env, "secret", "add", "token", "--replace", input="the-second-token-value\n")
+        assert digest(3) == hashlib.sha256(b"the-second-token-value").hexdigest()
+        send_line(process, call(4, "report"))
+        report = read_until(process, 4)[-1]["result"]["content"][0]["text"]
+    finally:
+        process.stdin.close()  # type: ignore[union-attr]
+        process.wait(30)
+    # The new server was initialised as the client had initialised the first: the client's
+    # initialize replayed (its answer kept from the client), then initialized, then the calls.
+    received = json.loads(report)
+    methods = [m.get("method", f"response {m.get('id')}") for m in received]
+    assert methods[:2] == ["initialize", "notifications/initialized"]
+    assert received[0]["id"] == "nhidel-restart-1"
+    assert [m["params"]["name"] for m in received if m.get("method") == "tools/call"] == [
+        "digest", "report"
+    ]  # fmt: skip
+    stderr = process.stderr.read().decode()  # type: ignore[union-attr]
+    assert "starting it again with the new value" in stderr
+    assert "the-second-token-value" not in stderr and "the-first-token-value" not in stderr
