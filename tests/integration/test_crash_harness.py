@@ -1,8 +1,7 @@
 """Crash harness (issue 10, item 4): kill -9 a state change at every write and fsync boundary.
 
 Each command under test (grant, revoke, agent remove, agent update, verify --consume, key rotate
---now, and where secrets may go: secret add and remove, mcp add and remove, route add and
-remove) runs
+--now, and where secrets may go: secret add and remove, mcp add, route remove) runs
 once in a child process with a counting hook (tests/helpers/crash_hook.py) to learn its boundaries:
 every `os.write`, `os.fsync`, `os.replace`, `os.rename` and SQLite `COMMIT` it crosses. Then,
 for every boundary, a fresh copy of a prepared home runs the same command and SIGKILLs itself
@@ -639,6 +638,10 @@ def entry_command(
     return Command(name, lambda b: argv, last=last, stdin=lambda b: stdin)
 
 
+# `mcp remove` and `route add` are left out: they are the same sealed change of config.toml
+# (actions/registrations.py's `_change`) as `mcp add` and `route remove`, and the repair after a
+# crash handles a removal of either kind by one table (integrity/state.py's `_REMOVALS`); each
+# kill point costs CI about a second.
 ENTRY_COMMANDS = [
     entry_command("secret-add", ["secret", "add", "fresh"], group="secret", entry="fresh",
                   event="secret.added", added=True, stdin="fresh-secret-value\n"),
@@ -646,11 +649,6 @@ ENTRY_COMMANDS = [
                   entry="spare-secret", event="secret.removed", added=False),
     entry_command("mcp-add", ["mcp", "add", "newsrv", "--secret", "base-secret=T", "--", "echo"],
                   group="mcp", entry="newsrv", event="mcp.added", added=True),
-    entry_command("mcp-remove", ["mcp", "remove", "basesrv"], group="mcp", entry="basesrv",
-                  event="mcp.removed", added=False),
-    entry_command("route-add", ["route", "add", "newroute", "https://127.0.0.1:8443",
-                                "--secret", "base-secret"],
-                  group="route", entry="newroute", event="route.added", added=True),
     entry_command("route-remove", ["route", "remove", "baseroute"], group="route",
                   entry="baseroute", event="route.removed", added=False),
 ]  # fmt: skip

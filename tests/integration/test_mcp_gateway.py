@@ -20,7 +20,15 @@ from typing import Any
 
 import pytest
 from helpers.mcp_servers import nhidel_command, require_sdk, server_binary
-from helpers.processes import assert_clean_error, claims_of, isolated_env, list_all, ok, run
+from helpers.processes import (
+    assert_clean_error,
+    claims_of,
+    init_cheaply,
+    isolated_env,
+    list_all,
+    ok,
+    run,
+)
 
 SECRET_VALUE = "sk-live-7c1e9b0d4a3f-Zq"
 FS_RESOURCE_ARGS = (
@@ -57,7 +65,7 @@ class World:
         (self.outside / "secret.txt").write_text("outside\n")
         self.home = Path(self.env["NHIDEL_HOME"])
         self.stderr = root / "gateway-stderr.txt"
-        ok(self.env, "init", "--principal", "alice")
+        init_cheaply(self.env, "--principal", "alice")
         ok(self.env, "secret", "add", "api-key", input=SECRET_VALUE)
         filesystem = server_binary("mcp-server-filesystem")
         fs_args = [a for pair in FS_RESOURCE_ARGS for a in ("--resource-arg", pair)]
