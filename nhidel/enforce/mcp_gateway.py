@@ -25,7 +25,7 @@ from nhidel.enforce import mcp_policy as policy
 from nhidel.enforce.context import Enforcer
 from nhidel.enforce.mcp_policy import Action, Kind, Message, NotRelayed
 from nhidel.enforce.redact import Redactor
-from nhidel.errors import IntegrityError
+from nhidel.errors import IntegrityError, NhidelError
 from nhidel.registrations import McpServer
 from nhidel.scopes import Scope
 from nhidel.tokens.decision import Decision, Reason
@@ -173,11 +173,15 @@ class Gateway:
         so the replacement reaches this session on its next action, as at the broker."""
         if not self._secret_values:
             return
-        sealed = self.enforcer.verifier.current_state()
-        if sealed is self._secrets_seen:
+        try:
+            sealed = self.enforcer.verifier.current_state()
+            if sealed is self._secrets_seen:
+                return
+            self._secrets_seen = sealed
+            values = self.enforcer.secrets(self._secret_values)
+        except NhidelError as exc:  # (the call itself was allowed on the sealed state)
+            self._say(f"could not read the secrets it is given again: {exc.message}")
             return
-        self._secrets_seen = sealed
-        values = self.enforcer.secrets(self._secret_values)
         if values != self._secret_values:
             await self._restart_server(values)
 

@@ -685,3 +685,34 @@ def test_a_replaced_secret_reaches_a_running_session_on_its_next_call(world: Wor
     stderr = process.stderr.read().decode()  # type: ignore[union-attr]
     assert "starting it again with the new value" in stderr
     assert "the-second-token-value" not in stderr and "the-first-token-value" not in stderr
+
+
+def test_a_secret_value_the_keystore_lost_mid_session_leaves_the_session_serving(
+    world: World,
+) -> None:
+    fake = Path(__file__).resolve().parents[1] / "helpers" / "fake_mcp_server.py"
+    ok(world.env, "secret", "add", "token", input="the-first-token-value\n")
+    ok(world.env, "mcp", "add", "fake", "--secret", "token=API_TOKEN", "--",
+       sys.executable, str(fake))  # fmt: skip
+    ok(world.env, "agent", "update", "bot", "--allow", "fake:*")
+    process = raw_gateway(world, *world.gateway_args("fake", "fake:digest"))
+    wipe = (
+        "from nhidel.keys.keystore import open_keystore\n"
+        "from nhidel.paths import Paths\n"
+        "open_keystore(Paths.from_env()).write('secret.token', {})\n"
+    )
+    try:
+        send_line(process, json.loads(INITIALIZE))
+        read_until(process, 1)
+        subprocess.run([sys.executable, "-c", wipe], env=world.env, check=True, timeout=60)
+        ok(world.env, "grant", "bot", "--scope", "fake:digest")  # a commit: the gateway looks
+        send_line(process, call(2, "digest"))
+        answer = read_until(process, 2)[-1]
+    finally:
+        process.stdin.close()  # type: ignore[union-attr]
+        process.wait(30)
+    first = hashlib.sha256(b"the-first-token-value").hexdigest()
+    assert answer["result"]["content"][0]["text"] == first  # the server it had, still serving
+    stderr = process.stderr.read().decode()  # type: ignore[union-attr]
+    assert "could not read the secrets it is given again" in stderr
+    assert "Traceback" not in stderr
