@@ -29,10 +29,14 @@ _ESCAPE = re.compile(r"%(.?.?)")
 # '\' and control characters (NUL, CR, LF, ...).
 _REFUSED_ESCAPES = frozenset({"2F", "2E", "5C", "7F"} | {f"{n:02X}" for n in range(0x20)})
 
-# The headers that carry a different method than the one checked.
-METHOD_OVERRIDE_HEADERS = frozenset(
-    {"x-http-method-override", "x-http-method", "x-method-override"}
-)
+_ESCAPE_STARTS = frozenset("%0123456789abcdefABCDEF")
+# The headers that carry a different method or path than the one checked (frameworks and
+# rewrite modules honour them), compared with '_' read as '-' (CGI, WSGI and PHP read both
+# spellings as one variable).
+METHOD_OVERRIDE_HEADERS = frozenset({
+    "x-http-method-override", "x-http-method", "x-method-override", "x-original-method",
+    "x-original-url", "x-rewrite-url", "x-forwarded-prefix", "x-forwarded-host",
+})  # fmt: skip
 # RFC 9110 section 7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP_HEADERS = frozenset(
     {
@@ -122,11 +126,13 @@ def _check_escapes(path: str) -> None:
         code = match.group(1).upper()
         if len(code) != 2 or not all(ch in "0123456789ABCDEF" for ch in code):
             raise Refused("bad_path", "a malformed %-escape in the path")
-        if code in _REFUSED_ESCAPES or (
-            code == "25" and path[match.end() : match.end() + 2].upper() in _REFUSED_ESCAPES
-        ):
-            # (`%252e`: an upstream that decodes twice would see a dot)
+        if code in _REFUSED_ESCAPES:
             raise Refused("bad_path", "an encoded slash, dot, backslash or control character")
+        if code == "25" and path[match.end() : match.end() + 1] in _ESCAPE_STARTS:
+            # An encoded '%' before what could spell an escape is one encoded twice, however
+            # spelled (`%252e`, `%25%32%65`): an upstream that decodes twice could read a dot
+            # or a slash where none was checked. (`100%25` alone is a percent sign.)
+            raise Refused("bad_path", "an escape encoded twice in the path")
 
 
 def upstream_path(route_url: str, target: Target) -> str:
@@ -171,9 +177,14 @@ def forward_request_headers(
     """The client's headers that go on upstream: without hop-by-hop ones (and those its
     `Connection` header names), the grant, method overrides, Host and Accept-Encoding (the
     broker sets those), and without anything of the name the route's secret goes in."""
-    drop = HOP_BY_HOP_HEADERS | METHOD_OVERRIDE_HEADERS | _SET_BY_BROKER | {injected.lower()}
-    drop |= _connection_tokens(connection)
-    return [(name, value) for name, value in headers if name.lower() not in drop]
+    drop = HOP_BY_HOP_HEADERS | METHOD_OVERRIDE_HEADERS | _SET_BY_BROKER
+    drop |= {_header_key(injected)} | {_header_key(t) for t in _connection_tokens(connection)}
+    return [(name, value) for name, value in headers if _header_key(name) not in drop]
+
+
+def _header_key(name: str) -> str:
+    """A header name as the strictest reader of it sees it: lowercase, '_' as '-'."""
+    return name.lower().replace("_", "-")
 
 
 def forward_response_headers(
@@ -196,7 +207,8 @@ def content_encodings(values: Iterable[str]) -> list[str]:
 
 
 def decodable(values: Iterable[str]) -> bool:
-    """Whether the broker can undo this Content-Encoding to scan the body: identity, or one
-    gzip or deflate (which aiohttp decodes)."""
-    codings = content_encodings(values)
-    return len(codings) <= 1 and all(c in DECODABLE_ENCODINGS for c in codings)
+    """Whether the broker can undo this Content-Encoding to scan the body: none, or one header
+    that is exactly identity, gzip or deflate, as aiohttp judges it before it decodes (`gzip,`
+    is a coding aiohttp leaves encoded, so it is not one the broker could scan)."""
+    values = list(values)
+    return not values or (len(values) == 1 and values[0].strip().lower() in DECODABLE_ENCODINGS)

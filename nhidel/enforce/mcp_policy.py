@@ -111,6 +111,15 @@ def parse_message(line: bytes | str) -> Message:
         raise NotRelayed(INVALID_REQUEST, "JSON-RPC batches are not relayed: send one message")
     if not isinstance(body, dict) or body.get("jsonrpc") != "2.0":
         raise NotRelayed(INVALID_REQUEST, "not a JSON-RPC 2.0 message")
+    if _surrogate_escape(line):  # only then can a string hold a lone surrogate
+        try:
+            dumps(body)
+        except UnicodeEncodeError:
+            raise NotRelayed(
+                INVALID_REQUEST,
+                "a string holds a lone surrogate: not UTF-8 text",
+                body.get("id") if _valid_id(body.get("id")) else None,
+            ) from None
     has_id = "id" in body
     if has_id and not _valid_id(body["id"]):
         raise NotRelayed(INVALID_REQUEST, "a JSON-RPC id is a string or an integer")
@@ -126,6 +135,17 @@ def parse_message(line: bytes | str) -> Message:
     return Message(Kind.REQUEST if has_id else Kind.NOTIFICATION, body, method)
 
 
+_SURROGATE_ESCAPE_TEXT = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _surrogate_escape(line: bytes | str) -> bool:
+    """Whether `line` spells a UTF-16 surrogate as a JSON escape (valid in pairs only)."""
+    if isinstance(line, str):
+        return _SURROGATE_ESCAPE_TEXT.search(line) is not None
+    return _SURROGATE_ESCAPE_BYTES.search(line) is not None
+
+
 def id_key(value: Any) -> tuple[str, Any]:
     """A request id as a dictionary key that never confuses 1 with "1"."""
     return (type(value).__name__, value)
@@ -137,8 +157,14 @@ def client_action(message: Message) -> Action:
         return Action.RESPONSE
     method = message.method
     if message.kind is Kind.NOTIFICATION:
-        # The roots are the registration's: the client may not announce others.
-        return Action.DROP if method == "notifications/roots/list_changed" else Action.FORWARD
+        # The roots are the registration's: the client may not announce others. Only what
+        # MCP names a notification passes: a `tools/call` without an id is never checked, so
+        # it must never reach a server careless enough to run it.
+        if method == "notifications/roots/list_changed" or not str(method).startswith(
+            "notifications/"
+        ):
+            return Action.DROP
+        return Action.FORWARD
     if method == "initialize":
         return Action.INITIALIZE
     if method == "ping":

@@ -157,3 +157,35 @@ def test_response_headers_lose_hop_by_hop_and_the_bodys_framing() -> None:
 )  # fmt: skip
 def test_only_bodies_the_broker_can_decode_to_scan_are_relayed(values: list[str], ok: bool) -> None:
     assert http_paths.decodable(values) is ok
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["/api/echo/%25%32%65%25%32%65/admin", "/api/echo/%25%32e/x", "/api/x%25%32%46y",
+     "/api/echo/%252e%252e/admin"],
+)  # fmt: skip
+def test_an_escape_encoded_twice_is_refused_however_spelled(raw: str) -> None:
+    with pytest.raises(http_paths.Refused) as refused:
+        http_paths.parse_target(raw, "GET")
+    assert refused.value.reason == "bad_path"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["X-Original-URL", "X-Rewrite-URL", "X_HTTP_Method_Override", "x-original-method",
+     "X-Forwarded-Host", "X_Api_Key"],
+)  # fmt: skip
+def test_path_and_method_overrides_and_underscore_spellings_are_not_forwarded(name: str) -> None:
+    kept = http_paths.forward_request_headers([(name, "v"), ("Accept", "x")], [], "X-Api-Key")
+    assert kept == [("Accept", "x")]
+
+
+@pytest.mark.parametrize(
+    ("values", "ok"),
+    [([], True), (["gzip"], True), ([" Deflate "], True), (["gzip,"], False),
+     ([", gzip"], False), (["gzip", "gzip"], False), (["br"], False)],
+)  # fmt: skip
+def test_only_a_content_encoding_aiohttp_decodes_whole_is_scannable(
+    values: list[str], ok: bool
+) -> None:
+    assert http_paths.decodable(values) is ok

@@ -265,3 +265,20 @@ def test_ids_of_different_types_are_different_keys() -> None:
 def test_a_message_is_one_line() -> None:
     line = policy.dumps({"jsonrpc": "2.0", "id": 1, "result": {"text": "a\nb"}})
     assert line.endswith(b"\n") and line.count(b"\n") == 1
+
+
+def test_a_lone_surrogate_is_refused_as_an_invalid_request_and_a_pair_passes() -> None:
+    lone = b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"arguments":{"a":"\\ud800"}}}'
+    with pytest.raises(policy.NotRelayed) as refused:
+        policy.parse_message(lone)
+    assert (refused.value.code, refused.value.request_id) == (policy.INVALID_REQUEST, 3)
+    pair = b'{"jsonrpc":"2.0","id":4,"method":"ping","params":{"a":"\\ud83d\\ude00"}}'
+    assert policy.dumps(policy.parse_message(pair).body).decode().count("\U0001f600") == 1
+
+
+@pytest.mark.parametrize("method", ["tools/call", "resources/read", "initialize", "x/y"])
+def test_a_request_method_sent_as_a_notification_never_reaches_the_server(method: str) -> None:
+    body = {"jsonrpc": "2.0", "method": method, "params": {"name": "write_file"}}
+    message = policy.parse_message(json.dumps(body))
+    assert message.kind is Kind.NOTIFICATION
+    assert policy.client_action(message) is Action.DROP
