@@ -38,7 +38,7 @@ from nhidel.fsutil import (
 from nhidel.integrity import state
 from nhidel.integrity.recent import Recent, check_recent
 from nhidel.keys.keystore import TRUST, KeyStore, OsKeyring
-from nhidel.keys.material import public_key
+from nhidel.keys.material import verifying_key
 from nhidel.keys.principal import Trust, key_state, load_trust
 from nhidel.ledger.store import SCHEMA_VERSION, Ledger
 from nhidel.paths import Paths
@@ -553,7 +553,7 @@ class _Examination:
         try:
             claims = decode_verified(
                 token.decode("ascii", "replace").strip(),
-                {kid: public_key(x) for kid, x in live.items()},
+                {kid: verifying_key(x) for kid, x in live.items()},
                 typ=STATUS_TOKEN_TYPE,
             )
         except TokenRejected as rejected:

@@ -147,15 +147,15 @@ def _signature(config: Config, token: str) -> tuple[TokenRejected | None, bool]:
     return None, True
 
 
-def _config_keys(config: Config) -> dict[str, Any]:
+def _config_keys(config: Config) -> dict[str, bytes]:
     """The public keys config.toml lists; one it cannot read is left out (a token naming it
     is judged `unknown_key`, a verdict labelled unverified like every other)."""
-    from nhidel.keys.material import public_key
+    from nhidel.keys.material import verifying_key
 
     keys = {}
     for kid, info in config.keys.items():
         try:
-            keys[kid] = public_key(info["x"])
+            keys[kid] = verifying_key(info["x"])
         except (KeyError, TypeError, ValueError):
             continue
     return keys

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from nhidel.audit.records import BadRecord, canonical, check_seal, event, seal_line
@@ -681,6 +681,8 @@ def tombstone(record: dict[str, Any]) -> Grant:
 
 
 @cache  # (verify seals a row per fresh token: derive once per key)
+@lru_cache(maxsize=8)
 def _derived(audit_key: bytes, purpose: bytes) -> bytes:
-    """A key for one purpose, so a sealed row, state or record can never pass for another."""
+    """A key for one purpose, so a sealed row, state or record can never pass for another.
+    Remembered: verify seals a row per fresh token, and the audit key is in memory anyway."""
     return hmac.digest(audit_key, b"nhidel-ledger-" + purpose, "sha256")

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     )
 
 
+ED25519_KEY_BYTES = 32
+
+
 def b64(data: bytes) -> str:
     """Standard base64, for secrets at rest in the keystore."""
     return base64.b64encode(data).decode("ascii")
@@ -52,6 +55,16 @@ def public_x(seed: bytes) -> str:
 
     raw = private_key(seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     return b64url_encode(raw)
+
+
+def verifying_key(x: str) -> bytes:
+    """The raw 32 bytes of the Ed25519 public key a JWK `x` member spells: what signatures are
+    checked against (nhidel/tokens/jws.py, with libsodium). ValueError for any other length:
+    libsodium reads 32 bytes whatever it is given, so the length is checked here, once."""
+    raw = b64url_decode(x)
+    if len(raw) != ED25519_KEY_BYTES:
+        raise ValueError(f"an Ed25519 public key is {ED25519_KEY_BYTES} bytes")
+    return raw
 
 
 def public_key(x: str) -> Ed25519PublicKey:

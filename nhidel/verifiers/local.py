@@ -20,7 +20,7 @@ from nhidel.audit.records import token_fingerprint
 from nhidel.audit.writer import log_head, read_mark
 from nhidel.errors import IntegrityError
 from nhidel.integrity import state
-from nhidel.keys.material import public_key
+from nhidel.keys.material import verifying_key
 from nhidel.keys.principal import load_trust
 from nhidel.ledger.commit_probe import CommitProbe
 from nhidel.ledger.store import Ledger
@@ -40,8 +40,6 @@ from nhidel.tokens.decision import Decision, Reason
 from nhidel.tokens.jws import TokenDecoder, TokenRejected, token_sha256
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
     from nhidel.keys.keystore import KeyStore
 
 
@@ -79,9 +77,7 @@ class Verifier:
         trust = load_trust(store)
         self.store = store
         self.issuer = trust.issuer
-        self.keys: dict[str, Ed25519PublicKey] = {
-            kid: public_key(info["x"]) for kid, info in trust.keys.items()
-        }
+        self.keys = {kid: verifying_key(info["x"]) for kid, info in trust.keys.items()}
         self.leeway = check_leeway(leeway)
         self.clock = clock
         self.audit_key = trust.audit_key
@@ -168,7 +164,7 @@ class Verifier:
                 pass  # waits for the writer in flight; raises if they still differ
             return False
         trust = load_trust(self.store)
-        self.keys = {kid: public_key(info["x"]) for kid, info in trust.keys.items()}
+        self.keys = {kid: verifying_key(info["x"]) for kid, info in trust.keys.items()}
         self._decoder = TokenDecoder(self.keys)
         return True
 

@@ -269,11 +269,11 @@ def test_a_non_canonical_base64url_spelling_is_malformed_locally_and_remotely(
             assert result.exit_code == 1 and verdict_of(result.stdout) == MALFORMED, where
     # The same through the library: the local decoder and the remote verifier.
     from nhidel.keys.keystore import open_keystore
-    from nhidel.keys.material import public_key
+    from nhidel.keys.material import verifying_key
     from nhidel.paths import Paths
 
     trust = load_trust(open_keystore(Paths.from_env()))
-    decoder = TokenDecoder({kid: public_key(info["x"]) for kid, info in trust.keys.items()})
+    decoder = TokenDecoder({kid: verifying_key(info["x"]) for kid, info in trust.keys.items()})
     assert decoder.decode(token)["jti"] == claims_of(token)["jti"]
     remote = RemoteVerifier(str(jwks))
     assert remote.check(token, [SCOPE]).allowed

@@ -7,7 +7,7 @@ import pytest
 from helpers.token_world import World, claims_of, forge
 
 import nhidel
-from nhidel.keys.material import private_key
+from nhidel.keys.material import public_x, verifying_key
 from nhidel.tokens import decision
 from nhidel.tokens.decision import Reason
 from nhidel.tokens.jws import TokenDecoder, TokenRejected
@@ -32,7 +32,7 @@ def test_a_rejected_token_carries_a_reason_member_not_a_string(
 ) -> None:
     claims = claims_of(world.issue(ttl="15m")[1])
     token = forge(world.header(**header), claims, world.sign)
-    decoder = TokenDecoder({world.signer.kid: private_key(world.signer.seed).public_key()})
+    decoder = TokenDecoder({world.signer.kid: verifying_key(public_x(world.signer.seed))})
     for _ in range(2):  # the first verdict on a header, then the remembered one
         with pytest.raises(TokenRejected) as rejected:
             decoder.decode(token)

@@ -261,10 +261,10 @@ def test_the_header_verdict_is_remembered_but_every_signature_is_checked(world: 
         assert refused.value.reason is Reason.MALFORMED
 
 
-def _public(of: World) -> Any:
-    from nhidel.keys.material import private_key
+def _public(of: World) -> bytes:
+    from nhidel.keys.material import public_x, verifying_key
 
-    return private_key(of.signer.seed).public_key()
+    return verifying_key(public_x(of.signer.seed))
 
 
 # -- coalesced decisions add up, under the seal -----------------------------------------
