@@ -143,9 +143,9 @@ class RemoteVerifier:
     A gateway sees the same token on every call, so the verifier remembers, per token (up to
     `memory_size`, least recently used first out), what cannot change while the documents it
     was checked against stay the same: that the signature, claims and issuer hold, what the
-    status list says of it, and the answer to each (scopes, audience) question. Times and the
-    status list's own expiry are checked on every call; everything is forgotten whenever the
-    JWKS or the status list is fetched again.
+    status list says of it, and the answer to each (scopes, audience) question. Times, the use
+    limit and the status list's own expiry are checked on every call; a status is asked again
+    of every status list fetched, and everything is forgotten whenever the JWKS is.
     """
 
     def __init__(
@@ -295,11 +295,11 @@ class RemoteVerifier:
         return known.status
 
     def _status_list(self, keys: dict[str, bytes], now: int) -> dict[str, Any]:
-        """The status list as fetched (again once its time to live is over: that clears the
-        memory), or Denied when it cannot be had, trusted or used now."""
+        """The status list as fetched (again once its time to live is over: a new object, so
+        every remembered status is asked again), or Denied when it cannot be had, trusted or
+        used now."""
         try:
             if self._status is None or now >= self._status.until:
-                self._memory.clear()
                 self._status = None
                 listed = self._fetch_status_list(keys, now)
                 self._status = _Cached(listed, _usable_until(listed, now))
