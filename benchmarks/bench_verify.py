@@ -8,6 +8,8 @@ Rows (checks per second, median of the rounds; the machine is shared and noisy):
 - raw_sodium_per_s: libsodium's `crypto_sign_open` (PyNaCl) over the same, as nhidel calls it
 - library_fresh_per_s: `Verifier.check` on distinct tokens, each seen once by a new Verifier
 - library_repeated_per_s: `Verifier.check` on one token again and again (the gateway case)
+- remote_fresh_per_s / remote_repeated_per_s: the same with `RemoteVerifier` (the fixture's JWKS,
+  served from memory; no status list)
 - batch_fresh_per_s: `nhidel verify --batch` as a child process: its CPU time for all the lines
   less its CPU time for one line (start-up and the keystore's KDF)
 - batch_repeated_per_s: the same with one token, a run of `--repeats` lines taken off a run of
@@ -46,6 +48,7 @@ from nhidel.paths import Paths
 from nhidel.scopes import parse_scopes
 from nhidel.tokens.jws import mint, token_sha256
 from nhidel.verifiers.local import Verifier
+from nhidel.verifiers.remote import RemoteVerifier
 
 SCOPE = "repo:read:acme/api"
 PASSPHRASE = "bench-passphrase"  # noqa: S105 - a throwaway keystore in a temp dir
@@ -149,6 +152,35 @@ def library_repeated(fixture: Fixture, checks: int) -> float:
         return checks / (time.process_time() - start)
 
 
+def remote_verifier(fixture: Fixture) -> RemoteVerifier:
+    """A RemoteVerifier trusting the fixture's published JWKS (served from memory)."""
+    from nhidel.actions.publish import jwks_json
+
+    jwks = jwks_json(fixture.paths, fixture.keystore, now=int(time.time())).encode()
+    return RemoteVerifier("jwks.json", fetcher=lambda _: jwks)
+
+
+def remote_fresh(fixture: Fixture) -> float:
+    verifier = remote_verifier(fixture)
+    check = verifier.check
+    start = time.process_time()
+    for token in fixture.tokens:
+        if not check(token, (SCOPE,)).allowed:
+            raise AssertionError("a benchmark token was denied")
+    return len(fixture.tokens) / (time.process_time() - start)
+
+
+def remote_repeated(fixture: Fixture, checks: int) -> float:
+    token = fixture.tokens[0]
+    verifier = remote_verifier(fixture)
+    check = verifier.check
+    start = time.process_time()
+    for _ in range(checks):
+        if not check(token, (SCOPE,)).allowed:
+            raise AssertionError("the benchmark token was denied")
+    return checks / (time.process_time() - start)
+
+
 def batch_cpu(fixture: Fixture, lines: Sequence[str]) -> float:
     """CPU seconds (user + system) of one `nhidel verify --batch` run over `lines`."""
     env = {**os.environ, **fixture.env}
@@ -210,11 +242,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["library_repeated_per_s"] = timed(
             args.rounds, lambda: library_repeated(fixture, args.repeats)
         )
+        results["remote_fresh_per_s"] = timed(args.rounds, lambda: remote_fresh(fixture))
+        results["remote_repeated_per_s"] = timed(
+            args.rounds, lambda: remote_repeated(fixture, args.repeats)
+        )
         results["batch_fresh_per_s"] = timed(args.rounds, lambda: batch(fixture, fixture.tokens))
         results["batch_repeated_per_s"] = timed(
             args.rounds, lambda: batch_repeated(fixture, fixture.tokens[0], args.repeats)
         )
     results["library_fresh_vs_raw"] = results["library_fresh_per_s"] / results["raw_ed25519_per_s"]
+    results["remote_fresh_vs_raw"] = results["remote_fresh_per_s"] / results["raw_ed25519_per_s"]
     results["batch_fresh_vs_library"] = (
         results["batch_fresh_per_s"] / results["library_fresh_per_s"]
     )
