@@ -364,6 +364,52 @@ class Table:
             "% of raw",
             at_most=False,
         )
+        self.goal(
+            "library verify of fresh tokens (decisions group-committed) at least 100 % of raw "
+            "Ed25519 (cryptography)",
+            14,
+            fresh.percent,
+            100.0,
+            "% of raw",
+            at_most=False,
+        )
+        self.rate(
+            "raw Ed25519 verify, libsodium (PyNaCl, as nhidel calls it)",
+            "bench_verify",
+            verify.get("raw_sodium_per_s"),
+            raw,
+            "raw Ed25519",
+        )
+        remote_fresh = self.rate(
+            "RemoteVerifier, fresh tokens",
+            "bench_verify",
+            verify.get("remote_fresh_per_s"),
+            raw,
+            "raw Ed25519",
+        )
+        self.goal(
+            "RemoteVerifier of fresh tokens at least 130 % of raw Ed25519 (cryptography)",
+            14,
+            remote_fresh.percent,
+            130.0,
+            "% of raw",
+            at_most=False,
+        )
+        remote_repeated = self.rate(
+            "RemoteVerifier, repeated token",
+            "bench_verify",
+            verify.get("remote_repeated_per_s"),
+            raw,
+            "raw Ed25519",
+        )
+        self.goal(
+            "RemoteVerifier of a repeated token at least 200,000 checks/s",
+            14,
+            remote_repeated.value,
+            200_000,
+            "/s",
+            at_most=False,
+        )
         repeated = self.rate(
             "library verify, repeated token",
             "bench_verify",
