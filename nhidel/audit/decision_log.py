@@ -70,6 +70,7 @@ class DecisionLog:
         self._wake = threading.Event()  # the buffer is full, or the log is closing
         self._writer: threading.Thread | None = None  # while the buffer holds anything
         self._due = 0.0  # (monotonic) when the writer writes the buffer, full or not
+        self._closed = False  # the writer stops: after close() nothing is written behind it
         self._failure: BaseException | None = None
         self._stamps = _Stamps()  # used only under `_writing`
         atexit.register(self.flush)
@@ -116,8 +117,13 @@ class DecisionLog:
     def flush(self) -> None:
         """Write the buffer now; when this returns, every record handed in before the call is
         durable (a write already under way is waited for, and one that failed is retried)."""
+        self._write(background=False)
+
+    def _write(self, *, background: bool) -> None:
         with self._writing:
             with self._lock:
+                if background and self._closed:
+                    return  # close() has written what it could: nothing behind its back
                 batch, self._pending = self._pending, []
                 # A new window: later decisions start new runs, so a run never spans two writes.
                 self._runs = {}
@@ -131,12 +137,16 @@ class DecisionLog:
                 raise
 
     def close(self) -> None:
-        """Write everything buffered, then raise any failure of a background write."""
+        """Write everything buffered, then raise any failure of a background write. Whether or
+        not that write succeeds, the background writer ends: nothing is written later behind
+        the caller's back (what a failed write left stays buffered, as the failure says)."""
         atexit.unregister(self.flush)
         try:
             self.flush()
         finally:
-            self._wake.set()  # a waiting writer finds the buffer empty and ends
+            with self._lock:
+                self._closed = True
+            self._wake.set()  # a waiting writer sees it at once and ends
         self._raise_failure()
 
     def _records(self, batch: list[_Pending]) -> Iterator[dict[str, Any]]:
@@ -157,6 +167,7 @@ class DecisionLog:
     def _writer_for_locked(self, *, was_empty: bool) -> threading.Thread | None:
         """After an append: a writer thread for the caller to start when none runs; a full
         buffer wakes the running one."""
+        self._closed = False  # (a decision after close() is written like any other)
         if was_empty or self._writer is None:
             self._due = time.monotonic() + self.max_delay
         if self._writer is None:
@@ -171,15 +182,14 @@ class DecisionLog:
     def _write_in_background(self) -> None:
         """Write the buffer when it is due or full, until it is empty or a write fails."""
         while True:
+            self._wake.wait(max(0.0, self._due - time.monotonic()))
+            self._wake.clear()
             with self._lock:
-                if not self._pending or self._failure is not None:
+                if not self._pending or self._failure is not None or self._closed:
                     self._writer = None
                     return
-                due = self._due
-            self._wake.wait(max(0.0, due - time.monotonic()))
-            self._wake.clear()
             try:
-                self.flush()
+                self._write(background=True)
             except Exception as exc:  # noqa: BLE001 - re-raised on the caller's thread
                 self._failure = exc
 
