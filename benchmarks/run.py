@@ -58,6 +58,10 @@ SUITES: dict[str, dict[str, list[str]]] = {
         "full": [],
         "quick": ["--runs", "5", "--warmup", "1", "--screens", "5"],
     },
+    "bench_latency": {
+        "full": [],
+        "quick": ["--tokens", "2000", "--rounds", "1", "--seconds", "1"],
+    },
 }
 
 
@@ -221,6 +225,7 @@ class Table:
     def build(self) -> None:
         self.command_rows()
         self.throughput_rows()
+        self.latency_rows()
         self.audit_rows()
         self.memory_rows()
 
@@ -460,6 +465,45 @@ class Table:
             "% of library",
             at_most=False,
         )
+
+    def latency_rows(self) -> None:
+        latency = self.result("bench_latency")
+        section = "per-check latency, Verifier.check (µs)"
+        for kind, label in (("fresh", "fresh tokens"), ("repeated", "a repeated token")):
+            for audit in ("off", "on"):
+                figures = latency.get(f"{kind}_audit_{audit}") or {}
+                for name in ("p50", "p999", "max"):
+                    self.other(
+                        section,
+                        f"{label}, audit {audit}: {name.replace('p999', 'p99.9')}",
+                        "bench_latency",
+                        figures.get(f"{name}_us"),
+                        "µs",
+                    )
+            self.goal(
+                f"per-check latency with the group commit running ({label}): p99.9 at most 2x "
+                "the audit-off figure",
+                14,
+                latency.get(f"{kind}_p999_on_vs_off"),
+                2.0,
+                "x",
+            )
+            on_max = dig(latency, f"{kind}_audit_on", "max_us")
+            self.goal(
+                f"per-check latency with the group commit running ({label}): max under 5 ms",
+                14,
+                on_max / 1000 if on_max is not None else None,
+                5,
+                "ms",
+            )
+        for threads in (1, 2):
+            self.other(
+                section,
+                f"a repeated token, audit on, {threads} thread{'s' if threads > 1 else ''} (/s)",
+                "bench_latency",
+                latency.get(f"threads_{threads}_per_s"),
+                "/s",
+            )
 
     def audit_rows(self) -> None:
         audit = self.result("bench_audit")

@@ -17,6 +17,7 @@ the caller finishes before anything else is written (see nhidel/state.py).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -180,31 +181,37 @@ class Session:
     sid: str = field(default_factory=lambda: os.urandom(4).hex())
 
     def write(self, events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Chain, seal, append and (when durable) fsync `events`; return them as records."""
-        pending = [dict(content, time=content.get("time") or utc_now()) for content in events]
-        if not pending:
+        """Chain, seal, append and (when durable) fsync `events`; return them as records.
+
+        `events` may be an iterator: it is consumed one event at a time as they are sealed, so
+        that the group commit can let go of the GIL between them (see audit/decision_log.py).
+        """
+        contents = iter(events)
+        first = next(contents, None)
+        if first is None:
             return []
         key = self.log.keys.seal_key
         chunks = []
+        lead = []
         torn, self.log.torn = self.log.torn, None
         if torn is not None:
             # A crash tore the last line: end it so that it can never parse as a record (a
             # reader without the key cannot check seals), and seal what was lost.
             chunks.append(TORN_MARK + b"\n")
-            pending.insert(0, event(
+            lead.append(event(
                 "log.recovered", time=utc_now(), fragment_bytes=len(torn),
                 fragment_sha256=hashlib.sha256(torn).hexdigest(),
             ))  # fmt: skip
         elif self._full():  # (a torn segment is ended before it rotates)
             self._rotate()
-            pending.insert(0, event("log.rotated", time=utc_now(),
-                                    previous_segment=self.log.rotated_to))  # fmt: skip
+            lead.append(event("log.rotated", time=utc_now(),
+                              previous_segment=self.log.rotated_to))  # fmt: skip
         records = []
         seq, prev = self.head_seq, self.head_hash
-        for content in pending:
+        for content in itertools.chain(lead, (first,), contents):
             seq += 1
-            record = {**content, "v": FORMAT_VERSION, "seq": seq, "prev": prev,
-                      "nhidel": _version(), "sid": self.sid}  # fmt: skip
+            record = {**content, "time": content.get("time") or utc_now(), "v": FORMAT_VERSION,
+                      "seq": seq, "prev": prev, "nhidel": _version(), "sid": self.sid}  # fmt: skip
             line = seal_line(canonical(record), key)
             prev = line_hash(line)
             chunks.append(line + b"\n")
