@@ -355,7 +355,7 @@ def _relative(timestamp: int, now: int) -> str:
 def _clean(text: str) -> str:
     """One printable line: control, formatting and separator characters (a hostile scope or
     agent name could hold them) become `?`, and long text is cut."""
-    shown = "".join(ch if ch.isprintable() else "?" for ch in text)
+    shown = text if text.isprintable() else "".join(ch if ch.isprintable() else "?" for ch in text)
     return shown if len(shown) <= MAX_DESCRIPTION else shown[: MAX_DESCRIPTION - 3] + "..."
 
 
@@ -386,7 +386,10 @@ def _format(
             return "".join("\\" + ch if ch in _BASH_DQUOTE_UNSAFE else ch for ch in value)
         # Bash replaces only the text after the word's last break character.
         cut = max((incomplete.rfind(ch) for ch in breaks), default=-1) + 1
-        return "".join(ch if ch in _BASH_SAFE else "\\" + ch for ch in value[cut:])
+        value = value[cut:]
+        if _BASH_SAFE.issuperset(value):  # a grant id, an agent's name: nothing to escape
+            return value
+        return "".join(ch if ch in _BASH_SAFE else "\\" + ch for ch in value)
     if shell == "zsh":
         escaped = value.replace("\\", "\\\\").replace(":", "\\:")
         return f"{escaped}:{description}" if description else escaped
@@ -416,4 +419,6 @@ def _bash_replies(replies: list[tuple[str, str]]) -> list[str]:
 
 def _clean_value(value: str) -> str:
     """A value is inserted into the command line: nothing unprintable, no whitespace."""
+    if value.isprintable() and " " not in value:  # the space is the one printable whitespace
+        return value
     return "".join(ch if ch.isprintable() and not ch.isspace() else "?" for ch in value)
