@@ -349,6 +349,14 @@ class Table:
                 2.5,
                 "x python",
             )
+            if name == "nhidel revoke <TAB>":
+                self.goal(
+                    f"`{label}` within 2x a clean venv's `python -c pass` (paired baseline)",
+                    14,
+                    paired,
+                    2.0,
+                    "x python",
+                )
 
     def throughput_rows(self) -> None:
         verify = self.result("bench_verify")
