@@ -35,6 +35,7 @@ from typing import Any
 from measure import (
     HYPERFINE_HINT,
     PYTHON,
+    clean_python,
     find_hyperfine,
     hyperfine,
     isolated_env,
@@ -118,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         base_env = isolated_env(root / "base")
         baselines = [
-            (PYTHON_ROW, [PYTHON, "-c", "pass"]),
+            (PYTHON_ROW, [clean_python(), "-c", "pass"]),
             (TYPER_ROW, [PYTHON, "-c", "import typer"]),
         ]
         rows.update(

@@ -43,6 +43,7 @@ from typing import Any
 from measure import (
     HYPERFINE_HINT,
     PYTHON,
+    clean_python,
     find_hyperfine,
     hyperfine,
     isolated_env,
@@ -158,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         listed = json.loads(subprocess.check_output([*nhidel, "list", "--json"], env=env))
         assert len(listed) == args.active, f"{len(listed)} grants listed"
         commands = {
-            "python -c pass": [PYTHON, "-c", "pass"],
+            "python -c pass": [clean_python(), "-c", "pass"],
             "python -c 'import typer'": [PYTHON, "-c", "import typer"],
             "nhidel list --json": [*nhidel, "list", "--json"],
             "nhidel list --all --json": [*nhidel, "list", "--all", "--json"],

@@ -32,7 +32,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from measure import PYTHON, find_hyperfine, hyperfine, isolated_env, source_revision
+from measure import (
+    PYTHON,
+    clean_python,
+    find_hyperfine,
+    hyperfine,
+    isolated_env,
+    source_revision,
+)
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results.json"
@@ -347,6 +354,14 @@ class Table:
                 2.5,
                 "x python",
             )
+            if name == "nhidel revoke <TAB>":
+                self.goal(
+                    f"`{label}` within 2x a clean venv's `python -c pass` (paired baseline)",
+                    14,
+                    paired,
+                    2.0,
+                    "x python",
+                )
 
     def throughput_rows(self) -> None:
         verify = self.result("bench_verify")
@@ -673,7 +688,7 @@ def baselines_again(runs: int) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory(prefix="nhidel-bench-") as tmp:
         results = hyperfine(
             found[0],
-            [(PYTHON_ROW, [PYTHON, "-c", "pass"]), (TYPER, [PYTHON, "-c", "import typer"])],
+            [(PYTHON_ROW, [clean_python(), "-c", "pass"]), (TYPER, [PYTHON, "-c", "import typer"])],
             isolated_env(Path(tmp)),
             runs,
             2,

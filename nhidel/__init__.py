@@ -11,14 +11,13 @@ The public API is the verify check, for gateways that call it in-process:
 It is imported lazily, so `import nhidel` (and shell completion) stays cheap.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
-
 __version__ = "0.1.0"
 __all__ = ["Decision", "Reason", "RemoteVerifier", "Verifier", "__version__", "verify"]
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (completion's floor)
 if TYPE_CHECKING:
+    from typing import Any
+
     from nhidel.tokens.decision import Decision, Reason
     from nhidel.verifiers.local import Verifier, verify
     from nhidel.verifiers.remote import RemoteVerifier
@@ -30,7 +29,7 @@ _HOMES = {
 }  # fmt: skip
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> "Any":
     if name in _HOMES:
         from importlib import import_module
 

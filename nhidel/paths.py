@@ -1,16 +1,13 @@
-"""Where nhidel keeps its files. Standard library only: shell completion reads it at every <TAB>.
-
-`Paths` is a NamedTuple rather than a dataclass because importing `dataclasses` (and the
-`inspect` it loads) would cost completion a few milliseconds at every TAB.
-"""
+"""Where nhidel keeps its files, as `Path`s, in the directories `locations.directories` names
+(shell completion reads that module, not this one: `pathlib` would cost it at every TAB)."""
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
+
+from nhidel.locations import CONFIG_FILE, LEDGER_FILE, directories
 
 
 class Paths(NamedTuple):
@@ -21,21 +18,14 @@ class Paths(NamedTuple):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Paths:
-        env = os.environ if env is None else env
-        if env.get("NHIDEL_HOME"):
-            home = Path(env["NHIDEL_HOME"]).expanduser().absolute()
-            return cls(home, home)
-        user_home = Path(env.get("HOME") or Path.home())
-        if sys.platform == "darwin":
-            base = user_home / "Library" / "Application Support" / "nhidel"
-            return cls(base, base)
-        config = _xdg(env, "XDG_CONFIG_HOME", user_home / ".config") / "nhidel"
-        state = _xdg(env, "XDG_STATE_HOME", user_home / ".local" / "state") / "nhidel"
-        return cls(config, state)
+        """The directories `env` (default: the process's environment) names, as
+        `locations.directories` says."""
+        config, state = directories(env)
+        return cls(Path(config), Path(state))
 
     @property
     def config_file(self) -> Path:
-        return self.config_dir / "config.toml"
+        return self.config_dir / CONFIG_FILE
 
     @property
     def config_lock(self) -> Path:
@@ -43,7 +33,7 @@ class Paths(NamedTuple):
 
     @property
     def ledger_file(self) -> Path:
-        return self.state_dir / "ledger.db"
+        return self.state_dir / LEDGER_FILE
 
     @property
     def audit_file(self) -> Path:
@@ -74,9 +64,3 @@ class Paths(NamedTuple):
     def keyring_service(self) -> str:
         """The OS keyring service name: one per nhidel home, so homes never share keys."""
         return f"nhidel:{self.config_dir}"
-
-
-def _xdg(env: Mapping[str, str], name: str, default: Path) -> Path:
-    """An XDG base directory; the spec says to ignore relative paths."""
-    value = env.get(name)
-    return Path(value) if value and Path(value).is_absolute() else default

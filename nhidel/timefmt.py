@@ -12,11 +12,14 @@ from datetime import UTC, datetime
 from functools import lru_cache
 
 from nhidel.errors import UsageError
+from nhidel.relative_time import UNIT_SECONDS
+
+# `relative` lives where completion can use it without this module's imports; said here too.
+from nhidel.relative_time import relative as relative
 
 # Nothing nhidel does needs a span longer than this; anything longer is a typo.
 MAX_DURATION = 366 * 86400
 
-_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 # ASCII digits only, and few enough that no number can be absurd before it is even parsed.
 _N = r"([0-9]{1,9})"
 _SHORT = re.compile(rf"(?:{_N}d)?(?:{_N}h)?(?:{_N}m)?(?:{_N}s)?")
@@ -52,7 +55,7 @@ def format_duration(seconds: int) -> str:
     if seconds <= 0:
         return "0s"
     parts = []
-    for unit, size in _UNIT_SECONDS.items():
+    for unit, size in UNIT_SECONDS.items():
         count, seconds = divmod(seconds, size)
         if count:
             parts.append(f"{count}{unit}")
@@ -110,41 +113,6 @@ def rfc3339_minute(minute: int) -> str:
     ~1.5 us a call (`verify --batch` writes three times a verdict, `list --json` four a row).
     """
     return datetime.fromtimestamp(minute * 60, UTC).strftime("%Y-%m-%dT%H:%M:")
-
-
-# How finely a span is told, by its length: seconds under 10 minutes (where they matter, and
-# where whole minutes would round a 90s grant to "2m", then "1m" a second later), minutes
-# under a day, hours beyond. So at most two units are shown, and rounding never moves a time
-# by more than 5% of the span (30s of 10 minutes, 30 minutes of a day).
-_PRECISION = ((600, 1), (86400, 60))
-_COARSEST = 3600
-
-
-def relative(timestamp: int, *, now: int) -> str:
-    """'in 1h 30m', '3m ago', 'in 45s', 'now': at most two units, rounded to the nearest.
-
-    The span is rounded half up to its precision (seconds under 10 minutes, minutes under a
-    day, hours beyond), never truncated, so what `grant` prints and what `list` prints a second
-    later agree: a 90m grant reads 'in 1h 30m' both times, a 15m grant 'in 15m'. A unit that
-    rounds to zero is left out ('in 2h', not 'in 2h 0m').
-    """
-    delta = timestamp - now
-    span = abs(delta)
-    if span < 1:
-        return "now"
-    step = next((step for below, step in _PRECISION if span < below), _COARSEST)
-    # Rounding may carry into the next unit up (23h59m40s is 1d), which then holds it exactly.
-    span = (span + step // 2) // step * step
-    units = list(_UNIT_SECONDS.items())
-    for index, (unit, size) in enumerate(units):
-        if span >= size:
-            count, rest = divmod(span, size)
-            amount = f"{count}{unit}"
-            if rest:  # a multiple of the next unit down, which is no finer than `step`
-                smaller, smaller_size = units[index + 1]
-                amount += f" {rest // smaller_size}{smaller}"
-            break
-    return f"in {amount}" if delta > 0 else f"{amount} ago"
 
 
 def local_clock(timestamp: int, *, seconds: bool = False) -> str:

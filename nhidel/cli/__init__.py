@@ -5,16 +5,16 @@ needs them, so `nhidel --version` costs little more than starting Python, and sh
 (`_NHIDEL_COMPLETE` set by the scripts in completions/) reads the ledger without any of them.
 """
 
-from __future__ import annotations
-
-import contextlib
 import os
 import sys
-from collections.abc import Sequence
-from typing import NoReturn, TextIO
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import NoReturn, TextIO
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: "Sequence[str] | None" = None) -> int:
     """Run nhidel with `argv` (default: sys.argv[1:]) and return its exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
     shell = os.environ.get("_NHIDEL_COMPLETE")
@@ -41,6 +41,8 @@ def _hold_closed_standard_descriptors() -> None:
     (`nhidel grant ... >&-`). Python leaves sys.stdout None then, and nhidel still treats that
     stream as closed; but the next file it opened (the ledger, the audit log) would get that
     descriptor, and a write meant for stdout or stderr would land in it."""
+    import contextlib
+
     for fd, stream in enumerate((sys.__stdin__, sys.__stdout__, sys.__stderr__)):
         if stream is not None:
             continue
@@ -56,7 +58,7 @@ def _hold_closed_standard_descriptors() -> None:
                 os.close(held)
 
 
-def run() -> NoReturn:
+def run() -> "NoReturn":
     """The `nhidel` console script and `python -m nhidel`: `main()`, then a quick exit.
 
     Tearing the interpreter down (freeing every object of every module loaded) takes longer
@@ -67,9 +69,13 @@ def run() -> NoReturn:
     """
     status = main()
     import atexit
-    import threading
 
-    if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+    # A command that never imported threading started no thread (completion, say): it need
+    # not import it to ask.
+    threading = sys.modules.get("threading")
+    if threading and any(
+        not t.daemon for t in threading.enumerate() if t is not threading.main_thread()
+    ):
         sys.exit(status)  # the usual exit waits for it
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
@@ -77,7 +83,7 @@ def run() -> NoReturn:
     os._exit(status)
 
 
-def _flushed(stream: TextIO | None, status: int) -> int:
+def _flushed(stream: "TextIO | None", status: int) -> int:
     """Flush what `stream` still holds; return the exit status that leaves."""
     try:
         if stream is not None:  # None: the descriptor was closed when nhidel started
@@ -88,6 +94,8 @@ def _flushed(stream: TextIO | None, status: int) -> int:
         pass  # a stream closed by the command itself has nothing left to flush
     except OSError as exc:  # a full disk, say: the output is lost, and that is a failure
         if status == 0:  # (a command that failed has said why already)
+            import contextlib
+
             with contextlib.suppress(OSError):
                 os.write(
                     2,

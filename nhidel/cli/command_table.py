@@ -3,10 +3,13 @@
 For each command path: its help, subcommands, options (name: takes a value, help,
 choices) and how many arguments it takes (-1: any number)."""
 
-from typing import Any
+# Shell completion imports this at every TAB: `typing` only for the type checker.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # fmt: off
-COMMANDS: dict[str, dict[str, Any]] = (
+COMMANDS: "dict[str, dict[str, Any]]" = (
 {'': {'help': 'Mint scoped, time-boxed, revocable grants for named agents, from a key that '
               'never leaves your keyring.',
       'commands': ['init',

@@ -4,32 +4,34 @@ The scripts in completions/ run `_NHIDEL_COMPLETE=<shell> nhidel WORD...`, passi
 after `nhidel` up to the one being completed (the last, possibly empty). This module answers
 from `command_table` (generated from the Typer app), the ledger (read-only SQLite, opened so
 that nothing is written) and, only for agents' names, scopes and audiences, config.toml. It
-imports nothing heavy: no Typer, Rich, cryptography, PyJWT or keyring; of nhidel's own modules
-only those made for it, standard library only: `paths` (where the files are), `names` (what a
-name, an id or an audience looks like), `ledger.columns` (the live-grant condition), and when
-needed `timefmt` and `scopes` (and their `errors`). So a TAB costs little more than starting
-Python, and says nothing those modules do not. Whatever goes wrong, it prints nothing rather
-than an error into a prompt.
+imports nothing a stdlib `sqlite3` read does not need (tests/cli/test_completion.py holds it to
+that): no `typing`, `pathlib` or `re`; of nhidel's own modules only those made for it, which
+import no more than `os`: `locations` (where the files are), `names` (what a name, an id or an
+audience looks like), `ledger.columns` (the live-grant condition), `relative_time` (how far off
+a time is). Only agents' names, scopes and audiences import more: `tomllib` to read
+config.toml, and `scopes` (with its `errors`) to check a ceiling's scopes. So a TAB costs
+little more than starting Python, and says nothing those modules do not. Whatever goes wrong,
+it prints nothing rather than an error into a prompt.
 
 Every value offered ends up on a command line, so a value read from the ledger or config that
 does not match its grammar is dropped, and bash gets values with shell metacharacters escaped.
 Descriptions reach bash only when it lists several candidates, never when it inserts one.
 """
 
-from __future__ import annotations
-
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from contextlib import closing
-from typing import Any
 
 from nhidel.cli.command_table import COMMANDS, EVENTS
 from nhidel.ledger.columns import LIVE_GRANT_SQL
-from nhidel.names import AGENT_NAME, GRANT_ID, MAX_AUDIENCE_LENGTH
-from nhidel.paths import Paths
+from nhidel.locations import CONFIG_FILE, LEDGER_FILE, directories
+from nhidel.names import MAX_AUDIENCE_LENGTH, is_agent_name, is_grant_id
+from nhidel.relative_time import relative
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 SHELLS = ("bash", "zsh", "fish")
 # Enough for any menu a person reads; typing more of the id narrows the query itself.
@@ -44,9 +46,12 @@ _BASH_BREAKS = ":="
 # in 32 or better, and is faster (benchmarks/README.md has the figures).
 RANGE_PREFIX = 2
 # Outside quotes, bash takes these literally; any other character is escaped with a backslash.
-_BASH_UNSAFE = re.compile(r"([^A-Za-z0-9_./:=@%+,-])")
+_BASH_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./:=@%+,-")
 # Inside double quotes, these still mean something to bash.
-_BASH_DQUOTE_UNSAFE = re.compile(r'([$`"\\!])')
+_BASH_DQUOTE_UNSAFE = frozenset('$`"\\!')
+# What a `file:` URI may hold as it is (urllib.parse.quote's safe bytes, and `/`); any other
+# byte is percent-encoded, so no `?`, `#` or `%` in a path reaches SQLite as URI syntax.
+_URI_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
 
 Candidate = tuple[str, str]  # (value, description)
 # A value ending in one of these is one the user types on after (`repo:read:acme/`,
@@ -123,7 +128,7 @@ def candidates(words: Sequence[str], *, now: int) -> list[Candidate]:
     return [candidate for candidate in found if candidate[0].startswith(incomplete)]
 
 
-def _walk(typed: Sequence[str]) -> tuple[str, list[str], str | None, dict[str, Any]]:
+def _walk(typed: Sequence[str]) -> "tuple[str, list[str], str | None, dict[str, Any]]":
     """Follow subcommands and options: the command path, its arguments so far, and the option
     still awaiting its value."""
     path = ""
@@ -150,7 +155,12 @@ def _child(path: str, name: str) -> str:
 
 
 def _option_values(
-    path: str, option: str, spec: dict[str, Any], positionals: list[str], incomplete: str, now: int
+    path: str,
+    option: str,
+    spec: "dict[str, Any]",
+    positionals: list[str],
+    incomplete: str,
+    now: int,
 ) -> list[Candidate]:
     known = spec["options"].get(option)
     if known is None:
@@ -180,19 +190,19 @@ def _grants(positionals: list[str], incomplete: str, now: int) -> list[Candidate
     """Live grants (not revoked, expired or used up), soonest to expire first."""
     import sqlite3
 
-    ledger = Paths.from_env().ledger_file
-    if not ledger.is_file():
+    ledger = os.path.join(directories()[1], LEDGER_FILE)
+    if not (os.path.isabs(ledger) and os.path.isfile(ledger)):
         return []
     prefix = incomplete.strip().lower()
     sql, params = _live_grants_query(prefix, now)
     # Reading must leave the directory as it was: a read-only connection to a WAL database still
     # creates -wal and -shm files unless it is told nothing can change (no writer is around).
-    wal = ledger.with_name(ledger.name + "-wal")
-    mode = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+    mode = "mode=ro" if os.path.exists(ledger + "-wal") else "mode=ro&immutable=1"
     found: list[Candidate] = []
-    with closing(sqlite3.connect(f"{ledger.as_uri()}?{mode}", uri=True, timeout=0.5)) as db:
+    db = sqlite3.connect(f"{_file_uri(ledger)}?{mode}", uri=True, timeout=0.5)
+    try:
         for grant_id, agent, scope, not_before, expires_at in db.execute(sql, params):
-            if not (isinstance(grant_id, str) and GRANT_ID.fullmatch(grant_id)):
+            if not (isinstance(grant_id, str) and is_grant_id(grant_id)):
                 continue  # not an id nhidel mints: never put it on a command line
             if not grant_id.startswith(prefix):
                 continue
@@ -202,7 +212,14 @@ def _grants(positionals: list[str], incomplete: str, now: int) -> list[Candidate
             found.append((grant_id, _clean(f"{agent} {scope}, {when}")))
             if len(found) >= MAX_GRANTS:
                 break
+    finally:
+        db.close()
     return found
+
+
+def _file_uri(path: str) -> str:
+    """The `file:` URI of an absolute path, as `pathlib.Path.as_uri` writes it."""
+    return "file://" + "".join(chr(b) if b in _URI_SAFE else f"%{b:02X}" for b in os.fsencode(path))
 
 
 def _agent_names(positionals: list[str], incomplete: str, now: int) -> list[Candidate]:
@@ -313,14 +330,15 @@ def _agents() -> dict[str, tuple[list[str], list[str]]]:
     import tomllib
 
     try:
-        data = tomllib.loads(Paths.from_env().config_file.read_text("utf-8"))
+        with open(os.path.join(directories()[0], CONFIG_FILE), encoding="utf-8") as config:
+            data = tomllib.loads(config.read())
     except FileNotFoundError:
         return {}
     agents = data.get("agents", {})
     return {
         name: (_texts(spec.get("allow")), _texts(spec.get("aud")))
         for name, spec in agents.items()
-        if AGENT_NAME.fullmatch(name) and isinstance(spec, dict)
+        if is_agent_name(name) and isinstance(spec, dict)
     }
 
 
@@ -331,15 +349,13 @@ def _texts(value: object) -> list[str]:
 
 
 def _relative(timestamp: int, now: int) -> str:
-    from nhidel.timefmt import relative
-
     return relative(int(timestamp), now=now)
 
 
 def _clean(text: str) -> str:
     """One printable line: control, formatting and separator characters (a hostile scope or
     agent name could hold them) become `?`, and long text is cut."""
-    shown = "".join(ch if ch.isprintable() else "?" for ch in text)
+    shown = text if text.isprintable() else "".join(ch if ch.isprintable() else "?" for ch in text)
     return shown if len(shown) <= MAX_DESCRIPTION else shown[: MAX_DESCRIPTION - 3] + "..."
 
 
@@ -367,10 +383,13 @@ def _format(
         if quote == "'":  # inside single quotes everything is literal but the quote itself
             return "" if "'" in value else value
         if quote == '"':
-            return _BASH_DQUOTE_UNSAFE.sub(r"\\\1", value)
+            return "".join("\\" + ch if ch in _BASH_DQUOTE_UNSAFE else ch for ch in value)
         # Bash replaces only the text after the word's last break character.
         cut = max((incomplete.rfind(ch) for ch in breaks), default=-1) + 1
-        return _BASH_UNSAFE.sub(r"\\\1", value[cut:])
+        value = value[cut:]
+        if _BASH_SAFE.issuperset(value):  # a grant id, an agent's name: nothing to escape
+            return value
+        return "".join(ch if ch in _BASH_SAFE else "\\" + ch for ch in value)
     if shell == "zsh":
         escaped = value.replace("\\", "\\\\").replace(":", "\\:")
         return f"{escaped}:{description}" if description else escaped
@@ -400,4 +419,6 @@ def _bash_replies(replies: list[tuple[str, str]]) -> list[str]:
 
 def _clean_value(value: str) -> str:
     """A value is inserted into the command line: nothing unprintable, no whitespace."""
+    if value.isprintable() and " " not in value:  # the space is the one printable whitespace
+        return value
     return "".join(ch if ch.isprintable() and not ch.isspace() else "?" for ch in value)

@@ -5,8 +5,6 @@ and reads a row by these positions; every query for live grants says `LIVE_GRANT
 is imported here, so shell completion can use it at every TAB.
 """
 
-from __future__ import annotations
-
 # A grant row, in the order Ledger reads it (the table has two more: token_sha256 and seal).
 GRANT_COLUMNS = (
     "id", "agent", "scope", "aud", "issued_at", "not_before", "expires_at", "max_uses", "uses",

@@ -214,10 +214,25 @@ def test_the_fast_path_reads_the_files_where_paths_puts_them(
     assert run("bash", "grant", "") == "reviewer\n"
 
 
+@pytest.mark.parametrize("name", ["plain", "a b", "q?x#y%z&mode=rw", "caf\u00e9", "back\\slash"])
+def test_the_fast_path_finds_a_ledger_whatever_its_directory_is_called(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ledger is opened by URI: nothing in the path may read as a URI parameter.
+    home = tmp_path / name / "home"
+    home.mkdir(parents=True)
+    monkeypatch.setenv("NHIDEL_HOME", str(home))
+    insert_grant(Paths(home, home), "g" + "d" * 26, expires_in=60)
+    assert run("bash", "revoke", "") == "g" + "d" * 26 + "\n"
+    ledger = str(home / "ledger.db")
+    assert complete._file_uri(ledger) == Path(ledger).as_uri()
+
+
 def test_the_fast_path_holds_values_to_the_shared_patterns() -> None:
     # complete.py restates neither: a name or id nhidel would refuse is never offered.
-    assert complete.AGENT_NAME is names.AGENT_NAME
-    assert complete.GRANT_ID is names.GRANT_ID
+    # (names.py holds its checks to its patterns: tests/unit/test_names.py.)
+    assert complete.is_agent_name is names.is_agent_name
+    assert complete.is_grant_id is names.is_grant_id
 
 
 # -- the process: fast, light, and Typer's completion still there -------------------------
@@ -242,6 +257,55 @@ def test_the_completion_path_imports_no_heavy_module(live: dict[str, str]) -> No
     assert "repo:read:acme/\twithin repo:read:acme/*, for reviewer" in answers
     loaded = set(eval(modules))  # noqa: S307 - our own probe's repr of a list of names
     assert loaded.isdisjoint({"cryptography", "jwt", "keyring", "rich", "typer", "click"})
+
+
+# Completion's own modules: all that it may import besides what the standard library's readers
+# it uses import themselves.
+COMPLETION_MODULES = {
+    "nhidel", "nhidel.cli", "nhidel.cli.complete", "nhidel.cli.command_table", "nhidel.ledger",
+    "nhidel.ledger.columns", "nhidel.locations", "nhidel.names", "nhidel.relative_time",
+}  # fmt: skip
+# What each TAB runs on: a stdlib `sqlite3` read (the ledger), and where agents are named, a
+# `tomllib` read of config.toml; for a ceiling's scopes, the scope grammar too. (`os` is what
+# `site` imports at every start; the probes run without it.)
+LEDGER = "import os, sqlite3"
+CONFIG = "import os, sqlite3, tomllib"
+SCOPES = "import os, tomllib, nhidel.scopes"
+FLOORS = [
+    (["revoke", ""], LEDGER), (["show", "g"], LEDGER), (["revoke", "g", ""], LEDGER),
+    (["gr"], LEDGER), (["grant", "--"], LEDGER), (["grant", "reviewer", "--format", ""], LEDGER),
+    (["audit", "tail", "--event", ""], LEDGER),
+    (["grant", ""], CONFIG), (["revoke", "--agent", ""], CONFIG),
+    (["agent", "show", ""], CONFIG),
+    (["grant", "reviewer", "--scope", ""], SCOPES),
+]  # fmt: skip
+
+
+def loaded_after(code: str, env: dict[str, str]) -> tuple[list[str], set[str]]:
+    """Run `code` in this interpreter without `site` (whose .pth files import what they like),
+    this checkout first on the path: what it printed, and every module loaded at the end."""
+    probe = f"import sys\n{code}\nsys.stdout.write(' '.join(sorted(sys.modules)))\n"
+    env = {**env, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True,
+                            env=env, timeout=60, check=True)  # fmt: skip
+    *printed, modules = result.stdout.splitlines()
+    return printed, set(modules.split())
+
+
+def test_each_tab_imports_nothing_its_standard_library_read_does_not(
+    live: dict[str, str],
+) -> None:
+    # Measured against this very interpreter, so the test holds on any machine; and without
+    # site-packages, so completion needs nothing but the standard library.
+    env = completion_env("bash", _NHIDEL_COMP_TYPE="9")
+    floors = {code: loaded_after(code, env)[1] for code in {LEDGER, CONFIG, SCOPES}}
+    for words, floor in FLOORS:
+        offered, modules = loaded_after(f"from nhidel.cli import main\nmain({words!r})", env)
+        assert offered, f"{words}: nothing offered, so the branch was not exercised"
+        extra = modules - floors[floor] - COMPLETION_MODULES
+        assert not extra, f"{words} imports what `{floor}` does not: {sorted(extra)}"
+    offered, _ = loaded_after("from nhidel.cli import main\nmain(['revoke', ''])", env)
+    assert any(line.startswith(live["active"]) for line in offered)
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh"])

@@ -192,6 +192,15 @@ def test_relative_nhidel_home_is_made_absolute(
     assert paths.config_dir.is_absolute()
 
 
+def test_a_tilde_in_nhidel_home_is_the_users_home_and_an_unknown_users_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert Paths.from_env({"NHIDEL_HOME": "~/nh"}).config_dir == tmp_path / "nh"
+    with pytest.raises(RuntimeError):  # never a directory named `~nosuchuser` under the cwd
+        Paths.from_env({"NHIDEL_HOME": "~nosuchuser-nhidel/nh"})
+
+
 def test_paths_from_env_defaults_to_the_process_environment(nhidel_home: Path) -> None:
     assert Paths.from_env().config_dir == nhidel_home
 
