@@ -11,8 +11,10 @@ with the injected secret redacted from its headers and body. A redirect is hande
 followed. A streamed answer is cut when its grant stops covering it (checked between chunks
 and once a second on a quiet stream). Each request is one decision record and one log entry.
 
-aiohttp is imported only here (and by the command that runs this): other commands never
-pay for it.
+`/mcp/...` is the MCP gateway's (nhidel.enforce.mcp_http): handed to it whole.
+
+aiohttp is imported only here and in mcp_http (and by the command that runs this): other
+commands never pay for it.
 """
 
 from __future__ import annotations

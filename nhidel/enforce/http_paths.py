@@ -1,5 +1,6 @@
 """What the HTTP broker decides before it asks about a grant: is this request one it will
-forward at all, which scope does it need, and which headers go on to the upstream and back.
+forward at all, which scope does it need, and which headers go on to the upstream and back;
+and SPEC's status table, which HTTP status answers which denial (`status_for`).
 
 Pure functions over strings, no I/O, so every refusal is cheap to test. The broker checks a
 request as `ROUTE:METHOD:PATH` on the path as the client sent it (still percent-encoded, as
