@@ -101,7 +101,7 @@ def origin_allowed(origin: str | None) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class _Item:
+class Outgoing:
     """One message for a waiting POST: its text, and whether it is the request's answer."""
 
     data: str
@@ -116,40 +116,45 @@ class HttpClient:
     waiting POST's stream, else kept (the newest `BACKLOG`) until a GET stream opens."""
 
     def __init__(self) -> None:
-        self.waiting: dict[tuple[str, Any], asyncio.Queue[_Item | None]] = {}
+        self.waiting: dict[tuple[str, Any], asyncio.Queue[Outgoing | None]] = {}
         self.progress: dict[tuple[str, Any], tuple[str, Any]] = {}  # token -> request
-        self.stream: asyncio.Queue[_Item | None] | None = None  # the GET stream's
-        self.backlog: deque[_Item] = deque(maxlen=BACKLOG)
+        self.stream: asyncio.Queue[Outgoing | None] | None = None  # the GET stream's
+        self.backlog: deque[Outgoing] = deque(maxlen=BACKLOG)
         self.initialized = False  # the server answered initialize with a result
 
     def send(self, body: Mapping[str, Any], data: str) -> None:
         if "method" not in body:  # an answer: only ever on its own request's stream
             waiting = self.waiting.get(policy.id_key(body.get("id")))
             if waiting is not None:
-                waiting.put_nowait(_Item(data, final=True, ok="result" in body))
+                waiting.put_nowait(Outgoing(data, final=True, ok="result" in body))
             return  # (its POST is gone: the client stopped waiting)
         if body["method"] == "notifications/progress":
             params = body.get("params")
             token = params.get("progressToken") if isinstance(params, dict) else None
             request = self.progress.get(policy.id_key(token))
             if request is not None and request in self.waiting:
-                self.waiting[request].put_nowait(_Item(data))
+                self.waiting[request].put_nowait(Outgoing(data))
                 return
-        self.unasked(_Item(data))
+        self.unasked(Outgoing(data))
 
-    def unasked(self, item: _Item) -> None:
+    def unasked(self, item: Outgoing) -> None:
         """A message the server sent on its own (a request, a notification)."""
+        if self.stream is None and self.waiting:
+            next(reversed(self.waiting.values())).put_nowait(item)
+        else:
+            self.later(item)
+
+    def later(self, item: Outgoing) -> None:
+        """On the GET stream, else kept until one opens (never on a POST's)."""
         if self.stream is not None:
             self.stream.put_nowait(item)
-        elif self.waiting:
-            next(reversed(self.waiting.values())).put_nowait(item)
         else:
             self.backlog.append(item)
 
-    def expect(self, message: Message) -> asyncio.Queue[_Item | None]:
+    def expect(self, message: Message) -> asyncio.Queue[Outgoing | None]:
         """The queue the answer to request `message` (and its progress) will arrive on."""
         key = policy.id_key(message.id)
-        waiting: asyncio.Queue[_Item | None] = asyncio.Queue()
+        waiting: asyncio.Queue[Outgoing | None] = asyncio.Queue()
         self.waiting[key] = waiting
         meta = message.params.get("_meta")
         if isinstance(meta, dict) and "progressToken" in meta:
@@ -167,7 +172,7 @@ class HttpClient:
         if waiting is not None:
             waiting.put_nowait(None)
 
-    def open_stream(self) -> asyncio.Queue[_Item | None]:
+    def open_stream(self) -> asyncio.Queue[Outgoing | None]:
         """A GET stream for the session (a newer one replaces an older), with what waited."""
         if self.stream is not None:
             self.stream.put_nowait(None)
@@ -296,6 +301,11 @@ class McpHttp:
         session = self._session(session_id, name)
         self._admit(session, token, note)
         session.last_seen = time.monotonic()
+        if session.lapsed is not None and session.gateway.lapsed() is None:
+            # A grant valid again (a renewed one) cannot bring back a stopped server: the
+            # session is over, and the client opens a new one with it.
+            await self._end(session, session.lapsed)
+            raise _Refused(404, "unknown_session")
         self._notice_lapse(session)
         if request.method == "GET":
             return await self._stream(request, session)
@@ -467,7 +477,9 @@ class McpHttp:
         background; the request itself is denied by the gateway's own checks)."""
         if session.lapsed is None:
             decision = session.gateway.lapsed()
-            if decision is not None:
+            # A call that spent a grant's last use is still covered by it: let it finish.
+            exhausted = decision is not None and decision.reason is Reason.USES_EXHAUSTED
+            if decision is not None and not (exhausted and session.client.waiting):
                 self._spawn(self._lapse(session, decision))
 
     async def _lapse(self, session: Session, decision: Decision) -> None:
@@ -510,7 +522,7 @@ class McpHttp:
 
 async def _answer_request(
     request: web.BaseRequest,
-    waiting: asyncio.Queue[_Item | None],
+    waiting: asyncio.Queue[Outgoing | None],
     headers: dict[str, str],
     message: Message,
     client: HttpClient,
@@ -523,10 +535,10 @@ async def _answer_request(
     try:
         first = await asyncio.wait_for(waiting.get(), KEEPALIVE if takes_events else None)
     except TimeoutError:
-        first = _Item("")  # nothing yet: open the stream, with a keepalive
+        first = Outgoing("")  # nothing yet: open the stream, with a keepalive
     if first is None or (first.final and takes_json) or not takes_events:
         while first is not None and not first.final:  # (JSON only: the rest goes elsewhere)
-            client.unasked(first)
+            client.later(first)
             first = await waiting.get()
         if message.method == "initialize" and first is not None:
             client.initialized = first.ok
@@ -535,7 +547,7 @@ async def _answer_request(
         return web.Response(body=data.encode(), content_type="application/json", headers=headers)
     response = _event_stream(headers)
     await response.prepare(request)
-    item: _Item | None = first
+    item: Outgoing | None = first
     while item is not None:
         await response.write(_event(item.data) if item.data else b": keepalive\n\n")
         if item.final:
@@ -545,7 +557,7 @@ async def _answer_request(
         try:
             item = await asyncio.wait_for(waiting.get(), KEEPALIVE)
         except TimeoutError:
-            item = _Item("")
+            item = Outgoing("")
     await response.write_eof()
     return response
 

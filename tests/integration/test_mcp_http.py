@@ -29,6 +29,7 @@ SECRET_VALUE = "sk-live-5d2c8e71b9a0-Qx"
 FAKE_SERVER = REPO / "tests" / "helpers" / "fake_mcp_server.py"
 ACCEPT = "application/json, text/event-stream"
 VERSION = "2025-06-18"
+DIGEST = hashlib.sha256(SECRET_VALUE.encode()).hexdigest()
 WAIT = 30.0  # seconds: only a hung daemon or client takes this long
 
 
@@ -371,6 +372,22 @@ def test_a_malformed_body_gets_400_with_a_json_rpc_parse_error(daemon: Daemon) -
     version = daemon.post("fake", {"jsonrpc": "2.0", "id": 2, "method": "ping"}, token, session,
                           **{"MCP-Protocol-Version": "1900-01-01"})  # fmt: skip
     assert (version.status_code, version.json()) == (400, {"error": "unsupported_protocol_version"})
+
+
+def test_a_renewed_grant_is_taken_until_the_server_is_stopped_then_the_session_is_over(
+    daemon: Daemon,
+) -> None:
+    first, first_id = daemon.grant("bot", "fake:pid")
+    renewed, _ = daemon.grant("bot", "fake:pid", "fake:digest")
+    session = daemon.open_session("fake", first)
+    assert text_of(daemon.call("fake", renewed, session, "digest")) == DIGEST
+    pid = int(text_of(daemon.call("fake", first, session, "pid")))
+    ok(daemon.env, "revoke", first_id)
+    denied = daemon.call("fake", first, session, "pid")
+    assert text_of(denied).startswith("denied: revoked: ")
+    assert wait_for(lambda: process_gone(pid))
+    over = daemon.post("fake", {"jsonrpc": "2.0", "id": 1, "method": "ping"}, renewed, session)
+    assert (over.status_code, over.json()) == (404, {"error": "unknown_session"})
 
 
 def test_delete_ends_the_session_and_stops_its_server(daemon: Daemon) -> None:
