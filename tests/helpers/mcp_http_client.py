@@ -13,7 +13,8 @@ operation, answered by one JSON line on stdout:
     {"op": "notify", "method": M, "params": {...}} -> {} (a progress or cancelled notification)
     {"op": "session"}                       -> {"id": the Mcp-Session-Id}
 
-An operation that fails answers {"error": "..."}; end of stdin ends the session (DELETE).
+An operation that fails answers {"error": "..."}; end of stdin ends the session (DELETE). A
+sampling request from the server is answered with SAMPLING_REPLY.
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ from typing import Any
 import httpx
 from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
+
+SAMPLING_REPLY = "a reply from the client's model"
+
+
+async def sample(_context: Any, _params: Any) -> types.CreateMessageResult:
+    return types.CreateMessageResult(
+        role="assistant",
+        content=types.TextContent(type="text", text=SAMPLING_REPLY),
+        model="test-model",
+    )
 
 
 async def operate(session: ClientSession, client: httpx.AsyncClient, op: dict[str, Any],
@@ -70,7 +81,7 @@ async def main(url: str, socket: str | None) -> None:
     loop = asyncio.get_running_loop()
     async with httpx.AsyncClient(transport=transport, headers=headers, timeout=30) as client:
         async with streamable_http_client(url, http_client=client) as (read, write, session_id):
-            async with ClientSession(read, write) as session:
+            async with ClientSession(read, write, sampling_callback=sample) as session:
                 try:
                     await session.initialize()
                     answer: dict[str, Any] = {"ready": True}

@@ -142,9 +142,13 @@ class Daemon:
            str(filesystem), str(self.allowed))  # fmt: skip
         ok(self.env, "mcp", "add", "fake", "--secret", "api-key=API_TOKEN", "--",
            sys.executable, str(FAKE_SERVER))  # fmt: skip
+        everything = server_binary("mcp-server-everything")
+        ok(self.env, "mcp", "add", "every", "--secret", "api-key=API_KEY", "--",
+           str(everything), "stdio")  # fmt: skip
         for agent in ("bot", "other"):
-            ok(self.env, "agent", "add", agent, "--allow", "fs:*", "--allow", "fs:*:*",
-               "--allow", "fake:*", "--allow", "brief:*", "--max-ttl", "1h")  # fmt: skip
+            allowed = [a for s in ("fs:*", "fs:*:*", "fake:*", "every:*", "brief:*")
+                       for a in ("--allow", s)]  # fmt: skip
+            ok(self.env, "agent", "add", agent, *allowed, "--max-ttl", "1h")
         run = root / "run"
         run.mkdir(mode=0o700)
         self.socket = run / "proxy.sock"
@@ -283,6 +287,20 @@ def test_the_registered_secret_reaches_the_child_server_and_never_the_client(
     assert wait_for(
         lambda: any(r["secret"] == "api-key" for r in daemon.records("secret.redacted"))
     )
+
+
+def test_the_everything_server_samples_through_the_client_reports_progress_and_hides_the_key(
+    daemon: Daemon,
+) -> None:
+    token, _ = daemon.grant("bot", "every:trigger-sampling-request", "every:get-env",
+                            "every:trigger-long-running-operation")  # fmt: skip
+    client = daemon.client("every", token)
+    sampled = client.call("trigger-sampling-request", prompt="hello")
+    assert not sampled["isError"] and "a reply from the client's model" in sampled["text"]
+    ran = client.call("trigger-long-running-operation", duration=0.3, steps=3)
+    assert not ran["isError"] and ran["progress"] == [1, 2, 3]
+    environment = client.call("get-env")["text"]
+    assert '"[redacted:api-key]"' in environment and SECRET_VALUE not in environment
 
 
 def test_progress_reaches_the_client_and_its_notifications_reach_the_server(
