@@ -199,6 +199,7 @@ class Session:
     client: HttpClient
     last_seen: float = field(default_factory=time.monotonic)
     lapsed: str | None = None  # why its server was stopped while it stays (its grant lapsed)
+    exits: asyncio.Task[None] | None = None  # waits for its server to exit on its own
 
 
 class _Refused(Exception):  # noqa: N818 - an answer, not a crash
@@ -375,7 +376,7 @@ class McpHttp:
             raise _Refused(502, "server_failed") from None
         session = Session(secrets.token_urlsafe(32), grant.agent, server, gateway, client)
         self.sessions[session.id] = session
-        self._spawn(self._when_server_exits(session))
+        session.exits = asyncio.get_running_loop().create_task(self._when_server_exits(session))
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
         response = await self._post(request, session, message)
@@ -494,6 +495,8 @@ class McpHttp:
     async def _end(self, session: Session, why: str) -> None:
         if self.sessions.pop(session.id, None) is None:
             return
+        if session.exits is not None and session.exits is not asyncio.current_task():
+            session.exits.cancel()  # (a server stopped on purpose is not one that exited)
         session.gateway.fail_pending(why)
         session.client.close()
         await session.gateway.stop(why)

@@ -443,3 +443,17 @@ def test_an_idle_session_ends_and_its_server_stops(tmp_path: Path) -> None:
         assert daemon.post("fake", ping, token, session).status_code == 404
     finally:
         daemon.stop()
+
+
+def test_sigterm_ends_the_daemon_and_every_sessions_server(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path)
+    try:
+        token, _ = daemon.grant("bot", "fake:pid")
+        pids = []
+        for _ in range(2):
+            session = daemon.open_session("fake", token)
+            pids.append(int(text_of(daemon.call("fake", token, session, "pid"))))
+    finally:
+        daemon.stop()
+    assert daemon.process.returncode == 0, daemon.log()
+    assert all(process_gone(pid) for pid in pids)
