@@ -168,12 +168,6 @@ class Gateway:
         with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.gather(*self._stderr_tasks), STOP_GRACE)
 
-    @property
-    def server_pid(self) -> int | None:
-        """The running server's process id (None once it is stopped)."""
-        process = self._process
-        return None if process is None or process.returncode is not None else process.pid
-
     def fail_pending(self, why: str) -> None:
         """Answer every request still waiting for the server with an error saying `why`."""
         for key, (method, _) in list(self._client_requests.items()):

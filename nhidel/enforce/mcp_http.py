@@ -1,12 +1,13 @@
 """The MCP gateway over Streamable HTTP: every registered server at `/mcp/SERVER` of `nhidel
 proxy`, for clients that bring nothing but a grant (SPEC.md "The MCP gateway").
 
-The transport is the MCP specification's (2025-06-18, 2025-11-25): a POST carries one
-JSON-RPC message; a request is answered with `application/json` when its answer is the first
-thing the server says about it, else with a `text/event-stream` that carries its progress and
-the server's requests first (and a keepalive comment while it is quiet); a notification or
-response is answered 202. `initialize` opens a session (`Mcp-Session-Id` on its answer), GET
-opens the session's stream for what the server says unasked, DELETE ends it.
+The transport is the MCP specification's (2025-06-18, 2025-11-25; 2025-03-26 clients too): a
+POST carries one JSON-RPC message; a request is answered with `application/json` when its
+answer is the first thing the server says about it, else with a `text/event-stream` that
+carries its progress and the server's requests first (and a keepalive comment while it is
+quiet); a notification or response is answered 202. `initialize` opens a session
+(`Mcp-Session-Id` on its answer), GET opens the session's stream for what the server says
+unasked, DELETE ends it.
 
 Each request, in this order (each refusal a JSON body `{"error": CODE}`, nothing relayed):
 the Origin (403 `bad_origin` unless absent or loopback: DNS rebinding), the method (405),
@@ -18,7 +19,8 @@ the Origin (403 `bad_origin` unless absent or loopback: DNS rebinding), the meth
   (401; 503 `integrity`) and for the session's agent (403 `wrong_agent`: a session belongs to
   one agent for its whole life, and a grant for another is an authenticated request for
   something that agent may not touch, not a missing credential; 401 would send some clients
-  into OAuth discovery). Then the message goes through the session's `Gateway` exactly as a
+  into OAuth discovery). Then the body (415 unless JSON, 413 too large, 400 with a JSON-RPC
+  error unless one JSON-RPC message) goes through the session's `Gateway` exactly as a
   stdio line would: the checks, records, redaction and denials (a revoked or expired grant's
   `denied:` result, HTTP 200) are the stdio gateway's own.
 
@@ -26,7 +28,8 @@ A session's child server is stopped when the client ends the session (DELETE), w
 idle (no request, none pending) for the idle limit, when its server exits, and when its grant
 lapses (revoked, expired, used up) or its registration is removed or changed: noticed on the
 next request or by a check every `recheck` seconds. A lapsed session stays (its requests are
-denied, as the stdio gateway denies them) until it is ended or idle.
+denied, as the stdio gateway denies them; one with a grant valid again gets 404, since a
+stopped server is not brought back) until it is ended or idle.
 """
 
 from __future__ import annotations
