@@ -305,6 +305,7 @@ class McpHttp:
         session = self._session(session_id, name)
         self._admit(session, token, note)
         session.last_seen = time.monotonic()
+        session.gateway.token = token  # (what the lapse checks just below ask about)
         if session.lapsed is not None and session.gateway.lapsed() is None:
             # A grant valid again (a renewed one) cannot bring back a stopped server: the
             # session is over, and the client opens a new one with it.
@@ -322,7 +323,7 @@ class McpHttp:
                 message.id, policy.INVALID_REQUEST, "initialize opens a session: send it "
                 f"without {SESSION_HEADER}",
             ))  # fmt: skip
-        return await self._post(request, session, message)
+        return await self._post(request, session, message, token)
 
     async def _initialize(
         self, request: web.BaseRequest, name: str, token: str, note: Noted
@@ -382,7 +383,7 @@ class McpHttp:
         session.exits = asyncio.get_running_loop().create_task(self._when_server_exits(session))
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
-        response = await self._post(request, session, message)
+        response = await self._post(request, session, message, token)
         if not session.client.initialized:
             self._spawn(self._end(session, "its initialize failed"))
         return response
@@ -398,8 +399,7 @@ class McpHttp:
         return session
 
     def _admit(self, session: Session, token: str, note: Noted) -> None:
-        """The request's grant must be readable and its agent the session's; it is then the
-        grant the session's next actions are checked against (a renewed one is taken)."""
+        """The request's grant must be readable and its agent the session's."""
         decision = self.enforcer.verifier.check(token, any_scope=True, aud=self.aud)
         grant = decision.grant
         if grant is None:
@@ -409,8 +409,6 @@ class McpHttp:
         note.agent, note.grant = grant.agent, grant.id
         if grant.agent != session.agent:
             raise _Refused(403, "wrong_agent")
-        session.gateway.token = token
-        session.gateway.grant_id = grant.id
 
     async def _read(self, request: web.BaseRequest) -> Message:
         """The body: one JSON-RPC message (400 with a JSON-RPC error when it is not one)."""
@@ -432,9 +430,12 @@ class McpHttp:
             )) from None  # fmt: skip
 
     async def _post(
-        self, request: web.BaseRequest, session: Session, message: Message
+        self, request: web.BaseRequest, session: Session, message: Message, token: str
     ) -> web.StreamResponse:
+        """One message of the session, checked against this request's own grant: set on the
+        gateway with nothing awaited before its checks (a renewed grant is taken so)."""
         headers = {SESSION_HEADER: session.id}
+        session.gateway.token = token
         if message.kind is not Kind.REQUEST:
             await session.gateway.client_message(message)
             if message.method == "notifications/cancelled":
