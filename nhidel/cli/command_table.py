@@ -234,6 +234,10 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                                     ()),
                        '--aud': (True, 'Accept only grants whose audience names AUDIENCE.', ()),
                        '--json': (False, 'Log one JSON object per request on stderr.', ()),
+                       '--session-idle': (True,
+                                          'End an MCP session (and stop its server) after this '
+                                          'long without a request.',
+                                          ()),
                        '-h': (False, 'Show this message and exit.', ()),
                        '--help': (False, 'Show this message and exit.', ())},
            'arguments': 0},

@@ -41,8 +41,19 @@ def proxy(
     as_json: Annotated[
         bool, typer.Option("--json", help="Log one JSON object per request on stderr.")
     ] = False,
+    session_idle: Annotated[
+        str,
+        typer.Option(
+            "--session-idle",
+            metavar="DURATION",
+            help="End an MCP session (and stop its server) after this long without a request.",
+        ),
+    ] = "30m",
 ) -> None:
     """Run the HTTP broker: /ROUTE/PATH with a grant goes to the route's upstream with its secret.
+
+    Every registered MCP server is served at /mcp/SERVER (MCP Streamable HTTP), each session
+    with its own server, the grant checked on every request.
 
     Listens on a 0600 Unix socket in a 0700 directory ($XDG_RUNTIME_DIR/nhidel, else
     nhidel-UID in the temp dir), or on --listen. Prints where on stdout (a URL, or unix:PATH),
@@ -55,9 +66,11 @@ def proxy(
     from nhidel.enforce import broker
     from nhidel.enforce.context import Enforcer
     from nhidel.errors import UsageError
+    from nhidel.timefmt import parse_duration
 
     if listen is not None and socket_path is not None:
         raise UsageError("give --listen or --socket, not both", "the broker listens in one place")
+    limits = broker.Limits(session_idle=parse_duration(session_idle, what="--session-idle"))
     where = common.paths()
     store = common.keystore(where)
     listener = _listener(listen, socket_path)
@@ -78,6 +91,7 @@ def proxy(
             lambda: Enforcer(where, store),
             aud=aud,
             log=log,
+            limits=limits,
             ready=ready,
             stop=stop,
         )

@@ -11,8 +11,10 @@ with the injected secret redacted from its headers and body. A redirect is hande
 followed. A streamed answer is cut when its grant stops covering it (checked between chunks
 and once a second on a quiet stream). Each request is one decision record and one log entry.
 
-aiohttp is imported only here (and by the command that runs this): other commands never
-pay for it.
+`/mcp/...` is the MCP gateway's (nhidel.enforce.mcp_http): handed to it whole.
+
+aiohttp is imported only here and in mcp_http (and by the command that runs this): other
+commands never pay for it.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from nhidel.enforce import http_paths
-from nhidel.enforce.http_paths import Refused, Target
+from nhidel.enforce import http_paths, mcp_http
+from nhidel.enforce.http_paths import Refused, Target, status_for
 from nhidel.errors import IntegrityError, UsageError
 from nhidel.scopes import Scope, parse_scope
 from nhidel.tokens.decision import Decision, Reason
@@ -49,33 +51,6 @@ if TYPE_CHECKING:
     from nhidel.registrations import Route
 
 
-# SPEC's status table: which HTTP status answers which reason code.
-UNAUTHORISED = frozenset(
-    {
-        Reason.MALFORMED,
-        Reason.BAD_SIGNATURE,
-        Reason.UNKNOWN_KEY,
-        Reason.WRONG_TYPE,
-        Reason.WRONG_ISSUER,
-        Reason.EXPIRED,
-        Reason.NOT_YET_VALID,
-        Reason.REVOKED,
-        Reason.USES_EXHAUSTED,
-        Reason.UNKNOWN_GRANT,
-    }
-)
-UNAVAILABLE = frozenset({Reason.INTEGRITY, Reason.STATUS_UNAVAILABLE})
-
-
-def status_for(reason: Reason | None) -> int:
-    """The HTTP status of a denial with `reason` (403 for the scope and audience reasons)."""
-    if reason in UNAUTHORISED:
-        return 401
-    if reason in UNAVAILABLE:
-        return 503
-    return 403
-
-
 @dataclass(frozen=True)
 class Limits:
     """What one broker allows; the defaults suit a person's agents on one machine."""
@@ -86,6 +61,7 @@ class Limits:
     recheck_every: float = 1.0  # a quiet stream's grant is checked this often
     flush_idle: float = 0.2  # a quiet stream's bytes held for redaction go after this long
     shutdown_grace: float = 10.0  # on SIGTERM, how long in-flight requests may take to finish
+    session_idle: float = 1800.0  # an MCP session with no request for this long is ended
 
 
 @dataclass
@@ -155,6 +131,10 @@ class Broker:
         self._session: aiohttp.ClientSession | None = None
         self._contexts: dict[str | None, ssl.SSLContext] = {}
         self._redactors: dict[str, tuple[str, Redactor]] = {}  # secret name -> (value, it)
+        self.mcp = mcp_http.McpHttp(
+            enforcer, aud=aud, idle=limits.session_idle, recheck=limits.recheck_every,
+            max_body=limits.max_body,
+        )  # fmt: skip
 
     async def start(self) -> None:
         # trust_env=False: no HTTP(S)_PROXY, no .netrc. No cookie jar: a cookie one upstream
@@ -169,6 +149,7 @@ class Broker:
         )
 
     async def close(self) -> None:
+        await self.mcp.close()
         if self._session is not None:
             await self._session.close()
 
@@ -179,6 +160,8 @@ class Broker:
         if request.raw_path == "/healthz" and request.method == "GET":
             return web.Response(text="ok\n")  # says nothing else: no version, no routes
         exchange = Exchange(request.method, request.raw_path.partition("?")[0])
+        if mcp_http.is_mcp_path(request.raw_path):
+            return await self._mcp(request, exchange)
         self.in_flight += 1
         try:
             return await self._answer(request, exchange)
@@ -195,6 +178,18 @@ class Broker:
         finally:
             self.in_flight -= 1
             self._finish(exchange)
+
+    async def _mcp(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
+        """An MCP request: its gateway's own records are the decisions; a request refused
+        before it reached a session's gateway is recorded here, as a broker's is."""
+        try:
+            return await self.mcp.handle(request, exchange)
+        finally:
+            if exchange.allowed:
+                if self.log is not None:
+                    self.log(exchange.log_fields())
+            else:
+                self._finish(exchange)
 
     async def _answer(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         try:
@@ -600,6 +595,7 @@ async def serve(
         try:
             await stop.wait()
         finally:
+            broker.mcp.end_streams()  # (an MCP session's GET stream would never finish)
             await runner.cleanup()  # stops accepting, waits for requests in flight (bounded)
     finally:
         await broker.close()

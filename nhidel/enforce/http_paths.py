@@ -1,5 +1,6 @@
 """What the HTTP broker decides before it asks about a grant: is this request one it will
-forward at all, which scope does it need, and which headers go on to the upstream and back.
+forward at all, which scope does it need, and which headers go on to the upstream and back;
+and SPEC's status table, which HTTP status answers which denial (`status_for`).
 
 Pure functions over strings, no I/O, so every refusal is cheap to test. The broker checks a
 request as `ROUTE:METHOD:PATH` on the path as the client sent it (still percent-encoded, as
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from nhidel.scopes import MAX_SCOPE_LENGTH
+from nhidel.tokens.decision import Reason
 
 # Route names as registrations.REGISTERED_NAME spells them (checked again at lookup).
 _ROUTE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
@@ -212,3 +214,30 @@ def decodable(values: Iterable[str]) -> bool:
     is a coding aiohttp leaves encoded, so it is not one the broker could scan)."""
     values = list(values)
     return not values or (len(values) == 1 and values[0].strip().lower() in DECODABLE_ENCODINGS)
+
+
+# SPEC's status table: which HTTP status answers which reason code.
+UNAUTHORISED = frozenset(
+    {
+        Reason.MALFORMED,
+        Reason.BAD_SIGNATURE,
+        Reason.UNKNOWN_KEY,
+        Reason.WRONG_TYPE,
+        Reason.WRONG_ISSUER,
+        Reason.EXPIRED,
+        Reason.NOT_YET_VALID,
+        Reason.REVOKED,
+        Reason.USES_EXHAUSTED,
+        Reason.UNKNOWN_GRANT,
+    }
+)
+UNAVAILABLE = frozenset({Reason.INTEGRITY, Reason.STATUS_UNAVAILABLE})
+
+
+def status_for(reason: Reason | None) -> int:
+    """The HTTP status of a denial with `reason` (403 for the scope and audience reasons)."""
+    if reason in UNAUTHORISED:
+        return 401
+    if reason in UNAVAILABLE:
+        return 503
+    return 403

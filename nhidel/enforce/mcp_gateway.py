@@ -1,12 +1,18 @@
-"""The stdio MCP gateway: a registered server started as a child, and every message between it
-and the client relayed only as nhidel.enforce.mcp_policy allows.
+"""The MCP gateway: a registered server started as a child, and every message between it and
+the client relayed only as nhidel.enforce.mcp_policy allows.
 
-One asyncio loop, one thread: the client's messages (stdin) are checked and answered in
-order, the server's (its stdout) are relayed back redacted, its stderr is redacted and written
-to nhidel's stderr with the server's name in front. All grant checks and decision records
-happen on this one thread (the ledger connection belongs to it). The gateway ends when the
-client closes stdin, the server exits, or a terminating signal arrives; the caller then
-revokes a grant minted for it.
+`Gateway` is one session, whatever the client's transport: its policy, grant checks,
+decision records, redaction and child server are the same for both ways in. What differs is
+only the client's side: `relay_stdio` feeds it the lines of stdin and `LineClient` writes its
+messages to stdout (`mcp run`); nhidel.enforce.mcp_http feeds it the bodies of HTTP requests
+and routes its messages to their response streams (`nhidel proxy`).
+
+One asyncio loop, one thread: the client's messages are checked and answered in order, the
+server's (its stdout) are relayed back redacted, its stderr is redacted and written to
+nhidel's stderr with the server's name in front. All grant checks and decision records happen
+on this one thread (the ledger connection belongs to it). A stdio session ends when the client
+closes stdin, the server exits, or a terminating signal arrives; the caller then revokes a
+grant minted for it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from nhidel.enforce import mcp_policy as policy
 from nhidel.enforce.context import Enforcer
@@ -36,6 +42,7 @@ PASSED_PREFIXES = ("LC_",)
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 RESTART_WAIT = 30.0  # seconds a restarted server has to answer the replayed initialize
 STOP_GRACE = 2.0  # seconds a server has to exit after its stdin closes, then SIGTERM, SIGKILL
+SERVER_STOPPED = -32003  # a request that arrived after the session's server was stopped
 
 
 def server_environment(
@@ -70,8 +77,28 @@ class Ending:
     signum: int | None = None
 
 
+class ClientSide(Protocol):
+    """Where the gateway's messages to the client go (each already checked and redacted)."""
+
+    def send(self, body: Mapping[str, Any], data: str) -> None:
+        """Deliver one message: `body` as the gateway built it (to route it by), `data` its
+        redacted JSON text, one line ending in a newline (what the client receives)."""
+
+
+class LineClient:
+    """The stdio transport's client side: one message a line on the client's stdout."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+
+    def send(self, body: Mapping[str, Any], data: str) -> None:
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            self.out.write(data.encode())
+            self.out.flush()
+
+
 class Gateway:
-    """One session between a client (this process's stdin/stdout) and `server`."""
+    """One session between a client (its transport's `ClientSide`) and `server`."""
 
     def __init__(
         self,
@@ -83,9 +110,9 @@ class Gateway:
         renew_hint: str,
         redactor: Redactor,
         environment: Mapping[str, str],
-        client_in: IO[bytes],
-        client_out: IO[bytes],
+        client: ClientSide,
         log: IO[str],
+        aud: str | None = None,
     ) -> None:
         self.enforcer = enforcer
         self.server = server
@@ -94,21 +121,20 @@ class Gateway:
         self.renew_hint = renew_hint
         self.redactor = redactor
         self.environment = dict(environment)
-        self.client_in = client_in
-        self.client_out = client_out
+        self.client = client
         self.log = log
+        self.aud = aud  # grants must name it (`proxy --aud`)
         self.grant_id: str | None = None
         # Requests the client sent that were forwarded: what to do with their responses.
         self._client_requests: dict[tuple[str, Any], tuple[str, tuple[Scope, ...]]] = {}
         # Requests the server sent that were passed to the client: only these get responses.
         self._server_requests: set[tuple[str, Any]] = set()
         self._process: asyncio.subprocess.Process | None = None
-        self._ending = Ending()
-        self._stop = asyncio.Event()
-        self._server_gone = asyncio.Event()  # the server ended (not one stopped to restart it)
+        self.ending = Ending()
+        self.server_gone = asyncio.Event()  # the server ended (not one stopped to restart it)
+        self._stopped: str | None = None  # why the server was stopped for good
         self._readers: list[asyncio.Task[None]] = []  # each server's stdout, relayed
         self._stderr_tasks: list[asyncio.Task[None]] = []
-        self._pump: asyncio.Task[None] | None = None
         # What a restart replays to a new server: the client's initialize, and whether the
         # client had said initialized; and the secrets' values the server was started with.
         self._initialize: dict[str, Any] | None = None
@@ -121,33 +147,43 @@ class Gateway:
 
     # -- the session -------------------------------------------------------------------------
 
-    async def run(self) -> Ending:
-        """Start the server and relay until the client leaves, the server exits or a signal."""
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(signum, self._signalled, signum)
+    async def start(self) -> None:
+        """Start the server (OSError when it cannot be started) and relay what it says."""
         with contextlib.suppress(IntegrityError):  # (refused on the first call, if so)
             self._secrets_seen = self.enforcer.verifier.current_state()
         await self._start_server()
-        tasks = [
-            asyncio.create_task(self._from_client()),
-            asyncio.create_task(self._server_gone.wait()),
-        ]
-        stop = asyncio.create_task(self._stop.wait())
-        try:
-            await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            stop.cancel()
-            await self._stop_server()
-            for reader in self._readers:
-                reader.cancel()
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.gather(*self._stderr_tasks), STOP_GRACE)
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(signum)
-        return self._ending
+
+    async def stop(self, why: str = "the session ended") -> None:
+        """Stop the server for good (stdin closed, SIGTERM, SIGKILL) and its readers; a
+        request that comes after is answered with an error saying `why`."""
+        self._stopped = why
+        process = self._process
+        if process is not None:
+            if process.returncode is None:
+                await _stop_process(process)
+            elif self.ending.server_status is None and not self.ending.client_closed:
+                self.ending.server_status = process.returncode
+        for reader in self._readers:
+            reader.cancel()
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.gather(*self._stderr_tasks), STOP_GRACE)
+
+    def fail_pending(self, why: str) -> None:
+        """Answer every request still waiting for the server with an error saying `why`."""
+        for key, (method, _) in list(self._client_requests.items()):
+            self.to_client(policy.error_response(
+                key[1], SERVER_STOPPED, f"{method} was not answered: {why}"
+            ))  # fmt: skip
+        self._client_requests.clear()
+
+    def lapsed(self) -> Decision | None:
+        """Why this session can do nothing more (its grant revoked, expired or used up; the
+        registration removed or changed; the sealed state untrusted), or None."""
+        decision = self._refusal()
+        if decision is not None:
+            return decision
+        looked = self.enforcer.verifier.check(self.token, any_scope=True, aud=self.aud)
+        return None if looked.allowed else looked
 
     async def _start_server(self) -> None:
         """Start the registered server with `self.environment`, and relay what it says."""
@@ -180,7 +216,7 @@ class Gateway:
             self._secrets_seen = sealed
             values = self.enforcer.secrets(self._secret_values)
         except NhidelError as exc:  # (the call itself was allowed on the sealed state)
-            self._say(f"could not read the secrets it is given again: {exc.message}")
+            self.say(f"could not read the secrets it is given again: {exc.message}")
             return
         if values != self._secret_values:
             await self._restart_server(values)
@@ -190,12 +226,12 @@ class Gateway:
         on), and replay the client's `initialize` (its answer kept from the client) and
         `notifications/initialized`. Requests the old server had not answered get an error
         the client can retry on."""
-        self._say("a secret it is given was replaced: starting it again with the new value")
+        self.say("a secret it is given was replaced: starting it again with the new value")
         old, self._process = self._process, None
         if old is not None:
             await _stop_process(old)
         for key, (method, _) in list(self._client_requests.items()):
-            self._to_client(policy.error_response(
+            self.to_client(policy.error_response(
                 key[1], policy.RESTARTED, f"the server was restarted (a secret it is "
                 f"given was replaced) before it answered {method}; send it again",
             ))  # fmt: skip
@@ -216,87 +252,47 @@ class Gateway:
         try:
             await asyncio.wait_for(answered, RESTART_WAIT)
         except TimeoutError:
-            self._say("did not answer initialize again after its restart; stopping")
-            self._server_gone.set()
+            self.say("did not answer initialize again after its restart; stopping")
+            self.server_gone.set()
             return
         if self._initialized is not None:
             await self._to_server(self._initialized)
 
-    def _signalled(self, signum: int) -> None:
-        self._ending.signum = signum
-        self._stop.set()
-
-    async def _stop_server(self) -> None:
-        process = self._process
-        if process is None:
-            return
-        if process.returncode is None:
-            await _stop_process(process)
-        elif self._ending.server_status is None and not self._ending.client_closed:
-            self._ending.server_status = process.returncode
-
     # -- client -> server --------------------------------------------------------------------
 
-    async def _from_client(self) -> None:
-        reader = await self._client_reader()
-        while True:
-            try:
-                line = await reader.readline()
-            except ValueError:  # longer than MAX_LINE: the rest of the stream cannot be framed
-                self._to_client(policy.error_response(None, policy.INVALID_REQUEST,
-                                                      "message too long"))  # fmt: skip
-                break
-            if not line:
-                break
-            if line.strip():
-                await self._client_message(line)
-        self._ending.client_closed = True
-
-    async def _client_reader(self) -> asyncio.StreamReader:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=policy.MAX_LINE)
-        try:
-            await loop.connect_read_pipe(
-                lambda: asyncio.StreamReaderProtocol(reader), self.client_in
-            )
-        except ValueError:  # a regular file: read it on a thread instead
-            source = self.client_in
-
-            async def pump() -> None:
-                while chunk := await loop.run_in_executor(None, source.readline):
-                    reader.feed_data(chunk)
-                reader.feed_eof()
-
-            self._pump = loop.create_task(pump())
-        return reader
-
-    async def _client_message(self, line: bytes) -> None:
+    async def client_line(self, line: bytes) -> None:
+        """One line from a stdio client: parsed, then handled (or refused) as a message."""
         try:
             message = policy.parse_message(line)
         except NotRelayed as refused:
-            self._to_client(
-                policy.error_response(refused.request_id, refused.code, refused.message)
-            )
+            self.to_client(policy.error_response(refused.request_id, refused.code, refused.message))
             return
+        await self.client_message(message)
+
+    async def client_message(self, message: Message) -> None:
+        """One message from the client: checked, then relayed, answered or dropped."""
         action = policy.client_action(message)
         key = policy.id_key(message.id)
         if message.kind is Kind.REQUEST and key in self._client_requests:
             # Its response would be taken for the earlier one's (a filtered tools/list's).
-            self._to_client(policy.error_response(
+            self.to_client(policy.error_response(
                 message.id, policy.INVALID_REQUEST, "a request with this id is still pending"
             ))  # fmt: skip
             return
         if action is Action.FORWARD:
             if message.kind is Kind.REQUEST:
-                self._client_requests[key] = (str(message.method), ())
-            elif message.method == "notifications/initialized":
+                await self._request(key, str(message.method), message.body)
+                return
+            if message.method == "notifications/initialized":
                 self._initialized = message.body
+            elif message.method == "notifications/cancelled":
+                # The client stopped waiting: a late answer is for nothing it asked.
+                self._client_requests.pop(policy.id_key(message.params.get("requestId")), None)
             await self._to_server(message.body)
         elif action is Action.INITIALIZE:
-            self._client_requests[key] = ("initialize", ())
             params = policy.initialize_params(message.params, has_roots=bool(self.server.roots))
             self._initialize = {**message.body, "params": params}
-            await self._to_server(self._initialize)
+            await self._request(key, "initialize", self._initialize)
         elif action is Action.TOOLS_LIST:
             await self._tools_list(message, key)
         elif action is Action.TOOLS_CALL:
@@ -308,21 +304,40 @@ class Gateway:
                 self._server_requests.discard(key)
                 await self._to_server(message.body)
         elif action is Action.REFUSE:
-            self._to_client(policy.error_response(
+            self.to_client(policy.error_response(
                 message.id, policy.METHOD_NOT_FOUND,
                 f"{message.method} is not relayed by nhidel's MCP gateway",
             ))  # fmt: skip
         # Action.DROP: nothing
 
+    async def _request(
+        self,
+        key: tuple[str, Any],
+        method: str,
+        body: Mapping[str, Any],
+        scopes: tuple[Scope, ...] = (),
+    ) -> None:
+        """Send a client's request on to the server and remember it for its answer; one that
+        comes after the server was stopped for good is answered with an error."""
+        if self._stopped is not None:
+            self.to_client(policy.error_response(
+                key[1], SERVER_STOPPED, f"MCP server {self.server.name} has stopped: "
+                f"{self._stopped}; start a new session",
+            ))  # fmt: skip
+            return
+        self._client_requests[key] = (method, scopes)
+        await self._to_server(body)
+
     async def _tools_list(self, message: Message, key: tuple[str, Any]) -> None:
-        decision = self._refusal() or self.enforcer.verifier.check(self.token, any_scope=True)
+        decision = self._refusal() or self.enforcer.verifier.check(
+            self.token, any_scope=True, aud=self.aud
+        )
         if not decision.allowed or decision.grant is None:
-            self._to_client(policy.error_response(
+            self.to_client(policy.error_response(
                 message.id, policy.DENIED, self._denial_text(decision, None)
             ))  # fmt: skip
             return
-        self._client_requests[key] = ("tools/list", decision.grant.scopes)
-        await self._to_server(message.body)
+        await self._request(key, "tools/list", message.body, decision.grant.scopes)
 
     async def _tools_call(self, message: Message, key: tuple[str, Any]) -> None:
         started = time.perf_counter()
@@ -338,7 +353,7 @@ class Gateway:
             except policy.CallRefused as refused:
                 decision = Decision(False, Reason.SCOPE_NOT_GRANTED, str(refused))
             else:
-                decision = check_all(self.enforcer, self.token, scopes)
+                decision = check_all(self.enforcer, self.token, scopes, aud=self.aud)
         self._note(decision)
         self.enforcer.record(
             "tool.allowed" if decision.allowed else "tool.denied",
@@ -351,14 +366,13 @@ class Gateway:
         if not decision.allowed:
             missing = scopes[0] if decision.reason is Reason.SCOPE_NOT_GRANTED and scopes else None
             reason = (decision.reason or Reason.SCOPE_NOT_GRANTED).value
-            self._to_client(policy.response(
+            self.to_client(policy.response(
                 message.id, policy.denial_result(reason, self._denial_text(decision, missing,
                                                                            prefix=False))
             ))  # fmt: skip
             return
         await self._follow_secrets()
-        self._client_requests[key] = ("tools/call", ())
-        await self._to_server(message.body)
+        await self._request(key, "tools/call", message.body)
 
     async def _named_kind(self, message: Message, key: tuple[str, Any], kind: str) -> None:
         """`resources/*` or `prompts/*`: a grant that names SERVER:resources (or prompts)
@@ -368,10 +382,10 @@ class Gateway:
         decision = self._refusal()
         if decision is None:
             # SERVER:* covers tools only: the grant must name the kind itself.
-            looked = self.enforcer.verifier.check(self.token, any_scope=True)
+            looked = self.enforcer.verifier.check(self.token, any_scope=True, aud=self.aud)
             if looked.allowed and looked.grant is not None:
                 if policy.names_kind(self.server.name, looked.grant.scopes, kind):
-                    decision = check_all(self.enforcer, self.token, (scope,))
+                    decision = check_all(self.enforcer, self.token, (scope,), aud=self.aud)
                 else:
                     decision = Decision(
                         False, Reason.SCOPE_NOT_GRANTED,
@@ -389,13 +403,12 @@ class Gateway:
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )  # fmt: skip
         if not decision.allowed:
-            self._to_client(policy.error_response(
+            self.to_client(policy.error_response(
                 message.id, policy.DENIED, self._denial_text(decision, scope)
             ))  # fmt: skip
             return
         await self._follow_secrets()
-        self._client_requests[key] = (kind, ())
-        await self._to_server(message.body)
+        await self._request(key, kind, message.body)
 
     def _refusal(self) -> Decision | None:
         """An `integrity` decision when the sealed configuration was edited, or this server's
@@ -440,7 +453,7 @@ class Gateway:
             try:
                 line = await process.stdout.readline()
             except ValueError:  # its stream cannot be framed any more: end the session
-                self._say("sent a message longer than the gateway relays; stopping it")
+                self.say("sent a message longer than the gateway relays; stopping it")
                 with contextlib.suppress(ProcessLookupError):
                     process.terminate()
                 break
@@ -450,14 +463,14 @@ class Gateway:
                 await self._server_message(line)
         status = await process.wait()
         if process is self._process:  # (not one stopped to start it again)
-            self._ending.server_status = status
-            self._server_gone.set()
+            self.ending.server_status = status
+            self.server_gone.set()
 
     async def _server_message(self, line: bytes) -> None:
         try:
             message = policy.parse_message(line)
         except NotRelayed:
-            self._say("sent a line that is not a single JSON-RPC message; dropped")
+            self.say("sent a line that is not a single JSON-RPC message; dropped")
             return
         action = policy.server_action(message)
         key = policy.id_key(message.id)
@@ -476,14 +489,14 @@ class Gateway:
                         body["result"], self.server.name, pending[1])}  # fmt: skip
                 elif pending[0] == "initialize":
                     body = {**body, "result": policy.initialize_result(body["result"])}
-            self._to_client(body)
+            self.to_client(body)
         elif action is Action.ROOTS:
             await self._to_server(policy.response(message.id, policy.roots_result(
                 self.server.roots)))  # fmt: skip
         elif action is Action.FORWARD:
             if message.kind is Kind.REQUEST:
                 self._server_requests.add(key)
-            self._to_client(message.body)
+            self.to_client(message.body)
         elif action is Action.REFUSE:
             await self._to_server(policy.error_response(
                 message.id, policy.METHOD_NOT_FOUND,
@@ -498,23 +511,20 @@ class Gateway:
             try:
                 line = await process.stderr.readline()
             except ValueError:  # longer than MAX_LINE: asyncio has dropped it
-                self._say("(a stderr line longer than the gateway relays was dropped)")
+                self.say("(a stderr line longer than the gateway relays was dropped)")
                 continue
             if not line:
                 return
             redacted, names = self.redactor.redact_bytes(line)
             self._record_redactions(names)
-            self._say(redacted.decode("utf-8", "replace").rstrip("\n"))
+            self.say(redacted.decode("utf-8", "replace").rstrip("\n"))
 
     # -- writing -----------------------------------------------------------------------------
 
-    def _to_client(self, body: Mapping[str, Any]) -> None:
+    def to_client(self, body: Mapping[str, Any]) -> None:
         """Everything toward the client is serialised here, then redacted."""
         data = policy.dumps(body).decode()
-        data = self._redacted(data)
-        with contextlib.suppress(BrokenPipeError, ValueError):
-            self.client_out.write(data.encode())
-            self.client_out.flush()
+        self.client.send(body, self._redacted(data))
 
     async def _to_server(self, body: Mapping[str, Any]) -> None:
         process = self._process
@@ -536,7 +546,7 @@ class Gateway:
             self.enforcer.record("secret.redacted", agent=self.agent, grant=self.grant_id,
                                  server=self.server.name, secret=name)  # fmt: skip
 
-    def _say(self, text: str) -> None:
+    def say(self, text: str) -> None:
         # No control characters: a server's stderr must not drive the terminal it lands on.
         text = _CONTROL.sub("?", text)
         with contextlib.suppress(BrokenPipeError, ValueError):
@@ -560,15 +570,89 @@ async def _stop_process(process: asyncio.subprocess.Process) -> None:
             continue
 
 
-def check_all(enforcer: Enforcer, token: str, scopes: Sequence[Scope]) -> Decision:
+def check_all(
+    enforcer: Enforcer, token: str, scopes: Sequence[Scope], *, aud: str | None = None
+) -> Decision:
     """Whether `token` covers every one of `scopes` now; one use spent (durably) for the call
     when the grant has a use limit and it is allowed (Enforcer.check, for several scopes)."""
-    decision = enforcer.verifier.check(token, scopes)
+    decision = enforcer.verifier.check(token, scopes, aud=aud)
     if decision.allowed and decision.grant is not None and decision.grant.max_uses is not None:
-        decision = enforcer.verifier.check(token, scopes, consume=True)
+        decision = enforcer.verifier.check(token, scopes, aud=aud, consume=True)
     return decision
 
 
-def serve(gateway: Gateway) -> Ending:
-    """Run one session to its end on a fresh event loop."""
-    return asyncio.run(gateway.run())
+# -- the stdio transport ------------------------------------------------------------------------
+
+
+async def relay_stdio(gateway: Gateway, client_in: IO[bytes]) -> Ending:
+    """Start the server and relay the client's lines until it closes stdin, the server
+    exits or a terminating signal arrives; then stop the server."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def signalled(signum: int) -> None:
+        gateway.ending.signum = signum
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(signum, signalled, signum)
+    pump: list[asyncio.Task[None]] = []  # (kept: a task nothing holds may be collected)
+    try:
+        await gateway.start()
+        tasks = [
+            asyncio.create_task(_from_client(gateway, client_in, pump)),
+            asyncio.create_task(gateway.server_gone.wait()),
+            asyncio.create_task(stop.wait()),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await gateway.stop()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+    return gateway.ending
+
+
+async def _from_client(
+    gateway: Gateway, client_in: IO[bytes], pump: list[asyncio.Task[None]]
+) -> None:
+    reader = await _client_reader(client_in, pump)
+    while True:
+        try:
+            line = await reader.readline()
+        except ValueError:  # longer than MAX_LINE: the rest of the stream cannot be framed
+            gateway.to_client(
+                policy.error_response(None, policy.INVALID_REQUEST, "message too long")
+            )
+            break
+        if not line:
+            break
+        if line.strip():
+            await gateway.client_line(line)
+    gateway.ending.client_closed = True
+
+
+async def _client_reader(
+    client_in: IO[bytes], pump: list[asyncio.Task[None]]
+) -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=policy.MAX_LINE)
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), client_in)
+    except ValueError:  # a regular file: read it on a thread instead
+
+        async def read_file() -> None:
+            while chunk := await loop.run_in_executor(None, client_in.readline):
+                reader.feed_data(chunk)
+            reader.feed_eof()
+
+        pump.append(loop.create_task(read_file()))
+    return reader
+
+
+def serve(gateway: Gateway, client_in: IO[bytes]) -> Ending:
+    """Run one stdio session to its end on a fresh event loop."""
+    return asyncio.run(relay_stdio(gateway, client_in))

@@ -21,7 +21,7 @@ from nhidel.actions.grants import GrantRequest
 from nhidel.config import Config
 from nhidel.enforce.bound import bound_grant
 from nhidel.enforce.context import Enforcer
-from nhidel.enforce.mcp_gateway import Ending, Gateway, serve, server_environment
+from nhidel.enforce.mcp_gateway import Ending, Gateway, LineClient, serve, server_environment
 from nhidel.enforce.redact import Redactor
 from nhidel.errors import NhidelError, NotFoundError, PolicyError, UsageError
 from nhidel.keys.keystore import KeyStore
@@ -179,13 +179,12 @@ def _serve(
         renew_hint=_renew_hint(grant, first.grant.id),
         redactor=Redactor({n: secrets[n] for n in server.secrets.values()}),
         environment=server_environment(server, secrets, environ),
-        client_in=client_in,
-        client_out=client_out,
+        client=LineClient(client_out),
         log=log,
     )
     gateway.grant_id = first.grant.id
     try:
-        return serve(gateway)
+        return serve(gateway, client_in)
     except OSError as exc:
         raise GatewayError(
             f"MCP server {server.name} could not be started ({server.command[0]}): "

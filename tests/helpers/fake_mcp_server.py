@@ -5,7 +5,9 @@ forwarded (and what it did not).
 After `notifications/initialized` it asks the client two things the gateway must handle
 itself: `roots/list` (answered from the registration) and `unknown/thing` (refused). Its
 `initialize` result advertises `completions` (hidden from the client by the gateway). Its
-`digest` tool answers the SHA-256 of the API_TOKEN variable it was started with.
+`digest` tool answers the SHA-256 of the API_TOKEN variable it was started with, `leak` the
+value itself (the gateway must redact it), `pid` its process id, and `progress` sends two
+progress notifications for the call's progress token before its result.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 import time
 
 TOOLS = [{"name": n, "inputSchema": {"type": "object"}}
-         for n in ("report", "slow", "other", "digest")]  # fmt: skip
+         for n in ("report", "slow", "other", "digest", "leak", "pid", "progress")]  # fmt: skip
 
 
 def send(body: dict[str, object]) -> None:
@@ -47,6 +49,15 @@ def main() -> None:
             text = json.dumps(received) if name == "report" else name
             if name == "digest":  # which value of its secret it holds, without showing it
                 text = hashlib.sha256(os.environ.get("API_TOKEN", "").encode()).hexdigest()
+            elif name == "leak":
+                text = f"my token is {os.environ.get('API_TOKEN', '')}"
+            elif name == "pid":
+                text = str(os.getpid())
+            elif name == "progress":
+                token = message["params"].get("_meta", {}).get("progressToken")
+                for step in (1, 2):
+                    send({"jsonrpc": "2.0", "method": "notifications/progress", "params": {
+                        "progressToken": token, "progress": step, "total": 2}})  # fmt: skip
             send({"jsonrpc": "2.0", "id": ident,
                   "result": {"content": [{"type": "text", "text": text}]}})  # fmt: skip
         elif ident is not None and method is not None:

@@ -1,0 +1,459 @@
+"""`nhidel proxy` as a real process serving registered MCP servers over Streamable HTTP at
+`/mcp/SERVER`, reached through its Unix socket by the official `mcp` SDK's client in a process
+of its own that holds nothing but its grant (no keystore, no passphrase, no D-Bus address, an
+empty NHIDEL_HOME), and by raw requests for what a well-behaved client never sends.
+
+One daemon serves the module (its sessions are independent); the idle limit gets a daemon of
+its own with a short one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from helpers.mcp_servers import require_sdk, server_binary
+from helpers.processes import REPO, command, init_cheaply, isolated_env, ok
+
+SECRET_VALUE = "sk-live-5d2c8e71b9a0-Qx"
+FAKE_SERVER = REPO / "tests" / "helpers" / "fake_mcp_server.py"
+ACCEPT = "application/json, text/event-stream"
+VERSION = "2025-06-18"
+DIGEST = hashlib.sha256(SECRET_VALUE.encode()).hexdigest()
+WAIT = 30.0  # seconds: only a hung daemon or client takes this long
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sdk() -> None:
+    require_sdk()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie has exited; its parent (the daemon) has not collected it yet.
+    status = Path(f"/proc/{pid}/stat")
+    return status.exists() and status.read_text().split(") ")[-1].startswith("Z")
+
+
+class Client:
+    """The SDK client process (tests/helpers/mcp_http_client.py), one operation at a time."""
+
+    def __init__(self, daemon: Daemon, server: str, token: str) -> None:
+        empty = daemon.root / f"agent-{len(daemon.clients)}"
+        empty.mkdir()
+        self.empty = empty
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(empty),
+            "NHIDEL_HOME": str(empty),
+            "PYTHONPATH": str(REPO / "tests"),
+            "MCP_GRANT": token,
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "helpers.mcp_http_client", f"http://localhost/mcp/{server}",
+             "--socket", str(daemon.socket)],
+            env=env, cwd=empty, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        first = self._answer()
+        assert first == {"ready": True}, first
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+
+    def _answer(self) -> dict[str, Any]:
+        try:
+            answer: dict[str, Any] = json.loads(self.lines.get(timeout=WAIT))
+        except queue.Empty:
+            self.process.kill()
+            raise AssertionError("the SDK client did not answer") from None
+        return answer
+
+    def ask(self, op: str, **fields: Any) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+        self.process.stdin.flush()
+        answer = self._answer()
+        assert "error" not in answer, answer
+        return answer
+
+    def tools(self) -> set[str]:
+        return set(self.ask("list")["tools"])
+
+    def call(self, tool: str, **args: Any) -> dict[str, Any]:
+        return self.ask("call", tool=tool, args=args)
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+class Daemon:
+    """A home with a principal, the secret, the filesystem server (`fs`) and a scripted one
+    (`fake`, given the secret), agents `bot` and `other`, and `nhidel proxy` on a socket."""
+
+    def __init__(self, root: Path, *options: str) -> None:
+        self.root = root
+        passphrase = root / "passphrase"
+        passphrase.write_text("mcp http tests\n")
+        passphrase.chmod(0o600)
+        self.env = isolated_env(
+            root, NHIDEL_KEYSTORE="file", NHIDEL_PASSPHRASE_FILE=str(passphrase)
+        )
+        self.home = Path(self.env["NHIDEL_HOME"])
+        self.allowed = root / "allowed"
+        self.allowed.mkdir()
+        (self.allowed / "a.txt").write_text("alpha\n")
+        init_cheaply(self.env, "--principal", "alice")
+        ok(self.env, "secret", "add", "api-key", input=SECRET_VALUE)
+        filesystem = server_binary("mcp-server-filesystem")
+        ok(self.env, "mcp", "add", "fs", "--resource-arg", "read_text_file=path",
+           "--resource-arg", "write_file=path", "--root", str(self.allowed), "--",
+           str(filesystem), str(self.allowed))  # fmt: skip
+        ok(self.env, "mcp", "add", "fake", "--secret", "api-key=API_TOKEN", "--",
+           sys.executable, str(FAKE_SERVER))  # fmt: skip
+        everything = server_binary("mcp-server-everything")
+        ok(self.env, "mcp", "add", "every", "--secret", "api-key=API_KEY", "--",
+           str(everything), "stdio")  # fmt: skip
+        for agent in ("bot", "other"):
+            allowed = [a for s in ("fs:*", "fs:*:*", "fake:*", "every:*", "brief:*")
+                       for a in ("--allow", s)]  # fmt: skip
+            ok(self.env, "agent", "add", agent, *allowed, "--max-ttl", "1h")
+        run = root / "run"
+        run.mkdir(mode=0o700)
+        self.socket = run / "proxy.sock"
+        self.stderr = root / "proxy-stderr.txt"
+        self.process = subprocess.Popen(
+            command("proxy", "--socket", str(self.socket), *options), env=self.env,
+            cwd=self.env["HOME"], text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=self.stderr.open("w"), start_new_session=True,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline().strip() == f"unix:{self.socket}", self.log()
+        self.http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(self.socket)), base_url="http://localhost",
+            timeout=WAIT,
+        )  # fmt: skip
+        self.clients: list[Client] = []
+
+    def log(self) -> str:
+        return self.stderr.read_text()
+
+    def grant(self, agent: str, *scopes: str) -> tuple[str, str]:
+        """(token, grant id) of a 10-minute grant."""
+        args = [a for scope in scopes for a in ("--scope", scope)]
+        issued = json.loads(
+            ok(self.env, "grant", agent, *args, "--ttl", "10m", "--format", "json").stdout
+        )
+        return issued["token"], issued["id"]
+
+    def client(self, server: str, token: str) -> Client:
+        client = Client(self, server, token)
+        self.clients.append(client)
+        return client
+
+    def post(
+        self, server: str, body: Any, token: str | None, session: str | None = None,
+        **headers: str,
+    ) -> httpx.Response:  # fmt: skip
+        """A raw POST (a body that is not JSON is sent as it is)."""
+        sent = {"Accept": ACCEPT, "Content-Type": "application/json", **headers}
+        if token is not None:
+            sent["Authorization"] = f"Bearer {token}"
+        if session is not None:
+            sent["Mcp-Session-Id"] = session
+            sent.setdefault("MCP-Protocol-Version", VERSION)
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return self.http.post(f"/mcp/{server}", content=content, headers=sent)
+
+    def open_session(self, server: str, token: str) -> str:
+        """initialize and notifications/initialized, raw; the session id."""
+        answer = self.post(server, {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                                    "params": {"protocolVersion": VERSION, "capabilities": {},
+                                               "clientInfo": {"name": "raw", "version": "1"}}},
+                           token)  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        session = answer.headers["Mcp-Session-Id"]
+        notified = self.post(server, {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                             token, session)  # fmt: skip
+        assert notified.status_code == 202, notified.text
+        return session
+
+    def call(self, server: str, token: str, session: str, tool: str) -> dict[str, Any]:
+        """A raw tools/call: its JSON-RPC answer."""
+        call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool}}
+        answer = self.post(server, call, token, session)
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = json.loads(answer.text)
+        return body
+
+    def stop(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.http.close()
+        self.process.terminate()
+        try:
+            self.process.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+    def records(self, event: str) -> list[dict[str, Any]]:
+        text = "".join(p.read_text() for p in sorted(self.home.glob("audit*.jsonl*")))
+        return [r for r in map(json.loads, text.splitlines()) if r["event"] == event]
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    running = Daemon(tmp_path_factory.mktemp("mcp-http"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def text_of(answer: dict[str, Any]) -> str:
+    return "\n".join(c["text"] for c in answer["result"]["content"] if c["type"] == "text")
+
+
+# -- through the SDK's client, with the grant alone -----------------------------------------------
+
+
+def test_a_client_with_its_grant_alone_sees_its_tools_and_a_denied_write_leaves_no_file(
+    daemon: Daemon,
+) -> None:
+    token, grant_id = daemon.grant("bot", f"fs:read_text_file:{daemon.allowed}/*",
+                                   "fs:list_allowed_directories")  # fmt: skip
+    client = daemon.client("fs", token)
+    target = daemon.allowed / "new.txt"
+    assert client.tools() == {"read_text_file", "list_allowed_directories"}
+    read = client.call("read_text_file", path=str(daemon.allowed / "a.txt"))
+    assert read == {"text": "alpha\n", "isError": False, "progress": []}
+    write = client.call("write_file", path=str(target), content="x")
+    assert write["isError"] and write["text"].startswith("denied: scope_not_granted: ")
+    assert not target.exists()
+
+    def decided() -> set[tuple[str, str]]:
+        found = daemon.records("tool.allowed") + daemon.records("tool.denied")
+        return {(r["event"], r["tool"]) for r in found if r["grant"] == grant_id}
+
+    # (Decisions are written at most a second after they are made.)
+    assert wait_for(
+        lambda: decided() == {("tool.allowed", "read_text_file"), ("tool.denied", "write_file")}
+    ), decided()
+    assert list(client.empty.iterdir()) == []  # it never needed an nhidel home
+
+
+def test_the_registered_secret_reaches_the_child_server_and_never_the_client(
+    daemon: Daemon,
+) -> None:
+    token, _ = daemon.grant("bot", "fake:digest", "fake:leak")
+    client = daemon.client("fake", token)
+    digest = client.call("digest")["text"]
+    assert digest == hashlib.sha256(SECRET_VALUE.encode()).hexdigest()
+    leaked = client.call("leak")
+    assert leaked["text"] == "my token is [redacted:api-key]"
+    assert SECRET_VALUE not in daemon.log()
+    assert wait_for(
+        lambda: any(r["secret"] == "api-key" for r in daemon.records("secret.redacted"))
+    )
+
+
+def test_the_everything_server_samples_through_the_client_reports_progress_and_hides_the_key(
+    daemon: Daemon,
+) -> None:
+    token, _ = daemon.grant("bot", "every:trigger-sampling-request", "every:get-env",
+                            "every:trigger-long-running-operation")  # fmt: skip
+    client = daemon.client("every", token)
+    sampled = client.call("trigger-sampling-request", prompt="hello")
+    assert not sampled["isError"] and "a reply from the client's model" in sampled["text"]
+    ran = client.call("trigger-long-running-operation", duration=0.3, steps=3)
+    assert not ran["isError"] and ran["progress"] == [1, 2, 3]
+    environment = client.call("get-env")["text"]
+    assert '"[redacted:api-key]"' in environment and SECRET_VALUE not in environment
+
+
+def test_progress_reaches_the_client_and_its_notifications_reach_the_server(
+    daemon: Daemon,
+) -> None:
+    token, _ = daemon.grant("bot", "fake:progress", "fake:report")
+    client = daemon.client("fake", token)
+    assert client.call("progress")["progress"] == [1.0, 2.0]
+    client.ask("notify", method="notifications/cancelled", params={"requestId": 99})
+    client.ask("notify", method="notifications/progress",
+               params={"progressToken": "t1", "progress": 1})  # fmt: skip
+    # The server keeps what it received: the call that asks is answered after both.
+    received = json.loads(client.call("report")["text"])
+    methods = [m.get("method") for m in received]
+    assert "notifications/cancelled" in methods and "notifications/progress" in methods
+
+
+def test_revocation_mid_session_denies_the_next_call_and_stops_the_child_server(
+    daemon: Daemon,
+) -> None:
+    token, grant_id = daemon.grant("bot", "fake:pid")
+    client = daemon.client("fake", token)
+    pid = int(client.call("pid")["text"])
+    ok(daemon.env, "revoke", grant_id)
+    again = client.call("pid")
+    assert again["isError"] and again["text"].startswith("denied: revoked: ")
+    assert wait_for(lambda: process_gone(pid)), "the session's server still runs"
+
+
+def test_two_agents_at_once_each_see_only_their_own_tools(daemon: Daemon) -> None:
+    bot = daemon.client("fake", daemon.grant("bot", "fake:pid")[0])
+    other = daemon.client("fake", daemon.grant("other", "fake:digest", "fake:leak")[0])
+    assert bot.tools() == {"pid"}
+    assert other.tools() == {"digest", "leak"}
+    assert bot.call("digest")["text"].startswith("denied: scope_not_granted: ")
+    assert not other.call("digest")["isError"]
+
+
+# -- what the transport refuses --------------------------------------------------------------------
+
+
+def test_a_grant_for_another_agent_is_refused_on_an_existing_session(daemon: Daemon) -> None:
+    bot, _ = daemon.grant("bot", "fake:pid")
+    other, _ = daemon.grant("other", "fake:*")
+    session = daemon.open_session("fake", bot)
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "pid"}}
+    refused = daemon.post("fake", call, other, session)
+    assert (refused.status_code, refused.json()) == (403, {"error": "wrong_agent"})
+    assert "WWW-Authenticate" not in refused.headers
+    # The session is still its agent's.
+    assert not daemon.call("fake", bot, session, "pid")["result"].get("isError")
+
+
+def test_a_request_without_a_grant_gets_401_and_an_unknown_session_404(daemon: Daemon) -> None:
+    token, _ = daemon.grant("bot", "fake:pid")
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    initialize = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {}}
+    missing = daemon.post("fake", initialize, None)
+    assert missing.status_code == 401 and missing.headers["WWW-Authenticate"] == "Bearer"
+    unreadable = daemon.post("fake", initialize, token[:-4] + "AAAA")
+    assert unreadable.status_code == 401
+    unknown = daemon.post("fake", ping, token, "no-such-session")
+    assert (unknown.status_code, unknown.json()) == (404, {"error": "unknown_session"})
+    no_server = daemon.post("nothing", initialize, token)
+    assert (no_server.status_code, no_server.json()) == (404, {"error": "unknown_server"})
+
+
+def test_a_bad_origin_gets_403_and_a_loopback_one_is_served(daemon: Daemon) -> None:
+    token, _ = daemon.grant("bot", "fake:pid")
+    session = daemon.open_session("fake", token)
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    for origin in ("http://evil.example", "http://127.0.0.1.evil.example:8080", "null"):
+        answer = daemon.post("fake", ping, token, session, Origin=origin)
+        assert (answer.status_code, answer.json()) == (403, {"error": "bad_origin"}), origin
+    served = daemon.post("fake", ping, token, session, Origin="http://localhost:3000")
+    assert served.status_code == 200 and served.json()["result"] == {}
+
+
+def test_a_malformed_body_gets_400_with_a_json_rpc_parse_error(daemon: Daemon) -> None:
+    token, _ = daemon.grant("bot", "fake:pid")
+    session = daemon.open_session("fake", token)
+    answer = daemon.post("fake", b'{"jsonrpc": "2.0", "id": 1, "method": ', token, session)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == -32700 and answer.json()["id"] is None
+    batch = daemon.post("fake", [{"jsonrpc": "2.0", "id": 1, "method": "ping"}], token, session)
+    assert batch.status_code == 400 and batch.json()["error"]["code"] == -32600
+    version = daemon.post("fake", {"jsonrpc": "2.0", "id": 2, "method": "ping"}, token, session,
+                          **{"MCP-Protocol-Version": "1900-01-01"})  # fmt: skip
+    assert (version.status_code, version.json()) == (400, {"error": "unsupported_protocol_version"})
+
+
+def test_a_renewed_grant_is_taken_until_the_server_is_stopped_then_the_session_is_over(
+    daemon: Daemon,
+) -> None:
+    first, first_id = daemon.grant("bot", "fake:pid")
+    renewed, _ = daemon.grant("bot", "fake:pid", "fake:digest")
+    session = daemon.open_session("fake", first)
+    assert text_of(daemon.call("fake", renewed, session, "digest")) == DIGEST
+    pid = int(text_of(daemon.call("fake", first, session, "pid")))
+    ok(daemon.env, "revoke", first_id)
+    denied = daemon.call("fake", first, session, "pid")
+    assert text_of(denied).startswith("denied: revoked: ")
+    assert wait_for(lambda: process_gone(pid))
+    over = daemon.post("fake", {"jsonrpc": "2.0", "id": 1, "method": "ping"}, renewed, session)
+    assert (over.status_code, over.json()) == (404, {"error": "unknown_session"})
+
+
+def test_delete_ends_the_session_and_stops_its_server(daemon: Daemon) -> None:
+    token, _ = daemon.grant("bot", "fake:pid")
+    session = daemon.open_session("fake", token)
+    pid = int(text_of(daemon.call("fake", token, session, "pid")))
+    headers = {"Authorization": f"Bearer {token}", "Mcp-Session-Id": session}
+    assert daemon.http.delete("/mcp/fake", headers=headers).status_code == 204
+    assert wait_for(lambda: process_gone(pid))
+    assert daemon.post("fake", {"jsonrpc": "2.0", "id": 1, "method": "ping"}, token,
+                       session).status_code == 404  # fmt: skip
+
+
+def test_mcp_remove_takes_effect_on_the_running_daemons_next_request(daemon: Daemon) -> None:
+    ok(daemon.env, "mcp", "add", "brief", "--", sys.executable, str(FAKE_SERVER))
+    token, _ = daemon.grant("bot", "brief:pid")
+    session = daemon.open_session("brief", token)
+    pid = int(text_of(daemon.call("brief", token, session, "pid")))
+    ok(daemon.env, "mcp", "remove", "brief")
+    denied = daemon.call("brief", token, session, "pid")["result"]
+    assert denied["isError"] and text_of({"result": denied}).startswith("denied: integrity: ")
+    assert wait_for(lambda: process_gone(pid))
+    initialize = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {}}
+    assert daemon.post("brief", initialize, token).status_code == 404
+
+
+def test_an_idle_session_ends_and_its_server_stops(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path, "--session-idle", "1s")
+    try:
+        token, _ = daemon.grant("bot", "fake:pid")
+        session = daemon.open_session("fake", token)
+        pid = int(text_of(daemon.call("fake", token, session, "pid")))
+        assert wait_for(lambda: process_gone(pid)), "the idle session's server still runs"
+        ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        assert daemon.post("fake", ping, token, session).status_code == 404
+    finally:
+        daemon.stop()
+
+
+def test_sigterm_ends_the_daemon_and_every_sessions_server(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path)
+    try:
+        token, _ = daemon.grant("bot", "fake:pid")
+        pids = []
+        for _ in range(2):
+            session = daemon.open_session("fake", token)
+            pids.append(int(text_of(daemon.call("fake", token, session, "pid"))))
+    finally:
+        daemon.stop()
+    assert daemon.process.returncode == 0, daemon.log()
+    assert all(process_gone(pid) for pid in pids)
