@@ -76,6 +76,19 @@ class Paths(NamedTuple):
         return f"nhidel:{self.config_dir}"
 
 
+def runtime_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where `nhidel proxy` keeps its socket and its state file: `$XDG_RUNTIME_DIR/nhidel`
+    (the user's own, cleared at logout), else `nhidel-UID` in the temp dir. Callers that
+    create it make it 0700 (`fsutil.ensure_private_dir`); readers only look."""
+    env = os.environ if env is None else env
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_absolute() and Path(runtime).is_dir():
+        return Path(runtime) / "nhidel"
+    import tempfile  # here: completion never needs it
+
+    return Path(tempfile.gettempdir()) / f"nhidel-{os.getuid()}"
+
+
 def _xdg(env: Mapping[str, str], name: str, default: Path) -> Path:
     """An XDG base directory; the spec says to ignore relative paths."""
     value = env.get(name)
