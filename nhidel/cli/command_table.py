@@ -231,6 +231,14 @@ COMMANDS: dict[str, dict[str, Any]] = (
                                     ()),
                        '--aud': (True, 'Accept only grants whose audience names AUDIENCE.', ()),
                        '--json': (False, 'Log one JSON object per request on stderr.', ()),
+                       '--max-body': (True,
+                                      'Refuse (413) a request body larger than SIZE, e.g. 10M, '
+                                      '1G (default 1G).',
+                                      ()),
+                       '--upstream-timeout': (True,
+                                              'Answer 504 when an upstream has not answered '
+                                              '(headers) within it (default 60s).',
+                                              ()),
                        '-h': (False, 'Show this message and exit.', ()),
                        '--help': (False, 'Show this message and exit.', ())},
            'arguments': 0},
@@ -499,7 +507,7 @@ COMMANDS: dict[str, dict[str, Any]] = (
                          '-h': (False, 'Show this message and exit.', ()),
                          '--help': (False, 'Show this message and exit.', ())},
              'arguments': 1},
- 'mcp config': {'help': 'Print the client entry (user scope) that starts the gateway: no '
+ 'mcp config': {'help': 'Print the client entry (user scope) that reaches the gateway: no '
                         'secret, no token.',
                 'commands': [],
                 'options': {'--agent': (True, 'The agent the client acts for.', ()),
@@ -512,6 +520,11 @@ COMMANDS: dict[str, dict[str, Any]] = (
                                       "The minted grant's lifetime (default: the agent's "
                                       'default TTL).',
                                       ()),
+                            '--http': (True,
+                                       'Point the client at nhidel proxy at URL (/mcp/SERVER '
+                                       'is added), sending the grant in $NHIDEL_TOKEN, instead '
+                                       'of starting mcp run.',
+                                       ()),
                             '--client': (True,
                                          "The client's shape: claude, cursor, codex or vscode.",
                                          ()),
