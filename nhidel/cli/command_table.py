@@ -188,8 +188,9 @@ COMMANDS: dict[str, dict[str, Any]] = (
                         '--help': (False, 'Show this message and exit.', ())},
             'arguments': 0},
  'doctor': {'help': 'Check the keystore, the key, the files and their permissions, the audit '
-                    "log, the ledger, agents and live grants, a crash's leftovers and the "
-                    'status list; say what to run for each problem.',
+                    "log, the ledger, agents and live grants, a crash's leftovers, the status "
+                    'list, and whether nhidel proxy is running and where; say what to run for '
+                    'each problem.',
             'commands': [],
             'options': {'--json': (False,
                                    'Print the checks as JSON: name, ok, detail, fix.',
