@@ -554,7 +554,12 @@ class _Examination:
         """Whether an `nhidel proxy` serves this home, and where: its state file checked
         against a live process and an address that answers /healthz (`actions.daemon`)."""
         from nhidel.actions.daemon import find
+        from nhidel.paths import runtime_dir
 
+        problem = private_dir_problem(runtime_dir())
+        if problem is not None:  # whoever may write there could plant a daemon's state file
+            self.add(_problem("daemon", problem, about="the daemon's runtime dir: "))
+            return
         found = find(self.paths)
         running = [d for d in found if d.state == "running"]
         for gone in (d for d in found if d.state != "running"):

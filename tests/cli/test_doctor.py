@@ -572,3 +572,14 @@ def test_state_files_of_other_homes_links_and_garbage_are_no_claim(
     (runtime / "proxy-2.json").symlink_to(real)
     status, found = checks(ready)
     assert status == 0 and found["daemon"][0]["ok"] is True
+
+
+def test_a_runtime_dir_others_may_write_is_a_problem_and_nothing_in_it_is_believed(
+    ready: Cli, runtime: Path, nhidel_home: Path
+) -> None:
+    runtime.chmod(0o777)
+    claim(runtime, os.getpid(), "http://127.0.0.1:9", nhidel_home)
+    status, found = checks(ready)
+    (daemon,) = found["daemon"]
+    assert status == 1 and daemon["detail"].startswith("the daemon's runtime dir: ")
+    assert "writable by group or others" in daemon["detail"]
