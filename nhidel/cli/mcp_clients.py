@@ -28,6 +28,13 @@ WHERE = {
     "codex": "Codex: ~/.codex/config.toml",
     "vscode": "VS Code: the user mcp.json (command palette: MCP: Open User Configuration)",
 }
+# Claude Code documents its ${VAR} expansion for a project's .mcp.json (url and headers
+# included); user-scope entries in ~/.claude.json are not documented to expand.
+HTTP_WHERE = {
+    **WHERE,
+    "claude": "Claude Code: the project's .mcp.json, merged into its mcpServers (Claude Code "
+    "documents ${NHIDEL_TOKEN} expansion there)",
+}
 PASSED_VARIABLES = ("NHIDEL_HOME", "NHIDEL_KEYSTORE")
 GRANT_VARIABLE = "NHIDEL_TOKEN"  # where an HTTP entry's client finds the grant it sends
 # How each JSON client writes "the value of variable NAME" in a header (Codex names the

@@ -240,12 +240,12 @@ def config(
 
 
 def _http_config(name: str, agent: str, base: str, client: str) -> None:
-    from nhidel.cli.mcp_clients import WHERE, cleartext_off_loopback, http_entry, server_url
+    from nhidel.cli.mcp_clients import HTTP_WHERE, cleartext_off_loopback, http_entry, server_url
     from nhidel.cli.render import say
 
     url = server_url(base, name, client)
     typer.echo(http_entry(client, name, url), nl=False)
-    say(f"paste it into {WHERE[client]}")
+    say(f"paste it into {HTTP_WHERE[client]}")
     say(f"the client sends the grant in NHIDEL_TOKEN from its environment: "
         f"NHIDEL_TOKEN=$(nhidel grant {agent} --scope '{name}:*' --ttl 8h)")  # fmt: skip
     if cleartext_off_loopback(url):
