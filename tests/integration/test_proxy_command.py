@@ -252,6 +252,18 @@ def test_the_body_limit_and_the_upstream_timeout_are_options(
     assert code == 0
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--max-body", "lots"), ("--max-body", "0"), ("--max-body", "1T"),
+     ("--upstream-timeout", "soon")],
+)  # fmt: skip
+def test_a_bad_limit_is_a_usage_error_before_anything_listens(
+    cli: Cli, option: str, value: str
+) -> None:
+    result = cli("proxy", "--listen", "127.0.0.1:0", option, value)
+    assert result.exit_code == 2 and option in result.stderr and result.stdout == ""
+
+
 def test_a_removed_route_and_a_replaced_secret_reach_the_running_daemon_at_once(
     cli: Cli, env: dict[str, str], upstream: Upstream
 ) -> None:
