@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -64,3 +65,16 @@ class Paths(NamedTuple):
     def keyring_service(self) -> str:
         """The OS keyring service name: one per nhidel home, so homes never share keys."""
         return f"nhidel:{self.config_dir}"
+
+
+def runtime_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where `nhidel proxy` keeps its socket and its state file: `$XDG_RUNTIME_DIR/nhidel`
+    (the user's own, cleared at logout), else `nhidel-UID` in the temp dir. Callers that
+    create it make it 0700 (`fsutil.ensure_private_dir`); readers only look."""
+    env = os.environ if env is None else env
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_absolute() and Path(runtime).is_dir():
+        return Path(runtime) / "nhidel"
+    import tempfile  # here: most commands never need it
+
+    return Path(tempfile.gettempdir()) / f"nhidel-{os.getuid()}"

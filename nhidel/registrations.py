@@ -42,6 +42,11 @@ RESERVED_HEADERS = frozenset({
     "keep-alive", "proxy-authorization", "proxy-connection", "cookie",
 })  # fmt: skip
 
+# The daemon's own paths (`/mcp/SERVER`, `/healthz`, `/requests`): a route by one of these names
+# would be shadowed by them, so `route add` refuses it and the broker never routes one that an
+# older nhidel registered (doctor names it).
+RESERVED_ROUTE_NAMES = frozenset({"mcp", "healthz", "requests"})
+
 DEFAULT_HEADER = "Authorization"
 DEFAULT_FORMAT = "Bearer {secret}"
 
@@ -126,6 +131,17 @@ def check_registered_name(name: str, what: str) -> str:
             f"invalid {what} name {name!r}",
             "use 1-64 characters: lowercase letters, digits, '_', '.', '-', starting with a "
             "letter or digit (it is the first part of the scopes that reach it)",
+        )
+    return name
+
+
+def check_route_name(name: str) -> str:
+    """A name `route add` accepts: a registered name, and not one of the daemon's paths."""
+    check_registered_name(name, "route")
+    if name in RESERVED_ROUTE_NAMES:
+        raise UsageError(
+            f"the route name {name!r} is reserved: nhidel proxy answers /{name} itself",
+            f"choose another name (reserved: {', '.join(sorted(RESERVED_ROUTE_NAMES))})",
         )
     return name
 

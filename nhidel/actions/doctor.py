@@ -6,7 +6,8 @@ status the problem calls for: the one any command meeting it exits with (SPEC's 
 keystore, 5 integrity; 2 for an NHIDEL_KEYSTORE naming no keystore), or 1 for what no command
 refuses but should be fixed (a file others may read, a crash's leftovers, a stale status list).
 Checks come in the order a command meets what they check: the home, the keystore, the key, the
-files, the audit log, the ledger and config.toml as sealed, a crash's residue, the status list.
+files, the audit log, the ledger and config.toml as sealed, a crash's residue, the status list;
+then whether an `nhidel proxy` serves this home.
 
 Doctor only reads. It writes no audit record, moves no mark, finishes no residue and creates
 no file: it asks the keystore for the trust entry and the mark, never for the signing key;
@@ -42,6 +43,7 @@ from nhidel.keys.material import verifying_key
 from nhidel.keys.principal import Trust, key_state, load_trust
 from nhidel.ledger.store import SCHEMA_VERSION, Ledger
 from nhidel.paths import Paths
+from nhidel.registrations import RESERVED_ROUTE_NAMES
 from nhidel.timefmt import relative_with_clock
 from nhidel.tokens.claims import MAX_LEEWAY
 from nhidel.tokens.jws import TokenRejected, decode_verified
@@ -109,6 +111,7 @@ def diagnose(paths: Paths, keystore: Callable[[], KeyStore], *, now: int) -> lis
                 exam.registrations()
                 exam.residue()
                 exam.status_list()
+            exam.daemon()
     return exam.findings
 
 
@@ -455,6 +458,14 @@ class _Examination:
                 "then nhidel mcp add", ExitStatus.DENIED,
             ))  # fmt: skip
             return
+        reserved = sorted(set(config.routes) & RESERVED_ROUTE_NAMES)
+        if reserved:
+            self.add(_failed(
+                "registrations", f"route(s) {', '.join(reserved)}: a name nhidel proxy keeps "
+                "for its own paths, so the broker never routes it", f"nhidel route remove "
+                f"{reserved[0]}, then add it under another name", ExitStatus.DENIED,
+            ))  # fmt: skip
+            return
         self.add(_passed("registrations", f"{len(config.secrets)} secret(s), "
                          f"{len(config.servers)} MCP server(s), {len(config.routes)} route(s); "
                          "every secret has its value"))  # fmt: skip
@@ -538,6 +549,33 @@ class _Examination:
                     + ("" if self.sealed else " (revocations not compared: no ledger checked)"),
                 )
             )
+
+    def daemon(self) -> None:
+        """Whether an `nhidel proxy` serves this home, and where: its state file checked
+        against a live process and an address that answers /healthz (`actions.daemon`)."""
+        from nhidel.actions.daemon import find
+        from nhidel.paths import runtime_dir
+
+        problem = private_dir_problem(runtime_dir())
+        if problem is not None:  # whoever may write there could plant a daemon's state file
+            self.add(_problem("daemon", problem, about="the daemon's runtime dir: "))
+            return
+        found = find(self.paths)
+        running = [d for d in found if d.state == "running"]
+        for gone in (d for d in found if d.state != "running"):
+            if gone.state == "stale":
+                detail = f"{gone.file} is stale: process {gone.pid} is gone"
+                fix = f"rm {gone.file} (the next nhidel proxy removes it too)"
+            else:  # a hung daemon, or the file's process id reused by another process
+                detail = f"{gone.file}: process {gone.pid} lives but {gone.url} does not answer"
+                fix = (f"ps -p {gone.pid}: stop a hung nhidel proxy with kill {gone.pid}; "
+                       f"for any other process the file is stale: rm {gone.file}")  # fmt: skip
+            self.add(_failed("daemon", detail, fix, ExitStatus.DENIED))
+        if running:
+            where = "; ".join(f"pid {d.pid} on {d.url}" for d in running)
+            self.add(_passed("daemon", f"nhidel proxy is running ({where}) and answers"))
+        elif not found:
+            self.add(_passed("daemon", "no nhidel proxy is running for this home"))
 
     def _stale(self, directory: Path, uri: str, trust: Trust) -> list[str]:
         """What the published files no longer say (empty: current, as far as the pinned keys

@@ -29,6 +29,7 @@ from nhidel.registrations import (
     check_header_format,
     check_header_name,
     check_registered_name,
+    check_route_name,
     check_route_url,
     check_secret_name,
 )
@@ -131,7 +132,7 @@ def add_route(
     keystore: KeyStore | None = None,
 ) -> Route:
     """Register route `name`: requests to /NAME/... go to `url`'s host with `secret` injected."""
-    check_registered_name(name, "route")
+    check_route_name(name)
     route = Route(
         name=name,
         url=check_route_url(url).rstrip("/"),

@@ -191,8 +191,9 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                         '--help': (False, 'Show this message and exit.', ())},
             'arguments': 0},
  'doctor': {'help': 'Check the keystore, the key, the files and their permissions, the audit '
-                    "log, the ledger, agents and live grants, a crash's leftovers and the "
-                    'status list; say what to run for each problem.',
+                    "log, the ledger, agents and live grants, a crash's leftovers, the status "
+                    'list, and whether nhidel proxy is running and where; say what to run for '
+                    'each problem.',
             'commands': [],
             'options': {'--json': (False,
                                    'Print the checks as JSON: name, ok, detail, fix.',
@@ -238,6 +239,14 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                                           'End an MCP session (and stop its server) after this '
                                           'long without a request.',
                                           ()),
+                       '--max-body': (True,
+                                      'Refuse (413) a request body larger than SIZE, e.g. 10M, '
+                                      '1G (default 1G).',
+                                      ()),
+                       '--upstream-timeout': (True,
+                                              'Answer 504 when an upstream has not answered '
+                                              '(headers) within it (default 60s).',
+                                              ()),
                        '-h': (False, 'Show this message and exit.', ()),
                        '--help': (False, 'Show this message and exit.', ())},
            'arguments': 0},
@@ -506,7 +515,7 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                          '-h': (False, 'Show this message and exit.', ()),
                          '--help': (False, 'Show this message and exit.', ())},
              'arguments': 1},
- 'mcp config': {'help': 'Print the client entry (user scope) that starts the gateway: no '
+ 'mcp config': {'help': 'Print the client entry (user scope) that reaches the gateway: no '
                         'secret, no token.',
                 'commands': [],
                 'options': {'--agent': (True, 'The agent the client acts for.', ()),
@@ -519,6 +528,11 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                                       "The minted grant's lifetime (default: the agent's "
                                       'default TTL).',
                                       ()),
+                            '--http': (True,
+                                       'Point the client at nhidel proxy at URL (/mcp/SERVER '
+                                       'is added), sending the grant in $NHIDEL_TOKEN, instead '
+                                       'of starting mcp run.',
+                                       ()),
                             '--client': (True,
                                          "The client's shape: claude, cursor, codex or vscode.",
                                          ()),

@@ -23,8 +23,8 @@ def doctor(
     ] = False,
 ) -> None:
     """Check the keystore, the key, the files and their permissions, the audit log, the ledger,
-    agents and live grants, a crash's leftovers and the status list; say what to run for each
-    problem.
+    agents and live grants, a crash's leftovers, the status list, and whether nhidel proxy is
+    running and where; say what to run for each problem.
 
     Doctor only reads: it writes no file, no audit record and no mark, and repairs nothing.
     It checks the newest records of the audit log; nhidel audit verify checks every one. Exit

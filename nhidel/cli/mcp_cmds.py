@@ -190,6 +190,15 @@ def config(
     agent: AgentOption,
     scope: ScopeOption = None,
     ttl: TtlOption = None,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http",
+            metavar="URL",
+            help="Point the client at nhidel proxy at URL (/mcp/SERVER is added), sending the "
+            "grant in $NHIDEL_TOKEN, instead of starting mcp run.",
+        ),
+    ] = None,
     client: Annotated[
         str,
         typer.Option(
@@ -199,7 +208,7 @@ def config(
         ),
     ] = "claude",
 ) -> None:
-    """Print the client entry (user scope) that starts the gateway: no secret, no token."""
+    """Print the client entry (user scope) that reaches the gateway: no secret, no token."""
     from nhidel.cli.mcp_clients import CLIENTS, WHERE, entry, gateway_argv, gateway_env
     from nhidel.cli.render import say
     from nhidel.config import load_config
@@ -208,6 +217,16 @@ def config(
 
     if client not in CLIENTS:
         raise UsageError(f"unknown --client {client!r}", f"use one of: {', '.join(CLIENTS)}")
+    if http is not None:
+        if scope or ttl:
+            raise UsageError(
+                "--scope and --ttl mint a grant in mcp run; with --http the client sends its own",
+                f"mint it for the client's environment: NHIDEL_TOKEN=$(nhidel grant {agent} "
+                f"--scope {name}:TOOL --ttl 8h)",
+            )
+        check_request(load_config(common.paths()), name, agent, (), None)
+        _http_config(name, agent, http, client)
+        return
     check_request(load_config(common.paths()), name, agent, scope or (), ttl)
     env = gateway_env()
     typer.echo(entry(client, name, gateway_argv(name, agent, scope or (), ttl), env), nl=False)
@@ -218,6 +237,19 @@ def config(
     if not scope:
         say("without --scope the gateway takes the grant in NHIDEL_TOKEN from the client's "
             "environment")  # fmt: skip
+
+
+def _http_config(name: str, agent: str, base: str, client: str) -> None:
+    from nhidel.cli.mcp_clients import HTTP_WHERE, cleartext_off_loopback, http_entry, server_url
+    from nhidel.cli.render import say
+
+    url = server_url(base, name, client)
+    typer.echo(http_entry(client, name, url), nl=False)
+    say(f"paste it into {HTTP_WHERE[client]}")
+    say(f"the client sends the grant in NHIDEL_TOKEN from its environment: "
+        f"NHIDEL_TOKEN=$(nhidel grant {agent} --scope '{name}:*' --ttl 8h)")  # fmt: skip
+    if cleartext_off_loopback(url):
+        say("warning: plain http to another host: the grant crosses the network unencrypted")
 
 
 def tools(

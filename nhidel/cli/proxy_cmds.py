@@ -49,6 +49,22 @@ def proxy(
             help="End an MCP session (and stop its server) after this long without a request.",
         ),
     ] = "30m",
+    max_body: Annotated[
+        str,
+        typer.Option(
+            "--max-body",
+            metavar="SIZE",
+            help="Refuse (413) a request body larger than SIZE, e.g. 10M, 1G (default 1G).",
+        ),
+    ] = "1G",
+    upstream_timeout: Annotated[
+        str,
+        typer.Option(
+            "--upstream-timeout",
+            metavar="DURATION",
+            help="Answer 504 when an upstream has not answered (headers) within it (default 60s).",
+        ),
+    ] = "60s",
 ) -> None:
     """Run the HTTP broker: /ROUTE/PATH with a grant goes to the route's upstream with its secret.
 
@@ -57,35 +73,55 @@ def proxy(
 
     Listens on a 0600 Unix socket in a 0700 directory ($XDG_RUNTIME_DIR/nhidel, else
     nhidel-UID in the temp dir), or on --listen. Prints where on stdout (a URL, or unix:PATH),
-    then one line per request on stderr. SIGTERM or Ctrl-C: stops accepting, lets requests in
-    flight finish, exits 0.
+    then one line per request on stderr (never a query, header, body, token or secret). A
+    changed sealed configuration is noticed on the next request. SIGTERM or Ctrl-C: stops
+    accepting, gives requests in flight up to 10 seconds to finish (then cuts them), exits 0.
     """
     import asyncio
     import signal
 
+    from nhidel.actions import daemon
     from nhidel.enforce import broker
     from nhidel.enforce.context import Enforcer
-    from nhidel.errors import UsageError
+    from nhidel.errors import NhidelError, UsageError
     from nhidel.timefmt import parse_duration
 
     if listen is not None and socket_path is not None:
         raise UsageError("give --listen or --socket, not both", "the broker listens in one place")
-    limits = broker.Limits(session_idle=parse_duration(session_idle, what="--session-idle"))
+    limits = broker.Limits(
+        max_body=_size(max_body),
+        upstream_timeout=parse_duration(upstream_timeout, what="--upstream-timeout"),
+        session_idle=parse_duration(session_idle, what="--session-idle"),
+    )
     where = common.paths()
     store = common.keystore(where)
     listener = _listener(listen, socket_path)
     log = _json_line if as_json else _text_line
+    state: list[Path] = []  # the state file doctor reads, while requests are accepted
 
     def ready() -> None:
+        try:
+            state.append(daemon.record(where, listener.url))
+        except (NhidelError, OSError) as exc:  # doctor's view only: the daemon serves anyway
+            _say(f"warning: nhidel doctor will not see this daemon: {exc}")
         sys.stdout.write(listener.url + "\n")
         sys.stdout.flush()
         _say(f"nhidel proxy: listening on {listener.url}")
 
     async def main() -> None:
         stop = asyncio.Event()
+
+        def stopping() -> None:
+            if not stop.is_set():
+                for path in state:
+                    daemon.forget(path)
+                _say(f"nhidel proxy: stopping; requests in flight get up to "
+                     f"{limits.shutdown_grace:g}s to finish")  # fmt: skip
+            stop.set()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stopping)
         await broker.serve(
             listener,
             lambda: Enforcer(where, store),
@@ -96,8 +132,26 @@ def proxy(
             stop=stop,
         )
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        for path in state:
+            daemon.forget(path)
     _say("nhidel proxy: stopped")
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _size(text: str) -> int:
+    """Bytes from `4096`, `512K`, `10M` or `1G` (powers of 1024)."""
+    from nhidel.errors import UsageError
+
+    raw = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = raw.rstrip("KMG"), raw[len(raw.rstrip("KMG")) :]
+    if not number.isdigit() or unit not in _UNITS or int(number) == 0:
+        raise UsageError(f"invalid --max-body {text!r}", "give a size such as 10M or 1G")
+    return int(number) * _UNITS[unit]
 
 
 def _listener(listen: str | None, socket_path: Path | None) -> Any:
@@ -122,20 +176,12 @@ def _listener(listen: str | None, socket_path: Path | None) -> Any:
 
 
 def _default_socket() -> Path:
-    """$XDG_RUNTIME_DIR/nhidel/proxy.sock (the user's own, cleared at logout), else
-    nhidel-UID/proxy.sock in the temp dir; the directory 0700 and the user's, or refused."""
-    import os
-    import tempfile
-
+    """proxy.sock in the runtime dir (`paths.runtime_dir`): the directory 0700 and the
+    user's, or refused."""
     from nhidel.fsutil import ensure_private_dir
+    from nhidel.paths import runtime_dir
 
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and Path(runtime).is_absolute() and Path(runtime).is_dir():
-        directory = Path(runtime) / "nhidel"
-    else:
-        directory = Path(tempfile.gettempdir()) / f"nhidel-{os.getuid()}"
-    ensure_private_dir(directory)
-    return directory / "proxy.sock"
+    return ensure_private_dir(runtime_dir()) / "proxy.sock"
 
 
 def _say(line: str) -> None:

@@ -40,6 +40,7 @@ from yarl import URL
 from nhidel.enforce import http_paths, mcp_http
 from nhidel.enforce.http_paths import Refused, Target, status_for
 from nhidel.errors import IntegrityError, UsageError
+from nhidel.registrations import RESERVED_ROUTE_NAMES
 from nhidel.scopes import Scope, parse_scope
 from nhidel.tokens.decision import Decision, Reason
 
@@ -214,7 +215,7 @@ class Broker:
             route = self.enforcer.config().routes.get(target.route)
         except IntegrityError:
             raise _Denied(503, Reason.INTEGRITY.value) from None
-        if route is None:
+        if route is None or route.name in RESERVED_ROUTE_NAMES:  # (an older nhidel's: doctor says)
             raise _Denied(404, "unknown_route")
         if (request.content_length or 0) > self.limits.max_body:
             raise _Denied(413, "body_too_large")

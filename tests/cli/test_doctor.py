@@ -27,7 +27,7 @@ from nhidel.keys import keystore
 from nhidel.paths import Paths
 
 CHECKS = ["home", "keystore", "key", "files", "audit", "ledger", "config", "registrations",
-          "residue", "status-list"]  # fmt: skip
+          "residue", "status-list", "daemon"]  # fmt: skip
 SCOPE = "repo:read:acme/api"
 
 
@@ -501,3 +501,85 @@ def test_doctor_finds_a_registered_secret_whose_value_the_keystore_lost(
     found = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
     assert result.exit_code == 5 and found["registrations"]["ok"] is False
     assert found["registrations"]["fix"] == "store it again: nhidel secret add gh --replace"
+
+
+# -- the daemon ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A runtime dir of the test's own: nhidel/ in it is where a daemon's state file goes."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    (tmp_path / "nhidel").mkdir(mode=0o700)
+    return tmp_path / "nhidel"
+
+
+def claim(runtime: Path, pid: int, url: str, home: Path, name: str = "") -> Path:
+    """A state file as nhidel proxy writes it (or as anyone who can write there could)."""
+    path = runtime / f"proxy-{name or pid}.json"
+    path.write_text(json.dumps({"pid": pid, "url": url, "home": str(home)}))
+    path.chmod(0o600)
+    return path
+
+
+def a_gone_pid() -> int:
+    import subprocess
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_doctor_says_no_daemon_runs_when_none_does(ready: Cli, runtime: Path) -> None:
+    status, found = checks(ready)
+    (daemon,) = found["daemon"]
+    assert status == 0 and daemon["detail"] == "no nhidel proxy is running for this home"
+
+
+def test_a_daemons_state_file_whose_process_is_gone_is_reported_stale(
+    ready: Cli, runtime: Path, nhidel_home: Path
+) -> None:
+    stale = claim(runtime, a_gone_pid(), "http://127.0.0.1:9", nhidel_home)
+    status, found = checks(ready)
+    (daemon,) = found["daemon"]
+    assert status == 1 and daemon["ok"] is False
+    assert "is stale" in daemon["detail"] and daemon["fix"].startswith(f"rm {stale}")
+    assert stale.exists()  # doctor only reads
+
+
+def test_a_state_file_is_not_believed_without_an_answer_to_healthz(
+    ready: Cli, runtime: Path, nhidel_home: Path
+) -> None:
+    import socket
+
+    with socket.socket() as silent:  # alive pid (this one), a port that accepts but says nothing
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        claim(runtime, os.getpid(), f"http://127.0.0.1:{port}", nhidel_home)
+        claim(runtime, os.getpid(), "http://example.com:80", nhidel_home, "x")  # not looked up
+        status, found = checks(ready)
+    assert status == 1 and len(found["daemon"]) == 2
+    assert all(d["ok"] is False and "does not answer" in d["detail"] for d in found["daemon"])
+
+
+def test_state_files_of_other_homes_links_and_garbage_are_no_claim(
+    ready: Cli, runtime: Path, tmp_path: Path, nhidel_home: Path
+) -> None:
+    claim(runtime, a_gone_pid(), "http://127.0.0.1:9", tmp_path / "another-home")
+    (runtime / "proxy-1.json").write_text("not json")
+    real = claim(tmp_path, a_gone_pid(), "http://127.0.0.1:9", nhidel_home)
+    (runtime / "proxy-2.json").symlink_to(real)
+    status, found = checks(ready)
+    assert status == 0 and found["daemon"][0]["ok"] is True
+
+
+def test_a_runtime_dir_others_may_write_is_a_problem_and_nothing_in_it_is_believed(
+    ready: Cli, runtime: Path, nhidel_home: Path
+) -> None:
+    runtime.chmod(0o777)
+    claim(runtime, os.getpid(), "http://127.0.0.1:9", nhidel_home)
+    status, found = checks(ready)
+    (daemon,) = found["daemon"]
+    assert status == 1 and daemon["detail"].startswith("the daemon's runtime dir: ")
+    assert "writable by group or others" in daemon["detail"]

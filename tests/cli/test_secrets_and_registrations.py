@@ -174,6 +174,14 @@ def test_a_bad_route_is_refused(stored: Cli, args: list[str], why: str) -> None:
     assert result.exit_code == 2 and why in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("name", ["mcp", "healthz", "requests"])
+def test_route_add_refuses_the_names_of_the_daemons_own_paths(stored: Cli, name: str) -> None:
+    result = stored("route", "add", name, "https://api.example.com", "--secret", "gh")
+    assert result.exit_code == 2 and f"route name {name!r} is reserved" in result.stderr
+    assert "hint: choose another name" in result.stderr
+    assert json.loads(stored.ok("route", "list", "--json").stdout) == []
+
+
 def _edit(home: Path, change: Any) -> None:
     path = home / "config.toml"
     document = tomllib.loads(path.read_text())

@@ -621,6 +621,27 @@ def test_a_replaced_secret_and_a_removed_route_are_seen_on_the_next_request(
     assert len(upstream.received) == 2
 
 
+def test_a_route_an_older_nhidel_registered_under_a_reserved_name_is_never_routed(
+    routed: Cli, broker: Broker, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nhidel.actions import registrations
+
+    with monkeypatch.context() as older:  # an nhidel from before the names were reserved
+        older.setattr(registrations, "check_route_name", lambda name: name)
+        routed.ok(
+            "route", "add", "healthz", upstream.url, "--secret", "up", "--ca-file",
+            str(upstream.ca),
+        )  # fmt: skip
+    routed.ok("agent", "update", "bot", "--allow", "healthz:*:*")
+    token, _ = grant(routed, "healthz:get:echo")
+    refused = httpx.get(broker.url("/healthz/echo"), headers=bearer(token))
+    assert (refused.status_code, refused.json()) == (404, {"error": "unknown_route"})
+    assert upstream.received == []
+    doctor = {c["name"]: c for c in json.loads(routed("doctor", "--json").stdout)["checks"]}
+    assert doctor["registrations"]["ok"] is False
+    assert doctor["registrations"]["fix"].startswith("nhidel route remove healthz")
+
+
 def test_the_default_authorization_route_replaces_the_grant_with_the_secret(
     routed: Cli, paths: Paths, upstream: Upstream
 ) -> None:

@@ -1,7 +1,8 @@
 """`nhidel proxy` as a real process: where it listens (stdout, for scripts), a log line per
 request on stderr (text or JSON) that never holds the secret or the grant, the default socket
-(0600 in a 0700 runtime directory), no core file, and SIGTERM ends it with exit 0 after the
-request in flight has finished."""
+(0600 in a 0700 runtime directory) and the state file doctor reads there, no core file, the
+body limit and upstream timeout as options, a changed configuration seen on the next request,
+and SIGTERM: no new connection, the request in flight finished, exit 0."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -146,6 +148,11 @@ def test_the_default_socket_is_0600_in_a_0700_runtime_directory(
             assert where == f"unix:{sock}"
             assert (runtime / "nhidel").stat().st_mode & 0o777 == 0o700
             assert sock.stat().st_mode & 0o777 == 0o600
+            (daemon,) = doctor_says(env, runtime)["daemon"]
+            assert (
+                daemon["detail"]
+                == f"nhidel proxy is running (pid {process.pid} on {where}) and answers"
+            )
             token = token_for(cli, "api:get:echo")
             done = subprocess.run(
                 [curl, "-sS", "--unix-socket", str(sock), "-H", f"Authorization: Bearer {token}",
@@ -156,8 +163,26 @@ def test_the_default_socket_is_0600_in_a_0700_runtime_directory(
         finally:
             code, _ = stop(process)
         assert code == 0 and not sock.exists()
+        assert list((runtime / "nhidel").iterdir()) == []  # the state file gone with it
+        (daemon,) = doctor_says(env, runtime)["daemon"]
+        assert daemon["detail"] == "no nhidel proxy is running for this home"
     finally:
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+def doctor_says(env: dict[str, str], runtime: Path) -> dict[str, list[dict[str, Any]]]:
+    done = subprocess.run(
+        [sys.executable, "-m", "nhidel", "doctor", "--json"],
+        env={**env, "XDG_RUNTIME_DIR": str(runtime)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    checks: dict[str, list[dict[str, Any]]] = {}
+    for check in json.loads(done.stdout)["checks"]:
+        checks.setdefault(check["name"], []).append(check)
+    return checks
 
 
 def test_listen_and_socket_together_are_a_usage_error(cli: Cli, env: dict[str, str]) -> None:
@@ -168,13 +193,15 @@ def test_listen_and_socket_together_are_a_usage_error(cli: Cli, env: dict[str, s
     assert done.returncode == 2 and "not both" in done.stderr
 
 
-def test_sigterm_lets_the_request_in_flight_finish(
+def test_sigterm_refuses_new_connections_and_lets_the_request_in_flight_finish(
     cli: Cli, env: dict[str, str], upstream: Upstream
 ) -> None:
+    import socket
     import threading
     import time
 
     process, url = start_proxy(env, "--listen", "127.0.0.1:0")
+    port = int(url.rsplit(":", 1)[1])
     token = token_for(cli, "api:get:slow")
     answers: list[httpx.Response] = []
     client = threading.Thread(
@@ -187,10 +214,72 @@ def test_sigterm_lets_the_request_in_flight_finish(
     while not upstream.received and time.monotonic() < deadline:
         time.sleep(0.02)
     assert upstream.paths() == ["/v1/slow"]  # in flight: the upstream answers in 3 s
-    code, stderr = stop(process)
+    process.send_signal(signal.SIGTERM)
+    refused = False
+    while not refused and time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            time.sleep(0.02)
+        except ConnectionRefusedError:
+            refused = True
+    assert refused and not answers  # no longer accepting, the slow answer still to come
+    _, stderr = process.communicate(timeout=30)
     client.join(30)
-    assert code == 0, stderr
+    assert process.returncode == 0, stderr
     assert [(a.status_code, a.text) for a in answers] == [(200, "late")]
+    assert "stopping; requests in flight get up to 10s to finish" in stderr
+
+
+def test_the_body_limit_and_the_upstream_timeout_are_options(
+    cli: Cli, env: dict[str, str], upstream: Upstream
+) -> None:
+    process, url = start_proxy(
+        env, "--listen", "127.0.0.1:0", "--max-body", "1K", "--upstream-timeout", "1s"
+    )
+    try:
+        token = token_for(cli, "api:*:*")
+        auth = {"Authorization": f"Bearer {token}"}
+        small = httpx.post(f"{url}/api/echo", headers=auth, content=b"x" * 1024)
+        large = httpx.post(f"{url}/api/echo", headers=auth, content=b"x" * 1025)
+        slow = httpx.get(f"{url}/api/slow", headers=auth, timeout=30)
+    finally:
+        code, stderr = stop(process)
+    assert (small.status_code, large.status_code, slow.status_code) == (200, 413, 504), stderr
+    assert (large.json(), slow.json()) == (
+        {"error": "body_too_large"},
+        {"error": "upstream_timeout"},
+    )
+    assert code == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--max-body", "lots"), ("--max-body", "0"), ("--max-body", "1T"),
+     ("--upstream-timeout", "soon")],
+)  # fmt: skip
+def test_a_bad_limit_is_a_usage_error_before_anything_listens(
+    cli: Cli, option: str, value: str
+) -> None:
+    result = cli("proxy", "--listen", "127.0.0.1:0", option, value)
+    assert result.exit_code == 2 and option in result.stderr and result.stdout == ""
+
+
+def test_a_removed_route_and_a_replaced_secret_reach_the_running_daemon_at_once(
+    cli: Cli, env: dict[str, str], upstream: Upstream
+) -> None:
+    process, url = start_proxy(env, "--listen", "127.0.0.1:0")
+    try:
+        auth = {"Authorization": f"Bearer {token_for(cli, 'api:get:echo')}"}
+        assert httpx.get(f"{url}/api/echo", headers=auth).status_code == 200
+        cli.ok("secret", "add", "up", "--replace", input="replaced-secret-value-42\n")
+        assert httpx.get(f"{url}/api/echo", headers=auth).status_code == 200
+        cli.ok("route", "remove", "api")
+        gone = httpx.get(f"{url}/api/echo", headers=auth)
+    finally:
+        code, _ = stop(process)
+    assert (gone.status_code, gone.json(), code) == (404, {"error": "unknown_route"}, 0)
+    sent = [dict((n.lower(), v) for n, v in r["headers"]) for r in upstream.received]
+    assert [s[SECRET_HEADER.lower()] for s in sent] == [VALUE, "replaced-secret-value-42"]
 
 
 @pytest.mark.parametrize(
