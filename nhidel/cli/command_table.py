@@ -239,6 +239,15 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                                           'End an MCP session (and stop its server) after this '
                                           'long without a request.',
                                           ()),
+                       '--max-sessions': (True,
+                                          'Refuse (429) an MCP session past N open for one '
+                                          'agent (default 16).',
+                                          ()),
+                       '--server-timeout': (True,
+                                            "Answer 504 and stop a session's MCP server that "
+                                            'has not answered initialize within it (default '
+                                            '30s).',
+                                            ()),
                        '--max-body': (True,
                                       'Refuse (413) a request body larger than SIZE, e.g. 10M, '
                                       '1G (default 1G).',
@@ -462,7 +471,7 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                                '--help': (False, 'Show this message and exit.', ())},
                    'arguments': 1},
  'mcp': {'help': 'Register MCP servers and put the gateway in front of them.',
-         'commands': ['add', 'list', 'remove', 'run', 'config', 'tools'],
+         'commands': ['add', 'list', 'remove', 'run', 'config', 'connect', 'tools'],
          'options': {'-h': (False, 'Show this message and exit.', ()),
                      '--help': (False, 'Show this message and exit.', ())},
          'arguments': 0},
@@ -539,6 +548,12 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                             '-h': (False, 'Show this message and exit.', ()),
                             '--help': (False, 'Show this message and exit.', ())},
                 'arguments': 1},
+ 'mcp connect': {'help': "Relay stdio to SERVER on nhidel proxy's socket, with the grant in "
+                         '$NHIDEL_TOKEN.',
+                 'commands': [],
+                 'options': {'-h': (False, 'Show this message and exit.', ()),
+                             '--help': (False, 'Show this message and exit.', ())},
+                 'arguments': 2},
  'mcp tools': {'help': 'Start a registered server once: its tools, their arguments, suggested '
                        'scopes.',
                'commands': [],

@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
     mcp_app.command("remove")(remove)
     mcp_app.command("run")(run)
     mcp_app.command("config")(config)
+    mcp_app.command("connect")(connect)
     mcp_app.command("tools")(tools)
     app.add_typer(mcp_app, name="mcp")
 
@@ -182,6 +183,73 @@ def run(
             f"MCP server {name} exited (status {ending.server_status}) while the client was "
             "connected",
             "its own messages above (prefixed with its name) say why",
+        )
+
+
+def connect(
+    socket_path: Annotated[
+        str,
+        typer.Argument(
+            metavar="SOCKET",
+            help="The daemon's Unix socket (as nhidel proxy prints it, unix: optional).",
+        ),
+    ],
+    name: ServerName,
+) -> None:
+    """Relay stdio to SERVER on nhidel proxy's socket, with the grant in $NHIDEL_TOKEN.
+
+    For a stdio-only MCP client in a sandbox: it needs no keystore and no nhidel home (the
+    daemon checks everything). Ends when the client closes stdin (the session is ended), or
+    with an error when the daemon ends the session or cannot be reached.
+    """
+    import asyncio
+    import os
+    import stat
+    import sys
+
+    from nhidel.cli.errors import Terminated
+    from nhidel.cli.render import say
+    from nhidel.errors import NhidelError, UsageError
+    from nhidel.registrations import check_registered_name
+
+    check_registered_name(name, "MCP server")
+    token = os.environ.get("NHIDEL_TOKEN", "").strip()
+    if not token:
+        raise UsageError(
+            "no grant: NHIDEL_TOKEN is not set",
+            f"give the client the agent's grant: NHIDEL_TOKEN=$(nhidel grant AGENT --scope "
+            f"'{name}:*' --ttl 8h)",
+        )
+    path = socket_path.removeprefix("unix:")
+    try:
+        is_socket = stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        is_socket = False
+    if not is_socket:
+        raise NhidelError(
+            f"no daemon socket at {path}",
+            "start nhidel proxy (it prints unix:PATH), and in a container bind-mount that "
+            'socket (docker run -v "$XDG_RUNTIME_DIR/nhidel/proxy.sock:/run/nhidel.sock")',
+        )
+    from nhidel.enforce.mcp_connect import relay
+
+    ending = asyncio.run(
+        relay(
+            path,
+            name,
+            token,
+            sys.stdin.buffer,
+            sys.stdout.buffer,
+            lambda line: say(f"nhidel mcp connect: {line}"),
+        )  # fmt: skip
+    )
+    if ending.signum is not None:
+        raise Terminated(ending.signum)
+    if ending.why is not None:
+        raise NhidelError(
+            f"MCP server {name}: {ending.why}",
+            "start the client again (a new session); if the grant was revoked or expired, "
+            "with a new one in NHIDEL_TOKEN",
         )
 
 

@@ -49,6 +49,24 @@ def proxy(
             help="End an MCP session (and stop its server) after this long without a request.",
         ),
     ] = "30m",
+    max_sessions: Annotated[
+        int,
+        typer.Option(
+            "--max-sessions",
+            metavar="N",
+            min=1,
+            help="Refuse (429) an MCP session past N open for one agent (default 16).",
+        ),
+    ] = 16,
+    server_timeout: Annotated[
+        str,
+        typer.Option(
+            "--server-timeout",
+            metavar="DURATION",
+            help="Answer 504 and stop a session's MCP server that has not answered initialize "
+            "within it (default 30s).",
+        ),
+    ] = "30s",
     max_body: Annotated[
         str,
         typer.Option(
@@ -92,6 +110,8 @@ def proxy(
         max_body=_size(max_body),
         upstream_timeout=parse_duration(upstream_timeout, what="--upstream-timeout"),
         session_idle=parse_duration(session_idle, what="--session-idle"),
+        sessions_per_agent=max_sessions,
+        server_timeout=parse_duration(server_timeout, what="--server-timeout"),
     )
     where = common.paths()
     store = common.keystore(where)

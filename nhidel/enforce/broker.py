@@ -63,6 +63,8 @@ class Limits:
     flush_idle: float = 0.2  # a quiet stream's bytes held for redaction go after this long
     shutdown_grace: float = 10.0  # on SIGTERM, how long in-flight requests may take to finish
     session_idle: float = 1800.0  # an MCP session with no request for this long is ended
+    sessions_per_agent: int = 16  # MCP sessions one agent may hold open; more are 429
+    server_timeout: float = 30.0  # a session's MCP server silent this long after start: 504
 
 
 @dataclass
@@ -134,7 +136,8 @@ class Broker:
         self._redactors: dict[str, tuple[str, Redactor]] = {}  # secret name -> (value, it)
         self.mcp = mcp_http.McpHttp(
             enforcer, aud=aud, idle=limits.session_idle, recheck=limits.recheck_every,
-            max_body=limits.max_body,
+            max_body=limits.max_body, sessions_per_agent=limits.sessions_per_agent,
+            server_timeout=limits.server_timeout,
         )  # fmt: skip
 
     async def start(self) -> None:

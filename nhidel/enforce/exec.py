@@ -219,6 +219,7 @@ def _signals() -> _Signals | _HandledSignals:
     return _Signals() if SIGINFO else _HandledSignals()
 
 
+CHILD_POLL = 0.5  # seconds between looks at the child when no SIGCHLD came
 SIGINFO = hasattr(signal, "sigwaitinfo")  # Linux and most Unixes; not macOS
 
 
@@ -265,8 +266,10 @@ class _Signals:
     def wait_for(self, child: subprocess.Popen[bytes]) -> int:
         """Forward signals to `child` until it ends; its exit status as a shell says it."""
         while True:
-            info = signal.sigwaitinfo(self.waited)
-            if info.si_signo == signal.SIGCHLD:
+            # With a timeout: in a process with other threads (nhidel used as a library), the
+            # kernel may hand SIGCHLD to one that does not block it, and it is lost to us.
+            info = signal.sigtimedwait(self.waited, CHILD_POLL)
+            if info is None or info.si_signo == signal.SIGCHLD:
                 pid, status = os.waitpid(child.pid, os.WNOHANG)
                 if pid == child.pid:
                     code = os.waitstatus_to_exitcode(status)

@@ -619,7 +619,7 @@ async def relay_stdio(gateway: Gateway, client_in: IO[bytes]) -> Ending:
 async def _from_client(
     gateway: Gateway, client_in: IO[bytes], pump: list[asyncio.Task[None]]
 ) -> None:
-    reader = await _client_reader(client_in, pump)
+    reader = await client_reader(client_in, pump)
     while True:
         try:
             line = await reader.readline()
@@ -635,9 +635,11 @@ async def _from_client(
     gateway.ending.client_closed = True
 
 
-async def _client_reader(
+async def client_reader(
     client_in: IO[bytes], pump: list[asyncio.Task[None]]
 ) -> asyncio.StreamReader:
+    """The client's stdin as lines: a pipe read by the loop itself, a regular file on a
+    thread (its task kept in `pump`)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=policy.MAX_LINE)
     try:

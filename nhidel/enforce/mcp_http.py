@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import secrets
 import sys
 import time
@@ -55,10 +54,12 @@ from nhidel.enforce.http_paths import Refused, status_for
 from nhidel.enforce.mcp_gateway import Gateway, server_environment
 from nhidel.enforce.mcp_policy import Kind, Message, NotRelayed
 from nhidel.errors import IntegrityError
+from nhidel.registrations import REGISTERED_NAME
 from nhidel.tokens.decision import Decision, Reason
 
 if TYPE_CHECKING:
     from nhidel.enforce.context import Enforcer
+    from nhidel.models import Grant
     from nhidel.registrations import McpServer
 
 PROTOCOL_VERSIONS = frozenset({"2025-03-26", "2025-06-18", "2025-11-25"})
@@ -67,7 +68,6 @@ VERSION_HEADER = "MCP-Protocol-Version"
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 KEEPALIVE = 15.0  # seconds between comments on a quiet event stream (proxies close idle ones)
 BACKLOG = 256  # messages kept for a GET stream not yet open (the oldest go first)
-_SERVER_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # registrations' names
 
 
 class Noted(Protocol):
@@ -238,6 +238,8 @@ class McpHttp:
         idle: float = 1800.0,
         recheck: float = 1.0,
         max_body: int = policy.MAX_LINE,
+        sessions_per_agent: int = 16,
+        server_timeout: float = 30.0,
         log: IO[str] | None = None,
     ) -> None:
         self.enforcer = enforcer
@@ -245,6 +247,9 @@ class McpHttp:
         self.idle = idle
         self.recheck = recheck
         self.max_body = min(max_body, policy.MAX_LINE)
+        self.sessions_per_agent = sessions_per_agent
+        self.server_timeout = server_timeout
+        self.opening: dict[str, int] = {}  # agent -> sessions being opened (not yet counted)
         self.log = log if log is not None else sys.stderr
         self.sessions: dict[str, Session] = {}
         self._watcher: asyncio.Task[None] | None = None
@@ -334,7 +339,7 @@ class McpHttp:
             servers = self.enforcer.config().servers
         except IntegrityError:
             raise _Refused(503, Reason.INTEGRITY.value) from None
-        server = servers.get(name) if _SERVER_NAME.fullmatch(name) else None
+        server = servers.get(name) if REGISTERED_NAME.fullmatch(name) else None
         if server is None:
             raise _Refused(404, "unknown_server")
         decision = self.enforcer.verifier.check(token, any_scope=True, aud=self.aud)
@@ -351,6 +356,24 @@ class McpHttp:
                 message.id, policy.INVALID_REQUEST,
                 f"no session: send initialize first, then {SESSION_HEADER} with every request",
             ))  # fmt: skip
+        agent = grant.agent
+        held = sum(s.agent == agent for s in self.sessions.values()) + self.opening.get(agent, 0)
+        if held >= self.sessions_per_agent:
+            raise _Refused(429, "too_many_sessions")
+        self.opening[agent] = self.opening.get(agent, 0) + 1
+        try:
+            return await self._open(request, server, grant, message, token)
+        finally:
+            self.opening[agent] -= 1
+            if not self.opening[agent]:
+                del self.opening[agent]
+
+    async def _open(
+        self, request: web.BaseRequest, server: McpServer, grant: Grant, message: Message,
+        token: str,
+    ) -> web.StreamResponse:  # fmt: skip
+        """A new session for `grant`'s agent, its own server started for it, answering
+        `initialize` (504 when the server says nothing within `server_timeout`)."""
         try:
             values = self.enforcer.secrets(server.secrets.values())
         except IntegrityError:
@@ -383,7 +406,12 @@ class McpHttp:
         session.exits = asyncio.get_running_loop().create_task(self._when_server_exits(session))
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
-        response = await self._post(request, session, message, token)
+        try:
+            response = await self._post(request, session, message, token, self.server_timeout)
+        except TimeoutError:
+            gateway.say(f"said nothing within {self.server_timeout:g}s of its start; stopping it")
+            await self._end(session, "its server did not answer initialize")
+            raise _Refused(504, "server_timeout") from None
         if not session.client.initialized:
             self._spawn(self._end(session, "its initialize failed"))
         return response
@@ -430,10 +458,16 @@ class McpHttp:
             )) from None  # fmt: skip
 
     async def _post(
-        self, request: web.BaseRequest, session: Session, message: Message, token: str
+        self,
+        request: web.BaseRequest,
+        session: Session,
+        message: Message,
+        token: str,
+        first_within: float | None = None,
     ) -> web.StreamResponse:
         """One message of the session, checked against this request's own grant: set on the
-        gateway with nothing awaited before its checks (a renewed grant is taken so)."""
+        gateway with nothing awaited before its checks (a renewed grant is taken so).
+        TimeoutError when `first_within` is given and nothing comes back within it."""
         headers = {SESSION_HEADER: session.id}
         session.gateway.token = token
         if message.kind is not Kind.REQUEST:
@@ -450,7 +484,9 @@ class McpHttp:
         waiting = session.client.expect(message)
         try:
             await session.gateway.client_message(message)
-            return await _answer_request(request, waiting, headers, message, session.client)
+            return await _answer_request(
+                request, waiting, headers, message, session.client, first_within
+            )
         finally:
             session.client.forget(message)
 
@@ -533,16 +569,21 @@ async def _answer_request(
     headers: dict[str, str],
     message: Message,
     client: HttpClient,
+    first_within: float | None = None,
 ) -> web.StreamResponse:
     """The answer to one request: JSON when the answer is the first thing to send (and the
-    client takes JSON), else an event stream of what comes first, then the answer."""
+    client takes JSON), else an event stream of what comes first, then the answer. With
+    `first_within`, TimeoutError (nothing sent yet) when nothing comes within it."""
     accept = request.headers.get("Accept", "")
     takes_events = "text/event-stream" in accept
     takes_json = not accept or "application/json" in accept or "*/*" in accept
-    try:
-        first = await asyncio.wait_for(waiting.get(), KEEPALIVE if takes_events else None)
-    except TimeoutError:
-        first = Outgoing("")  # nothing yet: open the stream, with a keepalive
+    if first_within is not None:
+        first: Outgoing | None = await asyncio.wait_for(waiting.get(), first_within)
+    else:
+        try:
+            first = await asyncio.wait_for(waiting.get(), KEEPALIVE if takes_events else None)
+        except TimeoutError:
+            first = Outgoing("")  # nothing yet: open the stream, with a keepalive
     if first is None or (first.final and takes_json) or not takes_events:
         while first is not None and not first.final:  # (JSON only: the rest goes elsewhere)
             client.later(first)

@@ -58,9 +58,10 @@ def process_gone(pid: int) -> bool:
 
 
 class Client:
-    """The SDK client process (tests/helpers/mcp_http_client.py), one operation at a time."""
+    """The SDK client process (tests/helpers/mcp_http_client.py), one operation at a time;
+    with `connect`, its stdio client running `nhidel mcp connect SOCKET SERVER`."""
 
-    def __init__(self, daemon: Daemon, server: str, token: str) -> None:
+    def __init__(self, daemon: Daemon, server: str, token: str, *, connect: bool = False) -> None:
         empty = daemon.root / f"agent-{len(daemon.clients)}"
         empty.mkdir()
         self.empty = empty
@@ -73,7 +74,7 @@ class Client:
         }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "helpers.mcp_http_client", f"http://localhost/mcp/{server}",
-             "--socket", str(daemon.socket)],
+             "--socket", str(daemon.socket), *(["--connect"] if connect else [])],
             env=env, cwd=empty, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -146,7 +147,7 @@ class Daemon:
         ok(self.env, "mcp", "add", "every", "--secret", "api-key=API_KEY", "--",
            str(everything), "stdio")  # fmt: skip
         for agent in ("bot", "other"):
-            allowed = [a for s in ("fs:*", "fs:*:*", "fake:*", "every:*", "brief:*")
+            allowed = [a for s in ("fs:*", "fs:*:*", "fake:*", "every:*", "brief:*", "mute:*")
                        for a in ("--allow", s)]  # fmt: skip
             ok(self.env, "agent", "add", agent, *allowed, "--max-ttl", "1h")
         run = root / "run"
@@ -177,8 +178,8 @@ class Daemon:
         )
         return issued["token"], issued["id"]
 
-    def client(self, server: str, token: str) -> Client:
-        client = Client(self, server, token)
+    def client(self, server: str, token: str, *, connect: bool = False) -> Client:
+        client = Client(self, server, token, connect=connect)
         self.clients.append(client)
         return client
 
@@ -339,6 +340,63 @@ def test_two_agents_at_once_each_see_only_their_own_tools(daemon: Daemon) -> Non
     assert not other.call("digest")["isError"]
 
 
+# -- a stdio client through nhidel mcp connect -----------------------------------------------------
+
+
+def test_mcp_connect_gives_a_stdio_client_the_same_checks_with_its_grant_alone(
+    daemon: Daemon,
+) -> None:
+    token, grant_id = daemon.grant("bot", f"fs:read_text_file:{daemon.allowed}/*")
+    client = daemon.client("fs", token, connect=True)
+    target = daemon.allowed / "by-connect.txt"
+    assert client.tools() == {"read_text_file"}
+    read = client.call("read_text_file", path=str(daemon.allowed / "a.txt"))
+    assert read == {"text": "alpha\n", "isError": False, "progress": []}
+    write = client.call("write_file", path=str(target), content="x")
+    assert write["isError"] and write["text"].startswith("denied: scope_not_granted: ")
+    assert not target.exists()
+    assert wait_for(lambda: any(r["grant"] == grant_id and r["tool"] == "write_file"
+                                for r in daemon.records("tool.denied")))  # fmt: skip
+    assert list(client.empty.iterdir()) == []  # no nhidel home, no keystore
+
+
+def test_mcp_connect_relays_progress_and_the_secret_stays_with_the_server(
+    daemon: Daemon,
+) -> None:
+    token, _ = daemon.grant("bot", "fake:digest", "fake:leak", "fake:progress")
+    client = daemon.client("fake", token, connect=True)
+    assert client.call("digest")["text"] == DIGEST
+    assert client.call("leak")["text"] == "my token is [redacted:api-key]"
+    assert client.call("progress")["progress"] == [1.0, 2.0]
+
+
+def test_mcp_connect_sees_a_revocation_on_the_next_call_and_the_server_stops(
+    daemon: Daemon,
+) -> None:
+    token, grant_id = daemon.grant("bot", "fake:pid")
+    client = daemon.client("fake", token, connect=True)
+    pid = int(client.call("pid")["text"])
+    ok(daemon.env, "revoke", grant_id)
+    again = client.call("pid")
+    assert again["isError"] and again["text"].startswith("denied: revoked: ")
+    assert wait_for(lambda: process_gone(pid)), "the session's server still runs"
+
+
+def test_mcp_connect_without_a_grant_or_a_socket_says_what_to_do(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "NHIDEL_HOME": str(tmp_path)}
+    missing = subprocess.run(command("mcp", "connect", str(tmp_path / "s.sock"), "fs"), env=env,
+                             capture_output=True, text=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert missing.returncode == 2, missing.stderr
+    assert missing.stderr.splitlines()[0] == "error: no grant: NHIDEL_TOKEN is not set"
+    env["NHIDEL_TOKEN"] = "x.y.z"
+    nowhere = subprocess.run(command("mcp", "connect", str(tmp_path / "s.sock"), "fs"), env=env,
+                             capture_output=True, text=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert nowhere.returncode == 1, nowhere.stderr
+    assert nowhere.stderr.splitlines()[0] == f"error: no daemon socket at {tmp_path}/s.sock"
+    assert nowhere.stderr.splitlines()[1].startswith("hint: start nhidel proxy")
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- what the transport refuses --------------------------------------------------------------------
 
 
@@ -432,20 +490,104 @@ def test_mcp_remove_takes_effect_on_the_running_daemons_next_request(daemon: Dae
     assert daemon.post("brief", initialize, token).status_code == 404
 
 
-def test_an_idle_session_ends_and_its_server_stops(tmp_path: Path) -> None:
-    daemon = Daemon(tmp_path, "--session-idle", "1s")
+# -- limits --------------------------------------------------------------------------------------
+
+SILENT_MARKER = "nhidel-test-silent-server"
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    options = ("--session-idle", "3s", "--server-timeout", "1s", "--max-sessions", "2",
+               "--max-body", "1M")  # fmt: skip
+    running = Daemon(tmp_path_factory.mktemp("mcp-http-limits"), *options)
     try:
-        token, _ = daemon.grant("bot", "fake:pid")
-        session = daemon.open_session("fake", token)
-        pid = int(text_of(daemon.call("fake", token, session, "pid")))
-        assert wait_for(lambda: process_gone(pid)), "the idle session's server still runs"
-        ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
-        assert daemon.post("fake", ping, token, session).status_code == 404
+        yield running
     finally:
-        daemon.stop()
+        running.stop()
 
 
-def test_sigterm_ends_the_daemon_and_every_sessions_server(tmp_path: Path) -> None:
+def end_session(daemon: Daemon, server: str, token: str, session: str) -> None:
+    headers = {"Authorization": f"Bearer {token}", "Mcp-Session-Id": session}
+    assert daemon.http.delete(f"/mcp/{server}", headers=headers).status_code == 204
+
+
+def silent_servers() -> list[int]:
+    found = []
+    for process in Path("/proc").iterdir():
+        try:
+            command_line = (process / "cmdline").read_bytes() if process.name.isdigit() else b""
+        except OSError:
+            continue  # it exited meanwhile
+        if SILENT_MARKER.encode() in command_line:
+            found.append(int(process.name))
+    return [pid for pid in found if not process_gone(pid)]
+
+
+def test_a_silent_server_gets_504_and_is_stopped_while_other_sessions_go_on(
+    limited: Daemon,
+) -> None:
+    ok(limited.env, "mcp", "add", "mute", "--", sys.executable, "-c",
+       "import time; time.sleep(600)", SILENT_MARKER)  # fmt: skip
+    mute, _ = limited.grant("bot", "mute:*")
+    other, _ = limited.grant("other", "fake:pid")
+    answers: list[httpx.Response] = []
+    initialize = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                  "params": {"protocolVersion": VERSION, "capabilities": {},
+                             "clientInfo": {"name": "raw", "version": "1"}}}  # fmt: skip
+    waiting = threading.Thread(
+        target=lambda: answers.append(limited.post("mute", initialize, mute))
+    )
+    waiting.start()
+    assert wait_for(lambda: bool(silent_servers())), "the silent server never started"
+    # While it keeps its session waiting, another session opens and calls.
+    session = limited.open_session("fake", other)
+    assert text_of(limited.call("fake", other, session, "pid")).isdigit()
+    waiting.join(WAIT)
+    assert (answers[0].status_code, answers[0].json()) == (504, {"error": "server_timeout"})
+    assert wait_for(lambda: not silent_servers()), "the silent server still runs"
+    end_session(limited, "fake", other, session)
+
+
+def test_an_agent_past_its_session_limit_gets_429_and_others_are_not_held_back(
+    limited: Daemon,
+) -> None:
+    ok(limited.env, "agent", "add", "third", "--allow", "fake:*", "--max-ttl", "1h")
+    token, _ = limited.grant("third", "fake:pid")
+    bot, _ = limited.grant("bot", "fake:pid")
+    sessions = [limited.open_session("fake", token) for _ in range(2)]
+    initialize = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {}}
+    refused = limited.post("fake", initialize, token)
+    assert (refused.status_code, refused.json()) == (429, {"error": "too_many_sessions"})
+    assert limited.open_session("fake", bot)  # another agent's sessions are its own
+    end_session(limited, "fake", token, sessions[0])
+    assert limited.open_session("fake", token)  # one ended: room for one more
+    assert wait_for(lambda: any(r.get("reason") == "too_many_sessions"
+                                for r in limited.records("http.denied")))  # fmt: skip
+
+
+def test_a_huge_body_gets_413_and_one_not_json_415(limited: Daemon) -> None:
+    token, _ = limited.grant("bot", "fake:pid")
+    session = limited.open_session("fake", token)
+    huge = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "x" * (2 << 20)}}
+    too_large = limited.post("fake", huge, token, session)
+    assert (too_large.status_code, too_large.json()) == (413, {"error": "body_too_large"})
+    ping = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "ping"}).encode()
+    text = limited.post("fake", ping, token, session, **{"Content-Type": "text/plain"})
+    assert (text.status_code, text.json()) == (415, {"error": "not_json"})
+    assert limited.call("fake", token, session, "pid")["result"]  # the session goes on
+    end_session(limited, "fake", token, session)
+
+
+def test_an_idle_session_ends_and_its_server_stops(limited: Daemon) -> None:
+    token, _ = limited.grant("bot", "fake:pid")
+    session = limited.open_session("fake", token)
+    pid = int(text_of(limited.call("fake", token, session, "pid")))
+    assert wait_for(lambda: process_gone(pid)), "the idle session's server still runs"
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    assert limited.post("fake", ping, token, session).status_code == 404
+
+
+def test_sigterm_ends_the_daemon_every_sessions_server_and_mcp_connect(tmp_path: Path) -> None:
     daemon = Daemon(tmp_path)
     try:
         token, _ = daemon.grant("bot", "fake:pid")
@@ -453,7 +595,24 @@ def test_sigterm_ends_the_daemon_and_every_sessions_server(tmp_path: Path) -> No
         for _ in range(2):
             session = daemon.open_session("fake", token)
             pids.append(int(text_of(daemon.call("fake", token, session, "pid"))))
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "NHIDEL_TOKEN": token}
+        relay = subprocess.Popen(command("mcp", "connect", str(daemon.socket), "fake"), env=env,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert relay.stdin is not None and relay.stdout is not None
+        relay.stdin.write(json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                                      "params": {"protocolVersion": VERSION, "capabilities": {},
+                                                 "clientInfo": {"name": "raw", "version": "1"}}})
+                          + "\n"
+                          + json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
+                          + "\n")  # fmt: skip
+        relay.stdin.flush()
+        assert json.loads(relay.stdout.readline())["result"]["serverInfo"]
     finally:
         daemon.stop()
     assert daemon.process.returncode == 0, daemon.log()
     assert all(process_gone(pid) for pid in pids)
+    # The relay's client sees its server go: the relay ends, saying why.
+    _, stderr = relay.communicate(timeout=WAIT)
+    assert relay.returncode == 1, stderr
+    assert stderr.splitlines()[-2].startswith("error: MCP server fake: the daemon "), stderr
