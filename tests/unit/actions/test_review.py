@@ -21,8 +21,9 @@ T0 = SINCE + DAY  # the agent's day of work, inside the window
 
 REVIEWER = Agent(
     "reviewer",
-    parse_scopes(["repo:read:acme/*", "ticket:create:queue/*", "fs:read_file:/srv/*",
-                  "gh:get:repos/*"]),  # fmt: skip
+    parse_scopes(
+        ["repo:read:acme/*", "ticket:create:queue/*", "fs:read_file:/srv/*", "gh:get:repos/*"]
+    ),
     3600,
     900,
 )
@@ -48,7 +49,9 @@ def verified(grant: str, at: float, *requested: str, outcome: str = "allowed",
     return record(name, at, grant=grant, requested=list(requested), outcome=outcome, **extra)
 
 
-def tool(grant: str, at: float, name: str, *resources: str, reason: str | None = None) -> dict[str, Any]:
+def tool(
+    grant: str, at: float, name: str, *resources: str, reason: str | None = None
+) -> dict[str, Any]:
     event = "tool.allowed" if reason is None else "tool.denied"
     return record(event, at, grant=grant, server="fs", tool=name,
                   resources=list(resources) or None, reason=reason)  # fmt: skip
