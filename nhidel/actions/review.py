@@ -30,7 +30,7 @@ from nhidel.errors import IntegrityError, UsageError
 from nhidel.keys.keystore import KeyStore
 from nhidel.models import Agent
 from nhidel.paths import Paths
-from nhidel.scopes import Scope, covers, parse_scope
+from nhidel.scopes import Scope, covers, parse_scope_text
 from nhidel.timefmt import rfc3339
 
 DEFAULT_SINCE = "30d"
@@ -271,10 +271,10 @@ def _tool_scopes(record: Mapping[str, Any]) -> tuple[Scope, ...]:
 def _scopes(texts: object) -> tuple[Scope, ...]:
     if not isinstance(texts, list):
         return ()
-    found = []
+    found: list[Scope] = []
     for text in texts:
         try:
-            found.append(parse_scope(str(text)))
+            found += parse_scope_text(str(text))  # (cached: a log repeats its scopes)
         except UsageError:
             continue  # nothing a ceiling scope could cover (a call refused for its name)
     return tuple(found)

@@ -8,7 +8,11 @@ import typer
 
 from nhidel.cli import common
 
+SHOWN = 10  # scopes a line names; --json lists them all
+
 if TYPE_CHECKING:
+    from collections import Counter
+
     from nhidel.actions.review import AgentReview, Review
     from nhidel.keys.keystore import KeyStore
     from nhidel.paths import Paths
@@ -97,9 +101,9 @@ def _agent_report(one: AgentReview) -> None:
          for s in one.agent.allow],
     )  # fmt: skip
     if one.granted:
-        _line("granted: " + ", ".join(f"{s} ({n})" for s, n in one.granted.items()))
+        _line(f"granted: {_most(one.granted)}")
     if used:
-        _line("exercised: " + ", ".join(f"{s} ({n})" for s, n in one.exercised.items()))
+        _line(f"exercised: {_most(one.exercised)}")
     if one.grants:
         rows_table(
             ("GRANT", "SCOPES", "TTL", "USED FOR", "ACTIONS"),
@@ -129,6 +133,13 @@ def _apply(found: Review, where: Paths, store: KeyStore, *, yes: bool) -> None:
     for one in proposals:
         change = CeilingChange(disallow=[str(s) for s in one.unused_ceiling])
         change_ceiling(where, store, one.agent.name, change, yes=yes, again=f"{one.command} --yes")
+
+
+def _most(counts: Counter[str]) -> str:
+    """`scope (n), ...`: the SHOWN most counted (`--json` lists them all)."""
+    shown = ", ".join(f"{scope} ({n})" for scope, n in counts.most_common(SHOWN))
+    more = len(counts) - SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
 
 
 def _count(number: int, noun: str) -> str:
