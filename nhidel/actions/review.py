@@ -4,10 +4,11 @@ sealed audit log, and the narrower ceiling its use in the window asks for.
 An action is one thing an agent did with a grant: a gateway tool call (`tool.*`), a broker
 request (`http.*`) or a `verify` (`verify.*`, whose `count` says how many identical checks one
 record stands for). It is counted once, whichever records it left: an enforcement point
-checking a grant with a use limit also leaves the `verify.*` record of the use it spent (and a
-`grant.used`, never an action), written just before its own record, so a `verify.*` record
-followed within PAIRED seconds by an enforcement point's record of the same grant, scopes and
-outcome is that action, not another.
+checking a grant with a use limit also leaves the `verify.*` record of the use it spent (a
+`verify.allowed` and a `grant.used`, never an action itself; or a `verify.denied` when the use
+was refused), written just before its own record. So such a `verify.*` record followed within
+PAIRED seconds by an enforcement point's record of the same grant, scopes and outcome is that
+action, not another.
 
 An action's scopes are what was checked: `SERVER:TOOL[:RESOURCE]` (one per resource),
 `ROUTE:METHOD:PATH`, or the scopes a verify asked for. A ceiling scope is used when it covers
@@ -184,12 +185,15 @@ def review_records(
     log order; only records from `since` on are counted."""
     reviews = {agent.name: AgentReview(agent) for agent in agents}
     actions: list[_Action] = []
-    # Verify records of one check each, by (grant, scopes, outcome): the ones an enforced
-    # action's own record may turn out to repeat.
+    # Verify records that an enforcement point's own record of the same action may follow,
+    # by (grant, scopes, outcome): an allowed one only when it spent a use (the `grant.used`
+    # written right after it), a denied one whenever it stands for one check.
     recent: dict[tuple[Any, ...], deque[_Action]] = {}
+    spending: _Action | None = None  # an allowed verify, until the next record says
     for record in records:
         name = record.get("event")
         agent = record.get("agent")
+        previous, spending = spending, None
         if agent not in reviews:
             continue
         at = _seconds(record.get("time"))
@@ -199,21 +203,30 @@ def review_records(
             if at >= since:
                 _issued(reviews[agent], record, at)
             continue
+        if name == "grant.used":
+            if previous is not None and previous.grant == record.get("grant"):
+                recent.setdefault(_key(previous), deque()).append(previous)
+            continue
         action = _action(record, agent, at)
         if action is None:
             continue
-        key = (action.grant, tuple(map(str, action.scopes)), action.outcome)
-        if name in _VERIFIED:
-            if action.count == 1 and not action.unscoped:
-                recent.setdefault(key, deque()).append(action)
-        else:
-            _pair(recent.get(key), action)
+        if name not in _VERIFIED:
+            _pair(recent.get(_key(action)), action)
+        elif action.count == 1 and not action.unscoped:
+            if action.outcome is None:
+                spending = action
+            else:
+                recent.setdefault(_key(action), deque()).append(action)
         if at >= since:
             actions.append(action)
     for action in actions:
         if action.counted:
             _count(reviews[action.agent], action)
     return Review(since, until, sorted(reviews.values(), key=lambda r: r.agent.name))
+
+
+def _key(action: _Action) -> tuple[Any, ...]:
+    return (action.grant, tuple(map(str, action.scopes)), action.outcome)
 
 
 def _issued(review: AgentReview, record: Mapping[str, Any], at: float) -> None:

@@ -193,3 +193,11 @@ def test_a_resources_request_exercises_server_resources() -> None:
     one = reviewed(log, wide)["reviewer"]
     assert dict(one.exercised) == {"fs:resources": 1}
     assert one.command == "nhidel agent update reviewer --disallow 'fs:read_file:/srv/*'"
+
+
+def test_a_verify_that_spent_no_use_is_another_action_however_close() -> None:
+    log = [
+        verified("g1", T0, "fs:read_file:/srv/a"),  # a plain verify: no grant.used after it
+        tool("g1", T0 + 0.0001, "read_file", "/srv/a"),
+    ]
+    assert reviewed(log)["reviewer"].actions == 2
