@@ -34,7 +34,6 @@ from nhidel.paths import Paths
 from nhidel.scopes import Scope, covers, parse_scope_text
 from nhidel.timefmt import rfc3339
 
-DEFAULT_SINCE = "30d"
 # How long after the verify record of a use it spends an enforcement point writes its own
 # record of the same action: both are written within the same check, microseconds apart.
 PAIRED = 1.0
