@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from nhidel.cli import common
+
+if TYPE_CHECKING:
+    from nhidel.actions.agents import CeilingChange
+    from nhidel.keys.keystore import KeyStore
+    from nhidel.paths import Paths
 
 
 def register(app: typer.Typer) -> None:
@@ -156,20 +161,30 @@ def update(
     left than the new maximum TTL. It names them and asks first; without a terminal it needs
     --yes. Widening revokes nothing.
     """
-    from nhidel.actions.agents import CeilingChange, plan_update, update_agent
+    from nhidel.actions.agents import CeilingChange
+
+    where = common.paths()
+    change = CeilingChange(allow or [], disallow or [], max_ttl, default_ttl, aud)
+    change_ceiling(where, common.keystore(where), name, change, yes=yes,
+                   again=f"nhidel agent update {name} (the same options) --yes")  # fmt: skip
+
+
+def change_ceiling(
+    where: Paths, store: KeyStore, name: str, change: CeilingChange, *, yes: bool, again: str
+) -> None:
+    """Make one ceiling change as `agent update` does (and `review --apply` with it): name the
+    live grants a narrowing revokes and ask first unless `yes` (`again`: the command line to
+    run with --yes), then change it, say what changed, and republish when grants went."""
+    from nhidel.actions.agents import plan_update, update_agent
     from nhidel.cli.confirm import confirm, live_count, short_ids
     from nhidel.cli.render import say
     from nhidel.timefmt import format_duration
 
-    where = common.paths()
-    store = common.keystore(where)
-    change = CeilingChange(allow or [], disallow or [], max_ttl, default_ttl, aud)
     if not yes:
         doomed = plan_update(where, name, change, now=common.now(), keystore=store).revoked
         if doomed:
             confirm(f"agent {name}'s narrower ceiling no longer covers {live_count(len(doomed))}, "
-                    f"which this revokes: {short_ids(doomed)}",
-                    again=f"nhidel agent update {name} (the same options) --yes")  # fmt: skip
+                    f"which this revokes: {short_ids(doomed)}", again=again)  # fmt: skip
     done = update_agent(where, name, change, now=common.now(), keystore=store)
     if not done.changed:
         say(f"agent {name} unchanged: its ceiling is already that")

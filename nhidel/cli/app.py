@@ -101,6 +101,7 @@ COMMAND_MODULES = {
     "mcp": "mcp_cmds",
     "route": "route_cmds",
     "proxy": "proxy_cmds",
+    "review": "review_cmds",
 }
 _ROOT_FLAGS = frozenset({"--debug"})
 

@@ -312,6 +312,7 @@ _SOURCES: dict[tuple[str, str], Source] = {
     ("agent update", "--aud"): _audiences,
     ("agent remove", ""): _agent_names,
     ("audit tail", "--agent"): _agent_names,
+    ("review", "--agent"): _agent_names,
     ("grant", "--scope"): _scopes,
     ("grant", "--aud"): _granted_audiences,
     ("verify", "--aud"): _audiences,

@@ -98,6 +98,7 @@ def test_revoke_completes_a_typed_prefix_and_skips_ids_already_given(
     ["grant", ""], ["agent", "show", ""], ["agent", "update", ""], ["agent", "remove", ""],
     ["revoke", "--agent", ""],
     ["list", "--agent", ""], ["list", "--agent="], ["audit", "tail", "--agent", ""],
+    ["review", "--agent", ""],
 ])  # fmt: skip
 def test_agent_names_complete_where_an_agent_is_expected(ready: Cli, words: list[str]) -> None:
     ready.ok("agent", "add", "release-bot", "--allow", "release:publish")
