@@ -242,7 +242,7 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                                           ()),
                        '--max-sessions': (True,
                                           'Refuse (429) an MCP session past N open for one '
-                                          'agent (default 16).',
+                                          'agent (default 32).',
                                           ()),
                        '--server-timeout': (True,
                                             "Answer 504 and stop a session's MCP server that "

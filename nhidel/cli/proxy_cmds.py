@@ -55,9 +55,9 @@ def proxy(
             "--max-sessions",
             metavar="N",
             min=1,
-            help="Refuse (429) an MCP session past N open for one agent (default 16).",
+            help="Refuse (429) an MCP session past N open for one agent (default 32).",
         ),
-    ] = 16,
+    ] = 32,
     server_timeout: Annotated[
         str,
         typer.Option(

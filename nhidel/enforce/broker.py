@@ -63,7 +63,7 @@ class Limits:
     flush_idle: float = 0.2  # a quiet stream's bytes held for redaction go after this long
     shutdown_grace: float = 10.0  # on SIGTERM, how long in-flight requests may take to finish
     session_idle: float = 1800.0  # an MCP session with no request for this long is ended
-    sessions_per_agent: int = 16  # MCP sessions one agent may hold open; more are 429
+    sessions_per_agent: int = 32  # MCP sessions one agent may hold open; more are 429
     server_timeout: float = 30.0  # a session's MCP server silent this long after start: 504
 
 

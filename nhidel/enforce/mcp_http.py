@@ -238,7 +238,7 @@ class McpHttp:
         idle: float = 1800.0,
         recheck: float = 1.0,
         max_body: int = policy.MAX_LINE,
-        sessions_per_agent: int = 16,
+        sessions_per_agent: int = 32,
         server_timeout: float = 30.0,
         log: IO[str] | None = None,
     ) -> None:
