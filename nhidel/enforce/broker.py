@@ -422,12 +422,7 @@ class Broker:
 def _deny(decision: Decision) -> _Denied:
     status = status_for(decision.reason)
     reason = decision.reason.value if decision.reason else "denied"
-    headers = {}
-    if status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    elif status == 403:
-        headers["WWW-Authenticate"] = 'Bearer error="insufficient_scope"'
-    return _Denied(status, reason, headers)
+    return _Denied(status, reason, http_paths.challenge_for(status))
 
 
 def _upstream_failure(exc: BaseException, exchange: Exchange) -> _Denied:

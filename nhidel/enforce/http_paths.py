@@ -241,3 +241,12 @@ def status_for(reason: Reason | None) -> int:
     if reason in UNAVAILABLE:
         return 503
     return 403
+
+
+def challenge_for(status: int) -> dict[str, str]:
+    """The `WWW-Authenticate` header a denial with `status` carries (RFC 6750): none for 503."""
+    if status == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    if status == 403:
+        return {"WWW-Authenticate": 'Bearer error="insufficient_scope"'}
+    return {}

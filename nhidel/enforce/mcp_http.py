@@ -627,9 +627,4 @@ def _denied(decision: Decision) -> _Refused:
     """A grant refused outside a session's gateway: the broker's status table."""
     status = status_for(decision.reason)
     reason = decision.reason.value if decision.reason else "denied"
-    headers = {}
-    if status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    elif status == 403:
-        headers["WWW-Authenticate"] = 'Bearer error="insufficient_scope"'
-    return _Refused(status, reason, headers)
+    return _Refused(status, reason, http_paths.challenge_for(status))
