@@ -57,4 +57,4 @@ python3 -m mypy --strict
 # tests wait on child processes, so one per core left a core idle a third of the time.
 workers=$(( $(nproc 2>/dev/null || echo 1) * 2 ))
 [ "$workers" -le 4 ] || workers=4
-exec python3 -m pytest -n "$workers" "$@"
+exec python3 -m pytest -n "$workers" --dist loadgroup "$@"

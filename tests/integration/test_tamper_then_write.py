@@ -1536,6 +1536,9 @@ def fast_cli() -> FastCli:
 
 # == the tests ==============================================================================
 
+# The summary below is built from every kind's outcomes: under pytest-xdist the whole module
+# runs on one worker (tests/run.sh passes --dist loadgroup), or it would see only some of them.
+pytestmark = pytest.mark.xdist_group("tamper_then_write")
 SUMMARY: dict[str, list[Outcome]] = {}
 STARTED = time.monotonic()
 
