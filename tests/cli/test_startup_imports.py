@@ -56,6 +56,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for args in (
         ("init", "--principal", "alice"),
         ("agent", "add", "bot", "--allow", "a:b", "--max-ttl", "1h"),
+        ("grant", "bot", "--scope", "a:b"),  # something to list, whichever test runs first
     ):
         status, _, _ = run_probe(home, *args)
         assert status == 0
