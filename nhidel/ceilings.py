@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from nhidel.models import Agent, Grant
-from nhidel.scopes import Scope, covered_by_any, not_covered
+from nhidel.scopes import Scope, covered_by_any, covers, not_covered
 
 
 def covers_grant(agent: Agent, grant: Grant, *, now: int) -> bool:
@@ -48,9 +48,27 @@ def narrowing_of(current: Agent, asked: Agent) -> Agent:
     else:
         kept = tuple(a for a in asked.audiences if a in current.audiences)
         audiences = kept or asked.audiences
+    # Every approval mark of either side: a mark only ever asks for more.
+    approve = tuple(dict.fromkeys(current.approve + asked.approve))
     return replace(
-        current, allow=allow, max_ttl=max_ttl, default_ttl=default_ttl, audiences=audiences
-    )
+        current, allow=allow, max_ttl=max_ttl, default_ttl=default_ttl, audiences=audiences,
+        approve=kept_marks(allow, approve),
+    )  # fmt: skip
+
+
+def needs_approval(agent: Agent, scope: Scope) -> Scope | None:
+    """The approval mark of `agent` that covers the call `scope` (canonical), or None. A call a
+    mark covers waits for a human's yes even when an unmarked entry covers it too."""
+    for mark in agent.approve:
+        if covers(mark, scope):
+            return mark
+    return None
+
+
+def kept_marks(allow: tuple[Scope, ...], marks: tuple[Scope, ...]) -> tuple[Scope, ...]:
+    """The marks that still touch some call `allow` lets through. A mark that no longer does is
+    moot; one that touches even part of an entry stays (dropping it would widen)."""
+    return tuple(m for m in marks if any(overlaps(m, entry) for entry in allow))
 
 
 def overlaps(one: Scope, other: Scope) -> bool:

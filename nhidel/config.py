@@ -150,6 +150,7 @@ def _from_toml(data: dict[str, Any]) -> Config:
             default_ttl=parse_duration(spec["default_ttl"]),
             audiences=tuple(spec.get("aud", ())),
             created_at=parse_time(spec["created_at"], now=0) if "created_at" in spec else 0,
+            approve=parse_scopes(spec.get("approve", [])),
         )
     return Config(
         principal=data.get("principal"),
@@ -212,6 +213,7 @@ def _to_toml(config: Config) -> dict[str, Any]:
             "default_ttl": format_duration(agent.default_ttl),
             "aud": list(agent.audiences),
             "created_at": rfc3339(agent.created_at),
+            **({"approve": [str(s) for s in agent.approve]} if agent.approve else {}),
         }
         for agent in config.agents.values()
     }

@@ -105,9 +105,10 @@ class Agent:
     default_ttl: int
     audiences: tuple[str, ...] = ()
     created_at: int = 0
+    approve: tuple[Scope, ...] = ()  # approval marks: a call one covers waits for a human's yes
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "name": self.name,
             "allow": [str(scope) for scope in self.allow],
             "max_ttl": format_duration(self.max_ttl),
@@ -115,6 +116,10 @@ class Agent:
             "aud": list(self.audiences),
             "created_at": rfc3339(self.created_at),
         }
+        # Present only when marked, so an unmarked ceiling seals as it did before marks.
+        if self.approve:
+            body["approve"] = [str(scope) for scope in self.approve]
+        return body
 
 
 @dataclass(frozen=True, slots=True)

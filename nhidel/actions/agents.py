@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from nhidel.audit import AuditKeys, event
-from nhidel.ceilings import covers_grant, narrowing_of, overlaps
+from nhidel.ceilings import covers_grant, kept_marks, narrowing_of, overlaps
 from nhidel.config import Config, load_config, unknown_agent, with_agent, without_agent
 from nhidel.errors import PolicyError, UsageError
 from nhidel.fsutil import exclusive_lock
@@ -16,7 +16,7 @@ from nhidel.keys.keystore import KeyStore, open_keystore
 from nhidel.ledger.store import Ledger
 from nhidel.models import Agent, Grant, check_agent_name, check_audience
 from nhidel.paths import Paths
-from nhidel.scopes import covered_by_any, covers, parse_scope_arguments
+from nhidel.scopes import Scope, covered_by_any, covers, parse_scope_arguments
 from nhidel.timefmt import format_duration, parse_duration
 
 DEFAULT_MAX_TTL = "1h"
@@ -32,6 +32,7 @@ def add_agent(
     default_ttl: str | None,
     audiences: Sequence[str],
     now: int,
+    approve: Sequence[str] = (),
     keystore: KeyStore | None = None,
 ) -> Agent:
     """Register `name` with its ceiling; refuse to replace an existing agent silently."""
@@ -53,7 +54,10 @@ def add_agent(
             f"{format_duration(maximum)}",
             "make the default TTL no longer than the maximum",
         )
-    agent = Agent(name, scopes, maximum, default, tuple(check_audience(a) for a in audiences), now)
+    marks = approval_marks(scopes, approve)
+    agent = Agent(
+        name, scopes, maximum, default, tuple(check_audience(a) for a in audiences), now, marks
+    )
 
     def register(config: Config) -> Config:
         if name in config.agents:
@@ -70,7 +74,7 @@ def add_agent(
             step.write([event(
                 "agent.added", principal=config.principal, agent=name,
                 scopes=[str(s) for s in scopes], max_ttl=agent.max_ttl, aud=list(agent.audiences),
-                config_sha256=state.config_digest(config),
+                approve=[str(s) for s in marks], config_sha256=state.config_digest(config),
             )])  # fmt: skip
             step.save_config(config)
     return agent
@@ -126,6 +130,21 @@ class CeilingChange:
     max_ttl: str | None = None
     default_ttl: str | None = None
     audiences: Sequence[str] | None = None
+    approve: Sequence[str] = ()
+    no_approve: Sequence[str] = ()
+
+
+def approval_marks(allow: tuple[Scope, ...], texts: Sequence[str]) -> tuple[Scope, ...]:
+    """The `--approve` scopes, each within the ceiling `allow` (UsageError naming one that is
+    not: a mark outside it would mark nothing the agent can do)."""
+    marks = parse_scope_arguments(texts, option="--approve")
+    for mark in marks:
+        if not covered_by_any(allow, mark):
+            raise UsageError(
+                f"--approve {mark} is not within the agent's ceiling",
+                "mark a scope that --allow covers, or allow it too",
+            )
+    return marks
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,10 +165,10 @@ def changed_ceiling(agent: Agent, change: CeilingChange) -> Agent:
     """`agent` with `change` applied, every value checked; UsageError for a change that says
     nothing, contradicts itself, or leaves the agent without a scope."""
     if not (change.allow or change.disallow or change.max_ttl or change.default_ttl
-            or change.audiences is not None):  # fmt: skip
+            or change.audiences is not None or change.approve or change.no_approve):  # fmt: skip
         raise UsageError(
             f"nothing to change for agent {agent.name}",
-            "give --allow, --disallow, --max-ttl, --default-ttl or --aud",
+            "give --allow, --disallow, --approve, --no-approve, --max-ttl, --default-ttl or --aud",
         )
     added = parse_scope_arguments(change.allow, option="--allow")
     removed = parse_scope_arguments(change.disallow, option="--disallow")
@@ -194,7 +213,23 @@ def changed_ceiling(agent: Agent, change: CeilingChange) -> Agent:
         if change.audiences is None
         else tuple(dict.fromkeys(check_audience(a) for a in change.audiences))
     )
-    return replace(agent, allow=allow, max_ttl=maximum, default_ttl=default, audiences=audiences)
+    unmarked = parse_scope_arguments(change.no_approve, option="--no-approve")
+    marked = approval_marks(allow, change.approve)
+    for mark in marked:
+        if mark in unmarked:
+            raise UsageError(
+                f"scope {mark} is both marked and unmarked", "give it to one of the two"
+            )
+    for mark in unmarked:
+        if mark not in agent.approve:
+            raise UsageError(
+                f"--no-approve {mark} is not an approval mark of agent {agent.name}",
+                f"see its marks: nhidel agent show {agent.name}",
+            )
+    marks = tuple(m for m in agent.approve if m not in unmarked)
+    marks = kept_marks(allow, marks + tuple(m for m in marked if m not in marks))
+    return replace(agent, allow=allow, max_ttl=maximum, default_ttl=default, audiences=audiences,
+                   approve=marks)  # fmt: skip
 
 
 def plan_update(
@@ -235,7 +270,7 @@ def update_agent(
                 [event("agent.updated", principal=principal, agent=name,
                        scopes=[str(s) for s in after.allow], max_ttl=after.max_ttl,
                        default_ttl=after.default_ttl, aud=list(after.audiences),
-                       revoked=len(doomed), as_of=now,
+                       approve=[str(s) for s in after.approve], revoked=len(doomed), as_of=now,
                        config_sha256=state.config_digest(config))]
                 + [state.revocation(g, principal=principal, reason=state.NARROWED)
                    for g in doomed]

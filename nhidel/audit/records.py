@@ -25,6 +25,8 @@ EVENTS = (
     "config.updated", "agent.updated", "secret.added", "secret.removed", "mcp.added",
     "mcp.removed", "route.added", "route.removed", "exec.started", "exec.ended",
     "secret.redacted", "tool.allowed", "tool.denied", "http.allowed", "http.denied",
+    "approval.requested", "approval.granted", "approval.denied", "approval.lapsed",
+    "approval.used", "grant.requested",
 )  # fmt: skip
 
 _SEAL_HEAD = b',"seal":"'

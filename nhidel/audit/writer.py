@@ -445,7 +445,7 @@ STATE_EVENTS = frozenset({
     "key.created", "key.rotated", "agent.added", "agent.removed", "grant.issued",
     "grant.revoked", "grant.used", "state.repaired", "log.loss_accepted", "config.updated",
     "agent.updated", "secret.added", "secret.removed", "mcp.added", "mcp.removed", "route.added",
-    "route.removed",
+    "route.removed", "approval.used",
 })  # fmt: skip
 
 

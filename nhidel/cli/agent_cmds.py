@@ -58,6 +58,14 @@ def add(
             help="An audience the agent's grants may name (repeat for more).",
         ),
     ] = None,
+    approve: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--approve",
+            metavar="SCOPE",
+            help="Calls this scope covers wait for a human's yes (within --allow; repeat).",
+        ),
+    ] = None,
 ) -> None:
     """Register an agent and its ceiling."""
     from nhidel.actions.agents import add_agent
@@ -73,11 +81,14 @@ def add(
         max_ttl=max_ttl,
         default_ttl=default_ttl,
         audiences=aud or [],
+        approve=approve or [],
         now=common.now(),
     )
     say(
         f"added agent {agent.name}: {' '.join(str(s) for s in agent.allow)} "
-        f"(ttl {format_duration(agent.default_ttl)}, max {format_duration(agent.max_ttl)})"
+        f"(ttl {format_duration(agent.default_ttl)}, max {format_duration(agent.max_ttl)}"
+        + (f", approve {' '.join(str(s) for s in agent.approve)}" if agent.approve else "")
+        + ")"
     )
 
 
@@ -150,6 +161,20 @@ def update(
             help="The audiences the agent's grants may name, replacing its list (repeat for more).",
         ),
     ] = None,
+    approve: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--approve",
+            metavar="SCOPE",
+            help="Calls this scope covers wait for a human's yes (within the ceiling; repeat).",
+        ),
+    ] = None,
+    no_approve: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--no-approve", metavar="SCOPE", help="Remove an approval mark (repeat for more)."
+        ),
+    ] = None,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Do not ask before revoking (for scripts).")
     ] = False,
@@ -164,7 +189,8 @@ def update(
     from nhidel.actions.agents import CeilingChange
 
     where = common.paths()
-    change = CeilingChange(allow or [], disallow or [], max_ttl, default_ttl, aud)
+    change = CeilingChange(allow or [], disallow or [], max_ttl, default_ttl, aud,
+                           approve or [], no_approve or [])  # fmt: skip
     change_ceiling(where, common.keystore(where), name, change, yes=yes,
                    again=f"nhidel agent update {name} (the same options) --yes")  # fmt: skip
 
@@ -194,6 +220,7 @@ def change_ceiling(
         f"updated agent {name}: {' '.join(str(s) for s in after.allow)} "
         f"(ttl {format_duration(after.default_ttl)}, max {format_duration(after.max_ttl)}"
         + (f", aud {' '.join(after.audiences)}" if after.audiences else "")
+        + (f", approve {' '.join(str(s) for s in after.approve)}" if after.approve else "")
         + ")"
     )
     count = len(done.revoked)

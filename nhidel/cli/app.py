@@ -102,6 +102,9 @@ COMMAND_MODULES = {
     "route": "route_cmds",
     "proxy": "proxy_cmds",
     "review": "review_cmds",
+    "approvals": "approval_cmds",
+    "approve": "approval_cmds",
+    "deny": "approval_cmds",
 }
 _ROOT_FLAGS = frozenset({"--debug"})
 

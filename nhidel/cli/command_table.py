@@ -25,6 +25,8 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                    'exec',
                    'proxy',
                    'review',
+                   'approve',
+                   'deny',
                    'key',
                    'agent',
                    'audit',
@@ -32,7 +34,8 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                    'status',
                    'secret',
                    'mcp',
-                   'route'],
+                   'route',
+                   'approvals'],
       'options': {'--version': (False, 'Print the version.', ()),
                   '--debug': (False, 'Show a traceback when something fails.', ()),
                   '--install-completion': (False,
@@ -257,6 +260,14 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                                               'Answer 504 when an upstream has not answered '
                                               '(headers) within it (default 60s).',
                                               ()),
+                       '--approval-hold': (True,
+                                           'Hold a call an approval mark covers this long for '
+                                           'a yes, then answer approval_pending (default 45s).',
+                                           ()),
+                       '--approval-timeout': (True,
+                                              'Keep an unanswered approval request open this '
+                                              'long (default 10m).',
+                                              ()),
                        '-h': (False, 'Show this message and exit.', ()),
                        '--help': (False, 'Show this message and exit.', ())},
            'arguments': 0},
@@ -278,6 +289,24 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                         '-h': (False, 'Show this message and exit.', ()),
                         '--help': (False, 'Show this message and exit.', ())},
             'arguments': 0},
+ 'approve': {'help': 'Say yes to a request: the held call goes on (or its identical retry, '
+                     'once).',
+             'commands': [],
+             'options': {'--for': (True,
+                                   'Also let the identical call through for this long (same '
+                                   'agent, grant, tool or request, resource and arguments).',
+                                   ()),
+                         '--any-args': (False, 'With --for: whatever the arguments.', ()),
+                         '-h': (False, 'Show this message and exit.', ()),
+                         '--help': (False, 'Show this message and exit.', ())},
+             'arguments': 1},
+ 'deny': {'help': 'Say no to a request: the held call is refused (approval_denied), as is its '
+                  'retry.',
+          'commands': [],
+          'options': {'--reason': (True, 'Why (the agent is told).', ()),
+                      '-h': (False, 'Show this message and exit.', ()),
+                      '--help': (False, 'Show this message and exit.', ())},
+          'arguments': 1},
  'key': {'help': "Show, export and rotate the principal's keys.",
          'commands': ['show', 'export', 'rotate'],
          'options': {'-h': (False, 'Show this message and exit.', ()),
@@ -329,6 +358,10 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                                      "An audience the agent's grants may name (repeat for "
                                      'more).',
                                      ()),
+                           '--approve': (True,
+                                         "Calls this scope covers wait for a human's yes "
+                                         '(within --allow; repeat).',
+                                         ()),
                            '-h': (False, 'Show this message and exit.', ()),
                            '--help': (False, 'Show this message and exit.', ())},
                'arguments': 1},
@@ -365,6 +398,13 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                                         "The audiences the agent's grants may name, replacing "
                                         'its list (repeat for more).',
                                         ()),
+                              '--approve': (True,
+                                            "Calls this scope covers wait for a human's yes "
+                                            '(within the ceiling; repeat).',
+                                            ()),
+                              '--no-approve': (True,
+                                               'Remove an approval mark (repeat for more).',
+                                               ()),
                               '-y': (False, 'Do not ask before revoking (for scripts).', ()),
                               '--yes': (False, 'Do not ask before revoking (for scripts).', ()),
                               '-h': (False, 'Show this message and exit.', ()),
@@ -540,6 +580,15 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                                    "The minted grant's lifetime (default: the agent's default "
                                    'TTL).',
                                    ()),
+                         '--approval-hold': (True,
+                                             'Hold a call an approval mark covers this long '
+                                             'for a yes, then answer approval_pending (default '
+                                             '45s).',
+                                             ()),
+                         '--approval-timeout': (True,
+                                                'Keep an unanswered approval request open this '
+                                                'long (default 10m).',
+                                                ()),
                          '-h': (False, 'Show this message and exit.', ()),
                          '--help': (False, 'Show this message and exit.', ())},
              'arguments': 1},
@@ -615,7 +664,23 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                   'commands': [],
                   'options': {'-h': (False, 'Show this message and exit.', ()),
                               '--help': (False, 'Show this message and exit.', ())},
-                  'arguments': 1}}
+                  'arguments': 1},
+ 'approvals': {'help': "The requests waiting for a human's yes (approve or deny them).",
+               'commands': ['show'],
+               'options': {'--json': (False, 'Print a JSON array.', ()),
+                           '--all': (False,
+                                     'Also the answered, lapsed and withdrawn ones.',
+                                     ()),
+                           '-h': (False, 'Show this message and exit.', ()),
+                           '--help': (False, 'Show this message and exit.', ())},
+               'arguments': 0},
+ 'approvals show': {'help': 'Show one request whole: who asks, for what, and its full '
+                            'arguments (escaped).',
+                    'commands': [],
+                    'options': {'--json': (False, 'Print JSON.', ()),
+                                '-h': (False, 'Show this message and exit.', ()),
+                                '--help': (False, 'Show this message and exit.', ())},
+                    'arguments': 1}}
 )
 
 EVENTS = (
@@ -648,5 +713,11 @@ EVENTS = (
  'tool.allowed',
  'tool.denied',
  'http.allowed',
- 'http.denied')
+ 'http.denied',
+ 'approval.requested',
+ 'approval.granted',
+ 'approval.denied',
+ 'approval.lapsed',
+ 'approval.used',
+ 'grant.requested')
 )

@@ -10,6 +10,7 @@ import typer
 from nhidel.paths import Paths
 
 if TYPE_CHECKING:
+    from nhidel.actions.approvals import Settings
     from nhidel.keys.keystore import KeyStore
 
 
@@ -130,3 +131,36 @@ ReasonOption = Annotated[
     str | None,
     typer.Option("--reason", metavar="TEXT", help="Why: recorded in the ledger and the audit log."),
 ]
+
+
+ApprovalHold = Annotated[
+    str,
+    typer.Option(
+        "--approval-hold",
+        metavar="DURATION",
+        help="Hold a call an approval mark covers this long for a yes, then answer "
+        "approval_pending (default 45s).",
+    ),
+]
+ApprovalTimeout = Annotated[
+    str,
+    typer.Option(
+        "--approval-timeout",
+        metavar="DURATION",
+        help="Keep an unanswered approval request open this long (default 10m).",
+    ),
+]
+
+
+def approval_settings(hold: str, timeout: str) -> Settings:
+    """The Enforcer's approval settings from `--approval-hold` and `--approval-timeout`."""
+    from nhidel.actions.approvals import Settings
+    from nhidel.errors import UsageError
+    from nhidel.timefmt import parse_duration
+
+    held = parse_duration(hold, what="--approval-hold") if hold != "0" else 0
+    lapses = parse_duration(timeout, what="--approval-timeout")
+    if held > lapses:
+        raise UsageError("--approval-hold is longer than --approval-timeout",
+                         "hold a call no longer than its request stays open")  # fmt: skip
+    return Settings(held, lapses)

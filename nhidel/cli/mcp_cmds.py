@@ -156,7 +156,12 @@ TtlOption = Annotated[
 
 
 def run(
-    name: ServerName, agent: AgentOption, scope: ScopeOption = None, ttl: TtlOption = None
+    name: ServerName,
+    agent: AgentOption,
+    scope: ScopeOption = None,
+    ttl: TtlOption = None,
+    approval_hold: common.ApprovalHold = "45s",
+    approval_timeout: common.ApprovalTimeout = "10m",
 ) -> None:
     """The stdio MCP gateway: start the registered server, relay only what the grant covers."""
     import sys
@@ -175,6 +180,7 @@ def run(
         client_in=sys.stdin.buffer,
         client_out=sys.stdout.buffer,
         log=sys.stderr,
+        approvals=common.approval_settings(approval_hold, approval_timeout),
     )
     if ending.signum is not None:
         raise Terminated(ending.signum)

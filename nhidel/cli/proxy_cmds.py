@@ -83,6 +83,8 @@ def proxy(
             help="Answer 504 when an upstream has not answered (headers) within it (default 60s).",
         ),
     ] = "60s",
+    approval_hold: common.ApprovalHold = "45s",
+    approval_timeout: common.ApprovalTimeout = "10m",
 ) -> None:
     """Run the HTTP broker: /ROUTE/PATH with a grant goes to the route's upstream with its secret.
 
@@ -113,6 +115,7 @@ def proxy(
         sessions_per_agent=max_sessions,
         server_timeout=parse_duration(server_timeout, what="--server-timeout"),
     )
+    approvals = common.approval_settings(approval_hold, approval_timeout)
     where = common.paths()
     store = common.keystore(where)
     listener = _listener(listen, socket_path)
@@ -144,7 +147,7 @@ def proxy(
             loop.add_signal_handler(sig, stopping)
         await broker.serve(
             listener,
-            lambda: Enforcer(where, store),
+            lambda: Enforcer(where, store, approvals=approvals),
             aud=aud,
             log=log,
             limits=limits,

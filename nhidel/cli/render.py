@@ -354,7 +354,7 @@ def agents_table(agents: Iterable[Agent]) -> int:
     from rich.text import Text
 
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for name in ("AGENT", "ALLOW", "DEFAULT TTL", "MAX TTL", "AUD"):
+    for name in ("AGENT", "ALLOW", "APPROVE", "DEFAULT TTL", "MAX TTL", "AUD"):
         table.add_column(name, overflow="fold")
     count = 0
     for agent in agents:
@@ -362,6 +362,7 @@ def agents_table(agents: Iterable[Agent]) -> int:
         table.add_row(
             Text(safe(agent.name)),
             Text(safe(" ".join(str(s) for s in agent.allow))),
+            Text(safe(" ".join(str(s) for s in agent.approve)) or "-"),
             Text(format_duration(agent.default_ttl)),
             Text(format_duration(agent.max_ttl)),
             Text(safe(" ".join(agent.audiences)) or "-"),
@@ -393,6 +394,7 @@ def agent_details(agent: Agent) -> None:
     fields["allow"] = " ".join(fields["allow"])
     fields["aud"] = " ".join(fields["aud"]) or None
     fields["created_at"] = local_clock(agent.created_at)
+    fields["approve"] = " ".join(fields.get("approve", [])) or None
     _key_values(fields)
 
 

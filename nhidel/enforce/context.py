@@ -17,8 +17,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nhidel.actions.approvals import Desk, Settings
 from nhidel.audit import event
 from nhidel.config import Config, load_config
+from nhidel.enforce.approval_hold import Approvals
 from nhidel.errors import IntegrityError
 from nhidel.integrity import state
 from nhidel.paths import Paths
@@ -35,7 +37,12 @@ class Enforcer:
     """The grant check, the sealed configuration and the secrets, for one enforcement point."""
 
     def __init__(
-        self, paths: Paths, keystore: KeyStore, *, clock: Callable[[], float] = time.time
+        self,
+        paths: Paths,
+        keystore: KeyStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        approvals: Settings = Settings(),  # noqa: B008 - frozen: one shared default is safe
     ) -> None:
         from nhidel.audit.decision_log import DecisionLog
 
@@ -51,6 +58,18 @@ class Enforcer:
         self._config_failure: IntegrityError | None = None
         self._sequence = 0
         self._noted: dict[str, int] = {}  # secret name -> the second its use was last noted
+        self._approval_settings = approvals
+        self._approvals: Approvals | None = None
+
+    @property
+    def approvals(self) -> Approvals:
+        """The approval marks and holds of this point (made when first asked for)."""
+        if self._approvals is None:
+            settings = self._approval_settings
+            desk = Desk(self.paths, self.verifier.audit_keys, self.verifier.ledger,
+                        clock=self.clock, timeout=settings.timeout)  # fmt: skip
+            self._approvals = Approvals(desk, self.config, hold=settings.hold)
+        return self._approvals
 
     def close(self) -> None:
         """Write the buffered decisions, then release the ledger."""

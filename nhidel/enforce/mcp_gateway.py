@@ -27,11 +27,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
+from nhidel.actions.approvals import GO, HELD, WITHDRAWN, Verdict
 from nhidel.enforce import mcp_policy as policy
+from nhidel.enforce.approval_hold import APPROVAL_REASONS, reason_of, refusal_text
 from nhidel.enforce.context import Enforcer
 from nhidel.enforce.mcp_policy import Action, Kind, Message, NotRelayed
 from nhidel.enforce.redact import Redactor
 from nhidel.errors import IntegrityError, NhidelError
+from nhidel.integrity.approvals import Call
 from nhidel.registrations import McpServer
 from nhidel.scopes import Scope
 from nhidel.tokens.decision import Decision, Reason
@@ -144,6 +147,11 @@ class Gateway:
                                for variable, name in server.secrets.items()}  # fmt: skip
         self._secrets_seen: object = None  # the sealed state the values were last read at
         self._restarts = 0
+        # Calls held for a human's yes (nhidel.enforce.approval_hold), by request id; and the
+        # progress a held call's token was given, so the server's own progress comes after it.
+        self._held: dict[tuple[str, Any], asyncio.Task[None]] = {}
+        self._progress_offsets: dict[tuple[str, Any], int] = {}  # token -> progress sent
+        self._offset_of: dict[tuple[str, Any], tuple[str, Any]] = {}  # request -> its token
 
     # -- the session -------------------------------------------------------------------------
 
@@ -157,6 +165,10 @@ class Gateway:
         """Stop the server for good (stdin closed, SIGTERM, SIGKILL) and its readers; a
         request that comes after is answered with an error saying `why`."""
         self._stopped = why
+        held = list(self._held.values())
+        for task in held:
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
         process = self._process
         if process is not None:
             if process.returncode is None:
@@ -273,7 +285,7 @@ class Gateway:
         """One message from the client: checked, then relayed, answered or dropped."""
         action = policy.client_action(message)
         key = policy.id_key(message.id)
-        if message.kind is Kind.REQUEST and key in self._client_requests:
+        if message.kind is Kind.REQUEST and (key in self._client_requests or key in self._held):
             # Its response would be taken for the earlier one's (a filtered tools/list's).
             self.to_client(policy.error_response(
                 message.id, policy.INVALID_REQUEST, "a request with this id is still pending"
@@ -287,7 +299,12 @@ class Gateway:
                 self._initialized = message.body
             elif message.method == "notifications/cancelled":
                 # The client stopped waiting: a late answer is for nothing it asked.
-                self._client_requests.pop(policy.id_key(message.params.get("requestId")), None)
+                cancelled = policy.id_key(message.params.get("requestId"))
+                self._client_requests.pop(cancelled, None)
+                held = self._held.get(cancelled)
+                if held is not None:  # the server never saw it: the request is withdrawn
+                    held.cancel()
+                    return
             await self._to_server(message.body)
         elif action is Action.INITIALIZE:
             params = policy.initialize_params(message.params, has_roots=bool(self.server.roots))
@@ -355,6 +372,20 @@ class Gateway:
             else:
                 decision = check_all(self.enforcer, self.token, scopes, aud=self.aud)
         self._note(decision)
+        mark = None
+        if decision.allowed and decision.grant is not None and tool is not None:
+            try:
+                mark = self.enforcer.approvals.mark_for(self.agent, scopes)
+            except IntegrityError as exc:
+                decision = Decision(False, Reason.INTEGRITY, exc.message)
+        if mark is not None and decision.grant is not None and tool is not None:
+            call = Call(self.agent, decision.grant.id, self.server.name, tool[:128],
+                        tuple(s.resource for s in scopes if s.resource),
+                        policy.arguments_sha256(params))  # fmt: skip
+            self._held[key] = asyncio.create_task(
+                self._held_call(message, key, call, mark, started)
+            )
+            return
         self.enforcer.record(
             "tool.allowed" if decision.allowed else "tool.denied",
             agent=self.agent, grant=self.grant_id, server=self.server.name,
@@ -364,15 +395,99 @@ class Gateway:
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )  # fmt: skip
         if not decision.allowed:
-            missing = scopes[0] if decision.reason is Reason.SCOPE_NOT_GRANTED and scopes else None
-            reason = (decision.reason or Reason.SCOPE_NOT_GRANTED).value
-            self.to_client(policy.response(
-                message.id, policy.denial_result(reason, self._denial_text(decision, missing,
-                                                                           prefix=False))
-            ))  # fmt: skip
+            self._refuse_call(message, decision, scopes)
             return
         await self._follow_secrets()
         await self._request(key, "tools/call", message.body)
+
+    def _refuse_call(self, message: Message, decision: Decision, scopes: Sequence[Scope]) -> None:
+        missing = scopes[0] if decision.reason is Reason.SCOPE_NOT_GRANTED and scopes else None
+        reason = (decision.reason or Reason.SCOPE_NOT_GRANTED).value
+        self.to_client(policy.response(
+            message.id, policy.denial_result(reason, self._denial_text(decision, missing,
+                                                                       prefix=False))
+        ))  # fmt: skip
+
+    async def _held_call(
+        self, message: Message, key: tuple[str, Any], call: Call, mark: Scope, started: float
+    ) -> None:
+        """A call an approval mark covers: held for the human's answer (progress sent when it
+        carried a token), then relayed, or refused with why; withdrawn when the client
+        cancels it or the session ends."""
+        approvals = self.enforcer.approvals
+        params = message.params
+        meta = params.get("_meta")
+        token = meta.get("progressToken") if isinstance(meta, dict) else None
+        progress = 0
+        held: list[Verdict] = []
+
+        def opened(verdict: Verdict) -> None:
+            held.append(verdict)
+            ident = verdict.request.id if verdict.request is not None else "?"
+            self.say(f"{call.action} of agent {call.agent} waits for approval: "
+                     f"nhidel approve {ident}")  # fmt: skip
+
+        def tick(verdict: Verdict) -> None:
+            nonlocal progress
+            progress += 1
+            ident = verdict.request.id if verdict.request is not None else "?"
+            self.to_client({"jsonrpc": "2.0", "method": "notifications/progress", "params": {
+                "progressToken": token, "progress": progress,
+                "message": f"waiting for a human to approve: nhidel approve {ident}"}})  # fmt: skip
+
+        try:
+            verdict = await approvals.hold(
+                call, via="mcp", mark=mark, arguments=params.get("arguments", {}),
+                tick=tick if token is not None else None, opened=opened,
+            )  # fmt: skip
+            decision = self.lapsed() if verdict.outcome == GO else None
+            if decision is None and verdict.outcome != GO:
+                decision = Decision(False, reason_of(verdict), refusal_text(verdict))
+        except asyncio.CancelledError:
+            with contextlib.suppress(NhidelError):
+                for verdict in held:
+                    approvals.withdraw(verdict, WITHDRAWN)
+            self._record_call(call, None, started, approval=held[0].request.id
+                              if held and held[0].request else None,
+                              reason=Reason.APPROVAL_PENDING.value + " (withdrawn)")  # fmt: skip
+            raise
+        except NhidelError as exc:
+            verdict, decision = Verdict(HELD), Decision(False, Reason.INTEGRITY, exc.message)
+        finally:
+            self._held.pop(key, None)
+        ident = verdict.request.id if verdict.request is not None else None
+        self._record_call(call, decision, started, approval=ident)
+        if decision is not None:
+            reason = (decision.reason or Reason.APPROVAL_PENDING).value
+            text = decision.detail if decision.reason in APPROVAL_REASONS else \
+                self._denial_text(decision, None, prefix=False)  # fmt: skip
+            self.to_client(policy.response(message.id, policy.denial_result(reason, text)))
+            return
+        if progress and token is not None:
+            self._progress_offsets[policy.id_key(token)] = progress
+            self._offset_of[key] = policy.id_key(token)
+        await self._follow_secrets()
+        await self._request(key, "tools/call", message.body)
+
+    def _record_call(
+        self,
+        call: Call,
+        decision: Decision | None,
+        started: float,
+        *,
+        approval: str | None,
+        reason: str | None = None,
+    ) -> None:
+        """The one decision record of a held call (None: it went on)."""
+        if decision is not None and decision.reason is not None:
+            reason = decision.reason.value
+        self.enforcer.record(
+            "tool.allowed" if decision is None and reason is None else "tool.denied",
+            agent=call.agent, grant=call.grant, server=call.target, tool=call.action,
+            resources=list(call.resources) or None, args_sha256=call.args_sha256,
+            reason=reason, approval=approval,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )  # fmt: skip
 
     async def _named_kind(self, message: Message, key: tuple[str, Any], kind: str) -> None:
         """`resources/*` or `prompts/*`: a grant that names SERVER:resources (or prompts)
@@ -480,6 +595,9 @@ class Gateway:
                 replayed.set_result(None)
                 return
             pending = self._client_requests.pop(key, None)
+            offset_token = self._offset_of.pop(key, None)
+            if offset_token is not None:
+                self._progress_offsets.pop(offset_token, None)
             if pending is None:
                 return  # an answer to nothing the client asked (or to a denied request)
             body = message.body
@@ -496,6 +614,9 @@ class Gateway:
         elif action is Action.FORWARD:
             if message.kind is Kind.REQUEST:
                 self._server_requests.add(key)
+            if message.method == "notifications/progress" and self._progress_offsets:
+                self.to_client(policy.offset_progress(message.body, self._progress_offsets))
+                return
             self.to_client(message.body)
         elif action is Action.REFUSE:
             await self._to_server(policy.error_response(

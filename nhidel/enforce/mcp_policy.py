@@ -341,6 +341,25 @@ def denial_result(reason: str, detail: str) -> dict[str, Any]:
     return {"content": [{"type": "text", "text": line}], "isError": True}
 
 
+def offset_progress(
+    body: Mapping[str, Any], offsets: Mapping[tuple[str, Any], int]
+) -> Mapping[str, Any]:
+    """A server's progress notification moved past the progress the gateway sent while it
+    held the call (`offsets`: token -> the last value sent), so values keep increasing."""
+    params = body.get("params")
+    if not isinstance(params, dict):
+        return body
+    offset = offsets.get(id_key(params.get("progressToken")))
+    progress = params.get("progress")
+    if offset is None or not isinstance(progress, int | float) or isinstance(progress, bool):
+        return body
+    moved = {**params, "progress": progress + offset + 1}
+    total = params.get("total")
+    if isinstance(total, int | float) and not isinstance(total, bool):
+        moved["total"] = total + offset + 1
+    return {**body, "params": moved}
+
+
 def response(request_id: Any, result: Any) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "result": result}
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
 
+from nhidel.actions.approvals import Settings
 from nhidel.actions.grants import GrantRequest
 from nhidel.config import Config
 from nhidel.enforce.bound import bound_grant
@@ -119,14 +120,16 @@ def run_session(
     client_in: IO[bytes],
     client_out: IO[bytes],
     log: IO[str],
+    approvals: Settings = Settings(),  # noqa: B008 - frozen: one shared default is safe
 ) -> Ending:
-    """Run one gateway session for `agent` in front of registered server `name`."""
+    """Run one gateway session for `agent` in front of registered server `name` (`approvals`:
+    the Enforcer's approval hold and timeout)."""
     from nhidel.hardening import protect_secrets_in_memory, take_from_environment
 
     protect_secrets_in_memory()
     environ = dict(os.environ)
     take_from_environment(TOKEN_VARIABLE)  # never passed on, nor readable in /proc later
-    with Enforcer(paths, keystore) as enforcer:
+    with Enforcer(paths, keystore, approvals=approvals) as enforcer:
         server = check_request(enforcer.config(), name, agent, scopes, ttl)
         if not scopes:
             return _serve(enforcer, server, given_token(environ), agent, environ, client_in,
@@ -136,7 +139,7 @@ def run_session(
     with bound_grant(paths, keystore, request, clock=lambda: int(time.time()),
                      reason=REVOKE_REASON) as bound:  # fmt: skip
         minted = SessionGrant(bound.token, bound.grant.id, minted=True)
-        with Enforcer(paths, keystore) as enforcer:
+        with Enforcer(paths, keystore, approvals=approvals) as enforcer:
             # (Checked again: the registration may have changed while the grant was minted.)
             server = check_request(enforcer.config(), name, agent, scopes, ttl)
             ending = _serve(enforcer, server, minted, agent, environ, client_in, client_out, log)

@@ -11,6 +11,7 @@ import os
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,7 @@ _NOTEWORTHY = re.compile(
     rb',"event":"(?:grant\.issued|grant\.revoked|grant\.used|key\.rotated|key\.created'
     rb"|agent\.added|agent\.removed|agent\.updated|config\.updated|state\.repaired"
     rb"|secret\.added|secret\.removed|mcp\.added|mcp\.removed|route\.added|route\.removed"
-    rb'|log\.pruned|log\.loss_accepted)"'
+    rb'|log\.pruned|log\.loss_accepted|approval\.used)"'
 )
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ class _Facts:
     rotations: list[dict[str, Any]] = field(default_factory=list)  # key.rotated records
     changes: list[dict[str, Any]] = field(default_factory=list)  # every state change record
     revoke_reasons: dict[str, Any] = field(default_factory=dict)  # grant id -> its record's
+    spent: dict[str, tuple[int, int]] = field(default_factory=dict)  # approval -> (lapse, seq)
 
     pruned_through: int | None = None
     pruned_head: str | None = None
@@ -137,6 +139,7 @@ class _Facts:
         kept = [(g, at) for g, at in self.used if at <= seq]
         count = len(late) + len(self.used) - len(kept)
         self.used = kept
+        self.spent = {a: spent for a, spent in self.spent.items() if spent[1] <= seq}
         return count
 
 
@@ -301,6 +304,10 @@ def _note(record: dict[str, Any], facts: _Facts) -> None:
         facts.revoke_reasons.setdefault(record["grant"], record.get("reason"))
     elif event == "grant.used" and isinstance(record.get("grant"), str):
         facts.used.append((record["grant"], record.get("seq", 0)))
+    elif event == "approval.used" and isinstance(record.get("approval"), str):
+        lapses = record.get("lapses_at")
+        facts.spent[record["approval"]] = (lapses if type(lapses) is int else 0,
+                                           record.get("seq", 0))  # fmt: skip
     elif event == "key.rotated":
         facts.rotations.append(record)
     elif event == "log.loss_accepted":
@@ -423,9 +430,24 @@ def _check_sealed_state(
                        "uses than the sealed state")  # fmt: skip
         if sealed.uses(grant.id) < uses.get(grant.id, 0):
             raise stop(f"the ledger's sealed state lost uses of grant {grant.id}")
+    for approval_id, (lapses, _) in facts.spent.items():
+        if lapses > horizon and approval_id not in sealed.spent:
+            raise stop(f"the ledger's sealed state lost the use of approval {approval_id}")
+    _check_approvals(ledger, key, stop)
 
 
 _NO_RECORD = object()
+
+
+def _check_approvals(ledger: Ledger, key: bytes, stop: Callable[[str], _Stop]) -> None:
+    """Every approval request and answer in the ledger matches its seal."""
+    from nhidel.integrity.approvals import open_answer, open_request
+
+    for row in ledger.approvals():
+        try:
+            open_answer(key, open_request(key, row), row)
+        except IntegrityError as exc:
+            raise stop(f"edited: {exc.message}") from None
 
 
 def _tombstones(facts: _Facts) -> set[str]:

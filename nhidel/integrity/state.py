@@ -79,6 +79,7 @@ class SealedState:
     parts: dict[str, str] = field(default_factory=dict)  # entry -> its sha256 (names an edit)
     revoked: dict[str, int] = field(default_factory=dict)  # grant id -> its expiry
     used: dict[str, list[int]] = field(default_factory=dict)  # grant id -> [uses, expiry]
+    spent: dict[str, int] = field(default_factory=dict)  # one-time approval id -> its lapse
     legacy: bool = False  # no sealed state yet (a ledger written by nhidel 0.1)
 
     def uses(self, grant_id: str) -> int:
@@ -103,6 +104,9 @@ class SealedState:
             "revoked": {g: e for g, e in self.revoked.items() if e > horizon},
             "used": {g: u for g, u in self.used.items() if u[1] > horizon},
         }
+        spent = {a: lapses for a, lapses in self.spent.items() if lapses > horizon}
+        if spent:  # (absent when none, so a state from before approvals reads as it did)
+            body["spent"] = spent
         return seal_line(canonical(body), _derived(key, b"state"))
 
 
@@ -117,7 +121,7 @@ def open_state(data: bytes | None, audit_key: bytes) -> SealedState:
         return SealedState(
             seq=int(body["seq"]), kids=list(body["kids"]), config=body["config"],
             parts=dict(body.get("parts") or {}), revoked=dict(body["revoked"]),
-            used=dict(body["used"]),
+            used=dict(body["used"]), spent=dict(body.get("spent") or {}),
         )  # fmt: skip
     except (BadRecord, ValueError, KeyError, TypeError):
         raise IntegrityError(
@@ -521,6 +525,9 @@ def _finish_one(step: Change, record: dict[str, Any], *, now: int) -> bool:
         ledger.revoke([grant_id], now=now, reason=record.get("reason"))
         state.revoke(grant_id, int(record.get("expires_at") or now + MAX_LEEWAY))
         return True
+    if kind == "approval.used" and isinstance(record.get("approval"), str):
+        state.spent[record["approval"]] = int(record.get("lapses_at") or now + MAX_LEEWAY)
+        return True
     if kind == "grant.used" and isinstance(grant_id, str):
         ledger.count_use(grant_id)
         state.use(grant_id, int(record.get("expires_at") or now + MAX_LEEWAY))
@@ -660,7 +667,7 @@ def _asked_ceiling(record: dict[str, Any], current: Agent | None) -> Agent | Non
     try:
         return Agent(current.name, parse_scopes(record["scopes"]), int(record["max_ttl"]),
                      int(record["default_ttl"]), tuple(str(a) for a in record["aud"]),
-                     current.created_at)  # fmt: skip
+                     current.created_at, parse_scopes(record.get("approve") or []))  # fmt: skip
     except (KeyError, TypeError, ValueError, NhidelError):
         return None
 
@@ -678,6 +685,11 @@ def tombstone(record: dict[str, Any]) -> Grant:
         max_uses=record.get("max_uses"), reason=record.get("reason"),
         kid=str(record.get("kid") or ""),
     )  # fmt: skip
+
+
+def derived_key(audit_key: bytes, purpose: bytes) -> bytes:
+    """The key for one purpose (nhidel.integrity.approvals seals requests and answers)."""
+    return _derived(audit_key, purpose)
 
 
 @cache  # (verify seals a row per fresh token: derive once per key)

@@ -22,10 +22,29 @@ from nhidel.paths import Paths
 from nhidel.scopes import parse_scope_text
 
 _SECRET_USE = "secret_used:"  # noqa: S105 - a meta row prefix: when a secret was last used
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MIN_PREFIX = 4
 BUSY_TIMEOUT_MS = 10_000
 
+_APPROVALS = """
+-- Approvals (nhidel.integrity.approvals): each request as sealed by whoever wrote it, and the
+-- human's sealed answer. The other columns only index and show them: nothing trusts them.
+CREATE TABLE approvals (
+    id           TEXT PRIMARY KEY,
+    kind         TEXT NOT NULL,
+    agent        TEXT NOT NULL,
+    summary      TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    lapses_at    INTEGER NOT NULL,
+    status       TEXT NOT NULL,
+    body         TEXT NOT NULL,
+    seal         TEXT NOT NULL,
+    answer       TEXT,
+    answer_seal  TEXT,
+    window_until INTEGER
+);
+CREATE INDEX approvals_by_agent ON approvals (agent, lapses_at)
+"""
 _SCHEMA = f"""
 CREATE TABLE grants (
     id            TEXT PRIMARY KEY,
@@ -60,6 +79,7 @@ INSERT INTO meta VALUES ('revocation_epoch', 0);
 -- What verify trusts about revocations, uses and keys: one sealed document
 -- (nhidel.integrity.state), bound to the audit log's high-water mark in the keystore.
 CREATE TABLE sealed_state (id INTEGER PRIMARY KEY CHECK (id = 1), body BLOB NOT NULL);
+{_APPROVALS};
 """
 # Each schema version's upgrade from the one before it, run in one transaction.
 _MIGRATIONS = {
@@ -80,9 +100,19 @@ _MIGRATIONS = {
         "ALTER TABLE grants ADD COLUMN seal TEXT",
         "CREATE TABLE sealed_state (id INTEGER PRIMARY KEY CHECK (id = 1), body BLOB NOT NULL)",
     ),
+    # 5: approvals (see _SCHEMA).
+    5: tuple(_APPROVALS.split(";")),
 }
 _COLUMNS = ", ".join(GRANT_COLUMNS)
 _LIST_COLUMNS = ", ".join(LIST_COLUMNS)
+
+# id, kind, agent, summary, created_at, lapses_at, status, body, seal, answer, answer_seal,
+# window_until
+ApprovalRow = tuple[Any, ...]
+_APPROVAL_SELECT = (
+    "SELECT id, kind, agent, summary, created_at, lapses_at, status, body, seal, answer,"
+    " answer_seal, window_until FROM approvals"
+)
 
 _LOOKUP = f"SELECT {_COLUMNS}, token_sha256, seal FROM grants WHERE id = ?"
 
@@ -511,6 +541,63 @@ class Ledger:
         """At least `uses` uses (a repair putting back what the log holds)."""
         with self._errors():
             self.db.execute("UPDATE grants SET uses = max(uses, ?) WHERE id = ?", (uses, grant_id))
+
+    # -- approvals (rows as stored: nhidel.integrity.approvals checks their seals) -----------
+
+    def add_approval(self, row: ApprovalRow) -> None:
+        with self._errors():
+            self.db.execute(
+                "INSERT INTO approvals (id, kind, agent, summary, created_at, lapses_at, status,"
+                " body, seal, answer, answer_seal, window_until) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                row,
+            )
+
+    def approval(self, approval_id: str) -> ApprovalRow | None:
+        with self._errors():
+            found = self.db.execute(f"{_APPROVAL_SELECT} WHERE id = ?", (approval_id,)).fetchone()
+        return None if found is None else tuple(found)
+
+    def approvals(
+        self, *, open_after: int | None = None, agent: str | None = None, status: str | None = None
+    ) -> list[ApprovalRow]:
+        """Rows, oldest first: those still open at `open_after` (pending or answered, not yet
+        lapsed, or a window not yet closed), of `agent`, with `status`."""
+        where: list[str] = []
+        args: list[int | str] = []
+        if open_after is not None:
+            where.append("(lapses_at > ? OR window_until > ?)")
+            args += [open_after, open_after]
+        if agent is not None:
+            where.append("agent = ?")
+            args.append(agent)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        with self._errors():
+            rows = self.db.execute(f"{_APPROVAL_SELECT}{clause} ORDER BY created_at, id", args)
+            return [tuple(row) for row in rows]
+
+    def approval_ids(self, prefix: str) -> list[str]:
+        with self._errors():
+            rows = self.db.execute(
+                "SELECT id FROM approvals WHERE substr(id, 1, ?) = ?", (len(prefix), prefix)
+            )
+            return [row[0] for row in rows]
+
+    def answer_approval(
+        self, approval_id: str, *, status: str, answer: str, seal: str, window_until: int | None
+    ) -> None:
+        with self._errors():
+            self.db.execute(
+                "UPDATE approvals SET status = ?, answer = ?, answer_seal = ?, window_until = ? "
+                "WHERE id = ?",
+                (status, answer, seal, window_until, approval_id),
+            )
+
+    def set_approval_status(self, approval_id: str, status: str) -> None:
+        with self._errors():
+            self.db.execute("UPDATE approvals SET status = ? WHERE id = ?", (status, approval_id))
 
     def count_use(self, grant_id: str) -> None:
         """Count one use in the row (the sealed state decides whether a use is left)."""

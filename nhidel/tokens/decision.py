@@ -32,6 +32,10 @@ class Reason(StrEnum):
     STATUS_UNAVAILABLE = "status_unavailable"
     # nhidel's own state failed an integrity check: nothing is allowed until it is repaired.
     INTEGRITY = "integrity"
+    # At enforcement points only: a call an approval mark covers, and the human's answer.
+    APPROVAL_PENDING = "approval_pending"
+    APPROVAL_DENIED = "approval_denied"
+    APPROVAL_TIMEOUT = "approval_timeout"
 
 
 @dataclass(frozen=True, slots=True)

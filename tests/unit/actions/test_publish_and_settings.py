@@ -305,7 +305,7 @@ def test_a_version_1_ledger_is_migrated_and_keeps_its_grants(paths: Paths) -> No
         assert old is not None and old.status_idx is None and old.expires_at == T0 + 900
         assert _allocate(ledger, now=T0, expires_at=T0 + 900) == 0
         version = ledger.db.execute("PRAGMA user_version").fetchone()[0]
-    assert version == SCHEMA_VERSION == 4
+    assert version == SCHEMA_VERSION == 5
     with Ledger(paths) as again:  # opening a migrated ledger changes nothing
         assert again.get("gold") is not None
 

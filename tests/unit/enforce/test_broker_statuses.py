@@ -10,7 +10,8 @@ SPEC_TABLE = {
         "malformed", "bad_signature", "unknown_key", "wrong_type", "wrong_issuer", "expired",
         "not_yet_valid", "revoked", "uses_exhausted", "unknown_grant",
     },
-    403: {"scope_not_granted", "wrong_audience"},
+    403: {"scope_not_granted", "wrong_audience", "approval_denied", "approval_timeout",
+          "approval_pending"},
     503: {"integrity", "status_unavailable"},
 }  # fmt: skip
 

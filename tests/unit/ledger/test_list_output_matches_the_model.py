@@ -395,11 +395,12 @@ def test_a_version_2_ledger_gets_the_listing_indexes_and_keeps_its_grants(paths:
         db.execute("DROP INDEX grants_by_issue")
         db.execute("ALTER TABLE grants DROP COLUMN seal")
         db.execute("DROP TABLE sealed_state")
+        db.execute("DROP TABLE approvals")
         db.execute("PRAGMA user_version = 2")
     db.close()
     with Ledger(paths) as ledger:
         assert [r[0] for r in ledger.grant_rows(now=T)] == ["g" + "q" * 26]
-        assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert ledger.db.execute("PRAGMA user_version").fetchone()[0] == 5
     assert schema(paths.ledger_file) == fresh
 
 

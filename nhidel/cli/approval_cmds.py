@@ -1,0 +1,197 @@
+"""`nhidel approvals`, `approve`, `deny`: the human answers what enforcement points hold."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from nhidel.cli import common
+
+if TYPE_CHECKING:
+    from nhidel.actions.approvals import Listed
+
+ApprovalId = Annotated[
+    str,
+    typer.Argument(metavar="ID", help="The request's id (or its first 4+ characters)."),
+]
+
+
+def register(app: typer.Typer) -> None:
+    approvals_app = typer.Typer(
+        help="The requests waiting for a human's yes (approve or deny them).",
+        invoke_without_command=True,
+    )
+    approvals_app.callback()(approvals)
+    approvals_app.command("show")(show)
+    app.add_typer(approvals_app, name="approvals")
+    app.command("approve")(approve)
+    app.command("deny")(deny)
+
+
+def approvals(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+    every: Annotated[
+        bool, typer.Option("--all", help="Also the answered, lapsed and withdrawn ones.")
+    ] = False,
+) -> None:
+    """List the approval requests still open: what each call would do, and since when.
+
+    Each line: the id, the agent, what is asked (the server or route, the tool or request, a
+    summary of the arguments nhidel wrote itself) and when it lapses. Approve one with
+    nhidel approve ID, refuse it with nhidel deny ID; nhidel approvals show ID prints its full
+    arguments.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from nhidel.actions.approvals import listed
+    from nhidel.cli.render import print_json, rows_table, say
+    from nhidel.relative_time import relative
+
+    where = common.paths()
+    now = common.now()
+    found = listed(where, common.keystore(where), now=now, every=every)
+    if as_json:
+        print_json([_json(item) for item in found])
+        return
+    rows = [
+        (item.id, item.status, item.agent, item.summary,
+         relative(item.lapses_at, now=now) if item.status == "pending" else "-")
+        for item in found
+    ]  # fmt: skip
+    if not rows_table(("ID", "STATUS", "AGENT", "REQUEST", "LAPSES"), rows):
+        say("no approval requests waiting" + ("" if every else " (--all shows answered ones)"))
+
+
+def show(
+    approval_id: ApprovalId,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one request whole: who asks, for what, and its full arguments (escaped)."""
+    import sys
+
+    from nhidel.actions.approvals import find
+    from nhidel.cli.render import print_json, safe
+
+    where = common.paths()
+    now = common.now()
+    item = find(where, common.keystore(where), approval_id, now=now)
+    if as_json:
+        print_json({**_json(item), "arguments": _arguments(item)})
+        return
+    for key, value in _details(item, now=now):
+        sys.stdout.write(f"{key.ljust(10)}  {safe(value)}\n")
+    arguments = _arguments(item)
+    if arguments is not None:
+        sys.stdout.write("arguments:\n" + arguments + "\n")
+
+
+def approve(
+    approval_id: ApprovalId,
+    window: Annotated[
+        str | None,
+        typer.Option(
+            "--for",
+            metavar="DURATION",
+            help="Also let the identical call through for this long (same agent, grant, tool "
+            "or request, resource and arguments).",
+        ),
+    ] = None,
+    any_args: Annotated[
+        bool, typer.Option("--any-args", help="With --for: whatever the arguments.")
+    ] = False,
+) -> None:
+    """Say yes to a request: the held call goes on (or its identical retry, once)."""
+    from nhidel.actions.approvals import Choice
+    from nhidel.timefmt import parse_duration
+
+    seconds = parse_duration(window, what="--for") if window is not None else None
+    _answer(approval_id, Choice(True, seconds, any_args))
+
+
+def deny(
+    approval_id: ApprovalId,
+    reason: Annotated[
+        str | None,
+        typer.Option("--reason", metavar="TEXT", help="Why (the agent is told)."),
+    ] = None,
+) -> None:
+    """Say no to a request: the held call is refused (approval_denied), as is its retry."""
+    from nhidel.actions.approvals import Choice
+    from nhidel.errors import UsageError
+    from nhidel.models import is_plain_text
+
+    if reason is not None and (len(reason) > 500 or not is_plain_text(reason.replace(" ", "_"))):
+        raise UsageError("--reason must be printable text of at most 500 characters",
+                         "e.g. --reason 'not this account'")  # fmt: skip
+    _answer(approval_id, Choice(False, reason=reason))
+
+
+def _answer(approval_id: str, choice: Any) -> None:
+    from nhidel.actions.approvals import answer
+    from nhidel.cli.render import say
+    from nhidel.timefmt import format_duration
+
+    where = common.paths()
+    store = common.keystore(where)
+    done = answer(where, store, approval_id, choice, now=common.now())
+    verb = "approved" if choice.granted else "denied"
+    extra = f" and identical calls for {format_duration(choice.window)}" if choice.window else ""
+    if choice.any_args:
+        extra += " (any arguments)"
+    say(f"{verb} {done.id}{extra}: {done.agent}: {done.summary}")
+
+
+def _json(item: Listed) -> dict[str, Any]:
+    from nhidel.timefmt import rfc3339
+
+    request = item.request
+    body = request.body if request is not None else {}
+    answer = item.answer
+    return {
+        "id": item.id,
+        "status": item.status,
+        "kind": request.kind if request is not None else None,
+        "agent": item.agent,
+        "summary": item.summary,
+        "grant": body.get("grant"),
+        "call": body.get("call"),
+        "mark": body.get("mark"),
+        "created_at": rfc3339(request.created_at) if request is not None else None,
+        "lapses_at": rfc3339(item.lapses_at),
+        "answer": None if answer is None else {
+            "decision": answer.decision, "at": rfc3339(answer.answered_at),
+            "reason": answer.reason,
+            "until": rfc3339(answer.window["until"]) if answer.window else None,
+            "any_args": bool(answer.window and answer.window["call"]["args_sha256"] is None),
+        },
+        "forged": item.forged,
+    }  # fmt: skip
+
+
+def _details(item: Listed, *, now: int) -> list[tuple[str, str]]:
+    from nhidel.relative_time import relative
+
+    request = item.request
+    lines = [("id", item.id), ("status", item.status), ("agent", item.agent)]
+    if item.forged is not None:
+        return [*lines, ("forged", item.forged)]
+    assert request is not None  # noqa: S101 - a request whose seal held
+    body = request.body
+    call = body.get("call")
+    if isinstance(call, dict):
+        lines += [("grant", str(body.get("grant"))), ("target", str(call.get("target"))),
+                  ("action", str(call.get("action"))),
+                  ("resources", " ".join(call.get("resources") or []) or "-"),
+                  ("marked by", str(body.get("mark"))),
+                  ("args hash", str(call.get("args_sha256")))]  # fmt: skip
+    lines += [("summary", item.summary), ("lapses", relative(item.lapses_at, now=now))]
+    return lines
+
+
+def _arguments(item: Listed) -> str | None:
+    if item.request is None:
+        return None
+    arguments = item.request.body.get("arguments")
+    return arguments if isinstance(arguments, str) else None
