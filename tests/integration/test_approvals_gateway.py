@@ -108,8 +108,10 @@ def test_a_held_call_goes_on_after_approve_within_the_hold(world: World) -> None
     assert events.count("approval.granted") == 1
     assert events.count("approval.used") == 1
     allowed = [r for r in requested if r["event"] == "tool.allowed"]
-    assert allowed[-1]["approval"] == [r for r in requested
-                                       if r["event"] == "approval.requested"][0]["approval"]
+    assert (
+        allowed[-1]["approval"]
+        == [r for r in requested if r["event"] == "approval.requested"][0]["approval"]
+    )
 
 
 def test_a_held_call_is_refused_after_deny_and_never_reaches_the_server(world: World) -> None:
