@@ -370,7 +370,7 @@ class Gateway:
             except policy.CallRefused as refused:
                 decision = Decision(False, Reason.SCOPE_NOT_GRANTED, str(refused))
             else:
-                decision = check_all(self.enforcer, self.token, scopes, aud=self.aud)
+                decision = self.enforcer.verifier.check(self.token, scopes, aud=self.aud)
         self._note(decision)
         mark = None
         if decision.allowed and decision.grant is not None and tool is not None:
@@ -379,13 +379,16 @@ class Gateway:
             except IntegrityError as exc:
                 decision = Decision(False, Reason.INTEGRITY, exc.message)
         if mark is not None and decision.grant is not None and tool is not None:
+            # Held first: a use is spent only by a call that goes on (see _held_call).
             call = Call(self.agent, decision.grant.id, self.server.name, tool[:128],
                         tuple(s.resource for s in scopes if s.resource),
                         policy.arguments_sha256(params))  # fmt: skip
             self._held[key] = asyncio.create_task(
-                self._held_call(message, key, call, mark, started)
+                self._held_call(message, key, call, scopes, mark, started)
             )
             return
+        if decision.allowed:
+            decision = spend_use(self.enforcer, self.token, scopes, decision, aud=self.aud)
         self.enforcer.record(
             "tool.allowed" if decision.allowed else "tool.denied",
             agent=self.agent, grant=self.grant_id, server=self.server.name,
@@ -409,7 +412,13 @@ class Gateway:
         ))  # fmt: skip
 
     async def _held_call(
-        self, message: Message, key: tuple[str, Any], call: Call, mark: Scope, started: float
+        self,
+        message: Message,
+        key: tuple[str, Any],
+        call: Call,
+        scopes: tuple[Scope, ...],
+        mark: Scope,
+        started: float,
     ) -> None:
         """A call an approval mark covers: held for the human's answer (progress sent when it
         carried a token), then relayed, or refused with why; withdrawn when the client
@@ -440,16 +449,18 @@ class Gateway:
                 call, via="mcp", mark=mark, arguments=params.get("arguments", {}),
                 tick=tick if token is not None else None, opened=opened,
             )  # fmt: skip
-            decision = self.lapsed() if verdict.outcome == GO else None
-            if decision is None and verdict.outcome != GO:
+            decision: Decision | None = None
+            if verdict.outcome != GO:
                 decision = Decision(False, reason_of(verdict), refusal_text(verdict))
+            else:  # the grant checked again (a hold is long), its use spent now
+                decision = self._refusal() or check_all(self.enforcer, self.token, scopes,
+                                                        aud=self.aud)  # fmt: skip
+                decision = None if decision.allowed else decision
         except asyncio.CancelledError:
+            # Neither allowed nor denied: its approval.lapsed record says it was withdrawn.
             with contextlib.suppress(NhidelError):
                 for verdict in held:
                     approvals.withdraw(verdict, WITHDRAWN)
-            self._record_call(call, None, started, approval=held[0].request.id
-                              if held and held[0].request else None,
-                              reason=Reason.APPROVAL_PENDING.value + " (withdrawn)")  # fmt: skip
             raise
         except NhidelError as exc:
             verdict, decision = Verdict(HELD), Decision(False, Reason.INTEGRITY, exc.message)
@@ -470,19 +481,14 @@ class Gateway:
         await self._request(key, "tools/call", message.body)
 
     def _record_call(
-        self,
-        call: Call,
-        decision: Decision | None,
-        started: float,
-        *,
-        approval: str | None,
-        reason: str | None = None,
+        self, call: Call, decision: Decision | None, started: float, *, approval: str | None
     ) -> None:
-        """The one decision record of a held call (None: it went on)."""
-        if decision is not None and decision.reason is not None:
-            reason = decision.reason.value
+        """The one decision record of a held call (`decision` None: it went on)."""
+        reason = None
+        if decision is not None:
+            reason = (decision.reason or Reason.SCOPE_NOT_GRANTED).value
         self.enforcer.record(
-            "tool.allowed" if decision is None and reason is None else "tool.denied",
+            "tool.allowed" if decision is None else "tool.denied",
             agent=call.agent, grant=call.grant, server=call.target, tool=call.action,
             resources=list(call.resources) or None, args_sha256=call.args_sha256,
             reason=reason, approval=approval,
@@ -696,9 +702,22 @@ def check_all(
 ) -> Decision:
     """Whether `token` covers every one of `scopes` now; one use spent (durably) for the call
     when the grant has a use limit and it is allowed (Enforcer.check, for several scopes)."""
-    decision = enforcer.verifier.check(token, scopes, aud=aud)
+    return spend_use(enforcer, token, scopes, enforcer.verifier.check(token, scopes, aud=aud),
+                     aud=aud)  # fmt: skip
+
+
+def spend_use(
+    enforcer: Enforcer,
+    token: str,
+    scopes: Sequence[Scope],
+    decision: Decision,
+    *,
+    aud: str | None = None,
+) -> Decision:
+    """`decision` (an allowed check of `scopes`), with one use spent durably when the grant
+    has a use limit: checked again, consuming."""
     if decision.allowed and decision.grant is not None and decision.grant.max_uses is not None:
-        decision = enforcer.verifier.check(token, scopes, aud=aud, consume=True)
+        return enforcer.verifier.check(token, scopes, aud=aud, consume=True)
     return decision
 
 
