@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from helpers.mcp_servers import nhidel_command, require_sdk, server_binary
-from helpers.processes import audit_records, init_cheaply, isolated_env, ok, run
+from helpers.processes import audit_records, init_cheaply, isolated_env, list_all, ok, run
 
 pytestmark = pytest.mark.usefixtures("sdk")
 RESOURCE_ARGS = ("read_text_file=path", "write_file=path")
@@ -45,13 +45,17 @@ class World:
         ok(self.env, "agent", "add", "bot", "--allow", "fs:*", "--allow", "fs:*:*",
            "--approve", "fs:write_file:*")  # fmt: skip
 
-    def session(self, body: Callable[[Any], Awaitable[Any]], *hold: str) -> Any:
+    def session(
+        self, body: Callable[[Any], Awaitable[Any]], *hold: str, token: str | None = None
+    ) -> Any:
+        """`body(session)` through `mcp run` with a grant it mints, or with `token`."""
         from mcp import ClientSession, StdioServerParameters
         from mcp.client.stdio import stdio_client
 
-        program, argv = nhidel_command("mcp", "run", "fs", "--agent", "bot", "--scope", "fs:*",
-                                       "--scope", "fs:*:*", *hold)  # fmt: skip
-        params = StdioServerParameters(command=program, args=argv, env=self.env)
+        minted = () if token else ("--scope", "fs:*", "--scope", "fs:*:*")
+        program, argv = nhidel_command("mcp", "run", "fs", "--agent", "bot", *minted, *hold)
+        env = {**self.env, "NHIDEL_TOKEN": token} if token else self.env
+        params = StdioServerParameters(command=program, args=argv, env=env)
 
         async def main() -> Any:
             async with stdio_client(params) as (read, write):
@@ -192,3 +196,19 @@ def test_a_forged_answer_in_the_ledger_is_not_a_yes(world: World) -> None:
     assert first.isError and retried.isError
     assert not target.exists()
     assert run(world.env, "audit", "verify").code == 5
+
+
+def test_a_held_call_spends_a_use_only_when_it_goes_on(world: World) -> None:
+    token = ok(world.env, "grant", "bot", "--scope", "fs:*:*", "--uses", "5").stdout.strip()
+    target = world.allowed / "once.txt"
+
+    async def body(session: Any) -> tuple[Any, Any]:
+        first = await write(session, str(target), "one")
+        await asyncio.to_thread(ok, world.env, "approve", world.pending()[0]["id"])
+        return first, await write(session, str(target), "one")
+
+    first, retried = world.session(body, "--approval-hold", "1s", token=token)
+    assert "approval_pending" in text_of(first)
+    assert not retried.isError, text_of(retried)
+    (grant,) = list_all(world.env)
+    assert grant["uses"] == 1  # the held attempt spent nothing; the call that went on, one
