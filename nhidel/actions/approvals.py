@@ -205,7 +205,7 @@ class Desk:
         body = {
             "kind": CALL, "via": via, "agent": call.agent, "grant": call.grant,
             "call": call.to_json(), "args_sha256": call.args_sha256, "mark": mark,
-            "summary": f"{call.target} {call.action}: {summarize(arguments)}",
+            "summary": f"{_escaped(call.target)} {_escaped(call.action)}: {summarize(arguments)}",
             "arguments": full_arguments(arguments), "created_at": now,
             "lapses_at": now + self.timeout,
         }  # fmt: skip
