@@ -4,12 +4,16 @@ Per request, in this order (SPEC.md "The HTTP broker"; each refusal sends nothin
 the target and headers it will forward at all (400, `http_paths`), a grant at all (401), the
 sealed configuration still the one sealed (503 `integrity`), the route (404), the body's
 declared size (413), the grant for `ROUTE:METHOD:PATH` (401/403/503; a use spent durably
-first when the grant has `max_uses`). Then the upstream URL is built from the route, the
-request streamed to it over verified TLS (the route's own CA when it has one, else the
-system's; never a proxy or CA variable from the environment), and the answer streamed back
-with the injected secret redacted from its headers and body. A redirect is handed back, not
-followed. A streamed answer is cut when its grant stops covering it (checked between chunks
-and once a second on a quiet stream). Each request is one decision record and one log entry.
+first when the grant has `max_uses`), then, when an approval mark of the agent's sealed
+ceiling covers that scope, a human's yes (the body read whole first: the approval is for
+this exact request; held up to `--approval-hold`, then 403 `approval_pending` with
+`Retry-After`; the grant checked again after the yes). Then the upstream URL is built from
+the route, the request streamed to it over verified TLS (the route's own CA when it has one,
+else the system's; never a proxy or CA variable from the environment), and the answer
+streamed back with the injected secret redacted from its headers and body. A redirect is
+handed back, not followed. A streamed answer is cut when its grant stops covering it (checked
+between chunks and once a second on a quiet stream). Each request is one decision record and
+one log entry.
 
 `/mcp/...` is the MCP gateway's (nhidel.enforce.mcp_http): handed to it whole.
 
@@ -37,9 +41,12 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from nhidel.actions.approvals import GO, HELD, WITHDRAWN, Verdict
 from nhidel.enforce import http_paths, mcp_http
+from nhidel.enforce.approval_hold import reason_of, refusal_text
 from nhidel.enforce.http_paths import Refused, Target, status_for
-from nhidel.errors import IntegrityError, UsageError
+from nhidel.errors import IntegrityError, NhidelError, UsageError
+from nhidel.integrity.approvals import Call
 from nhidel.registrations import RESERVED_ROUTE_NAMES
 from nhidel.scopes import Scope, parse_scope
 from nhidel.tokens.decision import Decision, Reason
@@ -81,6 +88,7 @@ class Exchange:
     allowed: bool = False
     reason: str | None = None
     scope: str | None = None  # ROUTE:METHOD:PATH, once the path is one the broker checks
+    approval: str | None = None  # the approval request it was held for, if any
     started: float = field(default_factory=time.perf_counter)
 
     def log_fields(self) -> dict[str, Any]:
@@ -102,9 +110,16 @@ class Exchange:
 
 
 class _Denied(Exception):  # noqa: N818 - an answer, not a crash
-    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: dict[str, str] | None = None,
+        said: dict[str, str] | None = None,  # more of the JSON body than `error`
+    ) -> None:
         super().__init__(reason)
         self.status, self.reason, self.headers = status, reason, headers or {}
+        self.said = said or {}
 
 
 class _Cut(Exception):  # noqa: N818 - a stream ended on purpose
@@ -170,7 +185,7 @@ class Broker:
         try:
             return await self._answer(request, exchange)
         except _Denied as denied:
-            response = _error(denied.status, denied.reason, denied.headers)
+            response = _error(denied.status, denied.reason, denied.headers, denied.said)
             exchange.status, exchange.reason = denied.status, denied.reason
             exchange.bytes = response.content_length or 0
             if request.body_exists and not request.content.at_eof():
@@ -214,12 +229,7 @@ class Broker:
             raise _Denied(429, "too_many_requests", {"Retry-After": "1"})
         if token is None:
             raise _Denied(401, "no_grant", {"WWW-Authenticate": "Bearer"})
-        try:
-            route = self.enforcer.config().routes.get(target.route)
-        except IntegrityError:
-            raise _Denied(503, Reason.INTEGRITY.value) from None
-        if route is None or route.name in RESERVED_ROUTE_NAMES:  # (an older nhidel's: doctor says)
-            raise _Denied(404, "unknown_route")
+        route = self._route(target)
         if (request.content_length or 0) > self.limits.max_body:
             raise _Denied(413, "body_too_large")
         decision = self.enforcer.check(token, scope, aud=self.aud)
@@ -227,12 +237,86 @@ class Broker:
             exchange.agent, exchange.grant = decision.grant.agent, decision.grant.id
         if not decision.allowed:
             raise _deny(decision)
+        body: bytes | None = None  # read whole only when a human must approve this request
+        try:
+            mark = self.enforcer.approvals.mark_for(exchange.agent or "", [scope])
+        except IntegrityError:
+            raise _Denied(503, Reason.INTEGRITY.value) from None
+        if mark is not None:
+            body = await self._whole_body(request)
+            await self._held(request, exchange, target, mark, body)
+            self._still_granted(token, scope)  # it may have been revoked during the hold
+            route = self._route(target)  # or the route removed or changed
         try:
             secret = self.enforcer.secrets([route.secret])[route.secret]
         except IntegrityError:
             raise _Denied(503, Reason.INTEGRITY.value) from None
         exchange.allowed = True
-        return await self._forward(request, exchange, route, target, secret, token, scope)
+        return await self._forward(request, exchange, route, target, secret, token, scope, body)
+
+    def _route(self, target: Target) -> Route:
+        try:
+            route = self.enforcer.config().routes.get(target.route)
+        except IntegrityError:
+            raise _Denied(503, Reason.INTEGRITY.value) from None
+        if route is None or route.name in RESERVED_ROUTE_NAMES:  # (an older nhidel's: doctor says)
+            raise _Denied(404, "unknown_route")
+        return route
+
+    async def _whole_body(self, request: web.BaseRequest) -> bytes:
+        """The request body, read whole (bounded by the body limit) so that the approval is
+        for these exact bytes and these same bytes go upstream."""
+        if not request.body_exists:
+            return b""
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # allowed so far
+        read = bytearray()
+        async for chunk in request.content.iter_any():
+            read += chunk
+            if len(read) > self.limits.max_body:
+                raise _Denied(413, "body_too_large")
+        return bytes(read)
+
+    async def _held(
+        self,
+        request: web.BaseRequest,
+        exchange: Exchange,
+        target: Target,
+        mark: Scope,
+        body: bytes,
+    ) -> None:
+        """Hold a request an approval mark covers until a yes (it returns), or refuse it: a
+        no, no answer in time, or still none past the hold (`approval_pending`). A client
+        that goes away while held withdraws the request."""
+        assert exchange.agent is not None and exchange.grant is not None  # noqa: S101 - granted
+        approvals = self.enforcer.approvals
+        call = Call(exchange.agent, exchange.grant, target.route,
+                    f"{request.method} {exchange.path}", (),
+                    http_paths.request_sha256(request.method, target, body))  # fmt: skip
+        arguments = http_paths.request_arguments(target.query, request.content_type, body)
+        held: list[Verdict] = []
+        try:
+            verdict = await approvals.hold(
+                call, via="http", mark=mark, arguments=arguments, opened=held.append
+            )
+        except asyncio.CancelledError:  # the client went away (aiohttp cancels its handler)
+            with contextlib.suppress(NhidelError):
+                for waiting in held:
+                    approvals.withdraw(waiting, WITHDRAWN)
+            exchange.approval = held[0].request.id if held and held[0].request else None
+            exchange.reason = Reason.APPROVAL_PENDING.value + " (withdrawn)"
+            raise
+        except NhidelError:
+            raise _Denied(503, Reason.INTEGRITY.value) from None
+        exchange.approval = verdict.approval or (verdict.request.id if verdict.request else None)
+        if verdict.outcome != GO:
+            raise _approval_refusal(verdict, int(self.enforcer.clock()))
+
+    def _still_granted(self, token: str, scope: Scope) -> None:
+        """After a yes: the grant must still cover the request (its use was spent already)."""
+        decision = self.enforcer.verifier.check(token, [scope], aud=self.aud)
+        if not decision.allowed and decision.reason is not Reason.USES_EXHAUSTED:
+            raise _deny(decision)
 
     async def _forward(
         self,
@@ -243,17 +327,22 @@ class Broker:
         secret: str,
         token: str,
         scope: Scope,
+        whole: bytes | None = None,
     ) -> web.StreamResponse:
+        """Send the request upstream (its body streamed, or `whole` when it was read for an
+        approval) and relay the answer."""
         assert self._session is not None  # noqa: S101 - started before it serves
         headers = http_paths.forward_request_headers(
             request.headers.items(), request.headers.getall("Connection", []), route.header
         )
         headers.append((route.header, route.format.replace("{secret}", secret)))
         headers.append(("Accept-Encoding", http_paths.ACCEPT_ENCODING))
-        body = self._body(request, exchange) if request.body_exists else None
-        if request.headers.get("Expect", "").lower() == "100-continue":
-            # Only now, allowed: a client (curl) that waits for this sends its body now.
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body: Any = whole or None
+        if whole is None:
+            body = self._body(request, exchange) if request.body_exists else None
+            if request.headers.get("Expect", "").lower() == "100-continue":
+                # Only now, allowed: a client (curl) that waits for this sends its body now.
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             async with asyncio.timeout(self.limits.upstream_timeout):
                 upstream = await self._session.request(
@@ -414,6 +503,7 @@ class Broker:
             status=exchange.status,
             bytes=exchange.bytes,
             duration_ms=entry["duration_ms"],
+            **({} if exchange.approval is None else {"approval": exchange.approval}),
         )
         if self.log is not None:
             self.log(entry)
@@ -425,6 +515,23 @@ def _deny(decision: Decision) -> _Denied:
     return _Denied(status, reason, http_paths.challenge_for(status))
 
 
+def _approval_refusal(verdict: Verdict, now: int) -> _Denied:
+    """403 for a held request that does not go on, in the denial format, naming the approval
+    request; `approval_pending` says when to retry and what the human must run."""
+    reason = reason_of(verdict)
+    status = status_for(reason)
+    headers = http_paths.challenge_for(status)
+    ident = verdict.request.id if verdict.request is not None else "?"
+    said = {"approval": ident}
+    if verdict.outcome == HELD and verdict.request is not None:
+        left = verdict.request.lapses_at - now
+        headers["Retry-After"] = str(http_paths.approval_retry_after(left))
+        said["hint"] = f"run nhidel approve {ident}, then retry"
+    else:
+        said["detail"] = refusal_text(verdict)
+    return _Denied(status, reason.value if reason else "denied", headers, said)
+
+
 def _upstream_failure(exc: BaseException, exchange: Exchange) -> _Denied:
     if exchange.reason == "body_too_large":
         return _Denied(413, "body_too_large")
@@ -433,10 +540,12 @@ def _upstream_failure(exc: BaseException, exchange: Exchange) -> _Denied:
     return _Denied(502, "upstream_failed")
 
 
-def _error(status: int, reason: str, headers: dict[str, str]) -> web.Response:
+def _error(
+    status: int, reason: str, headers: dict[str, str], said: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         status=status,
-        body=json.dumps({"error": reason}).encode(),
+        body=json.dumps({"error": reason, **(said or {})}).encode(),
         content_type="application/json",
         headers=headers,
     )

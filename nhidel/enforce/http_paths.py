@@ -1,6 +1,7 @@
 """What the HTTP broker decides before it asks about a grant: is this request one it will
 forward at all, which scope does it need, and which headers go on to the upstream and back;
-and SPEC's status table, which HTTP status answers which denial (`status_for`).
+SPEC's status table, which HTTP status answers which denial (`status_for`); and what an
+approval knows of a request (`request_sha256`, `request_arguments`, `approval_retry_after`).
 
 Pure functions over strings, no I/O, so every refusal is cheap to test. The broker checks a
 request as `ROUTE:METHOD:PATH` on the path as the client sent it (still percent-encoded, as
@@ -15,9 +16,12 @@ plus this path: nothing the client sends can name another host.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from nhidel.scopes import MAX_SCOPE_LENGTH
@@ -250,3 +254,53 @@ def challenge_for(status: int) -> dict[str, str]:
     if status == 403:
         return {"WWW-Authenticate": 'Bearer error="insufficient_scope"'}
     return {}
+
+
+# -- approvals -----------------------------------------------------------------------------
+
+RETRY_AFTER = 30  # seconds a client told `approval_pending` waits before it retries, at most
+SHOWN_BODY = 1 << 20  # bytes of a body parsed for the human's view; a longer one is cut
+
+
+def request_sha256(method: str, target: Target, body: bytes) -> str:
+    """What makes two HTTP requests the identical one an approval covers: the method, the
+    route, the path as checked (its trailing '/' too: the upstream sees it), the query as sent
+    and the body. The parts are JSON-delimited, so no two different requests share the text."""
+    parts = [method, target.route, target.path, target.trailing_slash, target.query,
+             hashlib.sha256(body).hexdigest()]  # fmt: skip
+    return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()
+
+
+def request_arguments(query: str, content_type: str, body: bytes) -> dict[str, Any]:
+    """A request's arguments as the human reads them (nhidel.actions.approvals summarises and
+    escapes them): the query as sent, and the body parsed when it is JSON, else its text when
+    it is UTF-8, else its size. A body over SHOWN_BODY is shown by its first bytes and size."""
+    shown: dict[str, Any] = {}
+    if query:
+        shown["query"] = query
+    if len(body) > SHOWN_BODY:
+        head = body[:SHOWN_BODY].decode("utf-8", errors="replace")
+        shown["body"] = f"{head}…(+{len(body) - SHOWN_BODY} more bytes)"
+    elif body:
+        shown["body"] = _shown_body(content_type, body)
+    return shown
+
+
+def _shown_body(content_type: str, body: bytes) -> Any:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"<{len(body)} bytes binary>"
+    kind = content_type.split(";")[0].strip().lower()
+    if kind == "application/json" or kind.endswith("+json"):
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError):  # not JSON after all, or nested past the limit
+            return text
+    return text
+
+
+def approval_retry_after(seconds_left: int) -> int:
+    """The `Retry-After` of an `approval_pending` answer: RETRY_AFTER seconds, less when the
+    request lapses sooner (a retry after it lapses asks the human again), never under 1."""
+    return max(1, min(RETRY_AFTER, seconds_left))

@@ -189,3 +189,72 @@ def test_only_a_content_encoding_aiohttp_decodes_whole_is_scannable(
     values: list[str], ok: bool
 ) -> None:
     assert http_paths.decodable(values) is ok
+
+
+# -- approvals ----------------------------------------------------------------------------------
+
+
+def _hash(raw: str, method: str = "POST", body: bytes = b'{"amount": 10}') -> str:
+    return http_paths.request_sha256(method, parse_target(raw, method), body)
+
+
+def test_identical_requests_share_their_approval_hash() -> None:
+    assert _hash("/api/charges?x=1") == _hash("/api/charges?x=1")
+
+
+@pytest.mark.parametrize(
+    ("raw", "method", "body"),
+    [
+        ("/api/charges?x=1", "POST", b'{"amount": 11}'),  # another body
+        ("/api/charges?x=2", "POST", b'{"amount": 10}'),  # another query
+        ("/api/charges", "POST", b'{"amount": 10}'),  # no query
+        ("/api/charges?x=1", "PUT", b'{"amount": 10}'),  # another method
+        ("/api/refunds?x=1", "POST", b'{"amount": 10}'),  # another path
+        ("/api/charges/?x=1", "POST", b'{"amount": 10}'),  # a trailing slash goes upstream
+        ("/other/charges?x=1", "POST", b'{"amount": 10}'),  # another route
+    ],
+)  # fmt: skip
+def test_a_request_differing_in_any_part_has_another_approval_hash(
+    raw: str, method: str, body: bytes
+) -> None:
+    assert _hash(raw, method, body) != _hash("/api/charges?x=1")
+
+
+def test_the_parts_of_the_approval_hash_cannot_run_into_each_other() -> None:
+    assert _hash("/api/a?b", body=b"") != _hash("/api/a?", body=b"b")
+    assert _hash("/api/ab") != _hash("/api/a/b")
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "shown"),
+    [
+        ("application/json", b'{"amount": 10}', {"amount": 10}),
+        ("application/problem+json; charset=utf-8", b"[1, 2]", [1, 2]),
+        ("application/json", b"{not json", "{not json"),
+        ("text/plain", b'{"amount": 10}', '{"amount": 10}'),
+        ("application/octet-stream", b"\xff\xfe\x00", "<3 bytes binary>"),
+        ("application/json", b"[" * 5000 + b"]" * 5000, "[" * 5000 + "]" * 5000),
+    ],
+)  # fmt: skip
+def test_a_body_is_shown_parsed_when_json_else_as_text_else_by_size(
+    content_type: str, body: bytes, shown: object
+) -> None:
+    shown_as = http_paths.request_arguments("a=1", content_type, body)
+    assert shown_as == {"query": "a=1", "body": shown}
+
+
+def test_a_request_without_query_or_body_shows_no_arguments() -> None:
+    assert http_paths.request_arguments("", "application/json", b"") == {}
+
+
+def test_a_body_too_long_to_show_is_cut_and_says_how_much_more() -> None:
+    body = b"x" * (http_paths.SHOWN_BODY + 5)
+    shown = http_paths.request_arguments("", "text/plain", body)["body"]
+    assert shown.startswith("x" * 100) and shown.endswith("…(+5 more bytes)")
+
+
+@pytest.mark.parametrize(("left", "after"), [(600, 30), (31, 30), (12, 12), (0, 1), (-5, 1)])
+def test_retry_after_is_at_most_30_seconds_and_never_past_the_requests_lapse(
+    left: int, after: int
+) -> None:
+    assert http_paths.approval_retry_after(left) == after
