@@ -3,11 +3,11 @@
 Per request, in this order (SPEC.md "The HTTP broker"; each refusal sends nothing upstream):
 the target and headers it will forward at all (400, `http_paths`), a grant at all (401), the
 sealed configuration still the one sealed (503 `integrity`), the route (404), the body's
-declared size (413), the grant for `ROUTE:METHOD:PATH` (401/403/503; a use spent durably
-first when the grant has `max_uses`), then, when an approval mark of the agent's sealed
-ceiling covers that scope, a human's yes (the body read whole first: the approval is for
-this exact request; held up to `--approval-hold`, then 403 `approval_pending` with
-`Retry-After`; the grant checked again after the yes). Then the upstream URL is built from
+declared size (413), the grant for `ROUTE:METHOD:PATH` (401/403/503), then, when an
+approval mark of the agent's sealed ceiling covers that scope, a human's yes (the body read
+whole first: the approval is for this exact request; held up to `--approval-hold`, then 403
+`approval_pending` with `Retry-After`; the grant checked again after the yes); a use spent
+durably as the request goes on when the grant has `max_uses`. Then the upstream URL is built from
 the route, the request streamed to it over verified TLS (the route's own CA when it has one,
 else the system's; never a proxy or CA variable from the environment), and the answer
 streamed back with the injected secret redacted from its headers and body. A redirect is
@@ -232,7 +232,7 @@ class Broker:
         route = self._route(target)
         if (request.content_length or 0) > self.limits.max_body:
             raise _Denied(413, "body_too_large")
-        decision = self.enforcer.check(token, scope, aud=self.aud)
+        decision = self.enforcer.verifier.check(token, [scope], aud=self.aud)
         if decision.grant is not None:
             exchange.agent, exchange.grant = decision.grant.agent, decision.grant.id
         if not decision.allowed:
@@ -245,8 +245,14 @@ class Broker:
         if mark is not None:
             body = await self._whole_body(request)
             await self._held(request, exchange, target, mark, body)
-            self._still_granted(token, scope)  # it may have been revoked during the hold
-            route = self._route(target)  # or the route removed or changed
+            # Checked again (it may have been revoked during the hold), and only now, as the
+            # request goes on, a use spent; the route may have been removed or changed too.
+            decision = self.enforcer.check(token, scope, aud=self.aud)
+            route = self._route(target)
+        else:
+            decision = self.enforcer.spend(token, [scope], decision, aud=self.aud)
+        if not decision.allowed:
+            raise _deny(decision)
         try:
             secret = self.enforcer.secrets([route.secret])[route.secret]
         except IntegrityError:
@@ -311,12 +317,6 @@ class Broker:
         exchange.approval = verdict.approval or (verdict.request.id if verdict.request else None)
         if verdict.outcome != GO:
             raise _approval_refusal(verdict, int(self.enforcer.clock()))
-
-    def _still_granted(self, token: str, scope: Scope) -> None:
-        """After a yes: the grant must still cover the request (its use was spent already)."""
-        decision = self.enforcer.verifier.check(token, [scope], aud=self.aud)
-        if not decision.allowed and decision.reason is not Reason.USES_EXHAUSTED:
-            raise _deny(decision)
 
     async def _forward(
         self,

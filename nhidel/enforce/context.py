@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,9 +107,21 @@ class Enforcer:
     def check(self, token: str, scope: str | Scope, *, aud: str | None = None) -> Decision:
         """Whether `token` covers `scope` now; an allowed action of a grant with a use limit
         spends one use, durably, before this returns."""
-        decision = self.verifier.check(token, [scope], aud=aud)
+        return self.spend(token, [scope], self.verifier.check(token, [scope], aud=aud), aud=aud)
+
+    def spend(
+        self,
+        token: str,
+        scopes: Sequence[str | Scope],
+        decision: Decision,
+        *,
+        aud: str | None = None,
+    ) -> Decision:
+        """`decision` (a check of `scopes` that did not spend), with one use spent durably when
+        it allowed a grant with a use limit: for a call held for approval first, spent only
+        when it goes on."""
         if decision.allowed and decision.grant is not None and decision.grant.max_uses is not None:
-            decision = self.verifier.check(token, [scope], aud=aud, consume=True)
+            return self.verifier.check(token, scopes, aud=aud, consume=True)
         return decision
 
     def refuse_on_integrity(self) -> Decision | None:

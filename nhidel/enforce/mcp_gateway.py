@@ -388,7 +388,7 @@ class Gateway:
             )
             return
         if decision.allowed:
-            decision = spend_use(self.enforcer, self.token, scopes, decision, aud=self.aud)
+            decision = self.enforcer.spend(self.token, scopes, decision, aud=self.aud)
         self.enforcer.record(
             "tool.allowed" if decision.allowed else "tool.denied",
             agent=self.agent, grant=self.grant_id, server=self.server.name,
@@ -702,23 +702,7 @@ def check_all(
 ) -> Decision:
     """Whether `token` covers every one of `scopes` now; one use spent (durably) for the call
     when the grant has a use limit and it is allowed (Enforcer.check, for several scopes)."""
-    return spend_use(enforcer, token, scopes, enforcer.verifier.check(token, scopes, aud=aud),
-                     aud=aud)  # fmt: skip
-
-
-def spend_use(
-    enforcer: Enforcer,
-    token: str,
-    scopes: Sequence[Scope],
-    decision: Decision,
-    *,
-    aud: str | None = None,
-) -> Decision:
-    """`decision` (an allowed check of `scopes`), with one use spent durably when the grant
-    has a use limit: checked again, consuming."""
-    if decision.allowed and decision.grant is not None and decision.grant.max_uses is not None:
-        return enforcer.verifier.check(token, scopes, aud=aud, consume=True)
-    return decision
+    return enforcer.spend(token, scopes, enforcer.verifier.check(token, scopes, aud=aud), aud=aud)
 
 
 # -- the stdio transport ------------------------------------------------------------------------

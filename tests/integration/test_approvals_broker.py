@@ -224,6 +224,18 @@ def test_past_the_hold_it_is_pending_with_retry_after_and_the_identical_retry_go
     assert len(world.reached("/later")) == 1
 
 
+def test_a_held_request_spends_a_use_only_when_it_goes_on(world: World) -> None:
+    issued = json.loads(ok(world.env, "grant", "bot", "--scope", "api:*:*", "--uses", "5",
+                           "--format", "json").stdout)  # fmt: skip
+    url, body = world.brief + "/api/metered", b'{"amount": 5}'
+    first = post(url, issued["token"], body)
+    assert first.json()["error"] == "approval_pending"
+    ok(world.env, "approve", first.json()["approval"])
+    assert post(url, issued["token"], body).status_code == 200
+    shown = json.loads(ok(world.env, "show", issued["id"], "--json").stdout)
+    assert shown["uses"] == 1  # the held attempt spent nothing; the request that went on, one
+
+
 def test_an_unmarked_request_on_the_same_grant_is_not_held(world: World) -> None:
     token, _ = world.grant()
     answer = httpx.get(world.brief + "/api/plain", headers={"Authorization": f"Bearer {token}"})
