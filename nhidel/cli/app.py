@@ -105,6 +105,7 @@ COMMAND_MODULES = {
     "approvals": "approval_cmds",
     "approve": "approval_cmds",
     "deny": "approval_cmds",
+    "request": "request_cmds",
 }
 _ROOT_FLAGS = frozenset({"--debug"})
 
