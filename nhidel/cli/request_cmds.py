@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from nhidel.cli import common
+from nhidel.cli import common, typer_seam
 
 if TYPE_CHECKING:
     from nhidel.actions.approvals import Listed
@@ -43,10 +43,10 @@ def request(
     ] = None,
     wait: Annotated[
         str | None,
-        typer.Option(
+        typer_seam.optional_value_option(
+            "10m",
             "--wait",
             metavar="DURATION",
-            flag_value="10m",
             help="Wait this long (--wait alone: 10m) for the answer, then print the token. "
             "Also how long the request stays open.",
         ),
