@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from nhidel.cli import common, typer_seam
+from nhidel.cli import common
 
 if TYPE_CHECKING:
     from nhidel.actions.approvals import Listed
@@ -43,8 +43,7 @@ def request(
     ] = None,
     wait: Annotated[
         str | None,
-        typer_seam.optional_value_option(
-            "10m",
+        typer.Option(
             "--wait",
             metavar="DURATION",
             help="Wait this long (--wait alone: 10m) for the answer, then print the token. "

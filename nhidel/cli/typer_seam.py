@@ -282,20 +282,3 @@ def _ending_in_newline(installer: Callable[..., Any]) -> Callable[..., Any]:
         return path
 
     return install
-
-
-# --- an option whose value may be left out ---------------------------------------------------
-
-
-def optional_value_option(flag_value: str, *param_decls: str, **kwargs: Any) -> Any:
-    """An option that may be given alone (`--wait`: `flag_value`) or with a value
-    (`--wait=5m`): click's `flag_value`, which Typer 0.29 hands on to click but warns is
-    deprecated. The warning is kept quiet here; tests/integration/test_grant_requests.py runs
-    `request --wait` alone, so a Typer that drops it fails there."""
-    import warnings
-
-    import typer
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return typer.Option(*param_decls, flag_value=flag_value, **kwargs)
