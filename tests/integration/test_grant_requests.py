@@ -16,6 +16,7 @@ import pytest
 from helpers.processes import command, finish, init_cheaply, isolated_env, ok, run
 
 SCOPE = "pay:charge"
+pytestmark = pytest.mark.xdist_group("grant-requests")  # one home and daemon for the module
 KEYSTORE_VARIABLES = ("NHIDEL_KEYSTORE", "NHIDEL_PASSPHRASE_FILE", "NHIDEL_PASSPHRASE")
 
 
@@ -144,3 +145,35 @@ def test_an_unanswered_request_ends_approval_timeout(home: Home, via: str) -> No
     assert done.code == 1 and done.stdout == ""
     assert done.stderr.splitlines()[-1] == "approval_timeout"
     assert run(home.env, "approvals", "--json").code == 0  # (its lapse recorded on the way)
+
+
+def test_through_the_daemon_another_agents_grant_cannot_read_a_request(home: Home) -> None:
+    requester = home.request("--wait=30s", token=home.grant("shopper"))
+    try:
+        listed = []
+        deadline = time.monotonic() + 30
+        while not listed and time.monotonic() < deadline:
+            listed = [i for i in json.loads(ok(home.env, "approvals", "--json").stdout)
+                      if i["status"] == "pending"]  # fmt: skip
+        transport = httpx.HTTPTransport(uds=str(home.socket))
+        with httpx.Client(transport=transport, base_url="http://localhost") as http:
+            other = {"Authorization": f"Bearer {home.grant('other')}"}
+            answer = http.get(f"/requests/{listed[0]['id']}", headers=other)
+        assert (answer.status_code, answer.json()["error"]) == (404, "unknown_request")
+        ok(home.env, "deny", listed[0]["id"])
+    finally:
+        finish(requester)
+
+
+def test_the_daemon_takes_in_a_file_request_by_itself(home: Home) -> None:
+    requests_dir = Path(home.env["NHIDEL_HOME"], "requests")
+    filed = ok(home.requester, "request", "shopper", "--scope", SCOPE, "--reason", "r",
+               "--via", "files").stdout.strip()  # fmt: skip
+    deadline = time.monotonic() + 20  # the daemon looks every INTAKE_EVERY (2s)
+    while (requests_dir / filed).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    records = [json.loads(line) for line in
+               Path(home.env["NHIDEL_HOME"], "audit.jsonl").read_text().splitlines()]  # fmt: skip
+    (taken,) = [r for r in records if r["event"] == "grant.requested" and r["approval"] == filed]
+    assert taken["authenticated"] is False and taken["via"] == "files"
+    ok(home.env, "deny", filed)
