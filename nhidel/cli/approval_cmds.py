@@ -116,7 +116,12 @@ def approve(
         bool, typer.Option("--any-args", help="With --for: whatever the arguments.")
     ] = False,
 ) -> None:
-    """Say yes to a request: the held call goes on (or its identical retry, once)."""
+    """Say yes to a request: the held call goes on (or its identical retry, once).
+
+    A grant request (nhidel request) is minted within the agent's sealed ceiling and sent
+    encrypted to the requester's one-time key: approve it only when the key fingerprint nhidel
+    approvals shows is the one the requester printed.
+    """
     from nhidel.actions.approvals import Choice
     from nhidel.timefmt import parse_duration
 
