@@ -165,3 +165,20 @@ def test_a_requester_without_a_token_cannot_send_through_the_daemon(ready: Cli) 
     result = ready("request", "reviewer", "--scope", SCOPE, "--reason", "r", "--via", "daemon",
                    "--daemon", "unix:/nonexistent.sock")  # fmt: skip
     assert result.exit_code == 2 and "NHIDEL_TOKEN" in result.stderr
+
+
+def test_wait_alone_means_ten_minutes_and_only_for_request() -> None:
+    from nhidel.cli.app import with_optional_values
+
+    assert with_optional_values(["request", "a", "--wait"])[-1] == "--wait=10m"
+    assert with_optional_values(["--debug", "request", "--wait", "--via", "files"])[2] == (
+        "--wait=10m"
+    )
+    assert with_optional_values(["request", "a", "--wait", "5m"]) == [
+        "request",
+        "a",
+        "--wait",
+        "5m",
+    ]
+    assert with_optional_values(["exec", "--", "x", "--wait"]) == ["exec", "--", "x", "--wait"]
+    assert with_optional_values(["request", "a", "--", "--wait"])[-1] == "--wait"

@@ -177,3 +177,18 @@ def test_the_daemon_takes_in_a_file_request_by_itself(home: Home) -> None:
     (taken,) = [r for r in records if r["event"] == "grant.requested" and r["approval"] == filed]
     assert taken["authenticated"] is False and taken["via"] == "files"
     ok(home.env, "deny", filed)
+
+
+def test_the_endpoint_refuses_no_grant_a_bad_body_and_a_bad_key(home: Home) -> None:
+    transport = httpx.HTTPTransport(uds=str(home.socket))
+    mine = {"Authorization": f"Bearer {home.grant('shopper')}"}
+    good = {"agent": "shopper", "scopes": [SCOPE], "ttl": None, "reason": "r", "pubkey": "A" * 43}
+    with httpx.Client(transport=transport, base_url="http://localhost") as http:
+        assert http.post("/requests", json=good).status_code == 401
+        assert http.post("/requests", headers=mine, content=b"[").status_code == 400
+        assert http.post("/requests", headers=mine, json={**good, "pubkey": "A"}).status_code == 400
+        beyond = http.post("/requests", headers=mine, json={**good, "scopes": ["*:*:**"]})
+        assert beyond.status_code == 400
+        assert http.get("/requests/aaaaaaaaaaaaaaaaa", headers=mine).status_code == 404
+    assert not [i for i in json.loads(ok(home.env, "approvals", "--json").stdout)
+                if i["status"] == "pending"]  # fmt: skip
