@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nhidel.actions.approvals import (
+    APPROVAL_ID_LENGTH,
     DEFAULT_TIMEOUT,
     SUMMARY_LENGTH,
     add_request,
@@ -248,7 +249,7 @@ def take_in(
     taken = []
     try:
         for name in sorted(os.listdir(fd)):
-            if not is_approval_id_prefix(name) or len(name) != 17:
+            if not is_approval_id_prefix(name) or len(name) != APPROVAL_ID_LENGTH:
                 continue  # not a name nhidel writes: left alone
             found = _read_request(fd, name)
             if found is None:
