@@ -62,6 +62,12 @@ class Paths(NamedTuple):
         return self.state_dir / "runs"
 
     @property
+    def requests_dir(self) -> Path:
+        """Grant requests written by `nhidel request` without the daemon, one file each, until
+        a keystore holder takes them in (nhidel.actions.grant_requests)."""
+        return self.state_dir / "requests"
+
+    @property
     def keyring_service(self) -> str:
         """The OS keyring service name: one per nhidel home, so homes never share keys."""
         return f"nhidel:{self.config_dir}"

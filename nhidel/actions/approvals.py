@@ -25,6 +25,7 @@ from nhidel.integrity import state
 from nhidel.integrity.approvals import (
     CALL,
     DENIED,
+    GRANT,
     GRANTED,
     LAPSED,
     PENDING,
@@ -325,11 +326,13 @@ def answer(
     choice: Choice,
     *,
     now: int,
-    deliver: Callable[[Request, int], dict[str, Any]] | None = None,
+    deliver: Callable[[Request, state.Change, int], dict[str, Any]] | None = None,
 ) -> Listed:
     """Approve or deny one pending request: a sealed answer and its record, durable before
     this returns. Refused for a request that is not pending (answered, lapsed, withdrawn) or
-    whose seal fails. `deliver` mints what a grant request asked for (its sealed `extra`)."""
+    whose seal fails. `deliver` mints what a grant request asked for (its sealed `extra`)
+    inside the same state change (nhidel.actions.grant_requests); a yes to a grant request
+    without it is refused."""
     if choice.window is not None and not 0 < choice.window <= MAX_WINDOW:
         raise UsageError("--for must be between 1s and 7d", "e.g. --for 30m")
     if choice.any_args and choice.window is None:
@@ -357,7 +360,12 @@ def answer(
                 if choice.any_args:
                     covered["args_sha256"] = None
                 window = {"call": covered, "until": now + choice.window}
-            extra = deliver(request, now) if choice.granted and deliver is not None else None
+            extra = None
+            if choice.granted and request.kind == GRANT:
+                if deliver is None:
+                    raise UsageError(f"approval request {approval_id} asks for a grant",
+                                     f"nhidel approve {approval_id}")  # fmt: skip
+                extra = deliver(request, step, now)
             given = Answer(approval_id, GRANTED if choice.granted else DENIED,
                            str(request.body["args_sha256"]), now, choice.reason, window,
                            extra)  # fmt: skip

@@ -12,7 +12,7 @@ from nhidel.config import Config, load_config, unknown_agent
 from nhidel.errors import IntegrityError, KeystoreError, NhidelError, PolicyError, UsageError
 from nhidel.integrity import state
 from nhidel.keys.keystore import KeyStore, open_keystore
-from nhidel.keys.principal import NO_KEY_HINT, load_signer
+from nhidel.keys.principal import NO_KEY_HINT, Signer, load_signer
 from nhidel.ledger.store import Ledger
 from nhidel.models import Agent, Grant, check_audience, new_grant_id, refuse_token_as_id
 from nhidel.paths import Paths
@@ -52,6 +52,56 @@ def issue(
     always has both.
     """
     config = load_config(paths)
+    checked = _checked(config, request, now=now)
+    with Ledger(paths) as ledger:
+        epoch = ledger.revocation_epoch()
+        signer = load_signer(keystore)
+        keys = AuditKeys(signer.audit_key, keystore)
+        with state.change(paths, keys, ledger, now=now) as step:
+            _recheck(step.config(), checked.agent.name, checked.scopes, checked.ttl)
+            if ledger.revocation_epoch() != epoch:
+                raise PolicyError(
+                    "a revocation or key rotation ran while this grant was being minted; "
+                    "nothing was issued",
+                    "run the grant command again",
+                )
+            return _mint(step, keystore, signer, checked, config.status_uri, now=now)
+
+
+def issue_within(
+    step: state.Change, keystore: KeyStore, request: GrantRequest, *, now: int
+) -> tuple[Grant, str]:
+    """`issue` inside a state change the caller holds (an approved `nhidel request`: the grant
+    and the answer that delivers it are one change), checked against the sealed config.toml."""
+    config = step.config()
+    checked = _checked(config, request, now=now)
+    signer = load_signer(keystore)
+    if signer.audit_key != step.audit_key:
+        raise IntegrityError("the keystore changed during the state change", "run it again")
+    return _mint(step, keystore, signer, checked, config.status_uri, now=now)
+
+
+def check(config: Config, request: GrantRequest, *, now: int) -> None:
+    """Whether `issue` would mint `request` under `config`: PolicyError (or UsageError) saying
+    why not (`approvals` shows a grant request's refusal before anyone approves it)."""
+    _checked(config, request, now=now)
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A request as `issue` validated it."""
+
+    agent: Agent
+    scopes: tuple[Scope, ...]
+    ttl: int
+    not_before: int
+    aud: str | None
+    uses: int | None
+    reason: str | None
+    grant_id: str | None
+
+
+def _checked(config: Config, request: GrantRequest, *, now: int) -> _Checked:
     if config.principal is None:
         raise KeystoreError("nhidel has no principal yet", NO_KEY_HINT)
     agent = config.agent(request.agent)
@@ -73,58 +123,59 @@ def issue(
     reason = request.reason
     if reason is not None and len(reason) > MAX_REASON:
         raise UsageError(f"--reason is longer than {MAX_REASON} characters", "shorten it")
+    return _Checked(agent, scopes, ttl, not_before, aud, request.uses, reason, request.grant_id)
 
-    with Ledger(paths) as ledger:
-        epoch = ledger.revocation_epoch()
-        signer = load_signer(keystore)
-        keys = AuditKeys(signer.audit_key, keystore)
-        with state.change(paths, keys, ledger, now=now) as step:
-            _recheck(step.config(), agent.name, scopes, ttl)
-            if ledger.revocation_epoch() != epoch:
-                raise PolicyError(
-                    "a revocation or key rotation ran while this grant was being minted; "
-                    "nothing was issued",
-                    "run the grant command again",
-                )
-            if signer.kid not in step.state.kids:
-                raise IntegrityError(
-                    f"the signing key {signer.kid} in {keystore.description} is not one the "
-                    "sealed state trusts (a key rotation was interrupted, or the keystore was "
-                    "replaced by an older copy)",
-                    "run nhidel key rotate --now (a new key), or restore the current keystore",
-                )
-            # Allocated under the write lock, so two grants never get the same live index.
-            status_idx = ledger.next_status_idx(reusable_before=now - MAX_LEEWAY)
-            grant = Grant(
-                id=request.grant_id or new_grant_id(),
-                agent=agent.name,
-                scopes=scopes,
-                aud=aud,
-                issued_at=now,
-                not_before=not_before,
-                expires_at=not_before + ttl,
-                max_uses=request.uses,
-                reason=reason,
-                kid=signer.kid,
-                status_idx=status_idx,
-            )
-            claims = _claims(grant, signer.principal, signer.issuer, config.status_uri)
-            token = mint(claims, signer.seed, signer.kid)
-            if len(token) > MAX_TOKEN_LENGTH:
-                raise UsageError(
-                    f"the token would be {len(token)} characters, over the {MAX_TOKEN_LENGTH} "
-                    "verify accepts",
-                    "grant fewer or shorter scopes, or a shorter --aud",
-                )
-            # The record first: a crash before the row commits leaves a record that the next
-            # command turns into a revoked tombstone (the token was never handed out).
-            step.write([event(
-                "grant.issued", principal=signer.principal, agent=grant.agent, grant=grant.id,
-                scopes=[str(s) for s in scopes], expires_at=grant.expires_at,
-                not_before=grant.not_before, aud=aud, max_uses=grant.max_uses, reason=reason,
-                kid=signer.kid, token_fp=token_fingerprint(signer.audit_key, token),
-            )])  # fmt: skip
-            step.insert(grant, token_sha256(token))
+
+def _mint(
+    step: state.Change,
+    keystore: KeyStore,
+    signer: Signer,
+    checked: _Checked,
+    status_uri: str | None,
+    *,
+    now: int,
+) -> tuple[Grant, str]:
+    """Sign and record the grant inside `step`: the record first, then the row."""
+    if signer.kid not in step.state.kids:
+        raise IntegrityError(
+            f"the signing key {signer.kid} in {keystore.description} is not one the "
+            "sealed state trusts (a key rotation was interrupted, or the keystore was "
+            "replaced by an older copy)",
+            "run nhidel key rotate --now (a new key), or restore the current keystore",
+        )
+    # Allocated under the write lock, so two grants never get the same live index.
+    status_idx = step.ledger.next_status_idx(reusable_before=now - MAX_LEEWAY)
+    grant = Grant(
+        id=checked.grant_id or new_grant_id(),
+        agent=checked.agent.name,
+        scopes=checked.scopes,
+        aud=checked.aud,
+        issued_at=now,
+        not_before=checked.not_before,
+        expires_at=checked.not_before + checked.ttl,
+        max_uses=checked.uses,
+        reason=checked.reason,
+        kid=signer.kid,
+        status_idx=status_idx,
+    )
+    claims = _claims(grant, signer.principal, signer.issuer, status_uri)
+    token = mint(claims, signer.seed, signer.kid)
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise UsageError(
+            f"the token would be {len(token)} characters, over the {MAX_TOKEN_LENGTH} "
+            "verify accepts",
+            "grant fewer or shorter scopes, or a shorter --aud",
+        )
+    # The record first: a crash before the row commits leaves a record that the next
+    # command turns into a revoked tombstone (the token was never handed out).
+    step.write([event(
+        "grant.issued", principal=signer.principal, agent=grant.agent, grant=grant.id,
+        scopes=[str(s) for s in grant.scopes], expires_at=grant.expires_at,
+        not_before=grant.not_before, aud=grant.aud, max_uses=grant.max_uses,
+        reason=grant.reason, kid=signer.kid,
+        token_fp=token_fingerprint(signer.audit_key, token),
+    )])  # fmt: skip
+    step.insert(grant, token_sha256(token))
     return grant, token
 
 

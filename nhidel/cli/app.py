@@ -33,7 +33,7 @@ class NhidelGroup(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
-        argv = list(sys.argv[1:] if args is None else args)
+        argv = with_optional_values(list(sys.argv[1:] if args is None else args))
         try:
             with terminating_signals_raise():
                 result = super().main(
@@ -105,8 +105,25 @@ COMMAND_MODULES = {
     "approvals": "approval_cmds",
     "approve": "approval_cmds",
     "deny": "approval_cmds",
+    "request": "request_cmds",
 }
 _ROOT_FLAGS = frozenset({"--debug"})
+# Options whose value may be left out (Typer has no such options): `request --wait` alone, at
+# the end or before another option, is `--wait=10m`.
+OPTIONAL_VALUES = {("request", "--wait"): "10m"}
+
+
+def with_optional_values(argv: list[str]) -> list[str]:
+    """`argv` with each option of OPTIONAL_VALUES given without a value given its default."""
+    command = next((arg for arg in argv if arg not in _ROOT_FLAGS), None)
+    filled = list(argv)
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            break
+        default = OPTIONAL_VALUES.get((str(command), arg))
+        if default is not None and (index + 1 == len(argv) or argv[index + 1].startswith("-")):
+            filled[index] = f"{arg}={default}"
+    return filled
 
 
 def build_app(args: Sequence[str] | None = None) -> typer.Typer:

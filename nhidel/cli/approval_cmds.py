@@ -10,6 +10,7 @@ from nhidel.cli import common
 
 if TYPE_CHECKING:
     from nhidel.actions.approvals import Listed
+    from nhidel.actions.grant_requests import Minting
 
 ApprovalId = Annotated[
     str,
@@ -46,17 +47,23 @@ def approvals(
     if ctx.invoked_subcommand is not None:
         return
     from nhidel.actions.approvals import listed
+    from nhidel.cli import request_cmds
     from nhidel.cli.render import print_json, rows_table, say
     from nhidel.relative_time import relative
 
     where = common.paths()
     now = common.now()
-    found = listed(where, common.keystore(where), now=now, every=every)
+    store = common.keystore(where)
+    request_cmds.take_in(where, store)
+    found = listed(where, store, now=now, every=every)
+    grants = request_cmds.mintings(where, store, found)
     if as_json:
-        print_json([_json(item) for item in found])
+        print_json([_json(item, grants) for item in found])
         return
     rows = [
-        (item.id, item.status, item.agent, item.summary,
+        (item.id, item.status, item.agent,
+         item.summary + (f" — {request_cmds.described(grants[item.id])}"
+                         if item.id in grants else ""),
          relative(item.lapses_at, now=now) if item.status == "pending" else "-")
         for item in found
     ]  # fmt: skip
@@ -72,15 +79,22 @@ def show(
     import sys
 
     from nhidel.actions.approvals import find
+    from nhidel.cli import request_cmds
     from nhidel.cli.render import print_json, safe
 
     where = common.paths()
     now = common.now()
-    item = find(where, common.keystore(where), approval_id, now=now)
+    store = common.keystore(where)
+    request_cmds.take_in(where, store)
+    item = find(where, store, approval_id, now=now)
+    grants = request_cmds.mintings(where, store, [item])
     if as_json:
-        print_json({**_json(item), "arguments": _arguments(item)})
+        print_json({**_json(item, grants), "arguments": _arguments(item)})
         return
-    for key, value in _details(item, now=now):
+    lines = _details(item, now=now)
+    if item.id in grants:
+        lines += request_cmds.details(grants[item.id])
+    for key, value in lines:
         sys.stdout.write(f"{key.ljust(10)}  {safe(value)}\n")
     arguments = _arguments(item)
     if arguments is not None:
@@ -102,7 +116,12 @@ def approve(
         bool, typer.Option("--any-args", help="With --for: whatever the arguments.")
     ] = False,
 ) -> None:
-    """Say yes to a request: the held call goes on (or its identical retry, once)."""
+    """Say yes to a request: the held call goes on (or its identical retry, once).
+
+    A grant request (nhidel request) is minted within the agent's sealed ceiling and sent
+    encrypted to the requester's one-time key: approve it only when the key fingerprint nhidel
+    approvals shows is the one the requester printed.
+    """
     from nhidel.actions.approvals import Choice
     from nhidel.timefmt import parse_duration
 
@@ -130,20 +149,27 @@ def deny(
 
 def _answer(approval_id: str, choice: Any) -> None:
     from nhidel.actions.approvals import answer
+    from nhidel.actions.grant_requests import deliverer
+    from nhidel.cli import request_cmds
     from nhidel.cli.render import say
     from nhidel.timefmt import format_duration
 
     where = common.paths()
     store = common.keystore(where)
-    done = answer(where, store, approval_id, choice, now=common.now())
+    request_cmds.take_in(where, store)
+    done = answer(where, store, approval_id, choice, now=common.now(),
+                  deliver=deliverer(store))  # fmt: skip
     verb = "approved" if choice.granted else "denied"
     extra = f" and identical calls for {format_duration(choice.window)}" if choice.window else ""
     if choice.any_args:
         extra += " (any arguments)"
+    if done.answer is not None and done.answer.extra:
+        extra += f" (grant {done.answer.extra['grant']}, sent sealed to the requester's key)"
     say(f"{verb} {done.id}{extra}: {done.agent}: {done.summary}")
 
 
-def _json(item: Listed) -> dict[str, Any]:
+def _json(item: Listed, grants: dict[str, Minting]) -> dict[str, Any]:
+    from nhidel.cli.request_cmds import as_json
     from nhidel.timefmt import rfc3339
 
     request = item.request
@@ -167,6 +193,7 @@ def _json(item: Listed) -> dict[str, Any]:
             "any_args": bool(answer.window and answer.window["call"]["args_sha256"] is None),
         },
         "forged": item.forged,
+        "grant_request": as_json(grants[item.id]) if item.id in grants else None,
     }  # fmt: skip
 
 

@@ -27,6 +27,7 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                    'review',
                    'approve',
                    'deny',
+                   'request',
                    'key',
                    'agent',
                    'audit',
@@ -307,6 +308,29 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                       '-h': (False, 'Show this message and exit.', ()),
                       '--help': (False, 'Show this message and exit.', ())},
           'arguments': 1},
+ 'request': {'help': 'Ask a human for a grant: approve mints it and only this command can read '
+                     'it.',
+             'commands': [],
+             'options': {'-s': (True, 'A scope to ask for (repeatable).', ()),
+                         '--scope': (True, 'A scope to ask for (repeatable).', ()),
+                         '--reason': (True, 'Why: the human reads it.', ()),
+                         '--ttl': (True, "How long (default: the agent's).", ()),
+                         '--wait': (True,
+                                    'Wait this long (--wait alone: 10m) for the answer, then '
+                                    'print the token. Also how long the request stays open.',
+                                    ()),
+                         '--via': (True,
+                                   'How to send it: daemon (authenticated by the grant in '
+                                   '$NHIDEL_TOKEN), files (unauthenticated), auto (daemon when '
+                                   'NHIDEL_TOKEN is set).',
+                                   ('auto', 'daemon', 'files')),
+                         '--daemon': (True,
+                                      "The daemon's address (unix:PATH or http://IP:PORT; "
+                                      'default: the nhidel proxy running for this home).',
+                                      ()),
+                         '-h': (False, 'Show this message and exit.', ()),
+                         '--help': (False, 'Show this message and exit.', ())},
+             'arguments': 1},
  'key': {'help': "Show, export and rotate the principal's keys.",
          'commands': ['show', 'export', 'rotate'],
          'options': {'-h': (False, 'Show this message and exit.', ()),

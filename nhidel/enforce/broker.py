@@ -15,10 +15,11 @@ handed back, not followed. A streamed answer is cut when its grant stops coverin
 between chunks and once a second on a quiet stream). Each request is one decision record and
 one log entry.
 
-`/mcp/...` is the MCP gateway's (nhidel.enforce.mcp_http): handed to it whole.
+`/mcp/...` is the MCP gateway's (nhidel.enforce.mcp_http), `/requests...` the grant requests'
+(nhidel.enforce.requests_endpoint): each handed to it whole.
 
-aiohttp is imported only here and in mcp_http (and by the command that runs this): other
-commands never pay for it.
+aiohttp is imported only here, in mcp_http and in requests_endpoint (and by the command that
+runs this): other commands never pay for it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from nhidel.actions.approvals import GO, HELD, WITHDRAWN, Verdict
-from nhidel.enforce import http_paths, mcp_http
+from nhidel.enforce import http_paths, mcp_http, requests_endpoint
 from nhidel.enforce.approval_hold import reason_of, refusal_text
 from nhidel.enforce.http_paths import Refused, Target, status_for
 from nhidel.errors import IntegrityError, NhidelError, UsageError
@@ -154,6 +155,7 @@ class Broker:
             max_body=limits.max_body, sessions_per_agent=limits.sessions_per_agent,
             server_timeout=limits.server_timeout,
         )  # fmt: skip
+        self.requests = requests_endpoint.RequestsEndpoint(enforcer, aud=aud)
 
     async def start(self) -> None:
         # trust_env=False: no HTTP(S)_PROXY, no .netrc. No cookie jar: a cookie one upstream
@@ -166,8 +168,10 @@ class Broker:
             skip_auto_headers=("User-Agent",),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.limits.upstream_timeout),
         )
+        self.requests.start()
 
     async def close(self) -> None:
+        await self.requests.close()
         await self.mcp.close()
         if self._session is not None:
             await self._session.close()
@@ -181,6 +185,8 @@ class Broker:
         exchange = Exchange(request.method, request.raw_path.partition("?")[0])
         if mcp_http.is_mcp_path(request.raw_path):
             return await self._mcp(request, exchange)
+        if requests_endpoint.is_requests_path(request.raw_path):
+            return await self.requests.handle(request)  # (its records are grant.requested)
         self.in_flight += 1
         try:
             return await self._answer(request, exchange)
