@@ -10,6 +10,8 @@ from nhidel.cli import common
 
 if TYPE_CHECKING:
     from nhidel.actions.approvals import Listed
+    from nhidel.keys.keystore import KeyStore
+    from nhidel.paths import Paths
 
 ApprovalId = Annotated[
     str,
@@ -24,6 +26,7 @@ def register(app: typer.Typer) -> None:
     )
     approvals_app.callback()(approvals)
     approvals_app.command("show")(show)
+    approvals_app.command("watch")(watch)
     app.add_typer(approvals_app, name="approvals")
     app.command("approve")(approve)
     app.command("deny")(deny)
@@ -72,7 +75,7 @@ def show(
     import sys
 
     from nhidel.actions.approvals import find
-    from nhidel.cli.render import print_json, safe
+    from nhidel.cli.render import print_json
 
     where = common.paths()
     now = common.now()
@@ -80,11 +83,42 @@ def show(
     if as_json:
         print_json({**_json(item), "arguments": _arguments(item)})
         return
-    for key, value in _details(item, now=now):
-        sys.stdout.write(f"{key.ljust(10)}  {safe(value)}\n")
-    arguments = _arguments(item)
-    if arguments is not None:
-        sys.stdout.write("arguments:\n" + arguments + "\n")
+    sys.stdout.write(_details_text(item, now=now) + "\n")
+
+
+def watch(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print each new request as a JSON line; ask nothing.")
+    ] = False,
+) -> None:
+    """Show requests as they arrive and ask yes or no for each, until Ctrl-C (or q).
+
+    On a terminal: the waiting requests (agent, summary, when each lapses) and a prompt for the
+    oldest: y approves it, n or Enter denies it, s skips it, d prints it whole. A desktop
+    notification tells of each new request where the platform has one. With --json, each
+    request (those already waiting first) is printed as one line with the keys of
+    nhidel approvals --json, for a script that answers with nhidel approve or deny.
+    """
+    import sys
+
+    from nhidel.errors import UsageError
+
+    if not as_json and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("approvals watch asks on a terminal, and this has none",
+                         "run it in a terminal, or give --json to print each request as a "
+                         "JSON line and answer with nhidel approve/deny")  # fmt: skip
+    from nhidel.cli.approval_watch import print_arrivals, watch_on_terminal
+
+    where = common.paths()
+    store = common.keystore(where)
+    if as_json:
+        print_arrivals(where, store, _json)
+        return
+
+    def answer(approval_id: str, choice: Any) -> None:
+        _answer(approval_id, choice, where=where, store=store)
+
+    watch_on_terminal(where, store, answer, lambda item: _details_text(item, now=common.now()))
 
 
 def approve(
@@ -128,13 +162,16 @@ def deny(
     _answer(approval_id, Choice(False, reason=reason))
 
 
-def _answer(approval_id: str, choice: Any) -> None:
+def _answer(
+    approval_id: str, choice: Any, *, where: Paths | None = None, store: KeyStore | None = None
+) -> None:
+    """Answer one request and say so (`watch` passes the paths and keystore it opened)."""
     from nhidel.actions.approvals import answer
     from nhidel.cli.render import say
     from nhidel.timefmt import format_duration
 
-    where = common.paths()
-    store = common.keystore(where)
+    where = where or common.paths()
+    store = store or common.keystore(where)
     done = answer(where, store, approval_id, choice, now=common.now())
     verb = "approved" if choice.granted else "denied"
     extra = f" and identical calls for {format_duration(choice.window)}" if choice.window else ""
@@ -188,6 +225,16 @@ def _details(item: Listed, *, now: int) -> list[tuple[str, str]]:
                   ("args hash", str(call.get("args_sha256")))]  # fmt: skip
     lines += [("summary", item.summary), ("lapses", relative(item.lapses_at, now=now))]
     return lines
+
+
+def _details_text(item: Listed, *, now: int) -> str:
+    """What `approvals show` prints: a field a line (escaped), then the full arguments (which
+    nhidel escaped when it wrote them)."""
+    from nhidel.cli.render import safe
+
+    text = "\n".join(f"{key.ljust(10)}  {safe(value)}" for key, value in _details(item, now=now))
+    arguments = _arguments(item)
+    return text if arguments is None else f"{text}\narguments:\n{arguments}"
 
 
 def _arguments(item: Listed) -> str | None:
