@@ -76,9 +76,12 @@ class Watch:
                     notify("nhidel: approval wanted", _notice(item))
         self.waiting = [item for item in self.waiting if item.lapses_at > now]
         before = self.asking
-        self.asking = next((item for item in self.waiting
-                            if item.status != FORGED and item.id not in self.skipped),
-                           None)  # fmt: skip
+        askable = [item for item in self.waiting
+                   if item.status != FORGED and item.id not in self.skipped]  # fmt: skip
+        # The prompt stays on its request until that one is answered, skipped or lapses: a
+        # request arriving meanwhile (older by the clock, or first by id) never takes its place.
+        kept = [item for item in askable if before is not None and item.id == before.id]
+        self.asking = next(iter(kept or askable), None)
         moved = (before and before.id) != (self.asking and self.asking.id)
         if moved:
             self.asked_since = now
