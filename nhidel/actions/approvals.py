@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -416,3 +416,63 @@ def _lapse_overdue(paths: Paths, keys: AuditKeys, ledger: Ledger, *, now: int) -
             step.write([event("approval.lapsed", agent=str(row[2]), approval=str(row[0]),
                               reason=UNANSWERED)])  # fmt: skip
             ledger.set_approval_status(str(row[0]), LAPSED)
+
+
+# -- watching for requests as they arrive ---------------------------------------------------
+
+POLL_INTERVAL = 0.5  # seconds between looks at whether the ledger changed
+FORGED = "forged"  # a Listed's status when its row's seal fails
+
+
+class Lookout:
+    """Notices requests as enforcement points open them, with no daemon to tell it: SQLite's
+    `PRAGMA data_version` (a few microseconds) says whether any other connection committed to
+    the ledger since the last look, and only then are the requests read and checked again."""
+
+    def __init__(self, paths: Paths, keystore: KeyStore) -> None:
+        self.paths = paths
+        self.keystore = keystore
+        self.ledger = Ledger(paths)
+        self.seen: set[str] = set()
+        self._version: int | None = None
+
+    def changed(self) -> bool:
+        """Whether the ledger changed since this was last asked (true the first time). Ask it
+        before reading, so what is read is at least that new."""
+        version = self.ledger.data_version()
+        changed, self._version = version != self._version, version
+        return changed
+
+    def waiting(self, *, now: int) -> list[Listed]:
+        """The requests waiting for an answer at `now`, oldest first, with any still-open row
+        whose seal fails (`forged`: never to be answered, but worth seeing)."""
+        found = listed(self.paths, self.keystore, now=now)
+        return [item for item in found if item.status in (PENDING, FORGED)]
+
+    def arrived(self, waiting: list[Listed]) -> list[Listed]:
+        """Those of `waiting` not seen before (each is new once)."""
+        new = [item for item in waiting if item.id not in self.seen]
+        self.seen.update(item.id for item in new)
+        return new
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def arrivals(
+    paths: Paths,
+    keystore: KeyStore,
+    *,
+    clock: Callable[[], float],
+    sleep: Callable[[float], object],
+    interval: float = POLL_INTERVAL,
+) -> Iterator[Listed]:
+    """Each request as it arrives, those already waiting first, until the caller stops."""
+    lookout = Lookout(paths, keystore)
+    try:
+        while True:
+            if lookout.changed():
+                yield from lookout.arrived(lookout.waiting(now=int(clock())))
+            sleep(interval)
+    finally:
+        lookout.close()

@@ -11,6 +11,8 @@ from nhidel.cli import common
 if TYPE_CHECKING:
     from nhidel.actions.approvals import Listed
     from nhidel.actions.grant_requests import Minting
+    from nhidel.keys.keystore import KeyStore
+    from nhidel.paths import Paths
 
 ApprovalId = Annotated[
     str,
@@ -25,6 +27,7 @@ def register(app: typer.Typer) -> None:
     )
     approvals_app.callback()(approvals)
     approvals_app.command("show")(show)
+    approvals_app.command("watch")(watch)
     app.add_typer(approvals_app, name="approvals")
     app.command("approve")(approve)
     app.command("deny")(deny)
@@ -80,7 +83,7 @@ def show(
 
     from nhidel.actions.approvals import find
     from nhidel.cli import request_cmds
-    from nhidel.cli.render import print_json, safe
+    from nhidel.cli.render import print_json
 
     where = common.paths()
     now = common.now()
@@ -91,14 +94,51 @@ def show(
     if as_json:
         print_json({**_json(item, grants), "arguments": _arguments(item)})
         return
-    lines = _details(item, now=now)
-    if item.id in grants:
-        lines += request_cmds.details(grants[item.id])
-    for key, value in lines:
-        sys.stdout.write(f"{key.ljust(10)}  {safe(value)}\n")
-    arguments = _arguments(item)
-    if arguments is not None:
-        sys.stdout.write("arguments:\n" + arguments + "\n")
+    sys.stdout.write(_details_text(item, grants, now=now) + "\n")
+
+
+def watch(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print each new request as a JSON line; ask nothing.")
+    ] = False,
+) -> None:
+    """Show requests as they arrive and ask yes or no for each, until Ctrl-C (or q).
+
+    On a terminal: the waiting requests (agent, summary, when each lapses) and a prompt for the
+    oldest: y approves it, n or Enter denies it, s skips it, d prints it whole. A desktop
+    notification tells of each new request where the platform has one. With --json, each
+    request (those already waiting first) is printed as one line with the keys of
+    nhidel approvals --json, for a script that answers with nhidel approve or deny.
+    """
+    import sys
+
+    from nhidel.errors import UsageError
+
+    if not as_json and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("approvals watch asks on a terminal, and this has none",
+                         "run it in a terminal, or give --json to print each request as a "
+                         "JSON line and answer with nhidel approve/deny")  # fmt: skip
+    from nhidel.cli import request_cmds
+    from nhidel.cli.approval_watch import print_arrivals, watch_on_terminal
+
+    where = common.paths()
+    store = common.keystore(where)
+    request_cmds.take_in(where, store)
+
+    def as_json_line(item: Listed) -> dict[str, Any]:
+        return _json(item, request_cmds.mintings(where, store, [item]))
+
+    if as_json:
+        print_arrivals(where, store, as_json_line)
+        return
+
+    def answer(approval_id: str, choice: Any) -> None:
+        _answer(approval_id, choice, where=where, store=store)
+
+    def details(item: Listed) -> str:
+        return _details_text(item, request_cmds.mintings(where, store, [item]), now=common.now())
+
+    watch_on_terminal(where, store, answer, details)
 
 
 def approve(
@@ -147,15 +187,18 @@ def deny(
     _answer(approval_id, Choice(False, reason=reason))
 
 
-def _answer(approval_id: str, choice: Any) -> None:
+def _answer(
+    approval_id: str, choice: Any, *, where: Paths | None = None, store: KeyStore | None = None
+) -> None:
+    """Answer one request and say so (`watch` passes the paths and keystore it opened)."""
     from nhidel.actions.approvals import answer
     from nhidel.actions.grant_requests import deliverer
     from nhidel.cli import request_cmds
     from nhidel.cli.render import say
     from nhidel.timefmt import format_duration
 
-    where = common.paths()
-    store = common.keystore(where)
+    where = where or common.paths()
+    store = store or common.keystore(where)
     request_cmds.take_in(where, store)
     done = answer(where, store, approval_id, choice, now=common.now(),
                   deliver=deliverer(store))  # fmt: skip
@@ -215,6 +258,20 @@ def _details(item: Listed, *, now: int) -> list[tuple[str, str]]:
                   ("args hash", str(call.get("args_sha256")))]  # fmt: skip
     lines += [("summary", item.summary), ("lapses", relative(item.lapses_at, now=now))]
     return lines
+
+
+def _details_text(item: Listed, grants: dict[str, Minting], *, now: int) -> str:
+    """What `approvals show` prints: a field a line (escaped), what approving a grant request
+    would mint, then the full arguments (which nhidel escaped when it wrote them)."""
+    from nhidel.cli import request_cmds
+    from nhidel.cli.render import safe
+
+    lines = _details(item, now=now)
+    if item.id in grants:
+        lines += request_cmds.details(grants[item.id])
+    text = "\n".join(f"{key.ljust(10)}  {safe(value)}" for key, value in lines)
+    arguments = _arguments(item)
+    return text if arguments is None else f"{text}\narguments:\n{arguments}"
 
 
 def _arguments(item: Listed) -> str | None:

@@ -690,7 +690,7 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                               '--help': (False, 'Show this message and exit.', ())},
                   'arguments': 1},
  'approvals': {'help': "The requests waiting for a human's yes (approve or deny them).",
-               'commands': ['show'],
+               'commands': ['show', 'watch'],
                'options': {'--json': (False, 'Print a JSON array.', ()),
                            '--all': (False,
                                      'Also the answered, lapsed and withdrawn ones.',
@@ -704,7 +704,17 @@ COMMANDS: "dict[str, dict[str, Any]]" = (
                     'options': {'--json': (False, 'Print JSON.', ()),
                                 '-h': (False, 'Show this message and exit.', ()),
                                 '--help': (False, 'Show this message and exit.', ())},
-                    'arguments': 1}}
+                    'arguments': 1},
+ 'approvals watch': {'help': 'Show requests as they arrive and ask yes or no for each, until '
+                             'Ctrl-C (or q).',
+                     'commands': [],
+                     'options': {'--json': (False,
+                                            'Print each new request as a JSON line; ask '
+                                            'nothing.',
+                                            ()),
+                                 '-h': (False, 'Show this message and exit.', ()),
+                                 '--help': (False, 'Show this message and exit.', ())},
+                     'arguments': 0}}
 )
 
 EVENTS = (

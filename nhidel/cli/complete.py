@@ -24,13 +24,14 @@ import time
 from collections.abc import Callable, Sequence
 
 from nhidel.cli.command_table import COMMANDS, EVENTS
-from nhidel.ledger.columns import LIVE_GRANT_SQL
+from nhidel.ledger.columns import LIVE_GRANT_SQL, WAITING_APPROVAL_SQL
 from nhidel.locations import CONFIG_FILE, LEDGER_FILE, directories
-from nhidel.names import MAX_AUDIENCE_LENGTH, is_agent_name, is_grant_id
+from nhidel.names import MAX_AUDIENCE_LENGTH, is_agent_name, is_approval_id, is_grant_id
 from nhidel.relative_time import relative
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    import sqlite3
     from typing import Any
 
 SHELLS = ("bash", "zsh", "fish")
@@ -123,7 +124,7 @@ def candidates(words: Sequence[str], *, now: int) -> list[Candidate]:
         found = [c for c in found if c[0] not in positionals]
     else:
         found = []
-    if source is _grants:  # ids are case-insensitive: `revoke GQ3<TAB>` finds gq3...
+    if source in (_grants, _approvals):  # ids are case-insensitive: `revoke GQ3<TAB>` finds gq3...
         return [c for c in found if c[0].startswith(incomplete.lower())]
     return [candidate for candidate in found if candidate[0].startswith(incomplete)]
 
@@ -188,19 +189,12 @@ def _live_grants_query(prefix: str, now: int) -> tuple[str, list[object]]:
 
 def _grants(positionals: list[str], incomplete: str, now: int) -> list[Candidate]:
     """Live grants (not revoked, expired or used up), soonest to expire first."""
-    import sqlite3
-
-    ledger = os.path.join(directories()[1], LEDGER_FILE)
-    if not (os.path.isabs(ledger) and os.path.isfile(ledger)):
-        return []
     prefix = incomplete.strip().lower()
     sql, params = _live_grants_query(prefix, now)
-    # Reading must leave the directory as it was: a read-only connection to a WAL database still
-    # creates -wal and -shm files unless it is told nothing can change (no writer is around).
-    mode = "mode=ro" if os.path.exists(ledger + "-wal") else "mode=ro&immutable=1"
     found: list[Candidate] = []
-    db = sqlite3.connect(f"{_file_uri(ledger)}?{mode}", uri=True, timeout=0.5)
-    try:
+    with _ledger() as db:
+        if db is None:
+            return []
         for grant_id, agent, scope, not_before, expires_at in db.execute(sql, params):
             if not (isinstance(grant_id, str) and is_grant_id(grant_id)):
                 continue  # not an id nhidel mints: never put it on a command line
@@ -212,9 +206,54 @@ def _grants(positionals: list[str], incomplete: str, now: int) -> list[Candidate
             found.append((grant_id, _clean(f"{agent} {scope}, {when}")))
             if len(found) >= MAX_GRANTS:
                 break
-    finally:
-        db.close()
     return found
+
+
+def _approvals(positionals: list[str], incomplete: str, now: int) -> list[Candidate]:
+    """Approval requests still waiting for an answer, soonest to lapse first, each with its
+    agent and summary. The row is read as it stands (checking its seals needs the keystore):
+    `approve` checks them, and says what it answered."""
+    prefix = incomplete.strip().lower()
+    columns = "SELECT id, agent, summary, lapses_at FROM approvals WHERE "
+    sql = columns + WAITING_APPROVAL_SQL
+    params: list[object] = [now]
+    if prefix:
+        sql += " AND id >= ? AND id < ?"
+        params += [prefix, prefix + "\U0010ffff"]
+    found: list[Candidate] = []
+    with _ledger() as db:
+        if db is None:
+            return []
+        rows = db.execute(f"{sql} ORDER BY lapses_at, id LIMIT {MAX_GRANTS}", params)
+        for approval_id, agent, summary, lapses_at in rows:
+            if not (isinstance(approval_id, str) and is_approval_id(approval_id)):
+                continue  # not an id nhidel makes: never put it on a command line
+            when = f"lapses {_relative(lapses_at, now)}"
+            found.append((approval_id, _clean(f"{agent}: {summary}, {when}")))
+    return found
+
+
+class _ledger:  # noqa: N801 - a context manager, used like a function
+    """The ledger opened read-only (None when there is none), closed after."""
+
+    db: "sqlite3.Connection | None" = None
+
+    def __enter__(self) -> "sqlite3.Connection | None":
+        import sqlite3
+
+        ledger = os.path.join(directories()[1], LEDGER_FILE)
+        if not (os.path.isabs(ledger) and os.path.isfile(ledger)):
+            return None
+        # Reading must leave the directory as it was: a read-only connection to a WAL database
+        # still creates -wal and -shm files unless it is told nothing can change (no writer is
+        # around).
+        mode = "mode=ro" if os.path.exists(ledger + "-wal") else "mode=ro&immutable=1"
+        self.db = sqlite3.connect(f"{_file_uri(ledger)}?{mode}", uri=True, timeout=0.5)
+        return self.db
+
+    def __exit__(self, *exc: object) -> None:
+        if self.db is not None:
+            self.db.close()
 
 
 def _file_uri(path: str) -> str:
@@ -303,6 +342,9 @@ Source = Callable[[list[str], str, int], list[Candidate]]
 _SOURCES: dict[tuple[str, str], Source] = {
     ("revoke", ""): _grants,
     ("show", ""): _grants,
+    ("approve", ""): _approvals,
+    ("deny", ""): _approvals,
+    ("approvals show", ""): _approvals,
     ("revoke", "--agent"): _agent_names,
     ("list", "--agent"): _agent_names,
     ("grant", ""): _agent_names,
@@ -393,7 +435,9 @@ def _format(
         return "".join(ch if ch in _BASH_SAFE else "\\" + ch for ch in value)
     if shell == "zsh":
         escaped = value.replace("\\", "\\\\").replace(":", "\\:")
-        return f"{escaped}:{description}" if description else escaped
+        # _describe takes a backslash in a description as an escape: `\u202e` would read u202e.
+        shown = description.replace("\\", "\\\\")
+        return f"{escaped}:{shown}" if shown else escaped
     return f"{value}\t{description}" if description else value
 
 

@@ -1,4 +1,5 @@
-"""The grants table as its readers see it: the row layout and the live-grant condition.
+"""The grants table as its readers see it: the row layout and the live-grant condition; and
+the condition of an approval request still waiting for an answer.
 
 Every query that reads grant rows selects `GRANT_COLUMNS` (or `LIST_COLUMNS`, its first part)
 and reads a row by these positions; every query for live grants says `LIVE_GRANT_SQL`. Nothing
@@ -20,3 +21,8 @@ LIST_COLUMNS = GRANT_COLUMNS[:STATUS_IDX]
 # query adds `expires_at > ?`, now). The partial index grants_live holds the rows these terms
 # admit, and SQLite uses it only for a query that repeats them: so every query says them so.
 LIVE_GRANT_SQL = "revoked_at IS NULL AND (max_uses IS NULL OR uses < max_uses)"
+
+# An approval request still waits for an answer while its row says pending and it has not
+# lapsed (a query binds `?` to now). What only shows the row (completion) reads it so; whatever
+# acts on it checks the row's seals (nhidel.integrity.approvals).
+WAITING_APPROVAL_SQL = "status = 'pending' AND lapses_at > ?"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -18,9 +19,13 @@ import pytest
 from helpers.support import Cli
 
 from nhidel import names
+from nhidel.actions.approvals import Choice, Desk, answer, listed, new_approval_id
+from nhidel.audit import AuditKeys
 from nhidel.audit.records import EVENTS
 from nhidel.cli import complete
 from nhidel.cli.shell_scripts import FILES, script
+from nhidel.integrity.approvals import Call
+from nhidel.keys.keystore import open_keystore
 from nhidel.ledger.columns import LIVE_GRANT_SQL
 from nhidel.ledger.store import Ledger
 from nhidel.paths import Paths
@@ -960,3 +965,145 @@ def test_zsh_says_it_found_matches_so_no_further_completer_runs(
     )  # fmt: skip
     assert live["active"] in result.stdout
     assert not marker.exists()
+
+
+# -- issue 19: approval ids for approve, deny and approvals show ---------------------------
+
+
+@pytest.fixture
+def asked(ready: Cli, paths: Paths) -> dict[str, str]:
+    """Approval requests as an enforcement point (`Desk`) and the human's answers leave them:
+    two pending (`soon` lapses first), one approved, one denied, one lapsed."""
+    store = open_keystore(paths, prompt=None)
+    keys = AuditKeys.of(store)
+    now = int(time.time())
+
+    def ask(content: str, *, timeout: int = 600, ago: int = 0) -> str:
+        arguments = {"path": "/tmp/pay", "content": content}
+        call = Call("shopper", "g" + "q" * 26, "fs", "write_file", ("/tmp/pay",),
+                    hashlib.sha256(content.encode()).hexdigest())  # fmt: skip
+        with Ledger(paths) as ledger:
+            desk = Desk(paths, keys, ledger, clock=lambda: now - ago, timeout=timeout)
+            verdict = desk.consider(call, via="mcp", mark="fs:write_file:*", arguments=arguments)
+        assert verdict.request is not None
+        return verdict.request.id
+
+    # Past 10 minutes a time is told in whole minutes: the descriptions hold while a test runs.
+    ids = {"later": ask("pay 10", timeout=1800), "soon": ask("pay 20", timeout=1200),
+           "approved": ask("pay 30"),
+           "denied": ask("pay 40"), "lapsed": ask("pay 50", ago=700)}  # fmt: skip
+    answer(paths, store, ids["approved"], Choice(True), now=now)
+    answer(paths, store, ids["denied"], Choice(False), now=now)
+    listed(paths, store, now=now)  # records the overdue one as lapsed
+    return ids
+
+
+SOON_DESCRIPTION = 'shopper: fs write_file: path="/tmp/pay" content="pay 20", lapses in 20m'
+LATER_DESCRIPTION = 'shopper: fs write_file: path="/tmp/pay" content="pay 10", lapses in 30m'
+
+
+@pytest.mark.parametrize("command", [["approve"], ["deny"], ["approvals", "show"]])
+def test_approval_ids_complete_pending_ones_soonest_to_lapse_first(
+    asked: dict[str, str], command: list[str]
+) -> None:
+    found = complete.candidates([*command, ""], now=int(time.time()))
+    assert [value for value, _ in found] == [asked["soon"], asked["later"]]
+    assert found[0][1] == SOON_DESCRIPTION
+
+
+def test_approval_ids_complete_a_typed_prefix_in_either_case(asked: dict[str, str]) -> None:
+    prefix = asked["later"][:5]
+    assert asked["later"] in values(["approve", prefix])
+    assert asked["later"] in values(["deny", prefix.upper()])
+    assert all(value.startswith(prefix) for value in values(["approve", prefix]))
+    assert values(["approve", asked["soon"], ""]) == []  # one id a command
+
+
+def test_hostile_approval_rows_cannot_reach_the_terminal_or_a_command_line(
+    ready: Cli, paths: Paths
+) -> None:
+    Ledger(paths).close()  # the schema
+    now = int(time.time())
+    db = sqlite3.connect(paths.ledger_file)
+    with db:
+        for approval_id, summary in (("a" + "b" * 16, "x\x1b]0;pwned\x07\tshown:\nlast\u202e\r"),
+                                     ("a$(touch${IFS}/tmp/PWNED4)", "hostile id"),
+                                     ("A" + "B" * 16, "upper case")):  # fmt: skip
+            db.execute(
+                "INSERT INTO approvals (id, kind, agent, summary, created_at, lapses_at, status,"
+                " body, seal) VALUES (?, 'call', 'bot', ?, ?, ?, 'pending', '{}', 'x')",
+                (approval_id, summary, now, now + 60),
+            )
+    db.close()
+    for shell in ("bash", "zsh", "fish"):
+        out = run(shell, "approve", "")
+        assert out.count("\n") == 1 and out.startswith("a" + "b" * 16)
+        assert not any(ch in out.rstrip("\n") for ch in "\x1b\x07\r\n\u202e")
+    assert run("fish", "deny", "").count("\t") == 1  # the one between value and description
+
+
+def test_approval_completion_imports_nothing_the_ledger_read_does_not(
+    asked: dict[str, str],
+) -> None:
+    env = completion_env("bash", _NHIDEL_COMP_TYPE="9")
+    floor = loaded_after(LEDGER, env)[1]
+    offered, modules = loaded_after("from nhidel.cli import main\nmain(['approve', ''])", env)
+    assert any(line.startswith(asked["soon"]) for line in offered)
+    assert not modules - floor - COMPLETION_MODULES
+
+
+def test_approval_ids_are_what_the_desk_makes() -> None:
+    assert complete.is_approval_id is names.is_approval_id
+    assert names.is_approval_id(new_approval_id())
+
+
+def test_bash_completes_pending_approval_ids(
+    asked: dict[str, str], shell_env: dict[str, str]
+) -> None:
+    driver = (
+        f"source {COMPLETIONS / 'nhidel.bash'}\n"
+        'COMP_WORDS=(nhidel approve ""); COMP_CWORD=2; COMP_TYPE=9; COLUMNS=120\n'
+        "_nhidel_completion nhidel\n"
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    result = subprocess.run([need("bash"), "--norc", "--noprofile", "-c", driver],
+                            capture_output=True, text=True, env=shell_env, timeout=60,
+                            check=True)  # fmt: skip
+    assert result.stdout.splitlines() == [
+        f"{asked['soon']}  ({SOON_DESCRIPTION})",
+        f"{asked['later']}  ({LATER_DESCRIPTION})",
+    ]
+
+
+def test_fish_completes_pending_approval_ids_with_descriptions(
+    asked: dict[str, str], shell_env: dict[str, str]
+) -> None:
+    offered = fish_offers(shell_env, "nhidel approvals show ")
+    assert offered[0] == f"{asked['soon']}\t{SOON_DESCRIPTION}"
+    assert [line.split("\t")[0] for line in offered] == [asked["soon"], asked["later"]]
+
+
+def test_zsh_lists_pending_approval_ids_with_descriptions(
+    asked: dict[str, str], shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    driver = tmp_path / "drive.zsh"
+    driver.write_text(ZSH_DRIVER)
+    # zsh cuts a description to the (80-column) terminal: its start is what shows. The later
+    # request is listed last: once it shows, the listing is whole.
+    soon = f"{asked['soon']}  -- {SOON_DESCRIPTION[:40]}"
+    later = f"{asked['later']}  -- {LATER_DESCRIPTION[:40]}"
+    result = subprocess.run(
+        [need("zsh"), "-f", str(driver), ZSH_SETUPS["sourced"], later, "nhidel deny "],
+        capture_output=True, text=True, env=shell_env, timeout=60, check=True,
+    )  # fmt: skip
+    screen = result.stdout.replace("\r", "")
+    assert soon in screen and later in screen
+    assert screen.index(soon) < screen.index(later)
+    for answered in ("approved", "denied", "lapsed"):
+        assert asked[answered] not in screen
+
+
+def test_zsh_shows_a_backslash_in_a_description_as_it_is() -> None:
+    # _describe reads `\u202e` as an escaped `u`: the summary's own escapes would vanish.
+    line = complete._format("zsh", "a" + "b" * 16, 'text="\\u202e"', "", "", "")
+    assert line == "a" + "b" * 16 + ':text="\\\\u202e"'

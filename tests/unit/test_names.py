@@ -32,6 +32,15 @@ def test_a_grant_id_is_what_its_pattern_says(text: str) -> None:
     assert names.is_grant_id(text) == bool(names.GRANT_ID.fullmatch(text))
 
 
+@given(near_text | st.text(alphabet="abcxyz234567a18", min_size=14, max_size=19).map("a".__add__))
+@example("a" + "b" * 16)
+@example("a" + "b" * 15 + "1")
+@example("A" + "b" * 16)
+@example("g" + "b" * 16)
+def test_an_approval_id_is_what_its_pattern_says(text: str) -> None:
+    assert names.is_approval_id(text) == bool(names.APPROVAL_ID.fullmatch(text))
+
+
 def test_the_patterns_are_compiled_once_and_only_the_named_ones_exist() -> None:
     assert names.GRANT_ID_PREFIX is names.GRANT_ID_PREFIX
     assert names.GRANT_ID_PREFIX.fullmatch("gq3")
