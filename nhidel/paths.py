@@ -68,6 +68,11 @@ class Paths(NamedTuple):
         return self.state_dir / "requests"
 
     @property
+    def requests_lock(self) -> Path:
+        """Held while request files are taken in, so two keystore holders never race for one."""
+        return self.state_dir / "requests.lock"
+
+    @property
     def keyring_service(self) -> str:
         """The OS keyring service name: one per nhidel home, so homes never share keys."""
         return f"nhidel:{self.config_dir}"

@@ -248,23 +248,28 @@ def take_in(
         return []  # none yet (the usual case), or not a directory nhidel made
     taken = []
     try:
-        for name in sorted(os.listdir(fd)):
-            if not is_approval_id_prefix(name) or len(name) != APPROVAL_ID_LENGTH:
-                continue  # not a name nhidel writes: left alone
-            found = _read_request(fd, name)
-            if found is None:
-                warn(f"dropped {paths.requests_dir / name}: not a request nhidel request wrote")
-            elif ledger.approval(name) is not None:
-                warn(f"dropped {paths.requests_dir / name}: its id is taken by another request")
-            else:
-                filed, created, lapses = found
-                open_sealed(paths, keys, ledger, name, filed, authenticated=False, via=FILES,
-                            by_grant=None, created_at=min(created, now),
-                            lapses_at=min(lapses, now + MAX_WAIT), now=now)  # fmt: skip
-                taken.append(name)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name, dir_fd=fd)
-        os.fsync(fd)
+        # One taker at a time: another keystore holder (the daemon, a second command) must
+        # not find a file this one is taking in, and take it for an id reused.
+        with _one_taker(paths):
+            for name in sorted(os.listdir(fd)):
+                if not is_approval_id_prefix(name) or len(name) != APPROVAL_ID_LENGTH:
+                    continue  # not a name nhidel writes: left alone
+                found = _read_request(fd, name)
+                if found is None:
+                    warn(f"dropped {paths.requests_dir / name}: not a request nhidel request "
+                         "wrote")  # fmt: skip
+                elif ledger.approval(name) is not None:
+                    warn(f"dropped {paths.requests_dir / name}: its id is taken by another "
+                         "request")  # fmt: skip
+                else:
+                    filed, created, lapses = found
+                    open_sealed(paths, keys, ledger, name, filed, authenticated=False, via=FILES,
+                                by_grant=None, created_at=min(created, now),
+                                lapses_at=min(lapses, now + MAX_WAIT), now=now)  # fmt: skip
+                    taken.append(name)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=fd)
+            os.fsync(fd)
     finally:
         os.close(fd)
     return taken
@@ -281,6 +286,12 @@ def take_in_files(
         return []
     with Ledger(paths) as ledger:
         return take_in(paths, AuditKeys.of(keystore), ledger, now=now, warn=warn)
+
+
+def _one_taker(paths: Paths) -> contextlib.AbstractContextManager[None]:
+    from nhidel.fsutil import exclusive_lock
+
+    return exclusive_lock(paths.requests_lock)
 
 
 def _read_request(dir_fd: int, name: str) -> tuple[Asked, int, int] | None:
