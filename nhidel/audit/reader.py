@@ -162,6 +162,15 @@ def follow(
             for raw in complete:
                 record = reading.record(raw)
                 if record is not None and type(record.get("seq")) is int and record["seq"] > last:
+                    if record["seq"] > last + 1:
+                        # A gap: the file opened after a rotation was itself rotated away
+                        # (and another begun) before it was opened. Its records are in the
+                        # rotated segments now: read them first.
+                        for moved in _rotated_records_after(paths, last, reading, _NOWHERE):
+                            if moved["seq"] >= record["seq"]:
+                                break
+                            last = moved["seq"]
+                            yield moved
                     last = record["seq"]
                     yield record
         if rotated:
@@ -240,6 +249,9 @@ def _rotated_records_after(
                 if record is not None and type(record["seq"]) is int and record["seq"] > last:
                     last = record["seq"]
                     yield record
+
+
+_NOWHERE = Position(None, 0)  # no file read yet: every rotated segment is read whole
 
 
 def _rotated(path: Path, inode: int | None) -> bool:

@@ -1140,6 +1140,25 @@ def test_tail_follow_misses_nothing_when_several_rotations_happen_between_polls(
     assert seen == list(range(last["seq"], head + 1))
 
 
+def test_follow_fills_a_gap_left_by_a_file_rotated_away_before_it_was_opened(
+    rotating: Paths,
+) -> None:
+    from nhidel.audit.reader import follow
+    from nhidel.audit.segments import segment_first_seq
+
+    # Start after a record of an older segment, as a follower does whose file was rotated
+    # twice between two polls: the file it opens next begins later than it has read.
+    current_first = json.loads(rotating.audit_file.read_bytes().splitlines()[0])["seq"]
+    older = rotated_segments(rotating)[-1]
+    start_after = segment_first_seq(older)
+    head = json.loads(all_lines(rotating)[-1])["seq"]
+    assert current_first > start_after + 1
+    seen: list[int] = []
+    for record in follow(rotating, start_after=start_after, stop=lambda: seen[-1:] == [head]):
+        seen.append(record["seq"])  # noqa: PERF401 - `stop` reads it as it grows
+    assert seen == list(range(start_after + 1, head + 1))
+
+
 def test_tail_since_a_second_includes_records_made_later_in_that_second(ready: Cli) -> None:
     ready.ok("grant", "reviewer", "--scope", SCOPE)
     records = [json.loads(line) for line in
