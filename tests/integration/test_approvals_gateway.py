@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -15,10 +16,11 @@ from typing import Any
 
 import pytest
 from helpers.mcp_servers import nhidel_command, require_sdk, server_binary
-from helpers.processes import audit_records, init_cheaply, isolated_env, ok, run
+from helpers.processes import REPO, audit_records, init_cheaply, isolated_env, ok, run
 
 pytestmark = pytest.mark.usefixtures("sdk")
-RESOURCE_ARGS = ("read_text_file=path", "write_file=path")
+RESOURCE_ARGS = ("read_text_file=path", "write_file=path", "create_directory=path")
+HELD_CLIENT = REPO / "tests" / "mcp_servers" / "held_call_client.mjs"
 
 
 @pytest.fixture
@@ -27,8 +29,8 @@ def sdk() -> None:
 
 
 class World:
-    """A home with the filesystem server registered and agent `bot`, whose `write_file` calls
-    need a yes although `fs:*:*` covers them too."""
+    """A home with the filesystem server registered and agent `bot`, whose `write_file` and
+    `create_directory` calls need a yes although the unmarked `fs:*:*` covers them too."""
 
     def __init__(self, root: Path) -> None:
         passphrase = root / "passphrase"
@@ -43,14 +45,18 @@ class World:
         ok(self.env, "mcp", "add", "fs", *args, "--root", str(self.allowed), "--",
            str(server_binary("mcp-server-filesystem")), str(self.allowed))  # fmt: skip
         ok(self.env, "agent", "add", "bot", "--allow", "fs:*", "--allow", "fs:*:*",
-           "--approve", "fs:write_file:*")  # fmt: skip
+           "--approve", "fs:write_file:*", "--approve", "fs:create_directory:*")  # fmt: skip
+
+    def gateway(self, *hold: str) -> tuple[str, list[str]]:
+        """`nhidel mcp run` for `bot` (each run with a grant of its own)."""
+        return nhidel_command("mcp", "run", "fs", "--agent", "bot", "--scope", "fs:*",
+                              "--scope", "fs:*:*", *hold)  # fmt: skip
 
     def session(self, body: Callable[[Any], Awaitable[Any]], *hold: str) -> Any:
         from mcp import ClientSession, StdioServerParameters
         from mcp.client.stdio import stdio_client
 
-        program, argv = nhidel_command("mcp", "run", "fs", "--agent", "bot", "--scope", "fs:*",
-                                       "--scope", "fs:*:*", *hold)  # fmt: skip
+        program, argv = self.gateway(*hold)
         params = StdioServerParameters(command=program, args=argv, env=self.env)
 
         async def main() -> Any:
@@ -95,7 +101,9 @@ def text_of(result: Any) -> str:
     return "".join(getattr(part, "text", "") for part in result.content)
 
 
-def test_a_held_call_goes_on_after_approve_within_the_hold(world: World) -> None:
+def test_a_call_both_a_marked_and_an_unmarked_scope_cover_is_held_and_goes_on_after_approve(
+    world: World,
+) -> None:
     target = str(world.allowed / "paid.txt")
     thread = world.answer_when_asked("approve")
     result = world.session(lambda s: write(s, target, "pay 10"))
@@ -104,12 +112,14 @@ def test_a_held_call_goes_on_after_approve_within_the_hold(world: World) -> None
     assert Path(target).read_text() == "pay 10"
     requested = audit_records(world.env)
     events = [r["event"] for r in requested]
-    assert events.count("approval.requested") == 1
+    assert events.count("approval.requested") == 1  # fs:*:* alone would have let it through
     assert events.count("approval.granted") == 1
     assert events.count("approval.used") == 1
     allowed = [r for r in requested if r["event"] == "tool.allowed"]
-    assert allowed[-1]["approval"] == [r for r in requested
-                                       if r["event"] == "approval.requested"][0]["approval"]
+    assert (
+        allowed[-1]["approval"]
+        == [r for r in requested if r["event"] == "approval.requested"][0]["approval"]
+    )
 
 
 def test_a_held_call_is_refused_after_deny_and_never_reaches_the_server(world: World) -> None:
@@ -190,3 +200,93 @@ def test_a_forged_answer_in_the_ledger_is_not_a_yes(world: World) -> None:
     assert first.isError and retried.isError
     assert not target.exists()
     assert run(world.env, "audit", "verify").code == 5
+
+
+def test_approve_for_any_args_widens_the_arguments_only_not_the_tool_resource_or_grant(
+    world: World,
+) -> None:
+    target, elsewhere = world.allowed / "wide.txt", world.allowed / "elsewhere.txt"
+
+    async def body(session: Any) -> tuple[Any, ...]:
+        await write(session, str(target), "asked")
+        ident = world.pending()[0]["id"]
+        await asyncio.to_thread(ok, world.env, "approve", ident, "--for", "10m", "--any-args")
+        other_args = await write(session, str(target), "other")
+        other_resource = await write(session, str(elsewhere), "asked")
+        other_tool = await session.call_tool("create_directory", {"path": str(target)})
+        return other_args, other_resource, other_tool
+
+    other_args, other_resource, other_tool = world.session(body, "--approval-hold", "1s")
+    assert not other_args.isError, text_of(other_args)
+    assert "approval_pending" in text_of(other_resource)
+    assert "approval_pending" in text_of(other_tool)
+    # The next session has a grant of its own: the window is not its.
+    other_grant = world.session(lambda s: write(s, str(target), "other"), "--approval-hold", "1s")
+    assert "approval_pending" in text_of(other_grant)
+    assert target.read_text() == "other" and not elsewhere.exists()
+
+
+def raw_call(process: subprocess.Popen[bytes], line: dict[str, Any]) -> None:
+    assert process.stdin is not None
+    process.stdin.write(json.dumps(line).encode() + b"\n")
+    process.stdin.flush()
+
+
+def test_a_call_the_client_cancels_withdraws_its_request_and_it_cannot_be_approved(
+    world: World,
+) -> None:
+    program, argv = world.gateway()
+    process = subprocess.Popen([program, *argv], env=world.env, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    assert process.stdout is not None
+    target = world.allowed / "cancelled.txt"
+    try:
+        raw_call(process, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"}}})  # fmt: skip
+        assert "result" in json.loads(process.stdout.readline())
+        raw_call(process, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        raw_call(process, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "write_file", "arguments": {"path": str(target), "content": "x"}}})  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not world.pending() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ident = world.pending()[0]["id"]
+        raw_call(process, {"jsonrpc": "2.0", "method": "notifications/cancelled",
+                           "params": {"requestId": 2, "reason": "gave up"}})  # fmt: skip
+        while world.pending() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        raw_call(process, {"jsonrpc": "2.0", "id": 3, "method": "tools/list"})
+        assert json.loads(process.stdout.readline())["id"] == 3  # no answer to the cancelled one
+    finally:
+        process.stdin.close()  # type: ignore[union-attr]
+        process.wait(30)
+    listed = {item["id"]: item for item in json.loads(ok(world.env, "approvals", "--json",
+                                                         "--all").stdout)}  # fmt: skip
+    assert listed[ident]["status"] == "lapsed"
+    lapsed = [r for r in audit_records(world.env) if r["event"] == "approval.lapsed"]
+    assert [(r["approval"], r["reason"]) for r in lapsed] == [(ident, "withdrawn by the client")]
+    refused = run(world.env, "approve", ident)
+    assert refused.code != 0, refused
+    assert not target.exists()
+
+
+def test_the_typescript_sdk_client_gets_approval_pending_before_its_default_timeout(
+    world: World,
+) -> None:
+    """Nobody answers: with the default hold (45 s), the TypeScript SDK's client, with its
+    default request timeout (60 s), gets a tool result saying approval_pending, not -32001."""
+    target = world.allowed / "unanswered.txt"
+    program, argv = world.gateway()
+    done = subprocess.run(
+        ["node", str(HELD_CLIENT), "write_file", json.dumps({"path": str(target),
+                                                             "content": "x"}), program, *argv],
+        env=world.env, cwd=HELD_CLIENT.parent, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout.splitlines()[-1])
+    assert "error" not in answer, answer
+    assert answer["result"]["isError"] is True
+    assert "approval_pending" in answer["result"]["content"][0]["text"]
+    assert not target.exists()
