@@ -232,35 +232,66 @@ def raw_call(process: subprocess.Popen[bytes], line: dict[str, Any]) -> None:
     process.stdin.flush()
 
 
-def test_a_call_the_client_cancels_withdraws_its_request_and_it_cannot_be_approved(
-    world: World,
-) -> None:
+def exchange(process: subprocess.Popen[bytes], line: dict[str, Any]) -> dict[str, Any]:
+    """Send one request; its answer (the next line)."""
+    assert process.stdout is not None
+    raw_call(process, line)
+    answer: dict[str, Any] = json.loads(process.stdout.readline())
+    return answer
+
+
+def raw_session(world: World) -> subprocess.Popen[bytes]:
+    """`nhidel mcp run` spoken to line by line, initialized."""
     program, argv = world.gateway()
     process = subprocess.Popen([program, *argv], env=world.env, stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
     assert process.stdout is not None
+    raw_call(process, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"}}})  # fmt: skip
+    assert "result" in json.loads(process.stdout.readline())
+    raw_call(process, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+    return process
+
+
+def end(process: subprocess.Popen[bytes]) -> None:
+    assert process.stdin is not None
+    process.stdin.close()
+    process.wait(30)
+
+
+def write_line(ident: int, path: Path) -> bytes:
+    params = {"name": "write_file", "arguments": {"path": str(path), "content": "x"}}
+    return json.dumps(
+        {"jsonrpc": "2.0", "id": ident, "method": "tools/call", "params": params}
+    ).encode()
+
+
+def cancel_line(ident: int) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                       "params": {"requestId": ident, "reason": "gave up"}}).encode()  # fmt: skip
+
+
+def test_a_call_the_client_cancels_withdraws_its_request_and_it_cannot_be_approved(
+    world: World,
+) -> None:
+    process = raw_session(world)
+    assert process.stdin is not None and process.stdout is not None
     target = world.allowed / "cancelled.txt"
     try:
-        raw_call(process, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "0"}}})  # fmt: skip
-        assert "result" in json.loads(process.stdout.readline())
-        raw_call(process, {"jsonrpc": "2.0", "method": "notifications/initialized"})
-        raw_call(process, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
-            "name": "write_file", "arguments": {"path": str(target), "content": "x"}}})  # fmt: skip
+        process.stdin.write(write_line(2, target) + b"\n")
+        process.stdin.flush()
         deadline = time.monotonic() + 30
         while not world.pending() and time.monotonic() < deadline:
             time.sleep(0.2)
         ident = world.pending()[0]["id"]
-        raw_call(process, {"jsonrpc": "2.0", "method": "notifications/cancelled",
-                           "params": {"requestId": 2, "reason": "gave up"}})  # fmt: skip
+        process.stdin.write(cancel_line(2) + b"\n")
+        process.stdin.flush()
         while world.pending() and time.monotonic() < deadline:
             time.sleep(0.2)
-        raw_call(process, {"jsonrpc": "2.0", "id": 3, "method": "tools/list"})
-        assert json.loads(process.stdout.readline())["id"] == 3  # no answer to the cancelled one
+        assert exchange(process, {"jsonrpc": "2.0", "id": 3, "method": "tools/list"})["id"] == 3
     finally:
-        process.stdin.close()  # type: ignore[union-attr]
-        process.wait(30)
+        end(process)
     listed = {item["id"]: item for item in json.loads(ok(world.env, "approvals", "--json",
                                                          "--all").stdout)}  # fmt: skip
     assert listed[ident]["status"] == "lapsed"
@@ -269,6 +300,25 @@ def test_a_call_the_client_cancels_withdraws_its_request_and_it_cannot_be_approv
     refused = run(world.env, "approve", ident)
     assert refused.code != 0, refused
     assert not target.exists()
+
+
+def test_a_call_cancelled_before_it_was_held_leaves_its_id_free_and_no_request(
+    world: World,
+) -> None:
+    process = raw_session(world)
+    assert process.stdin is not None
+    (world.allowed / "a.txt").write_text("alpha")
+    try:
+        process.stdin.write(write_line(2, world.allowed / "never.txt") + b"\n" + cancel_line(2)
+                            + b"\n")  # fmt: skip
+        process.stdin.flush()
+        read = {"name": "read_text_file", "arguments": {"path": str(world.allowed / "a.txt")}}
+        reused = exchange(process, {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                                    "params": read})  # fmt: skip
+    finally:
+        end(process)
+    assert "alpha" in json.dumps(reused), reused
+    assert world.pending() == []
 
 
 def test_the_typescript_sdk_client_gets_approval_pending_before_its_default_timeout(
