@@ -1,7 +1,8 @@
 """Approvals at the MCP gateway over Streamable HTTP (`nhidel proxy` at /mcp/SERVER), end to
 end: the official SDK's HTTP client holding nothing but its grant, the human answering from
-the command line while the call is held. One daemon, holding calls for HOLD seconds (over one
-progress tick), serves the module; `bot`'s `fs:write_file:*` and `fake:progress` are marked."""
+the command line while the call is held. One daemon with the default hold serves the module,
+another with a short one what happens past it; `bot`'s `fs:write_file:*` and `fake:progress`
+are marked."""
 
 from __future__ import annotations
 
@@ -9,24 +10,32 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers.processes import ok, run
-from test_mcp_http import Daemon
-
-HOLD = "9s"  # well past the gateway's first progress notification (approval_hold.TICK, 5 s)
+from test_mcp_http import ACCEPT, VERSION, Daemon
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    running = Daemon(tmp_path_factory.mktemp("approvals-http"), "--approval-hold", HOLD)
+def marking(root: Path, *options: str) -> Iterator[Daemon]:
+    running = Daemon(root, *options)
     ok(running.env, "agent", "update", "bot", "--approve", "fs:write_file:*",
        "--approve", "fake:progress")  # fmt: skip
     try:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    yield from marking(tmp_path_factory.mktemp("approvals-http"))
+
+
+@pytest.fixture(scope="module")
+def brief(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    yield from marking(tmp_path_factory.mktemp("approvals-http-brief"), "--approval-hold", "1s")
 
 
 def pending(daemon: Daemon) -> list[dict[str, Any]]:
@@ -80,33 +89,47 @@ def test_a_held_call_is_refused_after_deny(daemon: Daemon) -> None:
     assert not target.exists()
 
 
-def test_past_the_hold_pending_then_the_identical_retry_goes_after_approve(daemon: Daemon) -> None:
-    token, _ = daemon.grant("bot", "fs:*", "fs:*:*")
-    client = daemon.client("fs", token)
-    target = daemon.allowed / "later.txt"
+def test_past_the_hold_pending_then_the_identical_retry_goes_after_approve(brief: Daemon) -> None:
+    token, _ = brief.grant("bot", "fs:*", "fs:*:*")
+    client = brief.client("fs", token)
+    target = brief.allowed / "later.txt"
     first = client.call("write_file", path=str(target), content="v1")
     assert first["isError"] and "approval_pending" in first["text"], first
-    ident = wait_for_request(daemon)
-    ok(daemon.env, "approve", ident)
+    ident = wait_for_request(brief)
+    ok(brief.env, "approve", ident)
     retried = client.call("write_file", path=str(target), content="v1")
     assert not retried["isError"], retried
     assert target.read_text() == "v1"
-    assert [r["approval"] for r in daemon.records("approval.used")].count(ident) == 1
+    assert [r["approval"] for r in brief.records("approval.used")].count(ident) == 1
 
 
 def test_a_held_call_gets_progress_then_the_servers_own_progress_comes_after_it(
     daemon: Daemon,
 ) -> None:
+    """Approved once the gateway's first progress notification came (approval_hold.TICK)."""
     token, _ = daemon.grant("bot", "fake:*")
-    client = daemon.client("fake", token)
-    thread = answer_when_asked(daemon, "approve", after=5.5)  # a tick of the gateway's
-    answer = client.call("progress")
-    thread.join()
-    assert not answer["isError"] and answer["text"] == "progress", answer
-    held, served = answer["progress"][:-2], answer["progress"][-2:]
-    assert held, answer  # the gateway's, while the call was held
-    assert held == sorted(held) and min(served) > max(held), answer
-    assert served[0] < served[1]
+    session = daemon.open_session("fake", token)
+    call = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+            "params": {"name": "progress", "_meta": {"progressToken": "p"}}}  # fmt: skip
+    headers = {"Accept": ACCEPT, "Authorization": f"Bearer {token}", "Mcp-Session-Id": session,
+               "MCP-Protocol-Version": VERSION}  # fmt: skip
+    held: list[float] = []
+    served: list[float] = []
+    with daemon.http.stream("POST", "/mcp/fake", json=call, headers=headers) as stream:
+        for line in stream.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            message = json.loads(line.removeprefix("data:"))
+            if "id" in message:
+                result = message["result"]
+                break
+            params = message["params"]  # the gateway's say what they wait for; the server's not
+            (held if "message" in params else served).append(params["progress"])
+            if len(held) == 1 and not served:
+                ok(daemon.env, "approve", wait_for_request(daemon))
+    assert result["content"][0]["text"] == "progress" and not result.get("isError"), result
+    assert held and len(served) == 2, (held, served)
+    assert min(served) > max(held) and served == sorted(served), (held, served)
 
 
 def test_a_held_call_the_client_cancels_is_withdrawn_and_cannot_be_approved(
