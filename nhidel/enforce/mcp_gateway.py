@@ -301,8 +301,10 @@ class Gateway:
                 # The client stopped waiting: a late answer is for nothing it asked.
                 cancelled = policy.id_key(message.params.get("requestId"))
                 self._client_requests.pop(cancelled, None)
-                held = self._held.get(cancelled)
-                if held is not None:  # the server never saw it: the request is withdrawn
+                # The server never saw a held call: its request is withdrawn, and its id is
+                # free at once (a task cancelled before it ran never reaches its `finally`).
+                held = self._held.pop(cancelled, None)
+                if held is not None:
                     held.cancel()
                     return
             await self._to_server(message.body)
@@ -465,7 +467,8 @@ class Gateway:
         except NhidelError as exc:
             verdict, decision = Verdict(HELD), Decision(False, Reason.INTEGRITY, exc.message)
         finally:
-            self._held.pop(key, None)
+            if self._held.get(key) is asyncio.current_task():  # (not a later call's, same id)
+                del self._held[key]
         ident = verdict.request.id if verdict.request is not None else None
         self._record_call(call, decision, started, approval=ident)
         if decision is not None:

@@ -282,3 +282,25 @@ def test_a_request_method_sent_as_a_notification_never_reaches_the_server(method
     message = policy.parse_message(json.dumps(body))
     assert message.kind is Kind.NOTIFICATION
     assert policy.client_action(message) is Action.DROP
+
+
+def progress_note(token: Any, progress: Any, total: Any = None) -> dict[str, Any]:
+    params = {"progressToken": token, "progress": progress}
+    if total is not None:
+        params["total"] = total
+    return {"jsonrpc": "2.0", "method": "notifications/progress", "params": params}
+
+
+@given(st.integers(1, 1_000), st.floats(0, 1e6) | st.integers(0, 10**6))
+def test_a_servers_progress_after_a_hold_comes_after_the_gateways(sent: int, value: Any) -> None:
+    moved = policy.offset_progress(progress_note("t", value, total=value + 1),
+                                   {policy.id_key("t"): sent})  # fmt: skip
+    assert moved["params"]["progress"] > sent
+    left = moved["params"]["total"] - moved["params"]["progress"]
+    assert left == pytest.approx(1)  # what was left to do is kept
+
+
+def test_progress_of_another_token_or_not_a_number_is_left_as_it_is() -> None:
+    offsets = {policy.id_key("held"): 3}
+    for body in (progress_note("other", 1), progress_note("held", True), progress_note(1, 1)):
+        assert policy.offset_progress(body, offsets) == body
