@@ -32,6 +32,7 @@ from nhidel.integrity.approvals import (
     Answer,
     Call,
     Request,
+    check_row,
     open_answer,
     open_request,
     seal_answer,
@@ -390,6 +391,7 @@ def _checked(audit_key: bytes, row: tuple[Any, ...], *, now: int) -> Listed:
     try:
         request = open_request(audit_key, row)
         given = open_answer(audit_key, request, row)
+        check_row(request, given, row)
     except IntegrityError as exc:
         return Listed(str(approval_id), "forged", None, None, exc.message, str(summary),
                       str(agent), int(lapses_at))  # fmt: skip

@@ -170,6 +170,28 @@ def open_answer(audit_key: bytes, request: Request, row: tuple[Any, ...]) -> Ans
     return found
 
 
+def check_row(request: Request, answer: Answer | None, row: tuple[Any, ...]) -> None:
+    """IntegrityError when the columns that index and show a row say other than its seals:
+    a status flipped by hand (`granted` with no answer, an answer under another status), an
+    edited summary, agent, time or window end. Each row is written whole in one statement, so
+    no crash leaves them apart."""
+    _id, _kind, agent, summary, created, lapses, status, *_sealed = row[:9]
+    window_until = row[11]
+    if answer is not None:
+        status_holds = status == answer.decision
+        until = None if answer.window is None else answer.window.get("until")
+    else:
+        status_holds = status in (PENDING, LAPSED)
+        until = None
+    if (
+        not status_holds
+        or window_until != until
+        or (agent, summary, created, lapses)
+        != (request.agent, request.summary, request.created_at, request.lapses_at)
+    ):
+        raise _forged(request.id, "row")
+
+
 def arguments_sha256(arguments: Any) -> str:
     """The hash of arguments in canonical JSON: what identical calls share."""
     text = json.dumps(arguments, sort_keys=True, ensure_ascii=False, separators=(",", ":"))

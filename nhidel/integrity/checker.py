@@ -441,11 +441,12 @@ _NO_RECORD = object()
 
 def _check_approvals(ledger: Ledger, key: bytes, stop: Callable[[str], _Stop]) -> None:
     """Every approval request and answer in the ledger matches its seal."""
-    from nhidel.integrity.approvals import open_answer, open_request
+    from nhidel.integrity.approvals import check_row, open_answer, open_request
 
     for row in ledger.approvals():
         try:
-            open_answer(key, open_request(key, row), row)
+            request = open_request(key, row)
+            check_row(request, open_answer(key, request, row), row)
         except IntegrityError as exc:
             raise stop(f"edited: {exc.message}") from None
 

@@ -113,9 +113,20 @@ def registrations_meaning(config: Config) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class ApprovalTruth:
+    """One approval request of the world: its id, the call it holds (with its arguments), and
+    what the human said: `spent` (a one-time yes, used), `denied`, or `pending`."""
+
+    id: str
+    content: str  # the call's `content` argument (see approval_call)
+    said: str
+
+
 @dataclass
 class Truth:
     grants: dict[str, GrantTruth] = field(default_factory=dict)
+    approvals: dict[str, ApprovalTruth] = field(default_factory=dict)  # by what was said
     ceilings: dict[str, Ceiling] = field(default_factory=dict)
     compromised: set[str] = field(default_factory=set)
     registrations: dict[str, Any] = field(
@@ -432,6 +443,53 @@ class Builder:
                     verifier.decisions.flush()
 
 
+APPROVAL_TIMEOUT = 4 * 3600  # the world's pending request stays pending through the harness
+
+
+def approval_call(grant: str, content: str) -> tuple[Any, dict[str, Any]]:
+    """The release-bot call an approval is about, and its arguments."""
+    from nhidel.integrity.approvals import Call, arguments_sha256
+
+    arguments = {"path": "/srv/release.txt", "content": content}
+    return Call("release-bot", grant, "files", "write_file", ("/srv/release.txt",),
+                arguments_sha256(arguments)), arguments  # fmt: skip
+
+
+def approvals_grant(truth: Truth) -> str:
+    """The grant every approval of the world is held under (release-bot's first)."""
+    return next(g.id for g in truth.grants.values() if g.agent == "release-bot")
+
+
+def build_approvals(b: Builder) -> None:
+    """A one-time yes given and spent (a snapshot between the two), a no, a request waiting."""
+    from nhidel.actions.approvals import GO, Choice, Desk, answer
+    from nhidel.audit import AuditKeys
+    from nhidel.ledger.store import Ledger
+
+    grant = approvals_grant(b.truth)
+    with Ledger(b.paths) as ledger:
+        desk = Desk(b.paths, AuditKeys.of(b.keystore()), ledger, clock=lambda: b.now,
+                    timeout=APPROVAL_TIMEOUT)  # fmt: skip
+
+        def ask(content: str) -> Any:
+            call, arguments = approval_call(grant, content)
+            return desk.consider(call, via="mcp", mark="files:write_file:*", arguments=arguments)
+
+        ids = {said: ask(said).request.id for said in ("spent", "denied", "pending")}
+        answer(b.paths, b.keystore(), ids["denied"], Choice(False, reason="no"), now=b.now)
+        answer(b.paths, b.keystore(), ids["spent"], Choice(True), now=b.now)
+        b.truth.approvals = {
+            "spent": ApprovalTruth(ids["spent"], "spent", "granted"),
+            "denied": ApprovalTruth(ids["denied"], "denied", "denied"),
+            "pending": ApprovalTruth(ids["pending"], "pending", "pending"),
+        }
+    b.snapshot("approved")
+    with Ledger(b.paths) as ledger:
+        desk.ledger = ledger
+        assert ask("spent").outcome == GO
+    b.truth.approvals["spent"] = ApprovalTruth(ids["spent"], "spent", "spent")
+
+
 def build_world(
     home: Path, store: Path, seed: int, fake: MemoryKeyring, *, file_keystore: bool,
     rotating: bool, compromised_rotation: bool,
@@ -474,6 +532,7 @@ def build_world(
         b.consume([g for g in second if g.max_uses][:1], exhaust=True)
         b.consume(second[1:3], exhaust=False)
         b.snapshot("second")
+        build_approvals(b)
         if seed % 3 == 0:
             removal = remove_agent(b.paths, "deployer", now=b.now, keystore=b.keystore())
             del b.truth.ceilings["deployer"]

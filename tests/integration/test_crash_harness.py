@@ -67,6 +67,9 @@ if spec:
     from helpers import crash_hook
     mode, target, record = spec.split(":", 2)
     crash_hook.install(mode, int(target), record or None)
+if sys.argv[1:2] == ["desk"]:
+    from helpers.approval_desk import main as desk
+    sys.exit(desk(sys.argv[2:]))
 from nhidel.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -80,8 +83,9 @@ def test_the_child_lowers_the_keystore_cost_by_the_current_name() -> None:
     assert isinstance(keystore._SCRYPT_N_RANGE, frozenset) and 2**10 not in keystore._SCRYPT_N_RANGE
 
 
-def child_env(root: Path) -> dict[str, str]:
-    env = isolated_env(root, NHIDEL_KEYSTORE="file", NHIDEL_PASSPHRASE=PASSPHRASE)
+def child_env(root: Path, grant: str = "") -> dict[str, str]:
+    env = isolated_env(root, NHIDEL_KEYSTORE="file", NHIDEL_PASSPHRASE=PASSPHRASE,
+                       NHIDEL_DESK_GRANT=grant)  # fmt: skip
     env["PYTHONPATH"] = f"{REPO}:{TESTS}"
     return env
 
@@ -155,6 +159,12 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
         "web": ok("grant", "reviewer", "--scope", WEB).stdout.strip(),
     }
     ids = {name: claims_of(token)["jti"] for name, token in tokens.items()}
+    # Approval requests (tests/helpers/approval_desk.py): one waiting for a yes, one approved
+    # and not yet spent, one waiting to be withdrawn.
+    env["NHIDEL_DESK_GRANT"] = ids["rev"]
+    for content in ("approve-me", "spend-me", "close-me"):
+        ids[content] = ok("desk", "open", content).stdout.strip()
+    ok("approve", ids["spend-me"])
     home = Path(env["NHIDEL_HOME"])
     assert (home.stat().st_mode & 0o777) == 0o700
     assert all((f.stat().st_mode & 0o777) == 0o600 for f in home.iterdir()), list(home.iterdir())
@@ -285,7 +295,7 @@ class Problem:
 
 def run_case(case: Case) -> Case:
     shutil.copytree(case.base.home, case.root / "home", symlinks=True)  # modes kept: 0700, 0600
-    case.env = child_env(case.root)
+    case.env = child_env(case.root, case.base.ids["rev"])
     command = case.command
     crashed = nhidel(
         case.env, *command.argv(case.base), input=command.stdin(case.base),
@@ -659,7 +669,73 @@ ENTRY_COMMANDS = [
                   entry="baseroute", event="route.removed", added=False),
 ]  # fmt: skip
 
+# Approvals: a request opened, an answer given, a one-time yes spent, a request withdrawn.
+
+
+def _approval_status(case: Case, name: str) -> str | None:
+    result = case.run("approvals", "--json", "--all")
+    if not case.expect(result, 0, "approvals --json --all"):
+        return None
+    shown = {item["id"]: item["status"] for item in json.loads(result.stdout)}
+    status = shown.get(case.base.ids[name])
+    if "forged" in shown.values():
+        case.problem(f"approvals shows a row as forged after a crash: {shown}")
+    return status
+
+
+def _goes(case: Case, content: str) -> bool:
+    result = case.run("desk", "ask", content)
+    case.expect(result, 0, f"desk ask {content}")
+    return result.stdout.strip() == "go"
+
+
+def approval_open_last(case: Case) -> None:
+    listed = case.run("approvals", "--json", "--all")
+    if case.expect(listed, 0, "approvals --json --all"):
+        if any(item["status"] == "forged" for item in json.loads(listed.stdout)):
+            case.problem("approvals shows a row as forged after a crash")
+    if _goes(case, "fresh"):
+        case.problem("a call went on with no yes after its request's opening was killed")
+
+
+def approve_last(case: Case) -> None:
+    """An answer counts only with its row: a logged approval.granted without it is no yes."""
+    status = _approval_status(case, "approve-me")
+    if status not in ("granted", "pending"):
+        case.problem(f"the approved request is {status}")
+    went = [_goes(case, "approve-me") for _ in range(2)]
+    if went != [status == "granted", False]:
+        case.problem(f"status {status}, the call went {went}")
+
+
+def spend_last(case: Case) -> None:
+    """A logged approval.used is spent, whatever the ledger had committed: the yes goes at most
+    once, counting the killed spend."""
+    spent = bool(case.logged("approval.used"))
+    went = [_goes(case, "spend-me") for _ in range(2)]
+    if went[1] or (spent and went[0]):
+        case.problem(f"approval.used logged: {spent}; the yes then went {went}")
+
+
+def close_last(case: Case) -> None:
+    status = _approval_status(case, "close-me")
+    if status not in ("lapsed", "pending"):
+        case.problem(f"the withdrawn request is {status}")
+    if case.logged("approval.lapsed") and case.committed and status != "lapsed":
+        case.problem("approval.lapsed committed, yet the request is still pending")
+    if status == "lapsed" and case.run("approve", case.base.ids["close-me"]).code == 0:
+        case.problem("a withdrawn request was approved")
+
+
+APPROVAL_COMMANDS = [
+    Command("approval-open", lambda b: ["desk", "open", "fresh"], last=approval_open_last),
+    Command("approve", lambda b: ["approve", b.ids["approve-me"]], last=approve_last),
+    Command("approval-spend", lambda b: ["desk", "ask", "spend-me"], last=spend_last),
+    Command("approval-close", lambda b: ["desk", "close", b.ids["close-me"]], last=close_last),
+]
+
 COMMANDS = {
+    **{command.name: command for command in APPROVAL_COMMANDS},
     "grant": Command(
         "grant", lambda b: ["grant", "reviewer", "--scope", SCOPE, "--uses", "2"], last=grant_last
     ),
@@ -692,7 +768,7 @@ COMMANDS = {
 def count_boundaries(base: Base, command: Command, root: Path) -> list[list[str]]:
     """Run `command` to the end with a counting hook: the boundaries it crosses, in order."""
     shutil.copytree(base.home, root / "home", symlinks=True)
-    env = child_env(root)
+    env = child_env(root, base.ids["rev"])
     record = root / "boundaries.json"
     result = nhidel(env, *command.argv(base), input=command.stdin(base), crash=f"count:0:{record}")
     assert result.code == 0, str(result)

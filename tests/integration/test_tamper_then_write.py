@@ -57,6 +57,7 @@ import pytest
 import tomli_w
 from helpers.support import Cli, MemoryKeyring, Result
 from helpers.tamper_worlds import (
+    APPROVAL_TIMEOUT,
     AUD,
     BEYOND,
     NARROWED,
@@ -66,6 +67,8 @@ from helpers.tamper_worlds import (
     Snapshot,
     Truth,
     World,
+    approval_call,
+    approvals_grant,
     audit_files,
     beyond_ceiling,
     build_world,
@@ -197,6 +200,7 @@ class Tamper:
     rollback: Snapshot | None = None  # the documented whole-state rollback, to this snapshot
     fragment: bool = False  # only an unterminated fragment was appended (crash-shaped)
     beyond: list[tuple[str, str, str | None, str | None]] = field(default_factory=list)
+    flagged: bool = False  # an approvals row was edited: audit verify must name it
 
 
 @dataclass
@@ -952,6 +956,81 @@ older_keystore_ledger_config = _together(
 older_whole_state = _together(lambda n: True, "every file (whole-state rollback)", whole=True)
 
 
+# -- the approvals store ----------------------------------------------------------------
+
+
+def _approval_row(c: Ctx, approval_id: str) -> dict[str, Any]:
+    db = sqlite3.connect(c.path("ledger.db"))
+    db.row_factory = sqlite3.Row
+    try:
+        return dict(db.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone())
+    finally:
+        db.close()
+
+
+def approvals_edit_row(c: Ctx) -> Tamper:
+    """A row of the approvals table edited as the agent would, to win a yes or hide a no."""
+    found = c.truth.approvals
+    spent, denied, pending = (found[s].id for s in ("spent", "denied", "pending"))
+    source = _approval_row(c, spent)
+    change = c.rng.choice(["status", "flip answer", "copy seal", "summary", "body", "window",
+                           "answer unsealed"])  # fmt: skip
+    target = c.rng.choice([denied, pending])
+    if change == "status":
+        c.sql("UPDATE approvals SET status = 'granted' WHERE id = ?", (target,))
+    elif change == "flip answer":
+        row = _approval_row(c, denied)
+        c.sql("UPDATE approvals SET status = 'granted', answer = ? WHERE id = ?",
+              (row["answer"].replace('"denied"', '"granted"'), denied))  # fmt: skip
+        target = denied
+    elif change == "copy seal":
+        c.sql("UPDATE approvals SET status = 'granted', answer = ?, answer_seal = ? WHERE id = ?",
+              (source["answer"], source["answer_seal"], target))  # fmt: skip
+    elif change == "summary":
+        c.sql("UPDATE approvals SET summary = 'files write_file: harmless' WHERE id = ?",
+              (target,))  # fmt: skip
+    elif change == "body":
+        row = _approval_row(c, target)
+        c.sql("UPDATE approvals SET body = ? WHERE id = ?",
+              (row["body"].replace("/srv/release.txt", "/srv/other.txt"), target))  # fmt: skip
+    elif change == "window":
+        widened = source["answer"].replace('"window":null', '"window":{"until":9999999999}')
+        c.sql("UPDATE approvals SET answer = ?, window_until = 9999999999 WHERE id = ?",
+              (widened, spent))  # fmt: skip
+        target = spent
+    else:
+        c.sql("UPDATE approvals SET status = 'granted', answer = replace(?, ?, ?), "
+              "answer_seal = NULL WHERE id = ?",
+              (source["answer"], spent, target, target))  # fmt: skip
+    return Tamper(f"approvals: {change} of {target}", flagged=True)
+
+
+def approvals_delete_row(c: Ctx) -> Tamper:
+    """A no or a waiting request deleted: nothing may go that the human did not let go (audit
+    verify does not see a deleted approvals row: no record is held against the table)."""
+    target = c.truth.approvals[c.rng.choice(["denied", "pending", "spent"])].id
+    c.sql("DELETE FROM approvals WHERE id = ?", (target,))
+    return Tamper(f"approvals: DELETE {target}")
+
+
+def approvals_older_ledger(c: Ctx) -> Tamper:
+    """ledger.db put back from before the one-time yes was spent (or only its sealed state)."""
+    approved = next(s for s in c.world.snapshots if s.label == "approved")
+    if c.rng.random() < 0.5:
+        c.put_back(approved, lambda name: name.startswith("ledger.db"))
+        return Tamper("approvals: ledger.db from before the yes was spent", flagged=True)
+    scratch = c.home / ".old-ledger.db"
+    scratch.write_bytes(approved.files["ledger.db"])
+    db = sqlite3.connect(scratch)
+    try:
+        body = db.execute("SELECT body FROM sealed_state WHERE id = 1").fetchone()[0]
+    finally:
+        db.close()
+    scratch.unlink()
+    c.sql("UPDATE sealed_state SET body = ? WHERE id = 1", (body,))
+    return Tamper("approvals: the sealed state from before the yes was spent", flagged=True)
+
+
 @dataclass(frozen=True)
 class Kind:
     mutate: Mutation
@@ -1016,6 +1095,9 @@ KINDS: dict[str, Kind] = {
     "older_keystore_and_log": Kind(older_keystore_and_log, "several", 40, "file"),
     "older_keystore_ledger_config": Kind(older_keystore_ledger_config, "several", 40, "file"),
     "older_whole_state": Kind(older_whole_state, "several", 40, "file"),
+    "approvals_edit_row": Kind(approvals_edit_row, "approvals", 60),
+    "approvals_delete_row": Kind(approvals_delete_row, "approvals", 20),
+    "approvals_older_ledger": Kind(approvals_older_ledger, "approvals", 30),
 }
 
 
@@ -1372,6 +1454,8 @@ def run_case(worlds: Worlds, kind: str, number: int, cli: Cli) -> Outcome:
     finally:
         case.close_long()
     judge(case, outcome, tamper, before, after, warnings)
+    if tamper.flagged and outcome.audit_exit == 0:
+        case.violate("audit verify was clean after an approvals row was edited")
     if any(worlds.outside.iterdir()):
         case.violate(f"wrote outside the home: {sorted(p.name for p in worlds.outside.iterdir())}")
         for path in worlds.outside.iterdir():
@@ -1410,7 +1494,56 @@ def sequence(case: Case, tamper: Tamper, kind: str) -> None:
         case.verify(narrowed, consume=False, label="verify after agent update")
     case.add_secret()
     case.enforce("the enforcement point after a secret was added")
+    if kind in KINDS and KINDS[kind].group == "approvals" or kind == "none":
+        approvals_sequence(case)
     case.tail(plain=kind not in KINDS or KINDS[kind].group in ("audit.jsonl", "segments"))
+
+
+def approvals_sequence(case: Case) -> None:
+    """What an enforcement point and the human do next with approvals: no call goes on without
+    a genuine unspent yes (the spent one and the denied one never again; the waiting one only
+    once the human says yes here, and then once), and no forged answer is shown as given."""
+    from nhidel.actions.approvals import GO, Choice, Desk, answer, listed
+    from nhidel.audit import AuditKeys
+    from nhidel.ledger.store import Ledger
+
+    truth = case.truth.approvals
+    if not truth:
+        return  # a whole-state rollback to before the world had approvals
+    grant = approvals_grant(case.world.truth)
+    now = int(time.time())
+
+    def ask(label: str, content: str) -> str | None:
+        def consider() -> str:
+            with Ledger(case.paths) as ledger:
+                desk = Desk(case.paths, AuditKeys.of(case.store()), ledger, clock=time.time,
+                            timeout=APPROVAL_TIMEOUT)  # fmt: skip
+                call, arguments = approval_call(grant, content)
+                return str(desk.consider(call, via="mcp", mark="files:write_file:*",
+                                         arguments=arguments).outcome)  # fmt: skip
+
+        return case.lib(label, consider)[1]
+
+    for said in ("spent", "denied"):
+        if said in truth and truth[said].said in ("spent", "denied") and ask(
+                f"the {said} call", said) == GO:  # fmt: skip
+            case.violate(f"approvals: the {said} call went on")
+    if "spent" in truth and truth["spent"].said == "granted" and ask("the yes", "spent") == GO:
+        truth["spent"] = replace(truth["spent"], said="spent")  # (a rollback's truth: once)
+    if "pending" in truth and ask("the waiting call", "pending") == GO:
+        case.violate("approvals: the waiting call went on without a yes")
+    _, shown = case.lib("listed", lambda: listed(case.paths, case.store(), now=now, every=True))
+    for item in shown or []:
+        real = next((t for t in truth.values() if t.id == item.id), None)
+        said = None if real is None else {"spent": "granted"}.get(real.said, real.said)
+        if item.status in ("granted", "denied") and item.status != said:
+            case.violate(f"approvals: {item.id} shown {item.status}, the human said {said}")
+    if "pending" in truth:
+        code, _ = case.lib("approve", lambda: answer(case.paths, case.store(), truth["pending"].id,
+                                                     Choice(True), now=now))  # fmt: skip
+        went = [ask("the approved call", "pending") == GO for _ in range(2)]
+        if went[1] or (went[0] and code != 0):
+            case.violate(f"approvals: the approved call went {went} (approve exit {code})")
 
 
 def judge(
