@@ -238,14 +238,17 @@ class Desk:
 
     def _open_for(self, agent: str, now: int) -> list[tuple[Request, Answer | None]]:
         """The agent's requests still open (or windows not yet closed), checked: a row whose
-        seal fails is passed over (it can only be less than what the human said)."""
+        seal fails is passed over (it can only be less than what the human said), and so is
+        an unanswered one closed early (withdrawn): a retry asks anew rather than wait on it."""
         found = []
         for row in self.ledger.approvals(open_after=now, agent=agent):
             try:
                 request = open_request(self.keys.seal_key, row)
-                found.append((request, open_answer(self.keys.seal_key, request, row)))
+                answer = open_answer(self.keys.seal_key, request, row)
             except IntegrityError:
                 continue
+            if answer is not None or row[6] == PENDING:
+                found.append((request, answer))
         return found
 
 

@@ -229,3 +229,14 @@ def test_approvals_list_and_show_need_no_more_than_the_id_prefix(
     assert ident in shown and '"a": "a"' in shown
     assert cli("approve", "a").exit_code == 2  # too short to name one
     assert cli("approve", "azzzzzz").exit_code == 3
+
+
+def test_the_retry_of_a_withdrawn_call_asks_anew(paths: Paths, home: KeyStore) -> None:
+    with Ledger(paths) as ledger:
+        desk = Desk(paths, AuditKeys.of(home), ledger, clock=lambda: 4_000_000_000.0)
+        held = consider(desk, call())
+        assert held.request is not None
+        desk.close(held.request, "withdrawn by the client")
+        retried = consider(desk, call())
+    assert retried.outcome == HELD and retried.request is not None
+    assert retried.request.id != held.request.id
