@@ -355,6 +355,27 @@ def read_private_file(path: Path) -> bytes | None:
         os.close(fd)
 
 
+def read_dropped_file(dir_fd: int, name: str, limit: int) -> bytes | None:
+    """The bytes of file `name` in the directory `dir_fd`, where another process may drop files
+    (`runs/` markers, `requests/`): read without following a link, only from a regular file of
+    this user's that others cannot write, at most `limit` bytes; None for anything else."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)  # fmt: skip
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+            return None
+        data = os.read(fd, limit + 1)
+        return None if len(data) > limit else data
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _read_error(path: Path, exc: OSError) -> StorageError:
     return StorageError(f"could not read {path}: {exc.strerror or exc}", "check its permissions")
 

@@ -4,7 +4,8 @@ name or an id holds it to.
 Each rule is said twice, and a property test holds the two to each other: as a hand-written
 check (`is_agent_name`, `is_grant_id`, `is_approval_id`), which shell completion applies to
 every value it offers at every TAB without importing `re`, and as a pattern (`AGENT_NAME`,
-`GRANT_ID`, `GRANT_ID_PREFIX`, `APPROVAL_ID`), compiled the first time a module asks for it.
+`GRANT_ID`, `GRANT_ID_PREFIX`, `APPROVAL_ID`, `APPROVAL_ID_PREFIX`), compiled the first time a
+module asks for it.
 """
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     GRANT_ID: re.Pattern[str]
     GRANT_ID_PREFIX: re.Pattern[str]
     APPROVAL_ID: re.Pattern[str]
+    APPROVAL_ID_PREFIX: re.Pattern[str]
 
 MAX_AGENT_NAME_LENGTH = 64
 MAX_AUDIENCE_LENGTH = 256  # an audience: printable, no whitespace, at most this long
@@ -26,6 +28,7 @@ _PATTERNS = {
     "GRANT_ID": r"g[a-z2-7]{26}",
     "GRANT_ID_PREFIX": r"g[a-z2-7]{0,26}",  # what `revoke` and `show` look up
     "APPROVAL_ID": r"a[a-z2-7]{16}",
+    "APPROVAL_ID_PREFIX": r"a[a-z2-7]{0,16}",  # what `approve`, `deny` and `show` look up
 }
 _LOWER_OR_DIGIT = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 _NAME_CHARACTERS = _LOWER_OR_DIGIT | frozenset("_.-")
@@ -53,8 +56,8 @@ def is_approval_id(text: str) -> bool:
 
 
 def __getattr__(name: str) -> "re.Pattern[str]":
-    """`AGENT_NAME`, `GRANT_ID`, `GRANT_ID_PREFIX` and `APPROVAL_ID`, compiled on first use and
-    kept."""
+    """`AGENT_NAME`, `GRANT_ID`, `GRANT_ID_PREFIX`, `APPROVAL_ID` and `APPROVAL_ID_PREFIX`,
+    compiled on first use and kept."""
     if name not in _PATTERNS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import re

@@ -39,6 +39,7 @@ from nhidel.integrity.approvals import (
     seal_request,
 )
 from nhidel.ledger.store import Ledger
+from nhidel.names import APPROVAL_ID_PREFIX
 from nhidel.paths import Paths
 
 if TYPE_CHECKING:
@@ -51,8 +52,6 @@ SUMMARY_LENGTH = 240  # characters of the summary the human sees at a glance
 VALUE_LENGTH = 60  # characters of one argument's value in the summary
 MAX_ARGUMENTS = 64 * 1024  # characters of the arguments kept for `approvals show`
 MIN_PREFIX = 4
-APPROVAL_ID_LENGTH = 17
-_BASE32 = frozenset("abcdefghijklmnopqrstuvwxyz234567")
 WITHDRAWN = "withdrawn by the client"
 UNANSWERED = "no answer in time"
 GO, HELD = "go", PENDING  # a Verdict's outcomes besides DENIED and LAPSED
@@ -69,11 +68,6 @@ class Settings:
 def new_approval_id() -> str:
     """`a` and 16 lowercase base32 characters: 80 random bits."""
     return "a" + base64.b32encode(secrets.token_bytes(10)).decode("ascii").lower()
-
-
-def is_approval_id_prefix(text: str) -> bool:
-    """Whether `text` could begin an approval id (`a` and lowercase base32)."""
-    return 0 < len(text) <= APPROVAL_ID_LENGTH and text[0] == "a" and set(text[1:]) <= _BASE32
 
 
 def summarize(arguments: Any) -> str:
@@ -299,7 +293,7 @@ def find(paths: Paths, keystore: KeyStore, prefix: str, *, now: int) -> Listed:
 
 
 def resolve_id(ledger: Ledger, prefix: str) -> str:
-    if not is_approval_id_prefix(prefix) or len(prefix) < MIN_PREFIX:
+    if not APPROVAL_ID_PREFIX.fullmatch(prefix) or len(prefix) < MIN_PREFIX:
         raise UsageError(
             f"invalid approval id {prefix!r}",
             "give an id (or its first 4+ characters) from: nhidel approvals",

@@ -27,22 +27,20 @@ import contextlib
 import hashlib
 import json
 import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nhidel.actions.approvals import (
-    APPROVAL_ID_LENGTH,
     DEFAULT_TIMEOUT,
     SUMMARY_LENGTH,
     add_request,
-    is_approval_id_prefix,
 )
 from nhidel.actions.grants import MAX_REASON, GrantRequest, check, issue_within
 from nhidel.audit import AuditKeys, event
 from nhidel.base64url import b64url_decode, b64url_encode
 from nhidel.errors import IntegrityError, NhidelError, UsageError
+from nhidel.fsutil import atomic_write, ensure_private_dir, exclusive_lock, read_dropped_file
 from nhidel.integrity import state
 from nhidel.integrity.approvals import (
     DENIED,
@@ -51,10 +49,11 @@ from nhidel.integrity.approvals import (
     LAPSED,
     PENDING,
     Request,
-    arguments_sha256,
+    canonical_sha256,
 )
 from nhidel.ledger.store import Ledger
 from nhidel.models import check_agent_name
+from nhidel.names import is_approval_id
 from nhidel.paths import Paths
 from nhidel.scopes import parse_scope_arguments
 from nhidel.timefmt import format_duration, parse_duration
@@ -90,7 +89,7 @@ class Asked:
     @property
     def args_sha256(self) -> str:
         """The hash the answer is sealed over: a key or scope swapped later breaks the seal."""
-        return arguments_sha256(self.to_json())
+        return canonical_sha256(self.to_json())
 
     @property
     def fingerprint(self) -> str:
@@ -229,8 +228,6 @@ def lapse_for(wait: int | None, now: int) -> int:
 
 def write_file(paths: Paths, approval_id: str, request: Asked, *, now: int, lapses_at: int) -> None:
     """File a request for the first keystore holder to take in (no keystore needed)."""
-    from nhidel.fsutil import atomic_write, ensure_private_dir
-
     ensure_private_dir(paths.state_dir)
     ensure_private_dir(paths.requests_dir)
     data = {"id": approval_id, **request.to_json(), "created_at": now, "lapses_at": lapses_at}
@@ -250,9 +247,9 @@ def take_in(
     try:
         # One taker at a time: another keystore holder (the daemon, a second command) must
         # not find a file this one is taking in, and take it for an id reused.
-        with _one_taker(paths):
+        with exclusive_lock(paths.requests_lock):
             for name in sorted(os.listdir(fd)):
-                if not is_approval_id_prefix(name) or len(name) != APPROVAL_ID_LENGTH:
+                if not is_approval_id(name):
                     continue  # not a name nhidel writes: left alone
                 found = _read_request(fd, name)
                 if found is None:
@@ -288,27 +285,13 @@ def take_in_files(
         return take_in(paths, AuditKeys.of(keystore), ledger, now=now, warn=warn)
 
 
-def _one_taker(paths: Paths) -> contextlib.AbstractContextManager[None]:
-    from nhidel.fsutil import exclusive_lock
-
-    return exclusive_lock(paths.requests_lock)
-
-
 def _read_request(dir_fd: int, name: str) -> tuple[Asked, int, int] | None:
-    """The request a file holds, read without following a link, only from a regular file of
-    this user's that others cannot write; None for anything else."""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     dir_fd=dir_fd)  # fmt: skip
-    except OSError:
+    """The request file `name` holds (read as fsutil.read_dropped_file reads it); None for
+    anything but a request `nhidel request` wrote under that name."""
+    data = read_dropped_file(dir_fd, name, MAX_FILE)
+    if data is None:
         return None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
-            return None
-        data = os.read(fd, MAX_FILE + 1)
-        if len(data) > MAX_FILE:
-            return None
         fields = json.loads(data)
         if fields["id"] != name or type(fields["created_at"]) is not int:
             return None
@@ -317,10 +300,8 @@ def _read_request(dir_fd: int, name: str) -> tuple[Asked, int, int] | None:
         filed = asked(str(fields["agent"]), [str(s) for s in fields["scopes"]], fields["ttl"],
                       str(fields["reason"]), str(fields["pubkey"]))  # fmt: skip
         return filed, fields["created_at"], fields["lapses_at"]
-    except (OSError, ValueError, KeyError, TypeError, UsageError):
+    except (ValueError, KeyError, TypeError, UsageError):
         return None
-    finally:
-        os.close(fd)
 
 
 # -- what approve mints --------------------------------------------------------------------

@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import stat
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -219,21 +218,10 @@ def _markers(paths: Paths) -> list[Marker]:
 
 
 def _read_marker(dir_fd: int, name: str) -> Marker | None:
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     dir_fd=dir_fd)  # fmt: skip
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
-            return None
-        data = os.read(fd, MAX_MARKER + 1)
-        return None if len(data) > MAX_MARKER else Marker.from_bytes(data)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    from nhidel.fsutil import read_dropped_file
+
+    data = read_dropped_file(dir_fd, name, MAX_MARKER)
+    return None if data is None else Marker.from_bytes(data)
 
 
 def _remove_marker(paths: Paths, grant_id: str) -> None:

@@ -10,7 +10,6 @@ grant covers, and builds the answers the gateway gives itself (errors, denials, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +19,7 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
+from nhidel.integrity.approvals import canonical_sha256
 from nhidel.scopes import Scope
 
 MAX_LINE = 64 << 20  # one message; a file read whole comes back in one
@@ -376,9 +376,7 @@ def dumps(body: Mapping[str, Any]) -> bytes:
 def arguments_sha256(params: Mapping[str, Any]) -> str:
     """The hash of a call's arguments in canonical JSON (sorted keys): what the decision
     record keeps instead of the arguments."""
-    arguments = params.get("arguments", {})
-    canonical = json.dumps(arguments, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+    return canonical_sha256(params.get("arguments", {}))
 
 
 def _valid_id(value: Any) -> bool:

@@ -192,9 +192,9 @@ def check_row(request: Request, answer: Answer | None, row: tuple[Any, ...]) -> 
         raise _forged(request.id, "row")
 
 
-def arguments_sha256(arguments: Any) -> str:
-    """The hash of arguments in canonical JSON: what identical calls share."""
-    text = json.dumps(arguments, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+def canonical_sha256(value: Any) -> str:
+    """The hash of `value` in canonical JSON (sorted keys): what identical calls share."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 

@@ -17,7 +17,7 @@ import time
 
 from nhidel.actions.approvals import Desk
 from nhidel.audit import AuditKeys
-from nhidel.integrity.approvals import Call, arguments_sha256
+from nhidel.integrity.approvals import Call, canonical_sha256
 from nhidel.keys.keystore import open_keystore
 from nhidel.ledger.store import Ledger
 from nhidel.paths import Paths
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
             return 0
         arguments = {"path": "/srv/crash.txt", "content": value}
         call = Call("reviewer", os.environ["NHIDEL_DESK_GRANT"], "files", "write_file",
-                    ("/srv/crash.txt",), arguments_sha256(arguments))  # fmt: skip
+                    ("/srv/crash.txt",), canonical_sha256(arguments))  # fmt: skip
         verdict = desk.consider(call, via="mcp", mark="files:write_file:*", arguments=arguments)
     if action == "open":
         assert verdict.request is not None

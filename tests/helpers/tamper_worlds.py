@@ -448,11 +448,11 @@ APPROVAL_TIMEOUT = 4 * 3600  # the world's pending request stays pending through
 
 def approval_call(grant: str, content: str) -> tuple[Any, dict[str, Any]]:
     """The release-bot call an approval is about, and its arguments."""
-    from nhidel.integrity.approvals import Call, arguments_sha256
+    from nhidel.integrity.approvals import Call, canonical_sha256
 
     arguments = {"path": "/srv/release.txt", "content": content}
     return Call("release-bot", grant, "files", "write_file", ("/srv/release.txt",),
-                arguments_sha256(arguments)), arguments  # fmt: skip
+                canonical_sha256(arguments)), arguments  # fmt: skip
 
 
 def approvals_grant(truth: Truth) -> str:

@@ -44,5 +44,8 @@ def test_an_approval_id_is_what_its_pattern_says(text: str) -> None:
 def test_the_patterns_are_compiled_once_and_only_the_named_ones_exist() -> None:
     assert names.GRANT_ID_PREFIX is names.GRANT_ID_PREFIX
     assert names.GRANT_ID_PREFIX.fullmatch("gq3")
+    assert names.APPROVAL_ID_PREFIX.fullmatch("aq3") and not names.APPROVAL_ID_PREFIX.fullmatch(
+        "gq3"
+    )
     with pytest.raises(AttributeError):
         _ = names.AGENT_PATTERN

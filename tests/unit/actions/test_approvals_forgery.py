@@ -25,13 +25,13 @@ from nhidel.actions.grants import GrantRequest, issue
 from nhidel.actions.keys import init_principal
 from nhidel.audit import AuditKeys
 from nhidel.errors import IntegrityError, NhidelError
-from nhidel.integrity.approvals import Call, arguments_sha256
+from nhidel.integrity.approvals import Call, canonical_sha256
 from nhidel.keys.keystore import KeyStore, open_keystore
 from nhidel.ledger.store import Ledger
 from nhidel.paths import Paths
 
 MARK = "fs:write_file:*"
-_HASH = arguments_sha256({"path": "/srv/pay.txt", "content": "pay 10"})
+_HASH = canonical_sha256({"path": "/srv/pay.txt", "content": "pay 10"})
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Home:
 
     def call(self, content: str, path: str = "/srv/pay.txt", agent: str = "bot") -> Call:
         arguments = {"path": path, "content": content}
-        return Call(agent, self.grant, "fs", "write_file", (path,), arguments_sha256(arguments))
+        return Call(agent, self.grant, "fs", "write_file", (path,), canonical_sha256(arguments))
 
     def ask(self, content: str, path: str = "/srv/pay.txt") -> Any:
         """What the desk says of the call (a new request is opened when none covers it)."""
